@@ -1,0 +1,1 @@
+"""The `pyrocast` command: a thin layer over the library."""

@@ -1,0 +1,1 @@
+"""Data platform: sources, validation, spatial splits and versions of the tile dataset."""

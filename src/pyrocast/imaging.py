@@ -1,0 +1,60 @@
+"""Decoding untrusted images: one guarded path for validation, import and serving."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+from pyrocast.errors import InvalidInputError
+
+TILE_SIZE = 350
+MAX_PIXELS = 4096 * 4096  # beyond this an upload is treated as a decompression bomb
+
+
+def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, what: str = "image") -> Image.Image:
+    """Decode bytes into a fully loaded PIL image, or raise InvalidInputError saying what is wrong.
+
+    Catches: empty input, not an image, truncated data, decompression bombs.
+    The mode is left as is: callers decide whether a non-RGB image is an error or gets converted.
+    """
+    if not data:
+        raise InvalidInputError(f"{what} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise InvalidInputError(
+                    f"{what} is {w}x{h} pixels, over the limit of {max_pixels} (decompression bomb?)"
+                )
+            img.load()
+    except InvalidInputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidInputError(f"{what} is a decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidInputError(f"{what} is not an image (unrecognised format)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInputError(f"{what} is truncated or corrupt: {exc}") from exc
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB version of an image (alpha is flattened on white, palettes and grayscale expanded)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.split()[-1])
+        return bg
+    return img.convert("RGB")
+
+
+def encode_jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    to_rgb(img).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()

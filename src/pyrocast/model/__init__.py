@@ -1,0 +1,1 @@
+"""Models: networks, the shared preprocessing, augmentation, training, tuning, evaluation, export."""
