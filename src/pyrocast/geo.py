@@ -35,9 +35,7 @@ def check_coordinates(lon: float, lat: float) -> None:
     if not (math.isfinite(lon) and math.isfinite(lat)):
         raise InvalidInputError(f"coordinates must be finite numbers, got lon={lon!r} lat={lat!r}")
     if not -180.0 <= lon <= 180.0:
-        raise InvalidInputError(
-            f"longitude {lon} is outside [-180, 180]", "longitude comes first in file names"
-        )
+        raise InvalidInputError(f"longitude {lon} is outside [-180, 180]", "longitude comes first in file names")
     if not -90.0 <= lat <= 90.0:
         raise InvalidInputError(f"latitude {lat} is outside [-90, 90]", "longitude comes first in file names")
 

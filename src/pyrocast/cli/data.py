@@ -11,9 +11,7 @@ from pyrocast.data.layout import Dataset
 
 app = typer.Typer(help="Build, check, split and version the tile dataset.", no_args_is_help=True)
 
-DATA_DIR = typer.Option(
-    None, "--data-dir", help="Data directory (default: PYROCAST_DATA_DIR or ./.pyrocast)."
-)
+DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: PYROCAST_DATA_DIR or ./.pyrocast).")
 
 
 @app.command()
@@ -36,9 +34,7 @@ def synth(
 @app.command("import-kaggle")
 def import_kaggle(
     source: Path | None = typer.Argument(None, help="A zip or folder in the Kaggle layout."),
-    download: bool = typer.Option(
-        False, "--download", help="Download the dataset with kagglehub (needs network)."
-    ),
+    download: bool = typer.Option(False, "--download", help="Download the dataset with kagglehub (needs network)."),
     data_dir: Path | None = DATA_DIR,
 ) -> None:
     """Import the Kaggle wildfire dataset (corrupt files are quarantined with their reason)."""
@@ -50,9 +46,7 @@ def import_kaggle(
 
 @app.command()
 def ingest(
-    feed: str | None = typer.Option(
-        None, "--feed", help="CWFIS active-fires CSV: URL or file (default: synthetic)."
-    ),
+    feed: str | None = typer.Option(None, "--feed", help="CWFIS active-fires CSV: URL or file (default: synthetic)."),
     days: int = typer.Option(7, "--days", min=1, help="Fires that started in the last N days."),
     provider: str | None = typer.Option(None, "--provider", help="synthetic, mapbox, xyz or folder."),
     data_dir: Path | None = DATA_DIR,
@@ -70,9 +64,7 @@ def validate(
         None, help="Dataset folder, Kaggle-layout folder or feed CSV (default: the dataset)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    quarantine: bool = typer.Option(
-        False, "--quarantine", help="Move files with errors to the quarantine folder."
-    ),
+    quarantine: bool = typer.Option(False, "--quarantine", help="Move files with errors to the quarantine folder."),
     data_dir: Path | None = DATA_DIR,
 ) -> None:
     """Validate a dataset or an incoming batch; exits non-zero on errors."""
@@ -90,9 +82,7 @@ def validate(
 
 @app.command()
 def split(
-    cell_km: float | None = typer.Option(
-        None, "--cell-km", help="Cell size in km (default from settings: 10)."
-    ),
+    cell_km: float | None = typer.Option(None, "--cell-km", help="Cell size in km (default from settings: 10)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for assigning cells to splits."),
     data_dir: Path | None = DATA_DIR,
 ) -> None:

@@ -71,9 +71,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise PyrocastError(
-            f"could not write {path}: {exc.strerror or exc}", "free some disk space and retry"
-        ) from exc
+        raise PyrocastError(f"could not write {path}: {exc.strerror or exc}", "free some disk space and retry") from exc
 
 
 def iter_layout(root: Path) -> Iterator[tuple[str, str, Path]]:
@@ -158,9 +156,7 @@ class Dataset:
             return None
         rel = tile_relpath(split, label, place, suffix)
         atomic_write(self.root / rel, data)
-        rec = TileRecord(
-            rel, sha, len(data), source, acquired_at or now_iso(), place.lon, place.lat, label, split
-        )
+        rec = TileRecord(rel, sha, len(data), source, acquired_at or now_iso(), place.lon, place.lat, label, split)
         self._index(rec)
         self._dirty = True
         return rec
