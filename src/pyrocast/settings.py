@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".pyrocast")
     seed: int = 42
     region: Region = Field(default_factory=Region)
+    # Where real tiles may lie (the province of Quebec); file names outside it are a validation error.
+    dataset_bounds: Region = Field(
+        default_factory=lambda: Region(name="quebec", lon_min=-79.8, lon_max=-57.0, lat_min=44.9, lat_max=62.6)
+    )
     split: SplitSettings = Field(default_factory=SplitSettings)
     imagery: ImagerySettings = Field(default_factory=ImagerySettings)
     feed: FeedSettings = Field(default_factory=FeedSettings)
