@@ -54,6 +54,9 @@ class ImagerySettings(BaseModel):
     folder_radius_m: float = 500.0
     zoom: int = 15
     timeout_s: float = 20.0
+    # Retries (exponential backoff) of one image or tile request on 5xx, 429 and connection errors.
+    retries: int = 3
+    backoff_s: float = 0.5
 
 
 class FeedSettings(BaseModel):
