@@ -1,0 +1,1 @@
+"""The model registry (MLflow): versions, aliases, lineage, model cards, the champion/challenger decision."""

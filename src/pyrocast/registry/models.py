@@ -1,0 +1,304 @@
+"""The model registry: one MLflow registered model, a version per training run, aliases, bundle fetches.
+
+Rules this module enforces:
+- a version's artifacts are the complete bundle folder (`pyrocast.model.bundle`), logged under `bundle/`
+  of its run;
+- an alias (`champion`, `challenger`) is only ever set after a fresh download of the version's artifacts
+  passed `missing_files` (so no alias points at a model whose artifacts are incomplete);
+- `fetch_bundle` downloads a version once into `Settings.root/cache/models/<name>/<version>/` (atomically:
+  a temporary folder renamed into place) and stamps the registry name and version into its `meta.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pyrocast.data.layout import atomic_write
+from pyrocast.errors import InvalidInputError, PyrocastError
+from pyrocast.model.bundle import META, Bundle, load_bundle, missing_files
+from pyrocast.registry.mlflow_store import get_client
+from pyrocast.settings import Settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+log = logging.getLogger(__name__)
+
+ALIASES = ("champion", "challenger")
+BUNDLE_ARTIFACT_PATH = "bundle"
+# Tags on a model version.
+TAG_ARTIFACTS = "pyrocast.artifacts"  # "complete" | "incomplete: <files>"
+TAG_DECISION = "pyrocast.decision"  # champion | challenger | rejected
+TAG_REASON = "pyrocast.decision_reason"
+# Run metrics shown by `pyrocast models`.
+KEY_METRICS = ("accuracy", "f1", "roc_auc", "ece")
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A model version created by `register_bundle`."""
+
+    name: str
+    version: str
+    run_id: str
+    source: str
+
+
+def _is_not_found(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in str(exc).lower()
+
+
+def ensure_registered_model(client: MlflowClient, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if not _is_not_found(exc):
+            raise
+        client.create_registered_model(
+            name, description="Pyrocast wildfire-risk classifier (P(wildfire) from a satellite tile)."
+        )
+
+
+def register_bundle(
+    settings: Settings,
+    run_id: str,
+    bundle_dir: Path,
+    tags: dict[str, str] | None = None,
+    description: str | None = None,
+    client: MlflowClient | None = None,
+) -> RegisteredVersion:
+    """Log a bundle folder as artifacts of `run_id` and register it as a new version of the model.
+
+    The version is tagged `pyrocast.artifacts=complete` only after a fresh download proved the artifacts
+    complete; an incomplete upload leaves the version tagged incomplete and raises.
+    """
+    bundle_dir = Path(bundle_dir)
+    miss = missing_files(bundle_dir)
+    if miss:
+        raise PyrocastError(
+            f"bundle {bundle_dir} is incomplete (missing {', '.join(miss)}); nothing was registered",
+            "re-run the export step",
+        )
+    client = client or get_client(settings)
+    name = settings.mlflow.model_name
+    client.log_artifacts(run_id, str(bundle_dir), BUNDLE_ARTIFACT_PATH)
+    ensure_registered_model(client, name)
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{BUNDLE_ARTIFACT_PATH}"
+    mv = client.create_model_version(
+        name, source, run_id=run_id, tags=dict(tags or {}), description=description or None
+    )
+    version = str(mv.version)
+    verify_version(settings, version, client=client)
+    return RegisteredVersion(name, version, run_id, source)
+
+
+def _download(client: MlflowClient, name: str, version: str, into: Path) -> tuple[Path, Path]:
+    """Download a version's artifacts into a new temporary folder under `into`: (temp folder, bundle folder)."""
+    import mlflow
+
+    into.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=into))
+    uri = client.get_model_version_download_uri(name, version)
+    try:
+        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PyrocastError(
+            f"could not download the artifacts of {name} version {version} ({type(exc).__name__}: {exc})",
+            "check the artifact store",
+        ) from None
+    # download_artifacts puts the folder's contents under tmp/<last path element>
+    return tmp, (got if got.is_dir() else tmp)
+
+
+def verify_version(settings: Settings, version: str, client: MlflowClient | None = None) -> list[str]:
+    """Download a version's artifacts afresh and tag the version complete or incomplete.
+
+    Returns the missing bundle files (empty when complete). The verified download seeds the bundle cache.
+    """
+    client = client or get_client(settings)
+    name = settings.mlflow.model_name
+    cache = cache_dir(settings, version)
+    try:
+        tmp, got = _download(client, name, version, cache.parent)
+    except PyrocastError as exc:
+        client.set_model_version_tag(name, version, TAG_ARTIFACTS, "incomplete: download failed")
+        raise PyrocastError(f"{exc.message}; version {version} gets no alias", exc.hint) from None
+    try:
+        miss = missing_files(got)
+        if miss:
+            client.set_model_version_tag(name, version, TAG_ARTIFACTS, f"incomplete: {', '.join(miss)}")
+            return miss
+        client.set_model_version_tag(name, version, TAG_ARTIFACTS, "complete")
+        _stamp_meta(got, client, name, version)
+        _move_into_cache(got, cache)
+        return []
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stamp_meta(folder: Path, client: MlflowClient, name: str, version: str) -> None:
+    """Put the registry identity into the bundle's meta.json: servers report it with every prediction."""
+    meta_path = folder / META
+    meta = json.loads(meta_path.read_text())
+    mv = client.get_model_version(name, version)
+    meta.update({"name": name, "version": str(version), "run_id": mv.run_id})
+    atomic_write(meta_path, json.dumps(meta, indent=2, default=str).encode())
+
+
+def _move_into_cache(folder: Path, cache: Path) -> None:
+    if cache.is_dir() and not missing_files(cache):
+        return  # another process (or an earlier fetch) already put a complete copy there
+    if cache.exists():
+        shutil.rmtree(cache, ignore_errors=True)
+    try:
+        folder.rename(cache)
+    except OSError:
+        # a concurrent fetch won the race; its copy is as good as ours
+        if missing_files(cache):
+            raise
+
+
+def cache_dir(settings: Settings, version: str) -> Path:
+    return settings.root / "cache" / "models" / settings.mlflow.model_name / str(version)
+
+
+def resolve_version(settings: Settings, ref: str, client: MlflowClient | None = None) -> ModelVersion:
+    """A model version from a reference: an alias (`champion`, `challenger`), `latest`, or a number."""
+    from mlflow.exceptions import MlflowException
+
+    client = client or get_client(settings)
+    name = settings.mlflow.model_name
+    ref = str(ref).strip()
+    try:
+        if ref.isdigit() or (ref[:1] in "vV" and ref[1:].isdigit()):
+            return client.get_model_version(name, ref.lstrip("vV"))
+        if ref == "latest":
+            versions = client.search_model_versions(f"name='{name}'")
+            if not versions:
+                raise PyrocastError(f"model {name!r} has no versions yet", "train one with `pyrocast train`")
+            return max(versions, key=lambda v: int(v.version))
+        return client.get_model_version_by_alias(name, ref)
+    except MlflowException as exc:
+        if _is_not_found(exc):
+            what = f"version {ref}" if ref.lstrip("vV").isdigit() else f"alias {ref!r}"
+            raise PyrocastError(
+                f"model {name!r} has no {what}", "see `pyrocast models` for what is registered"
+            ) from None
+        raise
+
+
+def fetch_bundle(settings: Settings, ref: str) -> Bundle:
+    """The bundle of a registered version (`champion`, `challenger`, `latest` or a number), cached locally.
+
+    The first call downloads it to `Settings.root/cache/models/<name>/<version>/`; later calls reuse it.
+    """
+    cache_root = settings.root / "cache" / "models" / settings.mlflow.model_name
+    if str(ref).isdigit():  # a version number needs no registry round trip once cached
+        cached = cache_root / str(ref)
+        if cached.is_dir() and not missing_files(cached):
+            return load_bundle(cached)
+    client = get_client(settings)
+    mv = resolve_version(settings, ref, client)
+    version = str(mv.version)
+    cached = cache_dir(settings, version)
+    if cached.is_dir() and not missing_files(cached):
+        return load_bundle(cached)
+    miss = verify_version(settings, version, client)
+    if miss:
+        raise PyrocastError(
+            f"{settings.mlflow.model_name} version {version} has incomplete artifacts (missing {', '.join(miss)})",
+            "register a new version with `pyrocast train`",
+        )
+    return load_bundle(cached)
+
+
+def set_alias(settings: Settings, alias: str, version: str, client: MlflowClient | None = None) -> None:
+    """Point `alias` at `version`, after checking a fresh download of its artifacts is complete."""
+    if alias not in ALIASES:
+        raise InvalidInputError(f"alias {alias!r} is not one of {', '.join(ALIASES)}")
+    client = client or get_client(settings)
+    name = settings.mlflow.model_name
+    version = str(version)
+    resolve_version(settings, version, client)  # a clear error for an unknown version
+    miss = verify_version(settings, version, client)
+    if miss:
+        raise PyrocastError(
+            f"{name} version {version} has incomplete artifacts (missing {', '.join(miss)}); alias {alias!r} not moved"
+        )
+    client.set_registered_model_alias(name, alias, version)
+    log.info("alias %s -> %s version %s", alias, name, version)
+
+
+def delete_alias(settings: Settings, alias: str, client: MlflowClient | None = None) -> None:
+    """Remove an alias (no error when it is not set)."""
+    from mlflow.exceptions import MlflowException
+
+    client = client or get_client(settings)
+    try:
+        client.delete_registered_model_alias(settings.mlflow.model_name, alias)
+    except MlflowException as exc:
+        if not _is_not_found(exc):
+            raise
+
+
+def aliases(settings: Settings, client: MlflowClient | None = None) -> dict[str, str]:
+    """alias -> version of the registered model ({} when it does not exist yet)."""
+    from mlflow.exceptions import MlflowException
+
+    client = client or get_client(settings)
+    try:
+        rm = client.get_registered_model(settings.mlflow.model_name)
+    except MlflowException as exc:
+        if _is_not_found(exc):
+            return {}
+        raise
+    return {str(k): str(v) for k, v in (rm.aliases or {}).items()}
+
+
+def list_models(settings: Settings) -> list[dict[str, Any]]:
+    """Every version, newest first: aliases, key test metrics, decision, artifact state, lineage."""
+    client = get_client(settings)
+    name = settings.mlflow.model_name
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases(settings, client).items():
+        by_version.setdefault(version, []).append(alias)
+    rows: list[dict[str, Any]] = []
+    for mv in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version)):
+        metrics: dict[str, float] = {}
+        run_tags: dict[str, str] = {}
+        if mv.run_id:
+            try:
+                run = client.get_run(mv.run_id)
+                metrics, run_tags = dict(run.data.metrics), dict(run.data.tags)
+            except Exception:  # a deleted run must not hide the version
+                pass
+        tags = dict(mv.tags or {})
+        rows.append(
+            {
+                "version": str(mv.version),
+                "aliases": sorted(by_version.get(str(mv.version), [])),
+                "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"),
+                "run_id": mv.run_id,
+                **{k: metrics.get(f"test_{k}", metrics.get(k)) for k in KEY_METRICS},
+                "n_test": metrics.get("test_n"),
+                "decision": tags.get(TAG_DECISION),
+                "reason": tags.get(TAG_REASON),
+                "artifacts": tags.get(TAG_ARTIFACTS, "unverified"),
+                "profile": run_tags.get("pyrocast.profile"),
+                "data_version": run_tags.get("pyrocast.data_version"),
+                "git_commit": run_tags.get("pyrocast.git_commit"),
+            }
+        )
+    return rows
