@@ -103,15 +103,19 @@ def register_bundle(
     return RegisteredVersion(name, version, run_id, source)
 
 
-def _download(client: MlflowClient, name: str, version: str, into: Path) -> tuple[Path, Path]:
-    """Download a version's artifacts into a new temporary folder under `into`: (temp folder, bundle folder)."""
+def _download(client: MlflowClient, tracking_uri: str, name: str, version: str, into: Path) -> tuple[Path, Path]:
+    """Download a version's artifacts into a new temporary folder under `into`: (temp folder, bundle folder).
+
+    The tracking URI is passed explicitly: a server's `mlflow-artifacts:` URIs are resolved against it, and
+    the process-global one may point elsewhere (ZenML's tracker sets and resets it).
+    """
     import mlflow
 
     into.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=into))
     uri = client.get_model_version_download_uri(name, version)
     try:
-        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
+        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp), tracking_uri=tracking_uri))
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise PyrocastError(
@@ -131,7 +135,7 @@ def verify_version(settings: Settings, version: str, client: MlflowClient | None
     name = settings.mlflow.model_name
     cache = cache_dir(settings, version)
     try:
-        tmp, got = _download(client, name, version, cache.parent)
+        tmp, got = _download(client, settings.mlflow_tracking_uri, name, version, cache.parent)
     except PyrocastError as exc:
         client.set_model_version_tag(name, version, TAG_ARTIFACTS, "incomplete: download failed")
         raise PyrocastError(f"{exc.message}; version {version} gets no alias", exc.hint) from None
