@@ -84,13 +84,16 @@ def validate(
 def split(
     cell_km: float | None = typer.Option(None, "--cell-km", help="Cell size in km (default from settings: 10)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for assigning cells to splits."),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Redraw all cells (a changed --cell-km/--seed needs it: test tiles may move)."
+    ),
     data_dir: Path | None = DATA_DIR,
 ) -> None:
-    """Spatial train/valid/test split: no place lands in two splits."""
+    """Spatial train/valid/test split: no place lands in two splits; earlier cell assignments are kept."""
     from pyrocast.data.split import split_dataset
 
     s = settings(data_dir)
-    show(split_dataset(Dataset(s.dataset_dir), s, cell_km=cell_km, seed=seed))
+    show(split_dataset(Dataset(s.dataset_dir), s, cell_km=cell_km, seed=seed, fresh=fresh))
 
 
 @app.command()
@@ -103,6 +106,19 @@ def version(
 
     s = settings(data_dir)
     show(record_version(s, push=push))
+
+
+@app.command()
+def pull(
+    version_id: str | None = typer.Argument(None, help="Version id (a prefix of its md5; default: the current one)."),
+    force: bool = typer.Option(False, "--force", help="Replace the dataset even if it has unrecorded changes."),
+    data_dir: Path | None = DATA_DIR,
+) -> None:
+    """Restore the dataset folder of a recorded version from the DVC cache or remote."""
+    from pyrocast.data.version import pull_version
+
+    s = settings(data_dir)
+    show(pull_version(s, version_id, force=force))
 
 
 @app.command("show")

@@ -302,8 +302,9 @@ def record_version(settings: Settings, push: bool = False) -> Report:
     r.add("md5", md5)
     r.add("tiles", v["tiles"])
     r.add("files", f"{info['files']} files, {info['bytes'] / 1e6:.1f} MB")
-    for split, c in v["counts"].items():
-        r.add(split, ", ".join(f"{n} {cls}" for cls, n in c.items()))
+    for split in (*SPLITS, UNSPLIT):
+        if split in v["counts"]:
+            r.add(split, ", ".join(f"{n} {cls}" for cls, n in v["counts"][split].items()))
     r.add("remote", f"{v['remote']} ({'pushed' if v['pushed'] else 'not pushed: use --push'})")
     r.details.update({"version": v})
     return r
