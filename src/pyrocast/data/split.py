@@ -91,7 +91,7 @@ def assign_cells(
     fractions: Mapping[str, float],
     existing: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Assign every cell holding a record to a split; cells in `existing` keep their split.
+    """Assign every cell holding a record to a split; cells in `existing` keep their split (and stay in the map).
 
     New cells are taken largest first (ties in an order shuffled with `seed`) and each goes to the split
     where it best closes the gap to the per-class targets (fraction x class total, counted over all
@@ -144,7 +144,9 @@ def assign_cells(
             d += ((h + n - t) ** 2 - (h - t) ** 2) / totals[cls] ** 2
         return d
 
-    out = {k: existing[k] for k in cells if k in existing}
+    # Stored cells stay in the map even when none of their tiles is left: a place once held out for testing
+    # must not come back in train when tiles of it are added again.
+    out = dict(existing)
     majority = {k: max(sorted(cells[k]), key=lambda cls: cells[k][cls]) for k in new}
     left_of_class = Counter(majority.values())
     for i, k in enumerate(new):
