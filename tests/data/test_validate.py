@@ -119,6 +119,10 @@ def test_folder_structure_problems(tmp_path: Path, settings: Settings) -> None:
     assert sorted(found["misplaced-file"]) == sorted([f"train/{name(92)}", name(93), "train/wildfire/extra/"])
     assert codes(rep.warnings) == {"stray-file": ["train/notes.txt"]}
 
+    moved = {q["path"] for q in validate_path(root, settings, quarantine=True).quarantined}
+    assert moved == {f"train/{name(92)}", name(93)}  # stray images go; folders wait for a decision
+    assert (root / "training").is_dir() and (root / "train" / "smoke").is_dir() and (root / "README.md").exists()
+
 
 def test_duplicates_leakage_and_label_conflicts(tmp_path: Path, settings: Settings) -> None:
     root = kaggle_folder(tmp_path / "batch", per_class=6)

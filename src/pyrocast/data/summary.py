@@ -83,7 +83,7 @@ def summarize(settings: Settings) -> Report:
     rep = SummaryReport(f"Dataset: {len(ds)} tiles")
     rep.add("dataset", str(settings.dataset_dir))
     if not len(ds):
-        rep.add("tiles", "0: render (`pyrocast data synth`) or import (`pyrocast data import-kaggle`) some")
+        rep.add("next step", "render (`pyrocast data synth`) or import (`pyrocast data import-kaggle`) tiles")
     per_split: dict[str, Counter[str]] = {}
     per_source: Counter[str] = Counter()
     for (s, label, src), n in counts.items():

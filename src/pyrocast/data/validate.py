@@ -69,15 +69,16 @@ HINTS: dict[str, str] = {
     "stray-file": "not a tile: ignored",
     "imbalance": "add tiles of the minority class (pyrocast data ingest / synth), or expect a biased model",
     "no-tiles": "expected {split}/{class}/{lon},{lat}.jpg under this folder (or one or two folders down)",
-    "bad-manifest": "manifest.csv is damaged: restore the last version (`pyrocast data version` / `dvc checkout`)",
+    "bad-manifest": "manifest.csv is damaged: restore the last version (`pyrocast data pull`)",
     "manifest-row": "the manifest row disagrees with the file: restore the last version, or re-import the tile",
-    "manifest-missing-file": "a recorded tile is gone: restore it (`dvc checkout`) or re-import it",
-    "manifest-sha-mismatch": "the tile changed after it was recorded: restore it (`dvc checkout`) or re-import it",
+    "manifest-missing-file": "a recorded tile is gone: restore it (`pyrocast data pull`) or re-import it",
+    "manifest-sha-mismatch": "the tile changed after it was recorded: restore it (`pyrocast data pull`) or re-import it",
     "not-in-manifest": "not recorded: add tiles through pyrocast (import-kaggle, ingest) so they are hashed",
     "feed-unreadable": "check the path, and that the file is the CWFIS active-fires CSV",
     "feed-row": "this row is skipped on ingest: fix it at the source, or ignore it",
 }
-# Problems that make a file unusable as a tile: these are moved aside with --quarantine.
+# Problems that make a file unusable as a tile: these are moved aside with --quarantine (an unreadable
+# file is not: it cannot be moved either, its permissions need fixing).
 FILE_ERRORS = frozenset(
     {
         "empty-file",
@@ -199,8 +200,11 @@ def map_chunked(
             p = payload(it)
             yield it, p, fn([p])[0]
         return
-    # forkserver: workers never inherit the parent's threads (progress bar, torch) the way fork would.
-    ctx = multiprocessing.get_context("forkserver")
+    # fork where there is one: workers start at once with everything imported (forkserver/spawn re-import
+    # the package and the caller's __main__, costing ~0.5 s per worker and breaking unguarded scripts).
+    # Workers only decode bytes: they never touch the parent's threads (progress bar) or their locks.
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
     pending: deque[tuple[list[T], list[Any], Future[list[R]]]] = deque()
     it_iter = iter(items)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
@@ -484,7 +488,12 @@ def validate_folder(folder: Path, settings: Settings, quarantine: bool = False) 
     if root != folder:
         rep.notes.append(f"layout found in {root.relative_to(folder).as_posix()}/")
     tiles, errors, warnings = _walk(root, allow_unsplit=True)
-    rep.errors += errors
+    bad: dict[str, list[Finding]] = defaultdict(list)  # rel -> file-level errors (quarantinable)
+    for f in errors:
+        if f.code == "misplaced-file" and not f.path.endswith("/"):
+            bad[f.path].append(f)  # a stray image: moved aside like a broken one
+        else:
+            rep.errors.append(f)
     rep.warnings += warnings
     rep.files = len(tiles)
     if not tiles and not has_manifest:
@@ -492,7 +501,6 @@ def validate_folder(folder: Path, settings: Settings, quarantine: bool = False) 
 
     checks: dict[str, TileCheck] = {}
     places: dict[str, LonLat] = {}
-    bad: dict[str, list[Finding]] = defaultdict(list)  # rel -> file-level errors (quarantinable)
     with progress() as bar:
         task = bar.add_task("validating", total=len(tiles))
         results = map_chunked(inspect_files, tiles, lambda t: str(t.path), parallel=len(tiles) >= PARALLEL_MIN_FILES)
@@ -536,8 +544,9 @@ def validate_folder(folder: Path, settings: Settings, quarantine: bool = False) 
     rep.counts = _counts(usable)
     _check_balance(rep.counts, settings.imbalance_threshold, rep)
 
-    if quarantine and bad:
-        _quarantine(root, sorted(bad), bad, settings, rep, has_manifest and not _manifest_damaged(rep))
+    movable = sorted(rel for rel, fs in bad.items() if {f.code for f in fs} <= FILE_ERRORS)
+    if quarantine and movable:
+        _quarantine(root, movable, bad, settings, rep, has_manifest and not _manifest_damaged(rep))
     rep.seconds = time.perf_counter() - t0
     return rep
 
