@@ -231,3 +231,16 @@ def test_folder_over_the_real_tiles(real_tiles: Path) -> None:
 def test_unknown_provider_is_a_clear_error(settings: Settings) -> None:
     with pytest.raises(InvalidInputError, match="choose one of synthetic, mapbox, xyz, folder"):
         make_provider(settings, "bing")
+
+
+# --- synthetic ----------------------------------------------------------------------------------------------------
+def test_synthetic_provider_answers_inside_its_region_only(settings: Settings) -> None:
+    p = make_provider(settings, "synthetic")
+    assert isinstance(p, ImageryProvider) and p.name == "synthetic"
+    img = p.fetch(-73.5, 46.2)
+    assert img.size == (350, 350) and img.mode == "RGB"
+    assert np.asarray(img).std() > 5  # a landscape, not a flat colour
+    # Deterministic for the settings' seed.
+    assert np.array_equal(np.asarray(make_provider(settings, "synthetic").fetch(-73.5, 46.2)), np.asarray(img))
+    with pytest.raises(NoImageryError, match="outside the synthetic region"):
+        p.fetch(-60.0, 50.0)

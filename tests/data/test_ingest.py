@@ -249,3 +249,29 @@ def test_report_is_json_serialisable(settings: Settings, feed_file: Path, xyz: X
         "line": 9,
         "reason": "3 fields, missing lon, startdate, hectares, stage_of_control, timezone, response_type",
     }
+
+
+def test_default_ingest_uses_the_synthetic_feed_and_region(settings: Settings) -> None:
+    """No --feed and no feed.url: the synthetic region's own feed, tiles from the synthetic provider."""
+    from pyrocast.data.synthetic import SyntheticRegion
+
+    ds = Dataset(settings.dataset_dir)
+    rep = ingest(ds, settings, now=NOW)
+    assert rep.facts["feed"].startswith("synthetic (southern-quebec, seed 42)")
+    assert rep.facts["provider"] == "synthetic"
+    added = rep.details["added"]
+    assert added["wildfire"] >= 10 and added["nowildfire"] == added["wildfire"]
+    assert rep.details["problems"] == [] and rep.details["failures"] == []
+    assert {r.source for r in ds} == {"feed:synthetic"}
+    region = SyntheticRegion(settings.region, settings.seed)
+    feed_fires = parse_feed(region.fire_feed_csv(NOW, 7)).fires
+    recent = {
+        (round(f.lon, 6), round(f.lat, 6)) for f in feed_fires if f.startdate and f.startdate >= NOW - timedelta(days=7)
+    }
+    assert {(r.lon, r.lat) for r in ds if r.label == "wildfire"} == recent
+    # Negatives are drawn around the region's own towns and its ground truth agrees with their class.
+    assert all(region.label_at(r.lon, r.lat) == "nowildfire" for r in ds if r.label == "nowildfire")
+    # Idempotent: the same day's feed adds nothing.
+    again = ingest(Dataset(settings.dataset_dir), settings, now=NOW + timedelta(hours=1))
+    assert again.details["added"] == {}
+    assert len(Dataset(settings.dataset_dir)) == len(ds)

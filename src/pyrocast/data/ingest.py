@@ -13,7 +13,7 @@ import hashlib
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -23,7 +23,7 @@ import numpy as np
 from pyrocast.data.feed import FeedParseResult, Fire, describe_age, fetch_feed, is_url, parse_feed, redact_url
 from pyrocast.data.imagery import ImageryProvider, make_provider
 from pyrocast.data.layout import UNSPLIT, Dataset
-from pyrocast.data.towns import towns_in
+from pyrocast.data.towns import Town, towns_in
 from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
 from pyrocast.geo import EARTH_RADIUS_KM, LonLat
 from pyrocast.imaging import encode_jpeg
@@ -98,9 +98,11 @@ def sample_negatives(
     min_km: float = NEGATIVE_MIN_KM,
     noise_km: float = NEGATIVE_NOISE_KM,
     attempts_per_place: int = 50,
+    accept: Callable[[float, float], bool] | None = None,
 ) -> list[tuple[LonLat, HasPlace]]:
     """`n` places drawn a few km around towns inside `bounds`, each at least `min_km` from every fire.
 
+    `accept(lon, lat)`, when given, must also hold (the synthetic region's ground truth says "nowildfire").
     Deterministic for a seed. May return fewer than `n` when the towns are crowded by fires.
     """
     towns = [t for t in towns if bounds.contains(t.lon, t.lat)]
@@ -113,9 +115,10 @@ def sample_negatives(
     c_lon: list[float] = []
     c_lat: list[float] = []
     km_per_deg = math.pi * EARTH_RADIUS_KM / 180.0
-    for i in range(n):
-        town = towns[(i + rng.randrange(len(towns))) % len(towns)]
+    for _ in range(n):
         for _ in range(attempts_per_place):
+            # A new town on every attempt: one town crowded by fires must not starve the draw.
+            town = towns[rng.randrange(len(towns))]
             dx, dy = rng.gauss(0.0, noise_km), rng.gauss(0.0, noise_km)
             lat = town.lat + dy / km_per_deg
             lon = town.lon + dx / (km_per_deg * max(math.cos(math.radians(lat)), 1e-6))
@@ -126,6 +129,8 @@ def sample_negatives(
             if _km_to_nearest(np.array(c_lon), np.array(c_lat), lon, lat) < NEGATIVE_SPACING_KM:
                 continue
             p = _snap(lon, lat)
+            if accept is not None and not accept(p.lon, p.lat):
+                continue
             chosen.append((p, town))
             c_lon.append(p.lon)
             c_lat.append(p.lat)
@@ -156,12 +161,19 @@ def _load_feed(
     return text, f"synthetic ({settings.region.name}, seed {settings.seed})", region
 
 
-def _towns_for(provider: ImageryProvider, synthetic_region: Any, bounds: Region) -> list[Any]:
+def _as_town(t: Any) -> Town:
+    """A town from either a `Town`-like object (name, lon, lat) or a `(name, LonLat)` pair."""
+    if isinstance(t, tuple) and len(t) == 2 and isinstance(t[1], LonLat):
+        return Town(str(t[0]), t[1].lon, t[1].lat)
+    return Town(str(getattr(t, "name", "")), float(t.lon), float(t.lat))
+
+
+def _towns_for(provider: ImageryProvider, synthetic_region: Any, bounds: Region) -> list[Town]:
     # The synthetic landscape draws its own settlements: sample around those so negatives show towns.
     region = synthetic_region or getattr(provider, "region", None)
     towns = getattr(region, "towns", None) if region is not None else None
     if towns:
-        return [t for t in towns if bounds.contains(t.lon, t.lat)]
+        return [t for t in map(_as_town, towns) if bounds.contains(t.lon, t.lat)]
     return towns_in(bounds)
 
 
@@ -211,7 +223,12 @@ def _plan(
     want = round(settings.feed.negatives_per_fire * len(positives))
     towns = _towns_for(prov, synthetic_region, bounds)
     seed = negative_seed(settings.seed, [p.place for p in positives.values()])
-    negatives = sample_negatives(want, towns, parsed.fires, bounds, seed)
+    # Around a synthetic village half the draws land in forest; its ground truth keeps the class honest.
+    region = synthetic_region or getattr(prov, "region", None)
+    accept = None
+    if region is not None and hasattr(region, "label_at"):
+        accept = lambda lon, lat: region.label_at(lon, lat) == "nowildfire"  # noqa: E731
+    negatives = sample_negatives(want, towns, parsed.fires, bounds, seed, accept=accept)
     plan = list(positives.values()) + [Planned("nowildfire", p, getattr(t, "name", "")) for p, t in negatives]
     stats = {
         "recent": len(recent),
