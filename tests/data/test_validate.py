@@ -12,11 +12,13 @@ from pyrocast.data.layout import MANIFEST, Dataset
 from pyrocast.data.quarantine import iter_reasons
 from pyrocast.data.validate import (
     HINTS,
+    PARALLEL_MIN_FILES,
     check_name,
     group_places,
     inspect_blobs,
     inspect_tile,
     map_chunked,
+    use_pool,
     validate_path,
 )
 from pyrocast.errors import InvalidInputError
@@ -85,6 +87,7 @@ def test_map_chunked_in_worker_processes_matches_serial() -> None:
     serial = list(map_chunked(inspect_blobs, range(len(blobs)), blobs.__getitem__, parallel=False))
     pooled = list(map_chunked(inspect_blobs, range(len(blobs)), blobs.__getitem__, parallel=True, chunk=3))
     assert [(i, r) for i, _, r in pooled] == [(i, r) for i, _, r in serial]
+    assert not use_pool(PARALLEL_MIN_FILES - 1)  # a small batch is never worth forking for
 
 
 # --- folders --------------------------------------------------------------------------------------

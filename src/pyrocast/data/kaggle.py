@@ -21,12 +21,12 @@ from pathlib import Path
 from pyrocast.data.layout import CLASSES, IMAGE_SUFFIXES, SPLITS, UNSPLIT, Dataset
 from pyrocast.data.quarantine import QuarantineBatch
 from pyrocast.data.validate import (
-    PARALLEL_MIN_FILES,
     check_name,
     find_layout_root,
     inspect_blobs,
     layout_prefix,
     map_chunked,
+    use_pool,
 )
 from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
 from pyrocast.progress import progress
@@ -242,7 +242,7 @@ def _run(
     try:
         with progress() as bar:
             task = bar.add_task("importing", total=len(tiles))
-            results = map_chunked(inspect_blobs, tiles, _safe_read, parallel=len(tiles) >= PARALLEL_MIN_FILES)
+            results = map_chunked(inspect_blobs, tiles, _safe_read, parallel=use_pool(len(tiles)))
             for e, data, chk in results:
                 bar.advance(task)
                 split, label, name = e.rel.split("/")
