@@ -200,3 +200,12 @@ def test_connection_refused_is_retried_then_reported(fast: Settings) -> None:
     # The server is gone: the port refuses connections.
     with pytest.raises(ServiceUnavailableError, match="ConnectError"):
         fetch_feed(url, fast)
+
+
+def test_a_server_that_hangs_times_out_and_is_retried(fast: Settings) -> None:
+    s = fast.model_copy(update={"imagery": fast.imagery.model_copy(update={"timeout_s": 0.3})})
+    with CwfisServer(FEED, hang_times=1, hang_s=2.0) as srv:
+        t0 = time.monotonic()
+        assert fetch_feed(srv.url, s) == FEED
+        assert time.monotonic() - t0 < 1.5  # the client gave up on the hanging answer, not waited it out
+        assert len(srv.requests) == 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -44,6 +45,10 @@ class LocalServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
+    def delay(self, n: int) -> float:
+        """Seconds to wait before sending the answer to request number n (1-based); 0 by default."""
+        return 0.0
+
     # subclasses: return (status, headers, body)
     def answer(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
         raise NotImplementedError
@@ -67,12 +72,18 @@ class LocalServer:
                 with server._lock:
                     status, headers, body = server.answer(parts.path, query)
                     server.requests.append(Seen(parts.path, query, status, dict(self.headers)))
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    wait = server.delay(len(server.requests))
+                if wait:
+                    time.sleep(wait)  # outside the lock: other requests are answered meanwhile
+                try:
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout test)
 
             def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
                 pass
@@ -106,21 +117,32 @@ class CwfisServer(LocalServer):
 
     PATH = "/downloads/activefires/activefires.csv"
 
-    def __init__(self, text: str, fail_times: int = 0, fail_status: int = 503, retry_after: str | None = None) -> None:
+    def __init__(
+        self,
+        text: str,
+        fail_times: int = 0,
+        fail_status: int = 503,
+        retry_after: str | None = None,
+        hang_times: int = 0,
+        hang_s: float = 1.0,
+    ) -> None:
         super().__init__()
         self.text = text
         self.fail_times = fail_times
         self.fail_status = fail_status
         self.retry_after = retry_after
+        self.hang_times = hang_times  # the first N requests are answered only after hang_s (client timeouts)
+        self.hang_s = hang_s
         self.hit_times: list[float] = []
+
+    def delay(self, n: int) -> float:
+        return self.hang_s if n <= self.hang_times else 0.0
 
     @property
     def url(self) -> str:
         return self.base + self.PATH
 
     def answer(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
-        import time
-
         self.hit_times.append(time.monotonic())
         if path != self.PATH:
             return 404, {"Content-Type": "text/plain"}, b"not found"

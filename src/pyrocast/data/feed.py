@@ -252,7 +252,7 @@ def http_get(
     *,
     retries: int,
     backoff_s: float,
-    timeout_s: float,
+    timeout_s: float = 20.0,
     what: str,
     client: httpx.Client | None = None,
     max_bytes: int = MAX_FEED_BYTES,

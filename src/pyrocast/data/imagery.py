@@ -130,7 +130,6 @@ class MapboxProvider:
                 self.url_for(lon, lat, self._token),
                 retries=self.retries,
                 backoff_s=self.backoff_s,
-                timeout_s=0,
                 what="Mapbox Static Images",
                 client=self._client,
                 shown_url=shown,
@@ -213,7 +212,6 @@ class XyzProvider:
                 url,
                 retries=self.retries,
                 backoff_s=self.backoff_s,
-                timeout_s=0,
                 what=f"XYZ tile {z}/{x}/{y}",
                 client=self._client,
             )
