@@ -1,0 +1,192 @@
+"""`pyrocast train | evaluate | models | schedule`: training runs, registered models, and the cron daemon.
+
+Imports of ZenML, MLflow and torch stay inside the commands so that `pyrocast --help` and the other
+commands start fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from pyrocast.cli.common import out, settings, show
+from pyrocast.report import Report
+
+DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: PYROCAST_DATA_DIR or ./.pyrocast).")
+PROFILE = typer.Option("quick", "--profile", "-p", help="quick (synthetic region, tests) or full (real imagery).")
+
+
+def _fmt(v: object, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[logging.StreamHandler()])
+    for noisy in ("mlflow", "alembic", "zenml", "urllib3", "httpx", "optuna"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def train(
+    profile: str = PROFILE,
+    data: Path | None = typer.Option(
+        None, "--data", help="A folder in the Kaggle layout (default: the data directory's dataset)."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for tuning and training (default: settings.seed)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+    data_dir: Path | None = DATA_DIR,
+) -> None:
+    """Run the training pipeline: tune, train, evaluate, export, explain, register, decide, notify."""
+    from pyrocast.pipelines.training import run_training
+
+    s = settings(data_dir)
+    if not as_json:
+        _log_to_stderr()
+    outcome = run_training(s, profile=profile, data=data, seed=seed)
+    rep = Report(f"Training run {outcome.run_name}")
+    rep.add("model version", f"{s.mlflow.model_name} v{outcome.version}")
+    rep.add("decision", outcome.verdict)
+    rep.add("reason", outcome.reason)
+    for k in ("n", "accuracy", "precision", "recall", "f1", "roc_auc", "ece"):
+        if k in outcome.metrics:
+            rep.add(f"test {k}", _fmt(outcome.metrics[k]))
+    rep.add("steps (s)", ", ".join(f"{k} {v:.1f}" for k, v in outcome.step_s.items()))
+    rep.add("total", f"{outcome.total_s:.1f} s")
+    rep.add("notified", f"{outcome.notified.get('sent', 0)} of {outcome.notified.get('configured', 0)} targets")
+    rep.add("run folder", str(outcome.run_dir))
+    rep.details = outcome.as_dict()
+    show(rep, as_json)
+
+
+def evaluate(
+    model: str = typer.Option("champion", "--model", "-m", help="champion, challenger, latest or a version number."),
+    data: Path = typer.Option(..., "--data", help="A folder in the Kaggle layout (every split folder is scored)."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 or int8 (default: what the model serves)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (accuracy, n, and the other metrics)."),
+    data_dir: Path | None = DATA_DIR,
+) -> None:
+    """Score a registered model on every tile of a folder and print its metrics."""
+    from pyrocast.errors import InvalidInputError
+    from pyrocast.model.evaluate import evaluate_folder
+    from pyrocast.registry.models import fetch_bundle
+
+    if precision not in (None, "fp32", "int8"):
+        raise InvalidInputError(f"--precision {precision!r} is not fp32 or int8")
+    if not data.is_dir():
+        raise InvalidInputError(f"{data} is not a folder", "pass a folder in the Kaggle layout {split}/{class}/*.jpg")
+    s = settings(data_dir)
+    bundle = fetch_bundle(s, model)
+    result = evaluate_folder(bundle, data, precision)  # type: ignore[arg-type]
+    result["model_ref"] = model
+    if as_json:
+        import json
+
+        print(json.dumps(result, indent=2, default=str))
+        return
+    rep = Report(f"{bundle.name} v{bundle.version} ({model}) on {data}")
+    for k in ("n", "accuracy", "accuracy_ci95", "precision", "recall", "f1", "roc_auc", "ece", "brier"):
+        if k in result:
+            v = result[k]
+            rep.add(k, f"[{v[0]:.3f}, {v[1]:.3f}]" if isinstance(v, list) else _fmt(v))
+    rep.add("precision used", result.get("precision"))
+    rep.add("splits", ", ".join(f"{k} {v}" for k, v in (result.get("splits") or {}).items()))
+    rep.add("skipped files", result.get("skipped", 0))
+    for item in result.get("skipped_files", [])[:5]:
+        rep.add(f"  skipped {item['path']}", item["reason"])
+    rep.render(out)
+
+
+def models(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    data_dir: Path | None = DATA_DIR,
+) -> None:
+    """List registered model versions with their aliases, test metrics and decisions."""
+    from pyrocast.registry.models import list_models
+
+    s = settings(data_dir)
+    rows = list_models(s)
+    if as_json:
+        import json
+
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        out.print(f"No versions of {s.mlflow.model_name} yet: run `pyrocast train`.")
+        return
+    table = Table(title=f"{s.mlflow.model_name} (tracking: {_where(s)})", title_justify="left")
+    for col in ("version", "aliases", "accuracy", "f1", "roc_auc", "ece", "test n", "decision", "artifacts", "created"):
+        table.add_column(col, justify="right" if col in ("accuracy", "f1", "roc_auc", "ece", "test n") else "left")
+    for r in rows:
+        style = "bold green" if "champion" in r["aliases"] else ("yellow" if "challenger" in r["aliases"] else None)
+        table.add_row(
+            r["version"],
+            ", ".join(r["aliases"]) or "-",
+            _fmt(r["accuracy"]),
+            _fmt(r["f1"]),
+            _fmt(r["roc_auc"]),
+            _fmt(r["ece"]),
+            _fmt(int(r["n_test"]) if r["n_test"] is not None else None),
+            r["decision"] or "-",
+            r["artifacts"],
+            r["created"],
+            style=style,
+        )
+    out.print(table)
+
+
+def _where(s: object) -> str:
+    from pyrocast.registry.mlflow_store import redact
+
+    return redact(s.mlflow_tracking_uri)  # type: ignore[attr-defined]
+
+
+def schedule(
+    cron: str = typer.Option("0 3 * * *", "--cron", help='Cron expression, local time (e.g. "0 3 * * *").'),
+    profile: str = PROFILE,
+    data: Path | None = typer.Option(
+        None, "--data", help="Train on this Kaggle-layout folder instead of ingesting new tiles."
+    ),
+    once: bool = typer.Option(False, "--once", help="Run ingest + train once, now, and exit."),
+    max_runs: int | None = typer.Option(None, "--max-runs", min=1, help="Stop after this many scheduled runs."),
+    data_dir: Path | None = DATA_DIR,
+) -> None:
+    """Run ingest + train on a cron schedule until Ctrl-C (or --once / --max-runs)."""
+    from pyrocast.schedule import ingest_and_train, parse_cron, run_schedule
+
+    expr = parse_cron(cron)
+    s = settings(data_dir)
+    _log_to_stderr()
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def on_wait(due: object) -> None:
+        out.print(f"next run at {due} (Ctrl-C to stop)")
+
+    result = run_schedule(
+        expr,
+        lambda: ingest_and_train(s, profile=profile, data=data),
+        max_runs=max_runs,
+        once=once,
+        stop=stop,
+        on_wait=on_wait,
+    )
+    out.print(f"schedule stopped ({result.stopped_by}) after {result.runs} run(s), {result.failures} failed")
+    if once and result.failures:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the training and registry commands to the top-level `pyrocast` app."""
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
+    app.command("models")(models)
+    app.command("schedule")(schedule)

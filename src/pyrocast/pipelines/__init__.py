@@ -1,0 +1,1 @@
+"""ZenML pipelines: thin steps over the data and model functions."""
