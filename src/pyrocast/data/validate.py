@@ -140,7 +140,7 @@ def inspect_tile(data: bytes) -> TileCheck:
     if not data:
         return TileCheck(sha, 0, (("empty-file", "the file is empty (0 bytes)"),))
     try:
-        img = decode_image(data, what="file")
+        img = decode_image(data, what="the file")
     except InvalidInputError as exc:
         cause = exc.__cause__
         if isinstance(cause, UnidentifiedImageError):
@@ -427,7 +427,7 @@ class ValidationReport:
             t.add_column("check", no_wrap=True)
             t.add_column("n", justify="right")
             t.add_column("what to do")
-            for code, d in checks.items():
+            for code, d in sorted(checks.items(), key=lambda kv: (kv[1]["level"], kv[0])):
                 style = "red" if d["level"] == "error" else "yellow"
                 t.add_row(Text(d["level"], style=style), code, str(d["count"]), d["hint"])
             console.print(t)
