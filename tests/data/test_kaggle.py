@@ -14,6 +14,7 @@ import pytest
 from pyrocast.data.kaggle import KAGGLE_HANDLE, download_kaggle, import_kaggle
 from pyrocast.data.layout import Dataset
 from pyrocast.data.quarantine import iter_reasons
+from pyrocast.data.validate import MAX_FILE_BYTES
 from pyrocast.errors import InvalidInputError, ServiceUnavailableError
 from pyrocast.settings import Settings
 from tests.support.kaggle import KaggleStub
@@ -62,11 +63,12 @@ def bad_files() -> dict[str, tuple[bytes, str]]:
         "train/wildfire/46.1,-73.2.jpg": (jpeg_tile(106), "swapped-coordinates"),
         f"train/smoke/{name(107)}": (jpeg_tile(107), "unknown-class"),
         f"holdout/wildfire/{name(108)}": (jpeg_tile(108), "unknown-split"),
+        f"valid/wildfire/{name(110)}": (bytes(MAX_FILE_BYTES + 1), "too-large"),  # a zip bomb in miniature
     }
 
 
 def make_zip(path: Path, prefix: str, clean: Path, extra: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for p in sorted(clean.rglob("*")):
             if p.is_file():
                 zf.write(p, prefix + p.relative_to(clean).as_posix())
@@ -96,6 +98,9 @@ def test_zip_with_nested_root_quarantines_every_bad_file(tmp_path: Path, setting
         line = logged[f"archive/{rel}"]
         assert line["code"] == code, rel
         copy = settings.quarantine_dir / line["file"]
+        if code == "too-large":  # never read into memory, so not copied: the log still says what and why
+            assert copy.read_bytes() == b"" and "not copied" in line["reason"]
+            continue
         assert copy.read_bytes() == data and line["size"] == len(data)
     assert logged["stray/" + name(109)]["code"] == "misplaced-file"
     assert hashlib.sha256(archive.read_bytes()).hexdigest() == digest

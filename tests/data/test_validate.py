@@ -12,10 +12,12 @@ from pyrocast.data.layout import MANIFEST, Dataset
 from pyrocast.data.quarantine import iter_reasons
 from pyrocast.data.validate import (
     HINTS,
+    MAX_FILE_BYTES,
     PARALLEL_MIN_FILES,
     check_name,
     group_places,
     inspect_blobs,
+    inspect_file,
     inspect_tile,
     map_chunked,
     use_pool,
@@ -59,6 +61,14 @@ def test_inspect_tile_names_every_problem(data: bytes, expected: set[str]) -> No
     assert chk.ok is (not expected)
     assert chk.size == len(data) and len(chk.sha256) == 64
     assert all(code in HINTS for code, _ in chk.problems)
+
+
+def test_a_huge_file_is_too_large_without_being_read(tmp_path: Path) -> None:
+    huge = tmp_path / "-73.5,45.5.jpg"
+    with huge.open("wb") as fh:
+        fh.truncate(MAX_FILE_BYTES + 1)  # sparse: costs no disk
+    chk = inspect_file(huge)
+    assert [c for c, _ in chk.problems] == ["too-large"] and chk.size == MAX_FILE_BYTES + 1
 
 
 def test_check_name() -> None:

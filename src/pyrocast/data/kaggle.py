@@ -21,6 +21,7 @@ from pathlib import Path
 from pyrocast.data.layout import CLASSES, IMAGE_SUFFIXES, SPLITS, UNSPLIT, Dataset
 from pyrocast.data.quarantine import QuarantineBatch
 from pyrocast.data.validate import (
+    MAX_FILE_BYTES,
     check_name,
     find_layout_root,
     inspect_blobs,
@@ -46,7 +47,8 @@ class _Entry:
     origin: str  # where it came from, for the quarantine log
     mtime: float
     read: Callable[[], bytes]
-    read_error: str = ""
+    size: int = 0
+    read_error: tuple[str, str] | None = None  # (check, message) when the bytes could not be had
 
 
 def _iter_folder(root: Path) -> Iterator[_Entry]:
@@ -55,10 +57,11 @@ def _iter_folder(root: Path) -> Iterator[_Entry]:
         for name in sorted(filenames):
             p = Path(dirpath) / name
             try:
-                mtime = p.stat().st_mtime
-            except OSError:
-                mtime = time.time()
-            yield _Entry(p.relative_to(root).as_posix(), str(p), mtime, p.read_bytes)
+                st = p.stat()
+                mtime, size = st.st_mtime, st.st_size
+            except OSError:  # vanished or unreadable: reading it will say so
+                mtime, size = time.time(), 0
+            yield _Entry(p.relative_to(root).as_posix(), str(p), mtime, p.read_bytes, size)
 
 
 def _iter_zip(zf: zipfile.ZipFile, prefix: str, source: Path) -> tuple[list[_Entry], list[_Entry]]:
@@ -71,7 +74,7 @@ def _iter_zip(zf: zipfile.ZipFile, prefix: str, source: Path) -> tuple[list[_Ent
         name = info.filename
         # Zip times are local and naive; taken as UTC (the best a zip can tell).
         mtime = datetime(*info.date_time, tzinfo=UTC).timestamp()
-        e = _Entry(name, f"{source}!{name}", mtime, lambda n=name: zf.read(n))
+        e = _Entry(name, f"{source}!{name}", mtime, lambda n=name: zf.read(n), info.file_size)
         if name.startswith(prefix):
             e.rel = name[len(prefix) :]
             inside.append(e)
@@ -210,6 +213,8 @@ def _run(
     tally = _Tally()
 
     def reject(e: _Entry, data: bytes, problems: list[tuple[str, str]]) -> None:
+        if e.read_error and e.read_error not in problems:
+            problems = [*problems, e.read_error]
         reason = "; ".join(f"{c}: {m}" for c, m in problems)
         dst = batch.add_bytes(data, e.rel, reason, code=problems[0][0], origin=e.origin)
         tally.reasons[problems[0][0]] += 1
@@ -248,7 +253,7 @@ def _run(
                 split, label, name = e.rel.split("/")
                 problems = list(chk.problems)
                 if e.read_error:
-                    problems = [("corrupt-image", f"cannot read it from the source: {e.read_error}")]
+                    problems = [e.read_error]
                 named = check_name(name, settings.dataset_bounds)
                 problems += list(named.errors)
                 if problems or named.place is None:
@@ -276,10 +281,14 @@ def _run(
 
 
 def _safe_read(e: _Entry) -> bytes:
+    """The entry's bytes; b"" with `e.read_error` set when they cannot be had (or should not be read)."""
+    if e.size > MAX_FILE_BYTES:  # a zip bomb or a stray video: not read into memory
+        e.read_error = ("too-large", f"the file is {e.size / 1e6:.0f} MB; tiles are ~30 kB (not copied)")
+        return b""
     try:
         return e.read()
     except (OSError, zipfile.BadZipFile, EOFError, RuntimeError) as exc:  # bad CRC, encrypted member, ...
-        e.read_error = str(exc) or type(exc).__name__
+        e.read_error = ("corrupt-image", f"cannot read it from the source: {exc or type(exc).__name__}")
         return b""
 
 

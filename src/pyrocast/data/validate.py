@@ -42,6 +42,7 @@ NEAR_M = 30.0  # two tiles closer than this are "the same place" (GPS rounding, 
 MIN_TILES_FOR_IMBALANCE = 10  # below this a split is too small for a share to mean anything
 WORKERS = max(1, min(2, os.cpu_count() or 1))
 PARALLEL_MIN_FILES = 500  # below this the pool saves too little: forking 2 workers costs ~0.06 s (measured)
+MAX_FILE_BYTES = 32 * 1024 * 1024  # a 350x350 tile is ~30 kB; anything this big is not one
 CHUNK = 64  # files per task sent to a worker: amortises inter-process overhead
 ACCEPTED_FORMATS = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",)}
 SHOW_PER_CHECK = {"error": 25, "warning": 5}  # table rows per check; --json always lists everything
@@ -51,7 +52,7 @@ HINTS: dict[str, str] = {
     "empty-file": "the file has no content: fetch it again; --quarantine moves it aside",
     "not-an-image": "not an image despite its name: replace it with the real tile; --quarantine moves it aside",
     "corrupt-image": "truncated or damaged (interrupted download?): fetch the tile again; --quarantine moves it aside",
-    "too-large": "far too many pixels for a tile (decompression bomb?): remove it",
+    "too-large": "far too big for a tile (decompression bomb?): remove it; --quarantine moves it aside",
     "unreadable": "the file cannot be read: check its permissions",
     "unsupported-format": "save tiles as JPEG (or PNG)",
     "wrong-mode": "tiles are RGB: re-export it in colour, or drop it; --quarantine moves it aside",
@@ -165,8 +166,11 @@ _MODE_NAMES = {"L": "grayscale", "LA": "grayscale + alpha", "RGBA": "RGB + alpha
 
 
 def inspect_file(path: Path | str) -> TileCheck:
-    """`inspect_tile` on a file's bytes (an unreadable file is a problem, not a crash)."""
+    """`inspect_tile` on a file's bytes (an unreadable or huge file is a problem, not a crash)."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_FILE_BYTES:  # never read a huge file into memory to find out it is not a tile
+            return TileCheck("", size, (("too-large", f"the file is {size / 1e6:.0f} MB; tiles are ~30 kB"),))
         data = Path(path).read_bytes()
     except OSError as exc:
         return TileCheck("", 0, (("unreadable", f"cannot read the file: {exc.strerror or exc}"),))
