@@ -506,7 +506,7 @@ def validate_folder(folder: Path, settings: Settings, quarantine: bool = False) 
     rep = ValidationReport(target=str(folder), kind="dataset" if has_manifest else "batch", root=str(root.resolve()))
     if root != folder:
         rep.notes.append(f"layout found in {root.relative_to(folder).as_posix()}/")
-    tiles, errors, warnings = _walk(root, allow_unsplit=True)
+    tiles, errors, warnings = _walk(root)
     bad: dict[str, list[Finding]] = defaultdict(list)  # rel -> file-level errors (quarantinable)
     for f in errors:
         if f.code == "misplaced-file" and not f.path.endswith("/"):
@@ -570,12 +570,12 @@ def validate_folder(folder: Path, settings: Settings, quarantine: bool = False) 
     return rep
 
 
-def _walk(root: Path, allow_unsplit: bool) -> tuple[list[_Tile], list[Finding], list[Finding]]:
+def _walk(root: Path) -> tuple[list[_Tile], list[Finding], list[Finding]]:
     """Tile candidates under `{split}/{class}/`, and findings for everything that is out of place."""
     tiles: list[_Tile] = []
     errors: list[Finding] = []
     warnings: list[Finding] = []
-    splits = (*SPLITS, UNSPLIT) if allow_unsplit else SPLITS
+    splits = (*SPLITS, UNSPLIT)
     if not root.is_dir():
         return tiles, errors, warnings
     for top in sorted(root.iterdir()):
