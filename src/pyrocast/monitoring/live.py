@@ -1,0 +1,375 @@
+"""Live monitoring: plain queries over the prediction store (request rate, latency, traffic, live accuracy).
+
+Every function takes a SQLAlchemy `Engine` on the store (`open_engine(settings)`) and a `Span` (a time window
+cut into buckets, `make_span("1h")`), and returns plain dicts and lists, ready for JSON and plotly.
+
+Definitions (the store's tables are described in `pyrocast.serving.store`):
+- a *request* is one request id with at least one user-facing row (variant champion, challenger or
+  champion-fallback); it *failed* when none of its rows was served. Its time is its earliest row.
+- *latency* is `latency_ms` of served rows: the gateway's call to the model service, HTTP hop included
+  (the tile fetch and the gateway's own work are not in it).
+- *traffic per variant* counts served answers per variant; shadow copies and champion comparisons are
+  counted apart (`copies`), since no user saw them.
+- *live accuracy* of a model version: every labelled answer it gave (served, shadow or comparison) to a request
+  that later got a true label (user feedback, replayed test labels, the fire feed), judged against the latest
+  label of that request. Series are bucketed by the time of the prediction, not of the label.
+
+SQL stays portable (SQLite and PostgreSQL): rows are filtered in SQL and aggregated here with numpy, which also
+gives exact percentiles that SQLite cannot compute.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, func, select
+
+from pyrocast.errors import InvalidInputError
+from pyrocast.model.metrics import wilson_interval
+from pyrocast.serving.store import feedback, make_engine, metadata, predictions, rollout_events
+from pyrocast.settings import Settings
+
+USER_VARIANTS = ("champion", "challenger", "champion-fallback")
+COPY_VARIANTS = ("shadow", "champion-compare")
+PERCENTILES = (50, 95, 99)
+# Bucket widths (seconds) a chart may use: round numbers people read at a glance.
+NICE_BUCKETS = (1, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+TARGET_POINTS = 60
+MAX_WINDOW = timedelta(days=90)
+MIN_WINDOW = timedelta(seconds=10)
+_WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+# --- windows and buckets ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Span:
+    """A time window [since, until) cut into buckets of `bucket_s` seconds aligned on the epoch."""
+
+    since: datetime
+    until: datetime
+    bucket_s: int
+
+    def index(self, ts: datetime) -> int:
+        """The bucket number of `ts` (0 = the bucket holding `since`)."""
+        return int(_epoch(ts) // self.bucket_s - _epoch(self.since) // self.bucket_s)
+
+    @property
+    def n_buckets(self) -> int:
+        return self.index(self.until - timedelta(microseconds=1)) + 1
+
+    def edges(self) -> list[str]:
+        """ISO times of the bucket starts (UTC), one per bucket."""
+        first = _epoch(self.since) // self.bucket_s * self.bucket_s
+        return [_iso(datetime.fromtimestamp(first + i * self.bucket_s, UTC)) for i in range(self.n_buckets)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"since": _iso(self.since), "until": _iso(self.until), "bucket_s": self.bucket_s}
+
+
+def parse_window(text: str | timedelta) -> timedelta:
+    """'15m', '1h', '6h', '24h', '7d', '90s' (or a timedelta) -> timedelta, between 10 s and 90 days."""
+    if isinstance(text, timedelta):
+        span = text
+    else:
+        m = _WINDOW.match(str(text))
+        if not m:
+            raise InvalidInputError(
+                f"window {text!r} is not understood", "use a number and a unit s, m, h or d, e.g. 15m, 1h, 7d"
+            )
+        span = timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
+    if not MIN_WINDOW <= span <= MAX_WINDOW:
+        raise InvalidInputError(f"window {text!r} is outside 10s..90d", "choose e.g. 15m, 1h, 24h or 7d")
+    return span
+
+
+def pick_bucket(span_s: float, target_points: int = TARGET_POINTS) -> int:
+    """The smallest round bucket width giving at most about `target_points` buckets over `span_s` seconds."""
+    for b in NICE_BUCKETS:
+        if span_s / b <= target_points:
+            return b
+    return NICE_BUCKETS[-1]
+
+
+def make_span(window: str | timedelta = "1h", now: datetime | None = None, bucket_s: int | None = None) -> Span:
+    """The window ending now (or at `now`), with a bucket width chosen for about 60 points unless given."""
+    span = parse_window(window)
+    until = _utc(now) if now is not None else datetime.now(UTC)
+    if bucket_s is not None and bucket_s < 1:
+        raise InvalidInputError(f"bucket width must be at least 1 s, got {bucket_s}")
+    return Span(until - span, until, int(bucket_s or pick_bucket(span.total_seconds())))
+
+
+def open_engine(settings: Settings) -> Engine:
+    """An engine on the prediction store of `settings` (tables created if the gateway never ran)."""
+    engine = make_engine(settings.store_database_url)
+    metadata.create_all(engine)  # idempotent; an empty store then reads as "no traffic yet"
+    return engine
+
+
+# --- queries ---------------------------------------------------------------------------------------------------
+def request_rate(engine: Engine, span: Span) -> dict[str, Any]:
+    """Requests and failed requests per bucket, requests per second, and totals by source."""
+    p = predictions.c
+    q = select(p.request_id, p.ts, p.served, p.source).where(
+        p.ts >= span.since, p.ts < span.until, p.variant.in_(USER_VARIANTS)
+    )
+    first: dict[str, datetime] = {}
+    ok: dict[str, bool] = {}
+    source: dict[str, str] = {}
+    with engine.connect() as conn:
+        for rid, ts, served, src in conn.execute(q):
+            ts = _utc(ts)
+            if rid not in first or ts < first[rid]:
+                first[rid] = ts
+            ok[rid] = ok.get(rid, False) or bool(served)
+            source.setdefault(rid, src)
+    n = span.n_buckets
+    requests, errors = [0] * n, [0] * n
+    for rid, ts in first.items():
+        i = span.index(ts)
+        if 0 <= i < n:
+            requests[i] += 1
+            errors[i] += 0 if ok[rid] else 1
+    total, failed = len(first), sum(1 for v in ok.values() if not v)
+    by_source: dict[str, int] = defaultdict(int)
+    for src in source.values():
+        by_source[src] += 1
+    seconds = (span.until - span.since).total_seconds()
+    return {
+        "t": span.edges(),
+        "requests": requests,
+        "errors": errors,
+        "rate_per_s": [round(r / span.bucket_s, 4) for r in requests],
+        "total": total,
+        "failed": failed,
+        "error_rate": round(failed / total, 4) if total else None,
+        "mean_rate_per_s": round(total / seconds, 4) if seconds > 0 else None,
+        "by_source": dict(sorted(by_source.items())),
+    }
+
+
+def latency_percentiles(engine: Engine, span: Span) -> dict[str, Any]:
+    """p50/p95/p99 of served answers: overall, per variant, per model version, and per bucket."""
+    p = predictions.c
+    q = select(p.ts, p.variant, p.model_version, p.latency_ms).where(
+        p.ts >= span.since, p.ts < span.until, p.served.is_(True), p.latency_ms.is_not(None)
+    )
+    per_bucket: dict[int, list[float]] = defaultdict(list)
+    per_variant: dict[str, list[float]] = defaultdict(list)
+    per_version: dict[str, list[float]] = defaultdict(list)
+    every: list[float] = []
+    with engine.connect() as conn:
+        for ts, variant, version, ms in conn.execute(q):
+            ms = float(ms)
+            every.append(ms)
+            per_bucket[span.index(_utc(ts))].append(ms)
+            per_variant[variant].append(ms)
+            per_version[str(version)].append(ms)
+    series: dict[str, list[float | None]] = {f"p{q}": [] for q in PERCENTILES}
+    for i in range(span.n_buckets):
+        stats = _percentiles(per_bucket.get(i, []))
+        for k in series:
+            series[k].append(stats[k])
+    return {
+        "overall": _percentiles(every),
+        "by_variant": {k: _percentiles(v) for k, v in sorted(per_variant.items())},
+        "by_version": {k: _percentiles(v) for k, v in sorted(per_version.items(), key=_version_key)},
+        "t": span.edges(),
+        **series,
+    }
+
+
+def traffic_by_variant(engine: Engine, span: Span) -> dict[str, Any]:
+    """Served answers per variant per bucket, totals and shares; shadow/comparison copies counted apart."""
+    p = predictions.c
+    q = select(p.ts, p.variant, p.served, p.model_version).where(
+        p.ts >= span.since, p.ts < span.until, p.error.is_(None)
+    )
+    n = span.n_buckets
+    served: dict[str, list[int]] = {}
+    copies: dict[str, int] = defaultdict(int)
+    by_version: dict[str, int] = defaultdict(int)
+    with engine.connect() as conn:
+        for ts, variant, is_served, version in conn.execute(q):
+            if not is_served:
+                if variant in COPY_VARIANTS:
+                    copies[variant] += 1
+                continue
+            i = span.index(_utc(ts))
+            if 0 <= i < n:
+                served.setdefault(variant, [0] * n)[i] += 1
+            by_version[str(version)] += 1
+    totals = {k: sum(v) for k, v in sorted(served.items())}
+    grand = sum(totals.values())
+    return {
+        "t": span.edges(),
+        "variants": dict(sorted(served.items())),
+        "totals": totals,
+        "shares": {k: round(v / grand, 4) for k, v in totals.items()} if grand else {},
+        "by_version": dict(sorted(by_version.items(), key=_version_key)),
+        "copies": dict(sorted(copies.items())),
+    }
+
+
+def live_accuracy(engine: Engine, span: Span) -> dict[str, Any]:
+    """Accuracy per model version against delayed labels, overall (with a 95% Wilson interval) and per bucket."""
+    f, p = feedback.c, predictions.c
+    # The latest label of each request wins: a user may correct a verdict, replay may repeat a label.
+    latest = select(func.max(f.id).label("id")).where(f.true_label.is_not(None)).group_by(f.request_id).subquery()
+    labels = select(f.request_id, f.true_label, f.source).join(latest, latest.c.id == f.id).subquery()
+    q = (
+        select(p.request_id, p.ts, p.model_version, p.served, p.label, labels.c.true_label, labels.c.source)
+        .join(labels, labels.c.request_id == p.request_id)
+        .where(p.ts >= span.since, p.ts < span.until, p.label.is_not(None))
+    )
+    seen: set[tuple[str, str]] = set()
+    hits: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    sources: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    roles: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    with engine.connect() as conn:
+        for rid, ts, version, served, label, truth, src in conn.execute(q):
+            version = str(version)
+            if (rid, version) in seen:  # one judgement per request and version
+                continue
+            seen.add((rid, version))
+            cell = hits[version][span.index(_utc(ts))]
+            cell[0] += int(label == truth)
+            cell[1] += 1
+            sources[version][src] += 1
+            roles[version]["served" if served else "copy"] += 1
+    versions: dict[str, Any] = {}
+    for version in sorted(hits, key=lambda v: _version_key((v, None))):
+        buckets = hits[version]
+        correct = sum(c for c, _ in buckets.values())
+        n = sum(m for _, m in buckets.values())
+        low, high = wilson_interval(correct, n)
+        series_acc: list[float | None] = []
+        series_n: list[int] = []
+        for i in range(span.n_buckets):
+            c, m = buckets.get(i, (0, 0))
+            series_acc.append(round(c / m, 4) if m else None)
+            series_n.append(m)
+        versions[version] = {
+            "n": n,
+            "correct": correct,
+            "accuracy": round(correct / n, 4) if n else None,
+            "low": round(low, 4),
+            "high": round(high, 4),
+            "by_source": dict(sorted(sources[version].items())),
+            "served": roles[version].get("served", 0),
+            "copies": roles[version].get("copy", 0),
+            "accuracy_series": series_acc,
+            "n_series": series_n,
+        }
+    return {"t": span.edges(), "versions": versions}
+
+
+def recent_feedback(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest feedback rows, newest first, each with the answer it judges (place, tile, model, variant)."""
+    if not 1 <= limit <= 1000:
+        raise InvalidInputError(f"limit {limit} is outside 1..1000")
+    f, p = feedback.c, predictions.c
+    q = (
+        select(
+            f.id,
+            f.ts,
+            f.request_id,
+            f.correct,
+            f.label,
+            f.true_label,
+            f.served_label,
+            f.model_version,
+            f.source,
+            p.ts.label("predicted_at"),
+            p.model_name,
+            p.variant,
+            p.probability,
+            p.lat,
+            p.lon,
+            p.tile_sha256,
+        )
+        .select_from(feedback.outerjoin(predictions, (p.request_id == f.request_id) & p.served.is_(True)))
+        .order_by(f.id.desc())
+        .limit(limit)
+    )
+    out = []
+    with engine.connect() as conn:
+        for r in conn.execute(q).mappings():
+            row = dict(r)
+            row["ts"] = _iso(_utc(row["ts"]))
+            row["predicted_at"] = _iso(_utc(row["predicted_at"])) if row["predicted_at"] else None
+            row["correct"] = None if row["correct"] is None else bool(row["correct"])
+            out.append(row)
+    return out
+
+
+def recent_events(engine: Engine, span: Span, limit: int = 100) -> list[dict[str, Any]]:
+    """Rollout events inside the window, oldest first (for marking charts)."""
+    e = rollout_events.c
+    q = (
+        select(e.ts, e.action, e.mode, e.reason, e.champion_version, e.challenger_version)
+        .where(e.ts >= span.since, e.ts < span.until)
+        .order_by(e.id.desc())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(q).mappings()]
+    for r in rows:
+        r["ts"] = _iso(_utc(r["ts"]))
+    return rows[::-1]
+
+
+def overview(
+    engine: Engine, window: str | timedelta = "1h", now: datetime | None = None, bucket_s: int | None = None
+) -> dict[str, Any]:
+    """Everything the monitoring page shows, for one window."""
+    span = make_span(window, now, bucket_s)
+    return {
+        "window": window if isinstance(window, str) else f"{int(window.total_seconds())}s",
+        **span.to_dict(),
+        "requests": request_rate(engine, span),
+        "latency": latency_percentiles(engine, span),
+        "traffic": traffic_by_variant(engine, span),
+        "accuracy": live_accuracy(engine, span),
+        "events": recent_events(engine, span),
+    }
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+def _percentiles(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0, **{f"p{q}": None for q in PERCENTILES}, "mean": None}
+    a = np.asarray(values, dtype=np.float64)
+    out: dict[str, Any] = {"n": int(a.size)}
+    for q, v in zip(PERCENTILES, np.percentile(a, PERCENTILES), strict=True):
+        out[f"p{q}"] = round(float(v), 3)
+    out["mean"] = round(float(a.mean()), 3)
+    return out
+
+
+def _version_key(item: tuple[str, Any]) -> tuple[int, float, str]:
+    """Versions sort numerically when they are numbers ('2' before '10'), else by name, 'None' last."""
+    v = item[0]
+    if v.isdigit():
+        return (0, float(v), "")
+    return (1 if v != "None" else 2, math.inf, v)
+
+
+def _utc(ts: datetime) -> datetime:
+    """SQLite gives naive datetimes back; the store writes UTC."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _epoch(ts: datetime) -> float:
+    return _utc(ts).timestamp()
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
