@@ -21,13 +21,16 @@ OLD_FIRE_P = 0.3  # share of fires that started before the window, as in a real 
 def fire_rows(places: Sequence[LonLat], now: datetime, days: int, rng: np.random.Generator) -> list[list[str]]:
     """One feed row (as strings, in COLUMNS order) per fire place."""
     tz = "EDT" if 3 <= now.month <= 10 else "EST"
+    today = datetime(now.year, now.month, now.day)
     rows = []
     for i, p in enumerate(places):
-        if rng.random() < EMPTY_START_P:
+        # at least one empty start date in any feed of 10+ fires: consumers must cope with them
+        if rng.random() < EMPTY_START_P or (i == 7 and len(places) >= 10):
             start = ""
         else:
-            back = rng.uniform(0, days) if rng.random() > OLD_FIRE_P else rng.uniform(days + 1, days + 30)
-            start = (now - timedelta(days=back)).strftime("%Y-%m-%d 00:00:00")
+            # whole days before today: inside the window [today - (days - 1), today], or well before it
+            back = int(rng.integers(0, days)) if rng.random() > OLD_FIRE_P else int(rng.integers(days + 1, days + 31))
+            start = (today - timedelta(days=back)).strftime("%Y-%m-%d 00:00:00")
         hectares = float(np.round(rng.lognormal(1.5, 1.8), 1))
         rows.append(
             [

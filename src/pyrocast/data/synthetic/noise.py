@@ -188,6 +188,10 @@ def textures(seed: int) -> dict[str, np.ndarray]:
         "mottle": 0.8 * per(16, "m16") + 0.5 * per(8, "m8") + 0.3 * per(32, "m32"),
         "blob": 0.8 * per(32, "b32") + 0.45 * per(16, "b16") + 0.25 * per(8, "b8"),
     }
+    # crowns lit from the north-west: a little relief from each texture's own slope
+    for k in ("conifer", "deciduous"):
+        t = tex[k]
+        tex[k] = t + 0.8 * (t - np.roll(np.roll(t, 1, 0), 1, 1))
     return {k: np.tile((v / v.std()).astype(np.float32), (_REPS, _REPS)) for k, v in tex.items()}
 
 

@@ -52,13 +52,13 @@ PARKING, CAR = C(112, 112, 108), C(180, 180, 185)
 POOLBLUE = C(80, 168, 186)
 TREE = C(42, 62, 36)
 CROPS = (  # (colour, weight)
-    (C(118, 140, 68), 3.0),  # hay
-    (C(72, 106, 44), 3.0),  # green crop
-    (C(54, 80, 40), 1.5),  # dark crop
-    (C(140, 118, 86), 2.0),  # bare soil
-    (C(176, 160, 116), 2.0),  # ripe / stubble
-    (C(100, 124, 64), 2.0),  # pasture
-    (C(96, 82, 62), 1.0),  # ploughed, wet
+    (C(124, 134, 80), 3.0),  # hay
+    (C(86, 108, 54), 3.0),  # green crop
+    (C(62, 82, 46), 1.5),  # dark crop
+    (C(142, 122, 94), 2.0),  # bare soil
+    (C(170, 158, 120), 2.5),  # ripe / stubble
+    (C(104, 120, 72), 2.0),  # pasture
+    (C(98, 86, 68), 1.0),  # ploughed, wet
 )
 _CROP_COLS = np.concatenate([c for c, _ in CROPS], axis=1)[:, :, 0]  # (3, n)
 _CROP_CDF = np.cumsum([w for _, w in CROPS]) / sum(w for _, w in CROPS)
@@ -159,7 +159,7 @@ def paint(
     # --- wetlands: bogs where moisture is high, fens along lake shores -------------------------------
     water, depth, lake = ls.water(grid, z, look.lake_shift)
     moist = ls.fbm(grid, 900, "moist", 3)
-    wet_a = np.clip((moist - 0.9) * 4, 0, 1) + np.clip((lake + 0.28) * 6, 0, 1) * (moist > 0.2)
+    wet_a = np.clip((moist - 1.2) * 4, 0, 1) + np.clip((lake + 0.2) * 6, 0, 1) * (moist > 0.5)
     wet_a = np.where(wild, np.clip(wet_a, 0, 1), 0)
     wet = wet_a > 0
     if wet.any():
@@ -171,7 +171,7 @@ def paint(
 
     # --- burn scars: remote land only; recent ones charcoal, old ones lichen and regrowth -------------
     burn_f = ls.fbm(grid, 1700, "burn", 3) + 0.5 * remote - 0.5
-    burn_a = np.where(wild, np.clip((burn_f - 0.95) * 5, 0, 1), 0)
+    burn_a = np.where(wild, np.clip((burn_f - 0.8) * 5, 0, 1), 0)
     if (burn_a > 0).any():
         old = np.clip((ls.fbm(grid, 6000, "burn-age", 2) + 0.2) * 2, 0, 1)
         lich = np.clip((T["mottle"] + 0.1 + look.lichen) * 1.6, 0, 1)
@@ -209,7 +209,7 @@ def paint(
     wcol = SHALLOW + (DEEP - SHALLOW) * depth + tint * C(6, 5, 1) + T["mottle"] * C(2, 2, 2)
     _put(img, wild & ~water & (lake > -0.025), SHORE + T["grain"] * C(8, 8, 8))
     streams = (
-        ~z.core & (np.abs(ls.fbm(grid, 2400, "stream", 3)) < 0.009) & (ls.fbm(grid, 9000, "stream-mask", 2) > -0.2)
+        ~z.core & (np.abs(ls.fbm(grid, 2400, "stream", 3)) < 0.006) & (ls.fbm(grid, 9000, "stream-mask", 2) > -0.2)
     )
     _put(wcol, streams & (depth < 0.3), SHALLOW * 0.75)
     water |= streams
@@ -243,7 +243,7 @@ def paint(
 
 def tone(ls: Landscape, grid: Grid, img: np.ndarray) -> np.ndarray:
     """One acquisition's look: brightness and colour balance drift slowly across the mosaic."""
-    gain = 1.0 + 0.11 * ls.fbm(grid, 14000, "gain", 2)
+    gain = 1.0 + 0.17 * ls.fbm(grid, 9000, "gain", 2)
     warm = ls.fbm(grid, 18000, "warm", 2)
     return img * gain + warm * C(5, 1, -5)
 
@@ -280,7 +280,7 @@ def _paint_farm(ls: Landscape, grid: Grid, z: Zones, T: dict, img: np.ndarray, k
     soil = ls.fbm(grid, 70, "soil", 3) + 0.4 * T["mottle"]
     col = col + np.where(dry, 14.0, 6.0) * soil * C(1, 0.9, 0.8)
     col = col + np.sin(au * (1.2 + 1.5 * _u(ph, 32))) * C(4, 4, 4) + T["grain"] * C(3, 3, 3)
-    woodlot = (_u(ph, 48) < 0.1) | (ls.fbm(grid, 650, "woodlot", 3) > 1.0)
+    woodlot = (_u(ph, 48) < 0.1) | (ls.fbm(grid, 650, "woodlot", 3) > 0.8)
     field = z.farm & ~woodlot
     edge = (au < 1.2) | (au > sw - 0.4)
     hedge = edge & (_u(hash2(s, rr, ls.key("hedge"))) < 0.4) & (T["deciduous"] > -0.6)
@@ -416,8 +416,8 @@ def paint_town(ls: Landscape, grid: Grid, z: Zones, img: np.ndarray, kind: np.nd
     u = fx * ct + fy * st + np.where(curvy, 28 * ls.fbm(grid, 190, "curvy", 2), 0) + 500
     v = -fx * st + fy * ct + 500
     arterial = np.minimum(np.minimum(fx, cell - fx), np.minimum(fy, cell - fy)) < 3.6
-    park = ls.fbm(grid, 520, "park", 3) > 1.15
-    leafy = 0.1 + 0.75 * _u(hood, 24) ** 1.2
+    park = ls.fbm(grid, 520, "park", 3) > 0.95
+    leafy = 0.1 + 0.8 * _u(hood, 24) ** 0.8
 
     st_ = stamps(ls.seed)
     hv = _u(hood, 32)

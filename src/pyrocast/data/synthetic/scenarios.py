@@ -78,7 +78,8 @@ def apply(scenario: Scenario, ls: Landscape, grid: Grid, img: np.ndarray, kind: 
     if name == "winter":
         cover = _SNOW[kind] * np.clip(0.85 + 0.25 * ls.fbm(grid, 300, "snow", 3), 0, 1)
         snow = C(232, 236, 242) - np.clip(ls.fbm(grid, 40, "snow-grain", 2), -2, 2) * 6
-        bare = img.mean(axis=0, keepdims=True) * 0.8 + C(12, 8, 4)  # leafless, desaturated
+        # where snow does not lie: conifers keep their colour, the rest is leafless and greyer
+        bare = img * 0.6 + img.mean(axis=0, keepdims=True) * 0.3 + C(6, 4, 2)
         img = bare + (snow - bare) * cover
     elif name == "smoke":
         tau = np.clip(
