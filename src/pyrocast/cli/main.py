@@ -20,7 +20,7 @@ app = typer.Typer(
 app.add_typer(data_cli.app, name="data")
 
 # Later stages register their commands here (each module adds commands to `app`).
-for _mod in ("pyrocast.cli.models", "pyrocast.cli.serve", "pyrocast.cli.demo"):
+for _mod in ("pyrocast.cli.models", "pyrocast.cli.serve", "pyrocast.cli.ops", "pyrocast.cli.demo"):
     try:
         __import__(_mod, fromlist=["register"]).register(app)
     except ModuleNotFoundError as _exc:  # a stage not built yet

@@ -1,0 +1,132 @@
+"""`pyrocast up | replay | load`: run the whole system, replay the test split, load-test the gateway."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from pyrocast.cli.common import out, settings
+from pyrocast.progress import progress
+
+DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: PYROCAST_DATA_DIR or ./.pyrocast).")
+GATEWAY = typer.Option(
+    None, "--gateway", help="Gateway base URL on this machine (default: http://127.0.0.1:<serving.gateway_port>)."
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up)
+    app.command("replay")(replay)
+    app.command("load")(load)
+
+
+def up(
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not start MLflow's UI."),
+    no_webapp: bool = typer.Option(False, "--no-webapp", help="Do not start the web app."),
+    no_explainer: bool = typer.Option(False, "--no-explainer", help="Do not start the explainer."),
+    no_challenger: bool = typer.Option(False, "--no-challenger", help="Serve the champion only."),
+    data_dir: Path | None = DATA_DIR,
+) -> None:
+    """Start MLflow's UI, the classifiers (champion, challenger), the explainer, the gateway and the web app.
+
+    Prints their URLs and keeps running; Ctrl-C (or SIGTERM) stops all of them and leaves no process behind.
+    """
+    from pyrocast.stack import Stack, run_up
+
+    s = settings(data_dir)
+    stack = Stack.plan(
+        s, mlflow=not no_mlflow, explainer=not no_explainer, webapp=not no_webapp, challenger=not no_challenger
+    )
+    raise typer.Exit(run_up(stack, out))
+
+
+def replay(
+    split: str = typer.Option("test", "--split", help="Which split to replay (the held-back test split by default)."),
+    rate: float = typer.Option(5.0, "--rate", "-r", help="Requests per second."),
+    duration: float = typer.Option(60.0, "--duration", "-d", help="Stop after this many seconds."),
+    by: str = typer.Option("image", "--by", help="image (upload the tile) or coordinates (the gateway fetches it)."),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="Replay at most this many tiles."),
+    users: int = typer.Option(20, "--users", "-u", help="Simulated clients (each keeps its A/B assignment)."),
+    concurrency: int = typer.Option(8, "--concurrency", "-c", help="Requests in flight at most."),
+    no_feedback: bool = typer.Option(False, "--no-feedback", help="Do not store the true labels as ground truth."),
+    seed: int = typer.Option(0, "--seed", help="Order in which tiles are replayed."),
+    gateway: str | None = GATEWAY,
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+    data_dir: Path | None = DATA_DIR,
+) -> None:
+    """Send held-back tiles through the gateway as production traffic; report live accuracy per model version."""
+    from pyrocast.simulate.replay import run_replay
+
+    s = settings(data_dir)
+    with progress() as bar:
+        task = bar.add_task("replaying", total=None)
+        result = run_replay(
+            s,
+            split=split,
+            rate=rate,
+            duration_s=duration,
+            by=by,
+            limit=limit,
+            users=users,
+            concurrency=concurrency,
+            gateway=gateway,
+            feedback=not no_feedback,
+            seed=seed,
+            on_start=lambda n: bar.update(task, total=n),
+            on_done=lambda o: bar.advance(task),
+        )
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2, default=str))
+    else:
+        result.render(out)
+    if result.sent and result.errors == result.sent:
+        sys.exit(1)  # nothing answered: say so to scripts too
+
+
+def load(
+    shape: str = typer.Option("constant", "--shape", "-s", help="constant, ramp, spike or diurnal."),
+    users: int = typer.Option(10, "--users", "-u", help="Most simulated users at once."),
+    duration: float = typer.Option(30.0, "--duration", "-d", help="Length of the whole shape, in seconds."),
+    host: str | None = typer.Option(
+        None, "--host", help="Gateway base URL on this machine (default: http://127.0.0.1:<serving.gateway_port>)."
+    ),
+    coordinates: float = typer.Option(
+        0.25, "--coordinates", help="Share of requests that send coordinates instead of an image."
+    ),
+    wait_min: float = typer.Option(0.1, "--wait-min", help="Shortest think time between a user's requests (s)."),
+    wait_max: float = typer.Option(0.5, "--wait-max", help="Longest think time between a user's requests (s)."),
+    tiles: int = typer.Option(200, "--tiles", help="Test tiles to draw requests from."),
+    split: str = typer.Option("test", "--split", help="Split the tiles come from."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+    data_dir: Path | None = DATA_DIR,
+) -> None:
+    """Load-test the gateway with Locust (headless): throughput, p50/p95/p99 latency and errors per stage."""
+    from pyrocast.simulate.load import run_load
+
+    s = settings(data_dir)
+    with progress() as bar:
+        task = bar.add_task(f"load ({shape})", total=duration)
+
+        def tick(elapsed: float, stage: str) -> None:
+            bar.update(task, completed=elapsed, description=f"load ({shape}): {stage}")
+
+        result = run_load(
+            s,
+            shape,
+            users,
+            duration,
+            host,
+            split=split,
+            tiles=tiles,
+            coordinates_share=coordinates,
+            wait_s=(wait_min, wait_max),
+            on_progress=tick,
+        )
+        bar.update(task, completed=duration)
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2, default=str))
+    else:
+        result.render(out)

@@ -1,0 +1,331 @@
+"""`pyrocast load`: a shaped, bounded Locust run against the gateway, reported per stage.
+
+Locust runs headless in a subprocess (`python -m locust -f simulate/locustfile.py`), in its own process group:
+gevent's monkey-patching stays out of this process, and stopping the group stops every greenlet's socket. The
+run is bounded twice: the shape ends after `duration` seconds, and the process group is killed if it has not
+ended a few seconds later. Tiles come from the held-back test split (or another split) through
+`evaluation_view`; only 127.0.0.1 is ever targeted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from pyrocast.errors import InvalidInputError, PyrocastError
+from pyrocast.settings import Settings
+from pyrocast.simulate.shapes import Stage, build_stages, stage_index, total_duration
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+PLAN_ENV = "PYROCAST_LOAD_PLAN"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+GRACE_S = 20.0  # start-up (imports, tile bodies) plus stop of a run, beyond the shape's own duration
+
+
+def gateway_url(settings: Settings, url: str | None = None) -> str:
+    """The gateway's base URL (default from Settings.serving); anything but a loopback address is refused."""
+    url = (url or f"http://{settings.serving.host}:{settings.serving.gateway_port}").rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInputError(f"{url!r} is not an http(s) URL", "e.g. http://127.0.0.1:8000")
+    if parts.hostname not in LOOPBACK_HOSTS:
+        raise InvalidInputError(
+            f"refusing to send traffic to {parts.hostname}: replay and load only target this machine",
+            "use http://127.0.0.1:<port> (the gateway started by `pyrocast up`)",
+        )
+    return url
+
+
+def pick_tiles(
+    settings: Settings, split: str = "test", limit: int | None = None, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Tiles of a split as {path, lat, lon, label, rel}, shuffled with `seed`, at most `limit`.
+
+    Read through `evaluation_view`: replaying held-back tiles as production traffic is evaluation, never training.
+    """
+    from pyrocast.data.access import evaluation_view
+    from pyrocast.data.layout import SPLITS
+
+    if split not in SPLITS:
+        raise InvalidInputError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
+    view = evaluation_view(settings.dataset_dir)
+    records = view.records(split)
+    if not records:
+        raise InvalidInputError(
+            f"the {split} split of {settings.dataset_dir} has no tiles",
+            "render or import tiles and run `pyrocast data split` (or `pyrocast demo --no-serve`)",
+        )
+    random.Random(seed).shuffle(records)
+    if limit is not None:
+        records = records[: max(limit, 0)]
+    return [{"path": str(view.path(r)), "rel": r.path, "lat": r.lat, "lon": r.lon, "label": r.label} for r in records]
+
+
+# --- results ---------------------------------------------------------------------------------------------------
+@dataclass
+class StageStats:
+    """What one stage of the shape (or the whole run) saw."""
+
+    name: str
+    users: int | None
+    seconds: float
+    requests: int
+    failures: int
+    throughput_rps: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    variants: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def error_rate(self) -> float:
+        return self.failures / self.requests if self.requests else 0.0
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if values else None
+
+
+def _stats(name: str, users: int | None, seconds: float, samples: list[list[Any]]) -> StageStats:
+    ok = [s for s in samples if s[2]]
+    bad = [s for s in samples if not s[2]]
+    # Latency percentiles of every answered request, failed ones included: a slow 503 is still slow.
+    ms = [float(s[1]) for s in samples]
+    return StageStats(
+        name=name,
+        users=users,
+        seconds=round(seconds, 2),
+        requests=len(samples),
+        failures=len(bad),
+        throughput_rps=round(len(ok) / seconds, 2) if seconds > 0 else 0.0,
+        p50_ms=_pct(ms, 50),
+        p95_ms=_pct(ms, 95),
+        p99_ms=_pct(ms, 99),
+        variants=dict(Counter(str(s[4]) for s in ok).most_common()),
+        errors=dict(Counter(str(s[4])[:160] for s in bad).most_common(5)),
+    )
+
+
+def summarize(
+    stages: list[Stage], samples: list[list[Any]], end_s: float | None
+) -> tuple[list[StageStats], StageStats]:
+    """Per-stage and overall statistics of samples `[start s, ms, ok, kind, variant|error, version]`.
+
+    A request belongs to the stage in which it started; a stage's time is cut at the run's end (`end_s`), so a
+    run stopped early reports the throughput it really had.
+    """
+    end = total_duration(stages) if end_s is None else min(end_s, total_duration(stages))
+    by_stage: dict[int, list[list[Any]]] = {i: [] for i in range(len(stages))}
+    for s in samples:
+        i = stage_index(stages, max(float(s[0]), 0.0))
+        by_stage[len(stages) - 1 if i is None else i].append(s)
+    per = [
+        _stats(st.name, st.users, max(min(st.end_s, end) - st.start_s, 0.0), by_stage[i]) for i, st in enumerate(stages)
+    ]
+    total = _stats("total", max((st.users for st in stages), default=None), end, samples)
+    return per, total
+
+
+@dataclass
+class LoadResult:
+    """A finished load run."""
+
+    shape: str
+    host: str
+    users: int
+    duration_s: float
+    stages: list[StageStats]
+    total: StageStats
+    by_kind: dict[str, int]
+    started_at: str
+    wall_s: float
+    log_path: Path
+    stopped_early: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "shape": self.shape,
+            "host": self.host,
+            "users": self.users,
+            "duration_s": self.duration_s,
+            "started_at": self.started_at,
+            "wall_s": round(self.wall_s, 2),
+            "stopped_early": self.stopped_early,
+            "by_kind": self.by_kind,
+            "stages": [asdict(s) for s in self.stages],
+            "total": asdict(self.total),
+            "log": str(self.log_path),
+        }
+
+    def render(self, console: Console) -> None:
+        t = Table(
+            title=f"Load test · {self.shape}, up to {self.users} users, {self.duration_s:g} s against {self.host}",
+            title_justify="left",
+        )
+        for col in ("stage", "users", "s", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"):
+            t.add_column(col, justify="left" if col == "stage" else "right")
+        for s in [*self.stages, self.total]:
+            style = "bold" if s is self.total else None
+            err = f"{s.failures} ({100 * s.error_rate:.1f}%)" if s.failures else "0"
+            t.add_row(
+                s.name,
+                str(s.users or "-"),
+                f"{s.seconds:g}",
+                str(s.requests),
+                f"{s.throughput_rps:.1f}",
+                *(f"{v:.1f}" if v is not None else "-" for v in (s.p50_ms, s.p95_ms, s.p99_ms)),
+                err,
+                style=style,
+            )
+        console.print(t)
+        if self.total.variants:
+            console.print("answered by: " + ", ".join(f"{k} {v}" for k, v in self.total.variants.items()))
+        if self.by_kind:
+            console.print("requests: " + ", ".join(f"{k} {v}" for k, v in self.by_kind.items()))
+        for msg, n in self.total.errors.items():
+            console.print(f"[red]{n} x[/red] {msg}", highlight=False)
+        if self.stopped_early:
+            console.print("[yellow]the run was stopped before its end[/yellow]")
+        console.print(f"locust log: {self.log_path}")
+
+
+# --- running ---------------------------------------------------------------------------------------------------
+def _stop_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGINT first (Locust then writes its samples), SIGKILL to the group if it lingers."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+def run_load(
+    settings: Settings,
+    shape: str = "constant",
+    users: int = 10,
+    duration_s: float = 30.0,
+    host: str | None = None,
+    *,
+    split: str = "test",
+    tiles: int = 200,
+    coordinates_share: float = 0.25,
+    wait_s: tuple[float, float] = (0.1, 0.5),
+    timeout_s: float = 30.0,
+    seed: int = 0,
+    on_progress: Callable[[float, str], None] | None = None,
+) -> LoadResult:
+    """Run Locust headless with `shape` and return per-stage statistics; blocks for about `duration_s`.
+
+    `on_progress(elapsed_s, stage name)` is called about twice a second (for a progress bar).
+    """
+    stages = build_stages(shape, users, duration_s)
+    url = gateway_url(settings, host)
+    if not 0.0 <= coordinates_share <= 1.0:
+        raise InvalidInputError(f"the share of coordinate requests must be within 0..1, got {coordinates_share}")
+    lo, hi = wait_s
+    if not 0.0 <= lo <= hi:
+        raise InvalidInputError(f"think time must satisfy 0 <= min <= max, got {lo}..{hi}")
+    chosen = pick_tiles(settings, split, tiles, seed)
+
+    run_dir = settings.root / "load"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    log_path = settings.root / "logs" / f"load-{stamp}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="load-", dir=run_dir) as tmp:
+        out = Path(tmp) / "samples.json"
+        plan = {
+            "shape": shape,
+            "stages": [s.as_dict() for s in stages],
+            "tiles": [{k: t[k] for k in ("path", "lat", "lon")} for t in chosen],
+            "coordinates_share": coordinates_share,
+            "wait": [lo, hi],
+            "timeout_s": timeout_s,
+            "out": str(out),
+            "client_prefix": "load",
+        }
+        plan_path = Path(tmp) / "plan.json"
+        plan_path.write_text(json.dumps(plan))
+        cmd = [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "--host",
+            url,
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+            "--exit-code-on-error",
+            "0",
+        ]
+        env = {**os.environ, PLAN_ENV: str(plan_path), "PYTHONUNBUFFERED": "1"}
+        total = total_duration(stages)
+        started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        t0 = time.monotonic()
+        stopped_early = False
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
+        try:
+            deadline = t0 + total + GRACE_S
+            while proc.poll() is None:
+                elapsed = time.monotonic() - t0
+                if time.monotonic() > deadline:
+                    stopped_early = True
+                    break
+                if on_progress is not None:
+                    i = stage_index(stages, elapsed)
+                    on_progress(min(elapsed, total), stages[i].name if i is not None else "finishing")
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            # Ctrl-C ends the run early but still reports what was measured (Locust writes on SIGINT).
+            stopped_early = True
+        finally:
+            _stop_group(proc)
+        wall = time.monotonic() - t0
+        if not out.exists():
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+            raise PyrocastError(f"locust wrote no results (exit code {proc.returncode}); end of {log_path}:\n{tail}")
+        data = json.loads(out.read_text())
+    samples = data["samples"]
+    per, overall = summarize(stages, samples, data.get("end_s"))
+    return LoadResult(
+        shape=shape,
+        host=url,
+        users=users,
+        duration_s=duration_s,
+        stages=per,
+        total=overall,
+        by_kind=dict(Counter(s[3] for s in samples)),
+        started_at=started_at,
+        wall_s=wall,
+        log_path=log_path,
+        stopped_early=stopped_early or (data.get("end_s") or 0) < total - 1.5,
+    )

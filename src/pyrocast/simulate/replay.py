@@ -1,0 +1,383 @@
+"""`pyrocast replay`: the held-back test tiles sent through the gateway as production traffic.
+
+Each tile is a request from one of `users` simulated clients (client ids `replay-user-<k>`, so a running A/B
+test or canary assigns them stickily), paced at `rate` requests per second with at most `concurrency` in
+flight, for at most `duration` seconds. After each answer the tile's true label goes back to the gateway as
+delayed ground truth (`POST /v1/feedback` with `source: "replay"`, stored apart from users' verdicts). The
+run ends with live accuracy per model version and variant, errors and latency percentiles.
+
+Only 127.0.0.1 is ever contacted (see `load.gateway_url`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from pyrocast.errors import InvalidInputError, ServiceUnavailableError
+from pyrocast.settings import Settings
+from pyrocast.simulate.load import gateway_url, pick_tiles
+
+By = Literal["image", "coordinates"]
+SOURCE = "replay"
+
+
+@dataclass
+class Outcome:
+    """One replayed tile: what the gateway answered (or why it did not) and the true label."""
+
+    tile: str
+    client_id: str
+    true_label: str
+    ok: bool
+    label: str | None = None
+    probability: float | None = None
+    request_id: str | None = None
+    variant: str | None = None
+    model_version: str | None = None
+    latency_ms: float | None = None  # measured here, the HTTP hop included
+    error: str | None = None
+    feedback_stored: bool = False
+
+    @property
+    def correct(self) -> bool:
+        return self.ok and self.label == self.true_label
+
+
+@dataclass
+class GroupStats:
+    """Live accuracy of one model version (and variant) over the replayed tiles it answered."""
+
+    model_version: str
+    variant: str
+    n: int
+    correct: int
+    accuracy: float
+    ci95: tuple[float, float]
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+@dataclass
+class ReplayResult:
+    """A finished replay."""
+
+    gateway: str
+    split: str
+    by: str
+    planned: int
+    outcomes: list[Outcome]
+    elapsed_s: float
+    rate: float
+    stopped: str  # "all tiles sent", "duration reached", "interrupted"
+    groups: list[GroupStats] = field(default_factory=list)
+    versions: list[GroupStats] = field(default_factory=list)
+
+    @property
+    def sent(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def errors(self) -> int:
+        return sum(not o.ok for o in self.outcomes)
+
+    @property
+    def feedback_stored(self) -> int:
+        return sum(o.feedback_stored for o in self.outcomes)
+
+    def latency(self, q: float) -> float | None:
+        ms = [o.latency_ms for o in self.outcomes if o.latency_ms is not None]
+        return round(float(np.percentile(ms, q)), 2) if ms else None
+
+    def switching_clients(self) -> int:
+        """Clients answered by more than one model version, fallbacks aside (0 when assignment is sticky)."""
+        seen: dict[str, set[str]] = defaultdict(set)
+        for o in self.outcomes:
+            if o.ok and o.variant != "champion-fallback" and o.model_version:
+                seen[o.client_id].add(o.model_version)
+        return sum(len(v) > 1 for v in seen.values())
+
+    def error_kinds(self) -> dict[str, int]:
+        kinds: dict[str, int] = defaultdict(int)
+        for o in self.outcomes:
+            if not o.ok:
+                kinds[(o.error or "?")[:160]] += 1
+        return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "gateway": self.gateway,
+            "split": self.split,
+            "by": self.by,
+            "planned": self.planned,
+            "sent": self.sent,
+            "answered": self.sent - self.errors,
+            "errors": self.errors,
+            "error_kinds": self.error_kinds(),
+            "feedback_stored": self.feedback_stored,
+            "elapsed_s": round(self.elapsed_s, 2),
+            "achieved_rate": round(self.sent / self.elapsed_s, 2) if self.elapsed_s > 0 else 0.0,
+            "target_rate": self.rate,
+            "stopped": self.stopped,
+            "latency_ms": {"p50": self.latency(50), "p95": self.latency(95)},
+            "switching_clients": self.switching_clients(),
+            "by_version": [asdict(g) for g in self.versions],
+            "by_version_and_variant": [asdict(g) for g in self.groups],
+        }
+
+    def render(self, console: Console) -> None:
+        t = Table(
+            title=f"Replay of the {self.split} split ({self.by}) through {self.gateway}: live accuracy",
+            title_justify="left",
+        )
+        for col in ("model version", "variant", "n", "accuracy", "95% CI", "p50 ms", "p95 ms"):
+            t.add_column(col, justify="left" if col in ("model version", "variant") else "right")
+        for g in self.groups:
+            t.add_row(*_row(g))
+        if len(self.groups) > len(self.versions):
+            for g in self.versions:
+                t.add_row(*_row(g), style="bold")
+        console.print(t)
+        rate = self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        console.print(
+            f"sent {self.sent} of {self.planned} planned in {self.elapsed_s:.1f} s ({rate:.1f}/s, target "
+            f"{self.rate:g}/s; {self.stopped}); errors {self.errors}; ground truth stored for "
+            f"{self.feedback_stored}; latency p50 {_ms(self.latency(50))} ms, p95 {_ms(self.latency(95))} ms",
+            highlight=False,
+        )
+        switching = self.switching_clients()
+        if switching:
+            console.print(f"[yellow]{switching} client(s) were answered by more than one model version[/yellow]")
+        for msg, n in self.error_kinds().items():
+            console.print(f"[red]{n} x[/red] {msg}", highlight=False)
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _row(g: GroupStats) -> tuple[str, ...]:
+    lo, hi = g.ci95
+    return (
+        f"v{g.model_version}",
+        g.variant,
+        str(g.n),
+        f"{g.accuracy:.3f}",
+        f"{lo:.3f}-{hi:.3f}",
+        _ms(g.p50_ms),
+        _ms(g.p95_ms),
+    )
+
+
+def accuracy_groups(outcomes: list[Outcome], by_variant: bool = True) -> list[GroupStats]:
+    """Live accuracy per model version (and variant) of the answered outcomes, sorted by version."""
+    from pyrocast.model.metrics import wilson_interval
+
+    groups: dict[tuple[str, str], list[Outcome]] = defaultdict(list)
+    for o in outcomes:
+        if o.ok:
+            groups[(o.model_version or "?", (o.variant or "?") if by_variant else "all")].append(o)
+    out = []
+    for (version, variant), items in groups.items():
+        n = len(items)
+        correct = sum(o.correct for o in items)
+        ms = [o.latency_ms for o in items if o.latency_ms is not None]
+        lo, hi = wilson_interval(correct, n)
+        out.append(
+            GroupStats(
+                model_version=version,
+                variant=variant,
+                n=n,
+                correct=correct,
+                accuracy=round(correct / n, 4),
+                ci95=(round(lo, 4), round(hi, 4)),
+                p50_ms=round(float(np.percentile(ms, 50)), 2) if ms else None,
+                p95_ms=round(float(np.percentile(ms, 95)), 2) if ms else None,
+            )
+        )
+    return sorted(out, key=lambda g: (_version_key(g.model_version), g.variant))
+
+
+def _mime(path: str) -> str:
+    return "image/png" if path.lower().endswith(".png") else "image/jpeg"
+
+
+def _version_key(v: str) -> tuple[int, str]:
+    return (int(v), "") if v.isdigit() else (10**9, v)
+
+
+async def _one(client: httpx.AsyncClient, tile: dict[str, Any], client_id: str, by: By, feedback: bool) -> Outcome:
+    o = Outcome(tile=tile["rel"], client_id=client_id, true_label=tile["label"], ok=False)
+    t0 = time.perf_counter()
+    try:
+        if by == "image":
+            data = await asyncio.to_thread(Path(tile["path"]).read_bytes)
+            r = await client.post(
+                "/v1/predict",
+                files={"image": (Path(tile["path"]).name, data, _mime(tile["path"]))},
+                data={"source": SOURCE, "client_id": client_id, "lat": repr(tile["lat"]), "lon": repr(tile["lon"])},
+            )
+        else:
+            r = await client.post(
+                "/v1/predict", json={"lat": tile["lat"], "lon": tile["lon"], "source": SOURCE, "client_id": client_id}
+            )
+    except httpx.HTTPError as exc:
+        o.error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        return o
+    o.latency_ms = round((time.perf_counter() - t0) * 1000, 3)
+    if r.status_code != 200:
+        o.error = f"HTTP {r.status_code}: {r.text[:200]}"
+        return o
+    try:
+        body = r.json()
+        o.request_id, o.label = str(body["request_id"]), str(body["label"])
+        o.probability, o.variant = float(body["probability"]), str(body["variant"])
+        o.model_version = str(body["model"]["version"])
+    except (ValueError, KeyError, TypeError) as exc:
+        o.error = f"unexpected answer ({type(exc).__name__}): {r.text[:200]}"
+        return o
+    o.ok = True
+    if feedback:
+        # The true label as delayed ground truth, marked as replayed (users' verdicts have source "user").
+        try:
+            fb = await client.post(
+                "/v1/feedback",
+                json={"request_id": o.request_id, "label": o.true_label, "source": SOURCE, "client_id": client_id},
+            )
+            o.feedback_stored = fb.status_code == 200
+        except httpx.HTTPError:
+            o.feedback_stored = False
+    return o
+
+
+async def _replay(
+    url: str,
+    tiles: list[dict[str, Any]],
+    *,
+    by: By,
+    rate: float,
+    duration_s: float,
+    users: int,
+    concurrency: int,
+    feedback: bool,
+    timeout_s: float,
+    on_done: Callable[[Outcome], None] | None,
+    outcomes: list[Outcome],
+) -> tuple[float, str]:
+    sem = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # trust_env=False: no proxy from the environment may carry test tiles off this machine.
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits, trust_env=False) as client:
+        try:
+            r = await client.get("/healthz", timeout=5.0)
+        except httpx.HTTPError as exc:
+            raise ServiceUnavailableError(
+                f"the gateway at {url} does not answer ({type(exc).__name__})", "start it with `pyrocast up`"
+            ) from None
+        if r.status_code != 200:
+            raise ServiceUnavailableError(f"the gateway at {url} is not healthy (HTTP {r.status_code})")
+
+        async def run(i: int, tile: dict[str, Any]) -> None:
+            try:
+                o = await _one(client, tile, f"replay-user-{i % users}", by, feedback)
+            finally:
+                sem.release()
+            outcomes.append(o)
+            if on_done is not None:
+                on_done(o)
+
+        t0 = time.monotonic()
+        stopped = "all tiles sent"
+        tasks: list[asyncio.Task] = []
+        for i, tile in enumerate(tiles):
+            # Pacing: request i is due at t0 + i/rate; a full semaphore delays it (bounded concurrency wins).
+            due = t0 + i / rate
+            now = time.monotonic()
+            if due - t0 >= duration_s or now - t0 >= duration_s:
+                stopped = "duration reached"
+                break
+            if due > now:
+                await asyncio.sleep(due - now)
+            await sem.acquire()
+            if time.monotonic() - t0 >= duration_s:
+                sem.release()
+                stopped = "duration reached"
+                break
+            tasks.append(asyncio.create_task(run(i, tile)))
+        if tasks:
+            await asyncio.gather(*tasks)
+        return time.monotonic() - t0, stopped
+
+
+def run_replay(
+    settings: Settings,
+    *,
+    split: str = "test",
+    rate: float = 5.0,
+    duration_s: float = 60.0,
+    by: str = "image",
+    limit: int | None = None,
+    users: int = 20,
+    concurrency: int = 8,
+    gateway: str | None = None,
+    feedback: bool = True,
+    seed: int = 0,
+    timeout_s: float = 30.0,
+    on_start: Callable[[int], None] | None = None,
+    on_done: Callable[[Outcome], None] | None = None,
+) -> ReplayResult:
+    """Replay a split's tiles through the gateway and return live accuracy per model version and variant.
+
+    Stops when every tile (at most `limit`) was sent or after `duration_s` seconds, whichever comes first;
+    requests in flight then finish. `on_start(planned)` and `on_done(outcome)` drive a progress bar.
+    """
+    if by not in ("image", "coordinates"):
+        raise InvalidInputError(f"--by must be image or coordinates, got {by!r}")
+    for name, value in (("--rate", rate), ("--duration", duration_s)):
+        if not (value > 0 and value < float("inf")):
+            raise InvalidInputError(f"{name} must be a positive number, got {value}")
+    if users < 1 or concurrency < 1:
+        raise InvalidInputError("--users and --concurrency must be at least 1")
+    if limit is not None and limit < 1:
+        raise InvalidInputError(f"--limit must be at least 1, got {limit}")
+    url = gateway_url(settings, gateway)
+    tiles = pick_tiles(settings, split, limit, seed)
+    planned = min(len(tiles), max(1, int(rate * duration_s + 0.999)))
+    tiles = tiles[:planned]
+    if on_start is not None:
+        on_start(planned)
+    stopped = "interrupted"
+    outcomes: list[Outcome] = []
+    t0 = time.monotonic()
+    try:
+        elapsed, stopped = asyncio.run(
+            _replay(
+                url,
+                tiles,
+                by=by,  # type: ignore[arg-type]
+                rate=rate,
+                duration_s=duration_s,
+                users=users,
+                concurrency=concurrency,
+                feedback=feedback,
+                timeout_s=timeout_s,
+                on_done=on_done,
+                outcomes=outcomes,  # filled as answers come, so an interrupted run still reports them
+            )
+        )
+    except KeyboardInterrupt:
+        elapsed = time.monotonic() - t0
+    result = ReplayResult(url, split, by, planned, outcomes, elapsed, rate, stopped)
+    result.groups = accuracy_groups(outcomes, by_variant=True)
+    result.versions = accuracy_groups(outcomes, by_variant=False)
+    return result

@@ -1,0 +1,505 @@
+"""`pyrocast up`: start the whole system on this machine, print its URLs, stop all of it on Ctrl-C.
+
+What runs (each a subprocess in its own process group, output in `Settings.root/logs/`):
+
+| service    | what                                                         | default URL             |
+| ---------- | ------------------------------------------------------------ | ----------------------- |
+| mlflow     | MLflow's UI and tracking server on the SQL store             | http://127.0.0.1:5000   |
+| champion   | the classifier serving the registry's `champion` alias       | http://127.0.0.1:3000   |
+| challenger | the classifier serving `challenger` (only when one is set)   | http://127.0.0.1:3001   |
+| explainer  | attribution heatmaps                                         | http://127.0.0.1:3002   |
+| gateway    | the public API (OpenAPI at /docs)                            | http://127.0.0.1:8000   |
+| webapp     | the map, feedback, models and monitoring pages               | http://127.0.0.1:8080   |
+
+Ctrl-C (SIGINT), SIGTERM or SIGHUP stop every process group (the gateway first, so that it drains its store),
+then check that no process of those groups is left. Nothing is restarted silently: a service that dies is
+reported with the end of its log; the champion's or the gateway's death stops everything (exit code 1), the
+others' is reported and the rest keeps running (the gateway falls back to the champion without a challenger).
+
+A state file (`Settings.root/run/stack.json`) names the running processes, so a second `pyrocast up` on the
+same data directory refuses to start, and the leftovers of an `up` that was killed with SIGKILL are stopped
+by the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from pyrocast.data.layout import atomic_write
+from pyrocast.errors import PyrocastError, ServiceUnavailableError
+from pyrocast.serving import procs
+from pyrocast.settings import Settings
+
+STATE_FILE = Path("run") / "stack.json"
+START_TIMEOUT_S = 180.0  # BentoML + ONNX Runtime + a registry download, on a busy 2-core machine
+POLL_S = 0.5
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass
+class Service:
+    """One service of the stack: how to start it, where it answers, and its process once started."""
+
+    name: str
+    url: str
+    port: int
+    start: Callable[[], procs.ServiceProcess] | None  # None: not ours to start (an external MLflow)
+    critical: bool = False
+    what: str = ""
+    setting: str = ""  # the setting that moves its port, for error hints
+    proc: procs.ServiceProcess | None = None
+    reported_dead: bool = False
+
+    @property
+    def external(self) -> bool:
+        return self.start is None
+
+
+@dataclass
+class Stack:
+    """The services of one `pyrocast up`, started together and stopped together."""
+
+    settings: Settings
+    services: list[Service] = field(default_factory=list)
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    notes: list[str] = field(default_factory=list)
+
+    # --- planning -----------------------------------------------------------------------------------------
+    @classmethod
+    def plan(
+        cls,
+        settings: Settings,
+        *,
+        mlflow: bool = True,
+        explainer: bool = True,
+        webapp: bool = True,
+        challenger: bool = True,
+        console: Console | None = None,
+    ) -> Stack:
+        """Decide what to run from the registry (champion, challenger) and the settings (ports)."""
+        stack = cls(settings, console=console or Console(stderr=True))
+        sv, host = settings.serving, settings.serving.host
+        versions = registered_aliases(settings)
+        if "champion" not in versions:
+            raise PyrocastError(
+                f"no champion model is registered for {settings.mlflow.model_name!r}",
+                "train one with `pyrocast train --profile quick` (or `pyrocast demo --no-serve`)",
+            )
+        add = stack.services.append
+        if mlflow:
+            add(_mlflow_service(settings))
+        add(
+            Service(
+                "champion",
+                f"http://{host}:{sv.champion_port}",
+                sv.champion_port,
+                lambda: procs.start_classifier(
+                    settings, port=sv.champion_port, ref="champion", name="champion", wait=False
+                ),
+                critical=True,
+                what=f"classifier, model v{versions['champion']}",
+                setting="serving.champion_port",
+            )
+        )
+        chall = versions.get("challenger")
+        if challenger and chall and chall != versions["champion"]:
+            add(
+                Service(
+                    "challenger",
+                    f"http://{host}:{sv.challenger_port}",
+                    sv.challenger_port,
+                    lambda: procs.start_classifier(
+                        settings, port=sv.challenger_port, ref="challenger", name="challenger", wait=False
+                    ),
+                    what=f"classifier, model v{chall}",
+                    setting="serving.challenger_port",
+                )
+            )
+        elif challenger:
+            stack.notes.append("no challenger is registered: the gateway serves the champion only")
+        if explainer:
+            add(
+                Service(
+                    "explainer",
+                    f"http://{host}:{sv.explainer_port}",
+                    sv.explainer_port,
+                    lambda: procs.start_explainer(settings, wait=False),
+                    what="attribution heatmaps",
+                    setting="serving.explainer_port",
+                )
+            )
+        add(
+            Service(
+                "gateway",
+                f"http://{host}:{sv.gateway_port}",
+                sv.gateway_port,
+                lambda: procs.start_gateway(settings, wait=False),
+                critical=True,
+                what="public API, OpenAPI at /docs",
+                setting="serving.gateway_port",
+            )
+        )
+        if webapp:
+            if importlib.util.find_spec("pyrocast.webapp") is None:
+                stack.notes.append("the web app is not installed (pyrocast.webapp): not started")
+            else:
+                add(_webapp_service(settings))
+        if settings.admin_token is None:
+            stack.notes.append("rollout changes are disabled: set PYROCAST_ADMIN_TOKEN before `pyrocast up`")
+        return stack
+
+    def get(self, name: str) -> Service | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def urls(self) -> dict[str, str]:
+        return {s.name: s.url for s in self.services}
+
+    # --- starting -----------------------------------------------------------------------------------------
+    def check_ports(self) -> None:
+        """Refuse to start anything when a port is taken (naming each one and the setting that moves it)."""
+        busy = [s for s in self.services if not s.external and procs.port_in_use(self.settings.serving.host, s.port)]
+        if busy:
+            names = ", ".join(f"{s.name} ({s.port})" for s in busy)
+            envs = ", ".join(f"PYROCAST_{s.setting.upper().replace('.', '__')}" for s in busy if s.setting)
+            raise ServiceUnavailableError(
+                f"cannot start: port(s) already in use: {names}",
+                f"stop what listens there (another `pyrocast up`?) or move them with {envs}",
+            )
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> Stack:
+        """Start every service; the classifiers, explainer and MLflow in parallel, then the gateway and web app.
+
+        On any failure everything already started is stopped and a ServiceUnavailableError names the service
+        and shows the end of its log.
+        """
+        claim_state(self.settings)
+        self.check_ports()
+        first = [s for s in self.services if s.name not in ("gateway", "webapp") and not s.external]
+        then = [s for s in self.services if s.name in ("gateway", "webapp")]
+        try:
+            for group in (first, then):
+                for s in group:
+                    assert s.start is not None
+                    s.proc = s.start()
+                    self._save_state()
+                for s in group:
+                    assert s.proc is not None
+                    s.proc.wait_healthy(timeout)
+            self._describe_models()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _describe_models(self) -> None:
+        for name in ("champion", "challenger"):
+            s = self.get(name)
+            if s is None:
+                continue
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                info = httpx.get(s.url + "/model/info", timeout=3.0, trust_env=False).json()
+                s.what = f"classifier, {info['name']} v{info['version']} ({info.get('precision', '?')})"
+
+    # --- watching -----------------------------------------------------------------------------------------
+    def dead(self) -> list[Service]:
+        """Services whose process has exited (each reported once, with the end of its log)."""
+        newly = []
+        for s in self.services:
+            if s.proc is not None and not s.reported_dead and not s.proc.alive():
+                s.reported_dead = True
+                newly.append(s)
+                self.console.print(
+                    f"[red]{s.name} exited with code {s.proc.proc.returncode}[/red] (not restarted); "
+                    f"end of {s.proc.log_path}:\n{s.proc.log_tail(15)}",
+                    highlight=False,
+                )
+        return newly
+
+    def supervise(self, until: Callable[[], bool] | None = None) -> int:
+        """Block until interrupted (KeyboardInterrupt), `until()` is true, or a critical service dies (-> 1)."""
+        while until is None or not until():
+            for s in self.dead():
+                if s.critical:
+                    self.console.print(f"[red]{s.name} is required: stopping everything[/red]")
+                    return 1
+            time.sleep(POLL_S)
+        return 0
+
+    # --- stopping -----------------------------------------------------------------------------------------
+    def stop(self) -> list[int]:
+        """Stop every process group (gateway and web app first); returns pids that had to be killed after."""
+        front = [s for s in self.services if s.proc is not None and s.name in ("gateway", "webapp")]
+        back = [s for s in self.services if s.proc is not None and s.name not in ("gateway", "webapp")]
+        for batch in (front, back):
+            if batch:
+                with ThreadPoolExecutor(len(batch)) as pool:
+                    list(pool.map(_stop_quietly, batch))
+        groups = [s.proc.pid for s in self.services if s.proc is not None]
+        killed = kill_groups(groups)
+        clear_state(self.settings)
+        return killed
+
+    # --- showing ------------------------------------------------------------------------------------------
+    def render(self, console: Console) -> None:
+        t = Table(title="Pyrocast is running", title_justify="left")
+        for col in ("service", "URL", "what", "pid", "log"):
+            t.add_column(col)
+        for s in self.services:
+            url = s.url + ("/docs" if s.name == "gateway" else "")
+            pid = str(s.proc.pid) if s.proc else "external"
+            log = str(s.proc.log_path.relative_to(self.settings.root)) if s.proc else "-"
+            t.add_row(s.name, url, s.what, pid, log)
+        console.print(t)
+        for note in self.notes:
+            console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+        console.print(f"logs in {self.settings.root / 'logs'}; press Ctrl-C to stop everything", highlight=False)
+
+    def _save_state(self) -> None:
+        services = {}
+        for s in self.services:
+            if s.proc is None:
+                continue
+            with contextlib.suppress(psutil.Error):
+                services[s.name] = {
+                    "pid": s.proc.pid,
+                    "create_time": psutil.Process(s.proc.pid).create_time(),
+                    "url": s.url,
+                    "log": str(s.proc.log_path),
+                }
+        state = {
+            "pid": os.getpid(),
+            "create_time": psutil.Process().create_time(),
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "services": services,
+        }
+        atomic_write(self.settings.root / STATE_FILE, json.dumps(state, indent=2).encode())
+
+
+def _stop_quietly(s: Service) -> None:
+    assert s.proc is not None
+    # The gateway drains its prediction store on SIGTERM: give it time before SIGKILL.
+    with contextlib.suppress(Exception):
+        s.proc.stop(timeout=25.0 if s.name == "gateway" else 15.0)
+
+
+def _mlflow_service(settings: Settings) -> Service:
+    """MLflow's UI on the SQL store (or, for a remote tracking server, just a link to it)."""
+    from pyrocast.registry.mlflow_store import is_remote, redact
+
+    uri = settings.mlflow_tracking_uri
+    if is_remote(uri):
+        url = redact(uri).rstrip("/")
+        return Service("mlflow", url, 0, None, what="external tracking server (not started here)")
+    host, port = settings.serving.host, settings.mlflow.port
+    backend = uri
+    if backend.startswith("sqlite:///"):
+        Path(backend.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # The command of registry.mlflow_store.start_server (one worker, no job runner: 2 processes, ~0.5 GB),
+    # started without waiting so that it boots beside the model services.
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        settings.mlflow_artifact_root,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+
+    def start() -> procs.ServiceProcess:
+        return procs.start_process(
+            "mlflow",
+            cmd,
+            url=f"http://{host}:{port}",
+            log_path=settings.root / "logs" / f"mlflow-{port}.log",
+            health_path="/health",
+            env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            cwd=settings.root,
+            wait=False,
+        )
+
+    return Service(
+        "mlflow", f"http://{host}:{port}", port, start, what="MLflow UI (runs, registry)", setting="mlflow.port"
+    )
+
+
+WEBAPP_CODE = "from pyrocast.settings import get_settings\nfrom pyrocast.webapp import run\nrun(get_settings())\n"
+
+
+def _webapp_service(settings: Settings) -> Service:
+    host, port = settings.serving.host, settings.serving.webapp_port
+
+    def start() -> procs.ServiceProcess:
+        return procs.start_process(
+            "webapp",
+            [sys.executable, "-c", WEBAPP_CODE],
+            url=f"http://{host}:{port}",
+            log_path=settings.root / "logs" / f"webapp-{port}.log",
+            health_path="/",
+            env=procs.settings_env(settings),
+            cwd=settings.root,
+            wait=False,
+        )
+
+    return Service(
+        "webapp",
+        f"http://{host}:{port}",
+        port,
+        start,
+        what="map, feedback, models, monitoring",
+        setting="serving.webapp_port",
+    )
+
+
+def registered_aliases(settings: Settings) -> dict[str, str]:
+    """alias -> version in the registry ({} when nothing is registered yet)."""
+    from pyrocast.registry.models import aliases
+
+    return aliases(settings)
+
+
+# --- process groups and the state file ------------------------------------------------------------------------
+def group_members(pgids: list[int]) -> list[psutil.Process]:
+    """Live processes whose process group is one of `pgids` (zombies aside)."""
+    wanted = set(pgids)
+    found = []
+    for p in psutil.process_iter(["pid", "status"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) in wanted:
+                found.append(p)
+    return found
+
+
+def kill_groups(pgids: list[int]) -> list[int]:
+    """SIGKILL whatever is still alive in these process groups; returns the pids that were still there."""
+    left = group_members(pgids)
+    for p in left:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(left, timeout=5)
+    return [p.pid for p in left]
+
+
+def _alive(pid: int, create_time: float | None) -> bool:
+    """The process `pid` still runs and is the one we recorded (not a reused pid)."""
+    try:
+        p = psutil.Process(pid)
+        return p.status() != psutil.STATUS_ZOMBIE and (create_time is None or abs(p.create_time() - create_time) < 1)
+    except psutil.Error:
+        return False
+
+
+def claim_state(settings: Settings) -> None:
+    """Refuse when another `pyrocast up` runs on this data directory; stop the leftovers of a killed one."""
+    path = settings.root / STATE_FILE
+    if not path.exists():
+        return
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+        return
+    owner = int(state.get("pid", 0))
+    if owner and owner != os.getpid() and _alive(owner, state.get("create_time")):
+        raise ServiceUnavailableError(
+            f"pyrocast up is already running on {settings.root} (pid {owner})",
+            "stop it with Ctrl-C in its terminal (or `kill -INT <pid>`), or use another --data-dir",
+        )
+    stale = [int(s["pid"]) for s in state.get("services", {}).values() if _alive(int(s["pid"]), s.get("create_time"))]
+    if stale:
+        killed = kill_groups(stale)
+        Console(stderr=True).print(
+            f"[yellow]stopped {len(killed)} process(es) left by an earlier `pyrocast up` that did not stop cleanly[/]"
+        )
+    path.unlink(missing_ok=True)
+
+
+def clear_state(settings: Settings) -> None:
+    (settings.root / STATE_FILE).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt like Ctrl-C does, so one path stops everything."""
+
+    def _raise(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    old = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """While stopping, a second Ctrl-C must not interrupt the stop and leave processes behind."""
+    old = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def run_up(
+    stack: Stack,
+    console: Console,
+    *,
+    after_start: Callable[[Stack], None] | None = None,
+    until: Callable[[], bool] | None = None,
+) -> int:
+    """Start the stack, show its URLs, run `after_start` (e.g. a replay), supervise, stop on Ctrl-C.
+
+    Returns the exit code: 0 after Ctrl-C/SIGTERM or `until()`, 1 when a required service died.
+    """
+    code = 0
+    try:
+        with stop_signals_interrupt():
+            t0 = time.monotonic()
+            with console.status("starting " + ", ".join(s.name for s in stack.services if not s.external)):
+                stack.start()
+            console.print(f"[green]everything answers after {time.monotonic() - t0:.1f} s[/green]")
+            stack.render(console)
+            if after_start is not None:
+                after_start(stack)
+            code = stack.supervise(until)
+    except KeyboardInterrupt:
+        console.print("stopping ...")
+    finally:
+        with signals_ignored():
+            left = stack.stop()
+        if left:
+            console.print(f"[yellow]killed {len(left)} process(es) that outlived their service: {left}[/yellow]")
+        console.print("[green]stopped: no process left behind[/green]" if not left else "stopped")
+    return code
