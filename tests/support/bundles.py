@@ -7,6 +7,10 @@ challenger that always disagrees with its champion (bias=+20 says "wildfire" to 
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import warnings
 from pathlib import Path
 
 from pyrocast.model.bundle import FP32, write_bundle_files
@@ -37,17 +41,21 @@ def make_tiny_bundle(
     root.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, 3, TINY_SIZE, TINY_SIZE)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    torch.onnx.export(
-        net,
-        (example,),
-        str(root / FP32),
-        dynamo=True,
-        external_data=False,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_shapes=({0: batch},),
-        verbose=False,
-    )
+    # The dynamo exporter warns about torchvision ops and prints progress: keep test output clean.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (example,),
+            str(root / FP32),
+            dynamo=True,
+            external_data=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
     write_bundle_files(
         root,
         PreprocessSpec(size=TINY_SIZE),

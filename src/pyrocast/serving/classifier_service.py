@@ -1,0 +1,130 @@
+"""The classifier: one model version as ONNX on ONNX Runtime, behind BentoML 1.4 with adaptive batching.
+
+Run it with `pyrocast serve classifier` (or `bentoml serve pyrocast.serving.classifier_service:Classifier`);
+which model it serves comes from the environment (see `pyrocast.serving.bundles`).
+
+HTTP API (an internal service: the gateway is the public entry point):
+- `POST /predict`, multipart field `images` (one or more JPEG/PNG files) -> a JSON list, one item per image:
+  `{"probability": P(wildfire), "label": "wildfire"|"nowildfire", "model": {"name", "version"}, "precision"}`.
+  Concurrent requests are merged into batches of up to `max_batch_size` images, waiting at most
+  `max_latency_ms` (Settings.serving); `PYROCAST_SERVE_BATCHING=0` turns batching off (benchmark baseline).
+- `GET /model/info`: the model name, version, precision, input size and batching configuration.
+- `GET /livez`, `/readyz` (probes) and `/metrics` (Prometheus), from BentoML.
+
+Bad uploads are refused before they reach a batch (so one bad image never fails its batch neighbours):
+413 too large, 400 empty, 415 not JPEG/PNG, 422 corrupt, a decompression bomb or an unusable pixel mode.
+"""
+
+from __future__ import annotations
+
+import os
+from http import HTTPStatus
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+import numpy as np
+from bentoml.exceptions import BentoMLException
+from fastapi import FastAPI
+from PIL import Image
+from pydantic import AfterValidator
+
+from pyrocast.model.bundle import OnnxClassifier
+from pyrocast.model.preprocess import preprocess_batch
+from pyrocast.serving.bundles import ENV_BUNDLE, ENV_PRECISION, batching_enabled, resolve_bundle, resolve_precision
+from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload
+from pyrocast.settings import get_settings
+
+LABELS = ("nowildfire", "wildfire")
+# Multipart framing around a file is a few hundred bytes; the per-file limit is checked exactly later.
+MULTIPART_SLACK = 64 * 1024
+
+_settings = get_settings()
+_serving = _settings.serving
+BATCHING = batching_enabled()
+MAX_UPLOAD_BYTES = _serving.max_upload_bytes
+
+
+class UploadError(BentoMLException):
+    """A rejected upload; BentoML answers with its status code and message."""
+
+
+def _checked_image(path: Path) -> Image.Image:
+    """Runs while the request is parsed, before batching: guards, decode, RGB."""
+    try:
+        data = Path(path).read_bytes()
+        return load_upload(data, max_bytes=MAX_UPLOAD_BYTES, what="uploaded image")
+    except UploadRejected as exc:
+        raise UploadError(str(exc), error_code=HTTPStatus(exc.status)) from exc
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
+Upload = Annotated[Path, AfterValidator(_checked_image)]
+
+meta_app = FastAPI(title="pyrocast classifier: model information")
+
+
+@bentoml.asgi_app(meta_app, path="/model")
+@bentoml.service(
+    name="pyrocast-classifier",
+    workers=1,
+    threads=1,
+    # Many requests in flight at once is what lets the dispatcher form batches.
+    traffic={"timeout": 30, "max_concurrency": 256, "concurrency": 64},
+    logging={"access": {"enabled": False}},
+)
+class Classifier:
+    """One model version, scored with ONNX Runtime."""
+
+    def __init__(self) -> None:
+        self.bundle = resolve_bundle(_settings)
+        # "registry" models have aliases the gateway moves on promote/rollback; bundle folders have none.
+        self.source = "folder" if os.environ.get(ENV_BUNDLE) else "registry"
+        self.precision = resolve_precision(self.bundle, os.environ.get(ENV_PRECISION) or _serving.precision)
+        threads = int(os.environ.get("PYROCAST_SERVE_THREADS", "2"))
+        self.model = OnnxClassifier(self.bundle, self.precision, threads=threads)
+        self.threshold = float(self.bundle.meta.get("threshold", 0.5))
+        # Warm-up: the first ONNX Runtime run allocates; no user request should pay for it.
+        self.model.predict_proba(np.zeros((1, 3, self.bundle.spec.size, self.bundle.spec.size), np.float32))
+
+    @bentoml.api(
+        route="/predict",
+        batchable=BATCHING,
+        max_batch_size=max(2, _serving.max_batch_size),
+        max_latency_ms=_serving.max_latency_ms,
+    )
+    def predict(self, images: list[Upload]) -> list[dict[str, Any]]:
+        """P(wildfire) for each uploaded JPEG/PNG tile, in order."""
+        batch = preprocess_batch(list(images), self.bundle.spec)  # type: ignore[arg-type]
+        probs = self.model.predict_proba(batch)
+        model = {"name": self.bundle.name, "version": self.bundle.version}
+        return [
+            {
+                "probability": float(p),
+                "label": LABELS[int(p >= self.threshold)],
+                "model": model,
+                "precision": self.precision,
+            }
+            for p in probs
+        ]
+
+    @meta_app.get("/info")
+    def info(self) -> dict[str, Any]:
+        """Which model this service serves, at which precision, with which batching."""
+        return {
+            "name": self.bundle.name,
+            "version": self.bundle.version,
+            "precision": self.precision,
+            "input_size": self.bundle.spec.size,
+            "threshold": self.threshold,
+            "batching": BATCHING,
+            "max_batch_size": _serving.max_batch_size,
+            "max_latency_ms": _serving.max_latency_ms,
+            "network": self.bundle.meta.get("network"),
+            "run_id": self.bundle.meta.get("run_id"),
+            "source": self.source,
+        }
+
+
+Classifier.add_asgi_middleware(BodyLimit, max_bytes=MAX_UPLOAD_BYTES + MULTIPART_SLACK)

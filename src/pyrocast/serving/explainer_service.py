@@ -1,0 +1,174 @@
+"""The explainer: an attribution heatmap (PNG) for a tile and a model version, behind BentoML.
+
+Run it with `pyrocast serve explainer`. HTTP API (internal; the gateway's `/v1/explain` is the public door):
+- `POST /explain`, multipart: `image` (JPEG/PNG), `version` (a registry version or alias; default `champion`)
+  -> `image/png`: the tile with the occlusion heatmap laid over it. Headers `X-Model-Name`, `X-Model-Version`,
+  `X-Probability`.
+- `GET /livez`, `/readyz`, `/metrics` from BentoML.
+
+Models come from the registry (`fetch_bundle`) or, for tests and bundle-folder deployments, from
+`PYROCAST_EXPLAIN_BUNDLES="<version>=<folder>:<version>=<folder>"`; the last few used stay loaded.
+The attribution is occlusion over the served ONNX graph (`pyrocast.model.explain.occlusion_onnx`): what is
+explained is exactly what the classifier serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+from collections import OrderedDict
+from http import HTTPStatus
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+import numpy as np
+from bentoml.exceptions import BentoMLException
+from PIL import Image
+from pydantic import AfterValidator, BeforeValidator, Field
+
+from pyrocast.errors import PyrocastError
+from pyrocast.model.bundle import Bundle, OnnxClassifier, load_bundle
+from pyrocast.serving.bundles import resolve_bundle, resolve_precision
+from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload
+from pyrocast.settings import get_settings
+
+_settings = get_settings()
+MAX_UPLOAD_BYTES = _settings.serving.max_upload_bytes
+KEEP_MODELS = 3
+
+
+class ExplainError(BentoMLException):
+    """A request the explainer cannot serve; answered with its status code."""
+
+
+def _checked_image(path: Path) -> Image.Image:
+    try:
+        return load_upload(Path(path).read_bytes(), max_bytes=MAX_UPLOAD_BYTES, what="uploaded image")
+    except UploadRejected as exc:
+        raise ExplainError(str(exc), error_code=HTTPStatus(exc.status)) from exc
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
+def parse_bundle_map(text: str | None) -> dict[str, Path]:
+    """`"1=/a:2=/b"` -> {"1": Path("/a"), "2": Path("/b")} (os.pathsep separates entries)."""
+    out: dict[str, Path] = {}
+    for part in (text or "").split(os.pathsep):
+        if part.strip():
+            version, _, folder = part.partition("=")
+            out[version.strip()] = Path(folder.strip())
+    return out
+
+
+def simple_occlusion(classifier: OnnxClassifier, image: Image.Image, grid: int = 7) -> np.ndarray:
+    """Fallback attribution: drop of P(predicted class) when each cell of a grid x grid mesh is greyed out."""
+    from pyrocast.model.preprocess import preprocess
+
+    x = preprocess(image, classifier.bundle.spec)
+    p0 = float(classifier.predict_proba(x[None])[0])
+    target_fire = p0 >= 0.5
+    s = x.shape[-1]
+    edges = np.linspace(0, s, grid + 1).astype(int)
+    batch = []
+    for i in range(grid):
+        for j in range(grid):
+            xi = x.copy()
+            xi[:, edges[i] : edges[i + 1], edges[j] : edges[j + 1]] = 0.0  # the mean colour once normalized
+            batch.append(xi)
+    p = classifier.predict_proba(np.stack(batch))
+    drop = (p0 - p) if target_fire else (p - p0)
+    heat = np.clip(drop.reshape(grid, grid), 0, None)
+    return heat / heat.max() if heat.max() > 0 else heat
+
+
+def _heat_and_png(classifier: OnnxClassifier, image: Image.Image) -> bytes:
+    try:
+        from pyrocast.model.explain import occlusion_onnx, overlay_png
+    except ImportError:  # the model package's explain module is optional for serving
+        occlusion_onnx, overlay_png = None, None
+    if occlusion_onnx is not None and overlay_png is not None:
+        heat = occlusion_onnx(classifier, image, classifier.bundle.spec)
+        return overlay_png(image, heat)
+    heat = simple_occlusion(classifier, image)
+    h = Image.fromarray((heat * 255).astype(np.uint8)).resize(image.size, Image.Resampling.BILINEAR)
+    red = Image.new("RGB", image.size, (255, 40, 0))
+    out = Image.composite(red, image, h.point(lambda v: int(v * 0.5)))
+    buf = io.BytesIO()
+    out.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@bentoml.service(
+    name="pyrocast-explainer",
+    workers=1,
+    threads=1,
+    traffic={"timeout": 120, "max_concurrency": 32},
+    logging={"access": {"enabled": False}},
+)
+class Explainer:
+    """Occlusion heatmaps for any served model version."""
+
+    def __init__(self) -> None:
+        self.folders = parse_bundle_map(os.environ.get("PYROCAST_EXPLAIN_BUNDLES"))
+        self.models: OrderedDict[str, OnnxClassifier] = OrderedDict()
+        self.lock = threading.Lock()
+        # Import the attribution code now (torch, captum: seconds), not on the first user's request.
+        with contextlib.suppress(ImportError):
+            import pyrocast.model.explain  # noqa: F401
+
+    def _bundle(self, version: str) -> Bundle:
+        if version in self.folders:
+            return load_bundle(self.folders[version])
+        if self.folders:  # folder mode: aliases are not known; "champion" means the first folder given
+            if version in ("champion", "challenger"):
+                return load_bundle(next(iter(self.folders.values())))
+            raise ExplainError(
+                f"model version {version!r} is not available here (have {', '.join(self.folders)})",
+                error_code=HTTPStatus.NOT_FOUND,
+            )
+        return resolve_bundle(_settings, ref=version)
+
+    def classifier(self, version: str) -> OnnxClassifier:
+        with self.lock:
+            if version in self.models:
+                self.models.move_to_end(version)
+                return self.models[version]
+            try:
+                bundle = self._bundle(version)
+            except ExplainError:
+                raise
+            except PyrocastError as exc:
+                raise ExplainError(str(exc), error_code=HTTPStatus.NOT_FOUND) from exc
+            clf = OnnxClassifier(bundle, resolve_precision(bundle, "fp32"), threads=2)
+            self.models[version] = clf
+            while len(self.models) > KEEP_MODELS:
+                self.models.popitem(last=False)
+            return clf
+
+    @bentoml.api(route="/explain")
+    def explain(
+        self,
+        image: Annotated[Path, AfterValidator(_checked_image)],
+        # BentoML's multipart parser JSON-decodes fields, so a version "3" arrives as the number 3.
+        version: Annotated[str, BeforeValidator(str), Field(max_length=64)] = "champion",
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> Annotated[Path, bentoml.validators.ContentType("image/png")]:
+        """The tile with the heatmap of `version` over it, as PNG."""
+        clf = self.classifier(version.strip() or "champion")
+        img: Image.Image = image  # type: ignore[assignment]  # the validator turned the path into an image
+        png = _heat_and_png(clf, img)
+        from pyrocast.model.preprocess import preprocess
+
+        prob = float(clf.predict_proba(preprocess(img, clf.bundle.spec)[None])[0])
+        ctx.response.headers["X-Model-Name"] = clf.bundle.name
+        ctx.response.headers["X-Model-Version"] = clf.bundle.version
+        ctx.response.headers["X-Probability"] = f"{prob:.6f}"
+        out = Path(ctx.temp_dir) / "explanation.png"
+        out.write_bytes(png)
+        return out
+
+
+Explainer.add_asgi_middleware(BodyLimit, max_bytes=MAX_UPLOAD_BYTES + 64 * 1024)

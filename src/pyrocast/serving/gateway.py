@@ -1,0 +1,1126 @@
+"""The gateway: the one public entry point. Routes predictions between champion and challenger, stores them.
+
+FastAPI + uvicorn, default http://127.0.0.1:8000, OpenAPI at /docs and /openapi.json. Run it with
+`pyrocast serve gateway` or `python -m pyrocast.serving.gateway --port 8000`. The API is a contract for the
+web app, replay and load tools; see docs/SERVING.md.
+
+Backends are found by URL (Settings.serving: host, champion_port, challenger_port, explainer_port). Each
+classifier says which model version it serves (`GET /model/info`); the champion role goes to the backend that
+serves the rollout state's champion version, so a promotion survives a gateway restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import httpx
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
+from pyrocast.imaging import encode_jpeg
+from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload
+from pyrocast.serving.rollout import (
+    ABPlan,
+    CanaryPlan,
+    Event,
+    ModelRef,
+    Role,
+    RolloutController,
+    RolloutError,
+    RolloutState,
+)
+from pyrocast.serving.store import LABELS, PredictionStore, image_stats
+from pyrocast.settings import Settings, get_settings
+
+log = logging.getLogger("pyrocast.gateway")
+
+API_VERSION = "1"
+Source = Literal["api", "web", "replay", "load"]
+Label = Literal["wildfire", "nowildfire"]
+Variant = Literal["champion", "challenger", "champion-fallback"]
+MULTIPART_SLACK = 64 * 1024
+PROBE_INTERVAL_S = 2.0
+DOWN_COOLDOWN_S = 2.0
+MAX_BACKGROUND = 256  # shadow/compare calls in flight; beyond this copies are dropped (and counted)
+RECENT_REQUESTS = 200_000  # request ids kept in memory for feedback before the store is asked
+TILE_CACHE = 256
+
+
+# --- API models (the contract) ---------------------------------------------------------------------------------
+class ModelInfo(BaseModel):
+    name: str = Field(..., examples=["pyrocast-wildfire"])
+    version: str = Field(..., examples=["3"])
+
+
+class PredictResponse(BaseModel):
+    """One answer. `variant` says which model answered: champion, challenger, or champion-fallback (the
+    challenger was chosen but failed, so the champion answered)."""
+
+    request_id: str = Field(..., description="quote it in /v1/feedback")
+    probability: float = Field(..., ge=0.0, le=1.0, description="P(wildfire)")
+    label: Label
+    model: ModelInfo
+    variant: Variant
+    latency_ms: float = Field(..., description="time spent in the gateway for this request")
+    tile_sha256: str
+    lat: float | None = None
+    lon: float | None = None
+
+
+class CoordinatesRequest(BaseModel):
+    """Predict for a place: the gateway fetches its tile from the configured imagery provider."""
+
+    lat: float = Field(..., ge=-90.0, le=90.0, allow_inf_nan=False, examples=[45.5])
+    lon: float = Field(..., ge=-180.0, le=180.0, allow_inf_nan=False, examples=[-73.6])
+    client_id: str | None = Field(None, max_length=128, description="sticky A/B assignment (or X-Client-Id)")
+    source: Source = Field("api", description="who sends the request: api, web, replay or load")
+
+    model_config = {"extra": "forbid"}
+
+
+class UploadForm(BaseModel):
+    """multipart/form-data fields of POST /v1/predict and /v1/explain with an image."""
+
+    image: bytes = Field(..., description="a JPEG or PNG tile", json_schema_extra={"format": "binary"})
+    client_id: str | None = Field(None, max_length=128)
+    source: Source = "api"
+    lat: float | None = Field(None, ge=-90.0, le=90.0, description="where the tile is from, if known")
+    lon: float | None = Field(None, ge=-180.0, le=180.0)
+
+
+class ExplainCoordinates(CoordinatesRequest):
+    version: str | None = Field(None, max_length=64, description="model version to explain (default: champion)")
+
+
+class FeedbackRequest(BaseModel):
+    """A verdict on an answer (`correct`), the true label, or both (they must agree)."""
+
+    request_id: str = Field(..., min_length=1, max_length=64)
+    correct: bool | None = None
+    label: Label | None = Field(None, description="the true label, when known (e.g. delayed ground truth)")
+    source: Literal["user", "replay", "feed"] = "user"
+    client_id: str | None = Field(None, max_length=128)
+
+    model_config = {"extra": "forbid"}
+
+    @model_validator(mode="after")
+    def _something_to_say(self) -> FeedbackRequest:
+        if self.correct is None and self.label is None:
+            raise ValueError("give `correct` (true/false), `label` (wildfire/nowildfire), or both")
+        return self
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    correct: bool
+    true_label: Label
+    served_label: Label
+    model: ModelInfo
+
+
+class BackendStatus(BaseModel):
+    role: str
+    url: str
+    up: bool
+    model: ModelInfo | None = None
+    precision: str | None = None
+    source: str | None = None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded"]
+    backends: dict[str, BackendStatus]
+    store_queue: int
+
+
+class RolloutView(BaseModel):
+    """The rollout state, what each role serves, live statistics and recent events."""
+
+    mode: str
+    challenger_share: float
+    state: dict[str, Any]
+    backends: dict[str, BackendStatus]
+    events: list[dict[str, Any]]
+
+
+class ReasonBody(BaseModel):
+    reason: str | None = Field(None, max_length=500)
+    model_config = {"extra": "forbid"}
+
+
+class ShadowBody(BaseModel):
+    sample: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="share of requests copied")
+    model_config = {"extra": "forbid"}
+
+
+class ErrorResponse(BaseModel):
+    detail: Any
+
+
+# --- backends --------------------------------------------------------------------------------------------------
+class BackendError(Exception):
+    """A backend did not answer usefully. `client_error` means the request was at fault (4xx), not the backend."""
+
+    def __init__(self, message: str, status: int | None = None, client_error: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.client_error = client_error
+
+
+@dataclass
+class Answer:
+    probability: float
+    label: str
+    model: ModelRef
+    precision: str | None
+    latency_ms: float
+
+
+class Backend:
+    """One classifier service, known by URL; remembers what it serves and whether it answers."""
+
+    def __init__(self, slot: str, url: str, client: httpx.AsyncClient) -> None:
+        self.slot = slot
+        self.url = url.rstrip("/")
+        self.client = client
+        self.info: dict[str, Any] | None = None
+        self.up = False
+        self.down_until = 0.0
+
+    @property
+    def ref(self) -> ModelRef | None:
+        if not self.info:
+            return None
+        return ModelRef(name=str(self.info.get("name")), version=str(self.info.get("version")))
+
+    def available(self, now: float) -> bool:
+        return now >= self.down_until
+
+    def mark_down(self) -> None:
+        self.up = False
+        self.down_until = time.monotonic() + DOWN_COOLDOWN_S
+
+    async def probe(self) -> bool:
+        """Ask readiness and model info; updates `up` and `info`."""
+        try:
+            r = await self.client.get(self.url + "/readyz", timeout=2.0)
+            if r.status_code != 200:
+                raise BackendError(f"readyz {r.status_code}")
+            info = await self.client.get(self.url + "/model/info", timeout=2.0)
+            info.raise_for_status()
+            self.info = info.json()
+            self.up, self.down_until = True, 0.0
+        except (httpx.HTTPError, BackendError, ValueError):
+            self.up = False
+        return self.up
+
+    async def predict(self, data: bytes, content_type: str) -> Answer:
+        t0 = time.perf_counter()
+        try:
+            r = await self.client.post(self.url + "/predict", files={"images": ("tile", data, content_type)})
+        except httpx.HTTPError as exc:
+            raise BackendError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        ms = (time.perf_counter() - t0) * 1000
+        if r.status_code != 200:
+            msg = _backend_message(r)
+            raise BackendError(f"HTTP {r.status_code}: {msg}", r.status_code, client_error=400 <= r.status_code < 500)
+        try:
+            item = r.json()[0]
+            ref = ModelRef(name=str(item["model"]["name"]), version=str(item["model"]["version"]))
+            return Answer(float(item["probability"]), str(item["label"]), ref, item.get("precision"), ms)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise BackendError(f"unexpected answer: {r.text[:200]}") from exc
+
+    def status(self, role: str) -> BackendStatus:
+        ref = self.ref
+        return BackendStatus(
+            role=role,
+            url=self.url,
+            up=self.up,
+            model=ModelInfo(name=ref.name, version=ref.version) if ref else None,
+            precision=(self.info or {}).get("precision"),
+            source=(self.info or {}).get("source"),
+        )
+
+
+def _backend_message(r: httpx.Response) -> str:
+    try:
+        body = r.json()
+    except ValueError:
+        return r.text[:300]
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("detail") or body)[:300]
+    return str(body)[:300]
+
+
+# --- metrics ---------------------------------------------------------------------------------------------------
+class Metrics:
+    """Prometheus metrics in a registry of their own (several gateways may live in one test process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http = Counter("pyrocast_gateway_http_requests_total", "HTTP requests", ["endpoint", "status"], registry=r)
+        self.request_latency = Histogram(
+            "pyrocast_gateway_request_seconds",
+            "end-to-end gateway latency of answered predictions",
+            ["variant", "model_version"],
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+            registry=r,
+        )
+        self.predictions = Counter(
+            "pyrocast_predictions_total",
+            "model calls (served answers, shadow copies and comparisons) by outcome",
+            ["variant", "model_version", "outcome"],
+            registry=r,
+        )
+        self.model_latency = Histogram(
+            "pyrocast_model_call_seconds",
+            "latency of a classifier call",
+            ["variant", "model_version"],
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "pyrocast_fallbacks_total", "challenger failures answered by the champion", ["reason"], registry=r
+        )
+        self.dropped = Counter(
+            "pyrocast_background_dropped_total", "shadow/compare copies dropped under load", registry=r
+        )
+        self.share = Gauge("pyrocast_challenger_share", "share of clients routed to the challenger", registry=r)
+        self.backend_up = Gauge("pyrocast_backend_up", "1 when a backend answers", ["role"], registry=r)
+        self.store_queue = Gauge("pyrocast_store_queue_depth", "rows waiting to be written", registry=r)
+        self.store_written = Gauge("pyrocast_store_rows_written", "rows written since start", ["table"], registry=r)
+        self.store_errors = Gauge("pyrocast_store_write_errors", "failed write attempts since start", registry=r)
+
+
+# --- the gateway -----------------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """A request's tile, decoded and described, ready for the models."""
+
+    data: bytes
+    content_type: str
+    sha256: str
+    stats: dict[str, Any]
+    lon: float | None
+    lat: float | None
+
+
+class Gateway:
+    """The gateway's state: backends, rollout controller, store, provider, metrics."""
+
+    def __init__(self, settings: Settings, store: PredictionStore | None = None) -> None:
+        self.settings = settings
+        sv = settings.serving
+        self.max_upload = sv.max_upload_bytes
+        self.store = store or PredictionStore(
+            settings.store_database_url, spill_path=settings.root / "predictions-spill.jsonl"
+        )
+        self.metrics = Metrics()
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=2.0),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
+        base = f"http://{sv.host}"
+        self.backends = {
+            "a": Backend("a", f"{base}:{sv.champion_port}", self.client),
+            "b": Backend("b", f"{base}:{sv.challenger_port}", self.client),
+        }
+        self.roles: dict[str, str] = {"champion": "a", "challenger": "b"}
+        self.explainer_url = f"{base}:{sv.explainer_port}"
+        self.controller = RolloutController()
+        self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.tiles: OrderedDict[tuple[float, float], Prepared] = OrderedDict()
+        self._provider: Any = None
+        self._background: set[asyncio.Task] = set()
+        self._ticker: asyncio.Task | None = None
+        admin = settings.admin_token
+        self.admin_token = admin.get_secret_value() if admin else None
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        self.store.start()
+        saved = await run_in_threadpool(self.store.last_state)
+        if saved:
+            with contextlib.suppress(ValidationError):
+                self.controller.state = RolloutState.model_validate(saved)
+                self.controller._reset_windows()
+        await self.refresh_backends()
+        if not saved:
+            await self._record(Event("start", "gateway started with a fresh rollout state"))
+        self._ticker = asyncio.create_task(self._tick_loop())
+
+    async def shutdown(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        # Let shadow copies in flight finish (briefly), so their rows are stored too.
+        if self._background:
+            await asyncio.wait(self._background, timeout=5.0)
+        await self.client.aclose()
+        await run_in_threadpool(self.store.close)
+
+    async def _tick_loop(self) -> None:
+        last_probe = 0.0
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                if time.monotonic() - last_probe >= PROBE_INTERVAL_S:
+                    last_probe = time.monotonic()
+                    await self.refresh_backends()
+                for ev in self.controller.tick():
+                    await self._after_change(ev)
+                self._update_gauges()
+            except Exception:  # the loop must survive anything (a store hiccup, a backend oddity)
+                log.exception("gateway tick failed")
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        m.share.set(self.controller.share())
+        for role in ("champion", "challenger"):
+            m.backend_up.labels(role).set(1 if self.backend(role).up else 0)
+        m.store_queue.set(self.store.queue_depth)
+        for table, n in self.store.written.items():
+            m.store_written.labels(table).set(n)
+        m.store_errors.set(self.store.write_errors)
+
+    # --- backends and roles ---------------------------------------------------------------------------------
+    def backend(self, role: str) -> Backend:
+        return self.backends[self.roles[role]]
+
+    async def refresh_backends(self) -> None:
+        await asyncio.gather(*(b.probe() for b in self.backends.values()))
+        self._assign_roles()
+
+    def _assign_roles(self) -> None:
+        """Champion role -> the backend serving the state's champion version (default: the champion port)."""
+        st = self.controller.state
+        a, b = self.backends["a"], self.backends["b"]
+        if st.champion is not None and a.ref != b.ref:
+            if b.ref == st.champion:
+                self.roles = {"champion": "b", "challenger": "a"}
+            elif a.ref == st.champion:
+                self.roles = {"champion": "a", "challenger": "b"}
+        champ, chall = self.backend("champion"), self.backend("challenger")
+        # Keep the last known models while a backend is briefly down: a blip must not erase the rollout.
+        champion = champ.ref or st.champion
+        challenger = chall.ref if chall.ref is not None else (st.challenger if not chall.up else None)
+        if challenger == champion:
+            challenger = None
+        self.controller.set_models(champion, challenger)
+
+    def backend_statuses(self) -> dict[str, BackendStatus]:
+        return {role: self.backend(role).status(role) for role in ("champion", "challenger")}
+
+    # --- tiles ----------------------------------------------------------------------------------------------
+    def provider(self) -> Any:
+        if self._provider is None:
+            from pyrocast.data.imagery import make_provider
+
+            self._provider = make_provider(self.settings)
+        return self._provider
+
+    async def tile_for(self, lon: float, lat: float) -> Prepared:
+        key = (round(lon, 6), round(lat, 6))
+        hit = self.tiles.get(key)
+        if hit is not None:
+            self.tiles.move_to_end(key)
+            return hit
+
+        def fetch() -> Prepared:
+            img = self.provider().fetch(lon, lat)
+            data = encode_jpeg(img, quality=95)
+            return Prepared(data, "image/jpeg", hashlib.sha256(data).hexdigest(), image_stats(img), lon, lat)
+
+        prepared = await run_in_threadpool(fetch)
+        self.tiles[key] = prepared
+        while len(self.tiles) > TILE_CACHE:
+            self.tiles.popitem(last=False)
+        return prepared
+
+    async def prepare_upload(self, data: bytes, content_type: str, lon: float | None, lat: float | None) -> Prepared:
+        def check() -> Prepared:
+            img = load_upload(data, max_bytes=self.max_upload, what="image")
+            return Prepared(data, content_type, hashlib.sha256(data).hexdigest(), image_stats(img), lon, lat)
+
+        return await run_in_threadpool(check)
+
+    # --- predictions ----------------------------------------------------------------------------------------
+    async def predict(self, tile: Prepared, client_id: str | None, source: str) -> PredictResponse:
+        t0 = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        route = self.controller.route(client_id or request_id)
+        mode = self.controller.state.mode
+        base = self._base_row(tile, request_id, client_id, source, mode)
+        answer: Answer | None = None
+        variant: Variant = "champion"
+        if route.role == "challenger":
+            answer = await self._call_challenger(tile, base)
+            variant = "challenger"
+        if answer is None:
+            if route.role == "challenger":
+                variant = "champion-fallback"
+            answer = await self._call("champion", tile, base, variant, served=True)
+        total_ms = (time.perf_counter() - t0) * 1000
+        self.metrics.request_latency.labels(variant, answer.model.version).observe(total_ms / 1000)
+        self._remember(request_id, answer, variant, client_id)
+        if route.shadow:
+            self._spawn(self._shadow(tile, base))
+        if route.compare and variant == "challenger":
+            self._spawn(self._compare(tile, base, answer))
+        return PredictResponse(
+            request_id=request_id,
+            probability=answer.probability,
+            label=answer.label,  # type: ignore[arg-type]
+            model=ModelInfo(name=answer.model.name, version=answer.model.version),
+            variant=variant,
+            latency_ms=round(total_ms, 3),
+            tile_sha256=tile.sha256,
+            lat=tile.lat,
+            lon=tile.lon,
+        )
+
+    def _base_row(
+        self, tile: Prepared, request_id: str, client_id: str | None, source: str, mode: str
+    ) -> dict[str, Any]:
+        return {
+            "request_id": request_id,
+            "client_id": client_id,
+            "source": source,
+            "rollout_mode": mode,
+            "lon": tile.lon,
+            "lat": tile.lat,
+            "tile_sha256": tile.sha256,
+            **tile.stats,
+        }
+
+    async def _call(self, role: Role, tile: Prepared, base: dict[str, Any], variant: str, served: bool) -> Answer:
+        """Call a role's backend and store the outcome; raises BackendError on failure (stored too)."""
+        be = self.backend(role)
+        ref = be.ref
+        try:
+            # The challenger is skipped for a moment after it failed to connect; the champion is always tried.
+            if role == "challenger" and not be.available(time.monotonic()):
+                raise BackendError(f"{role} backend {be.url} is down (cooling off after a failure)")
+            answer = await be.predict(tile.data, tile.content_type)
+        except BackendError as exc:
+            if exc.status is None:  # no answer at all (refused, reset, timeout): the process is gone or stuck
+                be.mark_down()
+            version = ref.version if ref else None
+            self.metrics.predictions.labels(variant, version or "unknown", "error").inc()
+            self.store.put_prediction(
+                {
+                    **base,
+                    "served": False,
+                    "variant": variant,
+                    "model_name": ref.name if ref else None,
+                    "model_version": version,
+                    "error": str(exc)[:1000],
+                }
+            )
+            raise
+        be.up = True
+        self.metrics.predictions.labels(variant, answer.model.version, "ok").inc()
+        self.metrics.model_latency.labels(variant, answer.model.version).observe(answer.latency_ms / 1000)
+        self.store.put_prediction(
+            {
+                **base,
+                "served": served,
+                "variant": variant,
+                "model_name": answer.model.name,
+                "model_version": answer.model.version,
+                "precision": answer.precision,
+                "probability": answer.probability,
+                "label": answer.label,
+                "latency_ms": round(answer.latency_ms, 3),
+            }
+        )
+        return answer
+
+    async def _call_challenger(self, tile: Prepared, base: dict[str, Any]) -> Answer | None:
+        """The challenger's answer, or None (after recording the failure) so that the champion answers."""
+        try:
+            answer = await self._call("challenger", tile, base, "challenger", served=True)
+        except BackendError as exc:
+            if exc.client_error:
+                raise
+            self.controller.record("challenger", False, None)
+            self.metrics.fallbacks.labels("down" if "down" in str(exc) else "error").inc()
+            await self._check_guardrails()
+            return None
+        self.controller.record("challenger", True, answer.latency_ms)
+        await self._check_guardrails()
+        return answer
+
+    async def _check_guardrails(self) -> None:
+        if self.controller.state.mode == "canary":
+            for ev in self.controller.tick():
+                await self._after_change(ev)
+
+    def _spawn(self, coro: Any) -> None:
+        if len(self._background) >= MAX_BACKGROUND:
+            coro.close()
+            self.metrics.dropped.inc()
+            return
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _shadow(self, tile: Prepared, base: dict[str, Any]) -> None:
+        """The challenger's answer to a copy of the request; failures are stored and counted, never raised."""
+        with contextlib.suppress(BackendError):
+            answer = await self._call("challenger", tile, base, "shadow", served=False)
+            self.controller.record("challenger", True, answer.latency_ms)
+            champion = self.recent.get(base["request_id"])
+            if champion is not None:
+                self.controller.record_agreement(champion["label"] == answer.label)
+            return
+        self.controller.record("challenger", False, None)
+
+    async def _compare(self, tile: Prepared, base: dict[str, Any], challenger: Answer) -> None:
+        """The champion's answer to a request the challenger served: measures disagreement for the guardrail."""
+        with contextlib.suppress(BackendError):
+            answer = await self._call("champion", tile, base, "champion-compare", served=False)
+            self.controller.record_agreement(answer.label == challenger.label)
+            await self._check_guardrails()
+
+    def _remember(self, request_id: str, answer: Answer, variant: str, client_id: str | None) -> None:
+        self.recent[request_id] = {
+            "label": answer.label,
+            "model_name": answer.model.name,
+            "model_version": answer.model.version,
+            "variant": variant,
+            "client_id": client_id,
+        }
+        while len(self.recent) > RECENT_REQUESTS:
+            self.recent.popitem(last=False)
+
+    async def served(self, request_id: str) -> dict[str, Any] | None:
+        hit = self.recent.get(request_id)
+        if hit is not None:
+            return hit
+        rows = await run_in_threadpool(self.store.predictions_for, request_id)
+        for row in rows:
+            if row["served"]:
+                return row
+        return None
+
+    # --- rollout changes ------------------------------------------------------------------------------------
+    async def change(self, action: str, body: Any) -> Event:
+        await self.refresh_backends()
+        c = self.controller
+        if action == "champion":
+            ev = c.champion_only(body.reason if body else None)
+        elif action == "ab":
+            ev = c.start_ab(body)
+        elif action == "canary":
+            ev = c.start_canary(body)
+        elif action == "shadow":
+            ev = c.start_shadow(body.sample)
+        elif action in ("promote", "rollback"):
+            ev = await self._promote_or_rollback(action, body.reason if body else None)
+        else:  # pragma: no cover - routes only pass known actions
+            raise RolloutError(f"unknown rollout action {action!r}")
+        await self._after_change(ev)
+        return ev
+
+    async def _promote_or_rollback(self, action: str, reason: str | None) -> Event:
+        c = self.controller
+        before = c.state.model_copy(deep=True)
+        ev = c.promote(reason) if action == "promote" else c.rollback(reason)
+        if ev.action not in ("promote", "rollback"):
+            return ev  # a rollback that only stopped an experiment
+        try:
+            note = await run_in_threadpool(self._move_aliases, c.state.champion, c.state.challenger)
+        except Exception as exc:
+            c.state = before
+            c._reset_windows()
+            raise ServiceUnavailableError(
+                f"{action} not done: moving the registry aliases failed: {exc}", "check the MLflow registry"
+            ) from exc
+        self._assign_roles()
+        if note:
+            ev.reason = f"{ev.reason}; {note}"
+        return ev
+
+    def _move_aliases(self, champion: ModelRef | None, challenger: ModelRef | None) -> str | None:
+        """Point the registry's champion/challenger aliases at the new roles (registry-served models only)."""
+        sources = {(b.info or {}).get("source") for b in self.backends.values() if b.info}
+        if sources != {"registry"}:
+            return "registry aliases not moved (models served from bundle folders)"
+        from pyrocast.registry.models import set_alias
+
+        if champion is not None:
+            set_alias(self.settings, "champion", champion.version)
+        if challenger is not None:
+            set_alias(self.settings, "challenger", challenger.version)
+        return f"registry aliases moved: champion -> v{champion.version if champion else '-'}, " + (
+            f"challenger -> v{challenger.version}" if challenger else "no challenger"
+        )
+
+    async def _after_change(self, ev: Event) -> None:
+        if ev.action in ("promote", "rollback"):
+            self._assign_roles()
+        await self._record(ev)
+        if ev.action in ("guardrail-stop", "champion-only") and ev.reason:
+            log.warning("rollout: %s: %s", ev.action, ev.reason)
+        else:
+            log.info("rollout: %s%s", ev.action, f": {ev.reason}" if ev.reason else "")
+        self._update_gauges()
+
+    async def _record(self, ev: Event) -> None:
+        st = self.controller.state
+        await run_in_threadpool(
+            self.store.add_event,
+            ev.action,
+            st.mode,
+            st.model_dump(mode="json"),
+            ev.reason,
+            st.champion.version if st.champion else None,
+            st.challenger.version if st.challenger else None,
+        )
+
+    def view(self) -> RolloutView:
+        snap = self.controller.snapshot()
+        return RolloutView(
+            mode=snap["mode"],
+            challenger_share=snap["challenger_share"],
+            state=snap,
+            backends=self.backend_statuses(),
+            events=[{**e, "ts": e["ts"].isoformat() if e.get("ts") else None} for e in self.store.events(20)],
+        )
+
+
+# --- request parsing -------------------------------------------------------------------------------------------
+def _bad_request(status: int, message: str, hint: str | None = None) -> HTTPException:
+    return HTTPException(status, detail={"error": message, **({"hint": hint} if hint else {})})
+
+
+async def _read_input(request: Request, gw: Gateway, explain: bool = False) -> tuple[Prepared, dict[str, Any]]:
+    """The tile of a predict/explain request (multipart image or JSON coordinates) and its other fields."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=20)
+        except HTTPException:
+            raise
+        except Exception as exc:
+            raise _bad_request(400, f"malformed multipart body: {exc}") from exc
+        fields = {k: v for k, v in form.items() if k != "image"}
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise _bad_request(422, "multipart request needs a file field 'image'", "curl -F image=@tile.jpg ...")
+        bad = [k for k, v in fields.items() if not isinstance(v, str)]
+        if bad:
+            raise _bad_request(422, f"only one file ('image') is accepted; unexpected file field(s): {bad}")
+        allowed = {"client_id", "source", "lat", "lon"} | ({"version"} if explain else set())
+        extra = set(fields) - allowed
+        if extra:
+            raise _bad_request(422, f"unknown form field(s): {sorted(extra)}", f"allowed: {sorted(allowed)}")
+        try:
+            meta = UploadForm.model_validate({"image": b"", **fields}).model_dump(exclude={"image"})
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from exc
+        if (meta["lat"] is None) != (meta["lon"] is None):
+            raise _bad_request(422, "give both lat and lon for an uploaded tile, or neither")
+        data = await upload.read()
+        tile = await gw.prepare_upload(
+            data, upload.content_type or "application/octet-stream", meta["lon"], meta["lat"]
+        )
+        meta["version"] = fields.get("version")
+        return tile, meta
+    if ctype in ("application/json", ""):
+        raw = await request.body()
+        if not raw:
+            raise _bad_request(
+                422, "empty request body", "send JSON {'lat': .., 'lon': ..} or a multipart 'image' file"
+            )
+        try:
+            payload = json.loads(raw, parse_constant=_no_constants)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _bad_request(400, f"body is not valid JSON: {exc}") from exc
+        model = ExplainCoordinates if explain else CoordinatesRequest
+        try:
+            req = model.model_validate(payload)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from exc
+        tile = await gw.tile_for(req.lon, req.lat)
+        return tile, req.model_dump()
+    raise _bad_request(415, f"unsupported content type {ctype!r}", "use multipart/form-data or application/json")
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+_UPLOAD_SCHEMA = UploadForm.model_json_schema()
+_COORD_SCHEMA = CoordinatesRequest.model_json_schema()
+_EXPLAIN_COORD_SCHEMA = ExplainCoordinates.model_json_schema()
+_EXPLAIN_UPLOAD_SCHEMA = {
+    **_UPLOAD_SCHEMA,
+    "properties": {**_UPLOAD_SCHEMA["properties"], "version": {"type": "string", "title": "Version"}},
+}
+
+
+def _body_doc(upload: dict[str, Any], coords: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": upload}, "application/json": {"schema": coords}},
+        }
+    }
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "malformed body"},
+    404: {"model": ErrorResponse, "description": "no imagery for this place"},
+    413: {"model": ErrorResponse, "description": "upload too large"},
+    415: {"model": ErrorResponse, "description": "not a JPEG/PNG, or wrong content type"},
+    422: {"model": ErrorResponse, "description": "invalid fields or unusable image"},
+    503: {"model": ErrorResponse, "description": "the champion model service does not answer"},
+}
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+class CountRequests:
+    """ASGI middleware counting responses per route template and status (cheaper than BaseHTTPMiddleware)."""
+
+    def __init__(self, app: Any, counter: Counter) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_wrapper(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            self.counter.labels(getattr(route, "path", "unmatched"), str(status)).inc()
+
+
+# --- the app ---------------------------------------------------------------------------------------------------
+def create_app(settings: Settings | None = None, store: PredictionStore | None = None) -> FastAPI:
+    """The gateway app (one Gateway per app; its lifespan starts the store writer and the rollout ticker)."""
+    settings = settings or get_settings()
+    gw = Gateway(settings, store)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gw.startup()
+        try:
+            yield
+        finally:
+            await gw.shutdown()
+
+    app = FastAPI(
+        title="Pyrocast gateway",
+        version=API_VERSION,
+        description="Wildfire-risk predictions from satellite tiles, with champion/challenger rollout. "
+        "See docs/SERVING.md.",
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+    app.add_middleware(BodyLimit, max_bytes=settings.serving.max_upload_bytes + MULTIPART_SLACK)
+
+    app.add_middleware(CountRequests, counter=gw.metrics.http)
+
+    @app.exception_handler(UploadRejected)
+    async def _upload_rejected(_: Request, exc: UploadRejected) -> JSONResponse:
+        return JSONResponse({"detail": {"error": exc.message, "hint": exc.hint}}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes the inputs; a NaN or bytes among them would turn a 422 into a 500.
+        errors = [{k: v for k, v in e.items() if k not in ("input", "ctx", "url")} for e in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+    @app.exception_handler(BackendError)
+    async def _backend_error(_: Request, exc: BackendError) -> JSONResponse:
+        if exc.client_error:
+            return JSONResponse({"detail": {"error": f"the model service refused the image: {exc}"}}, status_code=422)
+        return JSONResponse(
+            {"detail": {"error": f"the champion model service does not answer: {exc}", "hint": "check /healthz"}},
+            status_code=503,
+        )
+
+    @app.exception_handler(RolloutError)
+    async def _rollout_error(_: Request, exc: RolloutError) -> JSONResponse:
+        return JSONResponse({"detail": {"error": exc.message, "hint": exc.hint}}, status_code=409)
+
+    @app.exception_handler(PyrocastError)
+    async def _pyrocast_error(_: Request, exc: PyrocastError) -> JSONResponse:
+        from pyrocast.data.imagery import NoImageryError
+
+        if isinstance(exc, NoImageryError):
+            status = 404
+        elif isinstance(exc, InvalidInputError):
+            status = 422
+        elif isinstance(exc, ServiceUnavailableError):
+            status = 503
+        else:
+            status = 502
+        return JSONResponse({"detail": {"error": exc.message, "hint": exc.hint}}, status_code=status)
+
+    def admin(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        if gw.admin_token is None:
+            raise HTTPException(
+                403,
+                detail={
+                    "error": "rollout changes are disabled: the gateway has no admin token",
+                    "hint": "start the gateway with PYROCAST_ADMIN_TOKEN set",
+                },
+            )
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), gw.admin_token.encode()):
+            raise HTTPException(
+                401,
+                detail={
+                    "error": "missing or wrong admin token",
+                    "hint": "send Authorization: Bearer $PYROCAST_ADMIN_TOKEN",
+                },
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        responses=_ERRORS,
+        openapi_extra=_body_doc(_UPLOAD_SCHEMA, _COORD_SCHEMA),
+        summary="P(wildfire) for an uploaded tile (multipart 'image') or a place (JSON lat/lon)",
+    )
+    async def predict(
+        request: Request, x_client_id: Annotated[str | None, Header(max_length=128)] = None
+    ) -> PredictResponse:
+        tile, meta = await _read_input(request, gw)
+        return await gw.predict(tile, meta.get("client_id") or x_client_id, meta.get("source") or "api")
+
+    @app.get(
+        "/v1/tile",
+        responses={200: {"content": {"image/jpeg": {}}, "description": "the 350x350 tile"}, **_ERRORS},
+        response_class=Response,
+        summary="The imagery provider's tile for a place (JPEG)",
+    )
+    async def tile(
+        lat: Annotated[float, Query(ge=-90.0, le=90.0, allow_inf_nan=False)],
+        lon: Annotated[float, Query(ge=-180.0, le=180.0, allow_inf_nan=False)],
+    ) -> Response:
+        t = await gw.tile_for(lon, lat)
+        return Response(t.data, media_type="image/jpeg", headers={"X-Tile-Sha256": t.sha256})
+
+    @app.post(
+        "/v1/explain",
+        responses={200: {"content": {"image/png": {}}, "description": "the tile with its heatmap"}, **_ERRORS},
+        response_class=Response,
+        openapi_extra=_body_doc(_EXPLAIN_UPLOAD_SCHEMA, _EXPLAIN_COORD_SCHEMA),
+        summary="Attribution heatmap (PNG) of a model version for a tile or a place",
+    )
+    async def explain(request: Request) -> Response:
+        tile, meta = await _read_input(request, gw, explain=True)
+        version = meta.get("version")
+        if not version:
+            champ = gw.controller.state.champion
+            if champ is None:
+                raise _bad_request(503, "no champion model is being served")
+            version = champ.version
+        try:
+            r = await gw.client.post(
+                gw.explainer_url + "/explain",
+                files={"image": ("tile", tile.data, tile.content_type)},
+                data={"version": version},
+                timeout=120.0,
+            )
+        except httpx.HTTPError as exc:
+            raise _bad_request(503, f"the explainer at {gw.explainer_url} does not answer: {exc}") from exc
+        if r.status_code != 200:
+            status = r.status_code if 400 <= r.status_code < 500 else 502
+            raise _bad_request(status, f"explainer: {_backend_message(r)}")
+        headers = {k: v for k, v in r.headers.items() if k.lower().startswith("x-")}
+        return Response(r.content, media_type="image/png", headers=headers)
+
+    @app.post(
+        "/v1/feedback",
+        response_model=FeedbackResponse,
+        responses={404: {"model": ErrorResponse, "description": "unknown request id"}, 422: _ERRORS[422]},
+        summary="Say whether an answer was right, or give the true label (delayed ground truth)",
+    )
+    async def post_feedback(body: FeedbackRequest) -> FeedbackResponse:
+        served = await gw.served(body.request_id)
+        if served is None:
+            raise _bad_request(
+                404, f"no prediction with request id {body.request_id!r}", "quote a request_id from /v1/predict"
+            )
+        served_label = served["label"]
+        if body.label is not None:
+            true_label = body.label
+            if body.correct is not None and body.correct != (true_label == served_label):
+                raise _bad_request(
+                    422,
+                    f"label {true_label!r} contradicts correct={body.correct} (the answer was {served_label!r})",
+                )
+        else:
+            true_label = served_label if body.correct else LABELS[1 - LABELS.index(served_label)]
+        correct = true_label == served_label
+        gw.store.put_feedback(
+            {
+                "request_id": body.request_id,
+                "correct": body.correct if body.correct is not None else correct,
+                "label": body.label,
+                "true_label": true_label,
+                "served_label": served_label,
+                "model_version": served["model_version"],
+                "source": body.source,
+                "client_id": body.client_id,
+            }
+        )
+        return FeedbackResponse(
+            request_id=body.request_id,
+            correct=correct,
+            true_label=true_label,  # type: ignore[arg-type]
+            served_label=served_label,
+            model=ModelInfo(name=served["model_name"], version=served["model_version"]),
+        )
+
+    @app.get(
+        "/v1/predictions/{request_id}",
+        responses={404: {"model": ErrorResponse}},
+        summary="Every stored row of one request (served answer, shadow copy, failed attempts)",
+    )
+    async def get_predictions(request_id: Annotated[str, Path(max_length=64)]) -> list[dict[str, Any]]:
+        await run_in_threadpool(gw.store.flush, 5.0)
+        rows = await run_in_threadpool(gw.store.predictions_for, request_id)
+        if not rows:
+            raise _bad_request(404, f"no prediction with request id {request_id!r}")
+        return [{**r, "ts": r["ts"].isoformat()} for r in rows]
+
+    @app.get("/v1/rollout", response_model=RolloutView, summary="Rollout state, backends and recent events")
+    async def get_rollout() -> RolloutView:
+        return await run_in_threadpool(gw.view)
+
+    async def _change(action: str, body: Any) -> RolloutView:
+        await gw.change(action, body)
+        return await run_in_threadpool(gw.view)
+
+    _admin_responses: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorResponse, "description": "missing or wrong token"},
+        403: {"model": ErrorResponse, "description": "no admin token configured"},
+        409: {"model": ErrorResponse, "description": "not possible now (no challenger, nothing to roll back)"},
+        422: _ERRORS[422],
+    }
+
+    @app.post(
+        "/v1/rollout/champion", response_model=RolloutView, responses=_admin_responses, dependencies=[Depends(admin)]
+    )
+    async def rollout_champion(body: ReasonBody | None = None) -> RolloutView:
+        """Champion only: stop any A/B test, canary or shadow traffic."""
+        return await _change("champion", body)
+
+    @app.post("/v1/rollout/ab", response_model=RolloutView, responses=_admin_responses, dependencies=[Depends(admin)])
+    async def rollout_ab(body: ABPlan) -> RolloutView:
+        """A/B test: the challenger answers weight/(sum of weights) of the clients, sticky by client id."""
+        return await _change("ab", body)
+
+    @app.post(
+        "/v1/rollout/canary", response_model=RolloutView, responses=_admin_responses, dependencies=[Depends(admin)]
+    )
+    async def rollout_canary(body: CanaryPlan) -> RolloutView:
+        """Canary: the challenger's share ramps through `steps`; guardrails stop it."""
+        return await _change("canary", body)
+
+    @app.post(
+        "/v1/rollout/shadow", response_model=RolloutView, responses=_admin_responses, dependencies=[Depends(admin)]
+    )
+    async def rollout_shadow(body: ShadowBody | None = None) -> RolloutView:
+        """Shadow: the champion answers, the challenger gets a copy of `sample` of the requests."""
+        return await _change("shadow", body or ShadowBody())
+
+    @app.post(
+        "/v1/rollout/promote", response_model=RolloutView, responses=_admin_responses, dependencies=[Depends(admin)]
+    )
+    async def rollout_promote(body: ReasonBody | None = None) -> RolloutView:
+        """The challenger becomes the champion (registry aliases move too); the old champion is kept for rollback."""
+        return await _change("promote", body)
+
+    @app.post(
+        "/v1/rollout/rollback", response_model=RolloutView, responses=_admin_responses, dependencies=[Depends(admin)]
+    )
+    async def rollout_rollback(body: ReasonBody | None = None) -> RolloutView:
+        """Restore the previous champion (or, without one, stop a running experiment)."""
+        return await _change("rollback", body)
+
+    @app.get("/healthz", response_model=HealthResponse, summary="Liveness, and which backends answer")
+    async def healthz() -> HealthResponse:
+        statuses = gw.backend_statuses()
+        ok = statuses["champion"].up
+        return HealthResponse(status="ok" if ok else "degraded", backends=statuses, store_queue=gw.store.queue_depth)
+
+    @app.get("/readyz", summary="200 when the champion answers, else 503")
+    async def readyz() -> JSONResponse:
+        up = gw.backend("champion").up
+        return JSONResponse({"ready": up}, status_code=200 if up else 503)
+
+    @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
+    async def metrics() -> Response:
+        gw._update_gauges()
+        return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pyrocast.serving.gateway [--host H] [--port P]`: run the gateway with uvicorn."""
+    import uvicorn
+
+    settings = get_settings()
+    p = argparse.ArgumentParser(description="Pyrocast gateway")
+    p.add_argument("--host", default=settings.serving.host)
+    p.add_argument("--port", type=int, default=settings.serving.gateway_port)
+    p.add_argument("--log-level", default="warning")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every backend call at INFO: far too much for a log that should show rollout changes.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=20,
+    )
+
+
+if __name__ == "__main__":
+    main()

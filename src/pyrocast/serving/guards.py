@@ -1,0 +1,157 @@
+"""Upload checks shared by the gateway, the classifier and the explainer: every bad upload is a 4xx that says why.
+
+Accepted: JPEG and PNG, at most `max_bytes`, at most `MAX_PIXELS` pixels, in a mode that converts to RGB
+without guessing (RGB, RGBA, grayscale, palette, CMYK, ...). Rejected: empty bodies, non-images, other formats,
+truncated files, decompression bombs, and high-bit-depth or float images (16-bit grayscale, float32), whose
+scaling to 8-bit RGB is unknown: converting them silently would feed the model nonsense.
+"""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from pyrocast.errors import InvalidInputError
+from pyrocast.imaging import MAX_PIXELS, decode_image, to_rgb
+
+FORMATS = ("JPEG", "PNG")
+# Modes that become RGB without any assumption about the value range.
+SAFE_MODES = frozenset({"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr", "La", "RGBa"})
+
+
+class UploadRejected(InvalidInputError):
+    """An upload that cannot be used; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, hint: str | None = None, status: int = 422) -> None:
+        super().__init__(message, hint)
+        self.status = status
+
+
+def check_size(n_bytes: int, max_bytes: int, what: str = "image") -> None:
+    """Raise UploadRejected (413) when an upload is larger than `max_bytes`, (400) when it is empty."""
+    if n_bytes <= 0:
+        raise UploadRejected(f"{what} is empty (0 bytes)", "send a JPEG or PNG file", status=400)
+    if n_bytes > max_bytes:
+        raise UploadRejected(
+            f"{what} is {n_bytes} bytes, over the limit of {max_bytes} bytes",
+            "send a smaller tile (tiles are 350x350 JPEGs of about 30 kB)",
+            status=413,
+        )
+
+
+def load_upload(data: bytes, *, max_bytes: int, max_pixels: int = MAX_PIXELS, what: str = "image") -> Image.Image:
+    """Check and decode an uploaded image; returns it as RGB or raises UploadRejected with an HTTP status.
+
+    413 too large, 400 empty, 415 not a JPEG/PNG, 422 corrupt, a decompression bomb or an unusable mode.
+    """
+    check_size(len(data), max_bytes, what)
+    try:
+        img = decode_image(data, max_pixels=max_pixels, what=what)
+    except InvalidInputError as exc:
+        status = 415 if "not an image" in exc.message else 422
+        raise UploadRejected(exc.message, "send a JPEG or PNG tile", status=status) from exc
+    if img.format not in FORMATS:
+        raise UploadRejected(
+            f"{what} is {img.format or 'an unknown format'}, not JPEG or PNG", "convert it to JPEG or PNG", status=415
+        )
+    if img.mode not in SAFE_MODES:
+        raise UploadRejected(
+            f"{what} has pixel mode {img.mode!r} (high bit depth or floating point), which has no safe 8-bit RGB form",
+            "send an 8-bit RGB or grayscale image",
+            status=422,
+        )
+    w, h = img.size
+    if w < 8 or h < 8:
+        raise UploadRejected(f"{what} is {w}x{h} pixels, too small to classify", "send a 350x350 tile", status=422)
+    return to_rgb(img)
+
+
+class BodyLimit:
+    """ASGI middleware: answer 413 before reading a request body larger than `max_bytes`.
+
+    Checks Content-Length up front and counts the bytes of chunked bodies as they arrive, so that a huge upload
+    is refused without being buffered in memory or written to a temporary file.
+    """
+
+    def __init__(self, app, max_bytes: int) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = next((v for k, v in scope.get("headers", []) if k == b"content-length"), None)
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_bytes
+            except ValueError:
+                await _send_json(send, 400, {"error": "invalid Content-Length header"})
+                return
+            if too_big:
+                # Read and discard the body (without keeping it) so the client sees the 413 instead of a reset
+                # connection; a body beyond DRAIN_LIMIT is cut off.
+                await _drain(receive, DRAIN_LIMIT)
+                await _send_json(send, 413, _too_big(int(length), self.max_bytes))
+                return
+        seen = 0
+        started = False
+
+        async def guarded_receive():  # type: ignore[no-untyped-def]
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge(seen)
+            return message
+
+        async def tracking_send(message):  # type: ignore[no-untyped-def]
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _send_json(send, 413, _too_big(None, self.max_bytes))
+
+
+DRAIN_LIMIT = 256 * 1024 * 1024
+
+
+async def _drain(receive, limit: int) -> None:  # type: ignore[no-untyped-def]
+    seen = 0
+    while seen <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+class _BodyTooLarge(Exception):
+    def __init__(self, seen: int) -> None:
+        super().__init__(seen)
+        self.seen = seen
+
+
+def _too_big(n: int | None, limit: int) -> dict:
+    size = f"of {n} bytes " if n is not None else ""
+    return {"error": f"request body {size}is over the limit of {limit} bytes", "hint": "send a smaller image"}
+
+
+async def _send_json(send, status: int, payload: dict) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,297 @@
+"""Start a service as a subprocess on a port, wait until it is healthy, stop it by process group.
+
+Used by the tests, the benchmark and `pyrocast up`. Each service runs in its own session (process group);
+stopping it signals the group and then sweeps every process of its tree, because BentoML's arbiter starts its
+workers in sessions of their own: nothing is left behind. Output goes to a log file under the data directory (`logs/<name>.log`), shown in the error when a
+service does not come up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from pyrocast.errors import ServiceUnavailableError
+from pyrocast.serving.bundles import ENV_BATCHING, ENV_BUNDLE, ENV_MODEL, ENV_PRECISION
+from pyrocast.settings import Settings
+
+_SECTIONS = ("serving", "imagery", "region", "mlflow", "dataset_bounds")
+_NESTED_PREFIXES = tuple(f"PYROCAST_{k.upper()}__" for k in _SECTIONS)
+CLASSIFIER = "pyrocast.serving.classifier_service:Classifier"
+EXPLAINER = "pyrocast.serving.explainer_service:Explainer"
+
+
+@dataclass
+class ServiceProcess:
+    """A running service: its process (group leader), URL and log file."""
+
+    name: str
+    proc: subprocess.Popen
+    url: str
+    log_path: Path
+    health_path: str = "/readyz"
+    cmd: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def healthy(self, timeout: float = 1.0) -> bool:
+        try:
+            return httpx.get(self.url + self.health_path, timeout=timeout).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def descendants(self) -> list[psutil.Process]:
+        """Every process the service forked, however deep (BentoML workers live in sessions of their own)."""
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the process group, wait, then SIGKILL every process of the tree still alive; returns the exit code.
+
+        BentoML's arbiter starts its workers with setsid, outside our process group, so the tree is collected
+        first and swept after the leader is gone: nothing is left running.
+        """
+        tree = self.descendants()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            if sig == signal.SIGKILL:
+                _signal_all(tree, signal.SIGKILL)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        _, alive = psutil.wait_procs(tree, timeout=5 if sig != signal.SIGKILL else 1)
+        _signal_all(alive, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """Kill the service and its workers abruptly (SIGKILL), as a crash would."""
+        self.stop(timeout=5, sig=signal.SIGKILL)
+
+    def wait_healthy(self, timeout: float = 90.0) -> ServiceProcess:
+        """Block until the health URL answers 200; on exit or timeout stop the group and raise with the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            if self.healthy(timeout=1.0):
+                return self
+            time.sleep(0.2)
+        code = self.proc.poll()
+        self.stop()
+        why = f"exited with code {code}" if code is not None else f"not healthy after {timeout:.0f} s"
+        raise ServiceUnavailableError(f"{self.name} {why}; end of {self.log_path}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> ServiceProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_all(processes: list[psutil.Process], sig: int) -> None:
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(sig)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on `host`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
+
+
+def start_process(
+    name: str,
+    cmd: list[str],
+    *,
+    url: str,
+    log_path: Path,
+    health_path: str = "/readyz",
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 90.0,
+    wait: bool = True,
+) -> ServiceProcess:
+    """Start `cmd` in its own process group and wait until `url + health_path` answers 200.
+
+    With `wait=False` it returns at once (start several services, then `wait_healthy` on each).
+
+    Raises ServiceUnavailableError (with the end of the log) when the process exits or is not healthy in time;
+    the process group is stopped first so nothing is left running.
+    """
+    host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+    if port_in_use(host, int(port)):
+        raise ServiceUnavailableError(
+            f"cannot start {name}: port {port} on {host} is already in use",
+            "stop whatever listens there or choose another port in Settings.serving",
+        )
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    # Inherited PYROCAST_<SECTION>__* variables would override the JSON sections that settings_env passes.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(_NESTED_PREFIXES)}
+    full_env = {**inherited, **(env or {})}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            cwd=str(cwd) if cwd else None,
+            start_new_session=True,
+        )
+    svc = ServiceProcess(name, proc, url, log_path, health_path, list(cmd))
+    if wait:
+        svc.wait_healthy(timeout)
+    return svc
+
+
+def _bentoml_exe() -> str:
+    exe = Path(sys.executable).with_name("bentoml")
+    return str(exe) if exe.exists() else "bentoml"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment that gives a child process the same settings as `settings` (secrets excepted)."""
+    # The child reads the same data directory as the parent, whatever the parent's working directory was.
+    env = {"PYROCAST_DATA_DIR": str(settings.root), "BENTOML_HOME": str(settings.root / "bentoml")}
+    # Nested settings travel as JSON (pydantic-settings decodes complex values), so in-process overrides
+    # such as test ports reach the child too.
+    for key in _SECTIONS:
+        env[f"PYROCAST_{key.upper()}"] = getattr(settings, key).model_dump_json()
+    if settings.store_url:
+        env["PYROCAST_STORE_URL"] = settings.store_url
+    return env
+
+
+def start_classifier(
+    settings: Settings,
+    *,
+    port: int | None = None,
+    bundle_dir: Path | None = None,
+    ref: str | None = None,
+    precision: str | None = None,
+    batching: bool = True,
+    name: str = "classifier",
+    env: Mapping[str, str] | None = None,
+    timeout: float = 90.0,
+    wait: bool = True,
+) -> ServiceProcess:
+    """Start the BentoML classifier for a bundle folder or a registry ref (alias or version)."""
+    host = settings.serving.host
+    port = port or settings.serving.champion_port
+    child_env = settings_env(settings)
+    if bundle_dir is not None:
+        child_env[ENV_BUNDLE] = str(bundle_dir)
+    if ref is not None:
+        child_env[ENV_MODEL] = ref
+    if precision is not None:
+        child_env[ENV_PRECISION] = precision
+    child_env[ENV_BATCHING] = "1" if batching else "0"
+    child_env.update(env or {})
+    cmd = [_bentoml_exe(), "serve", CLASSIFIER, "--host", host, "--port", str(port)]
+    return start_process(
+        name,
+        cmd,
+        url=f"http://{host}:{port}",
+        log_path=settings.root / "logs" / f"{name}-{port}.log",
+        env=child_env,
+        cwd=settings.root,
+        timeout=timeout,
+        wait=wait,
+    )
+
+
+def start_explainer(
+    settings: Settings,
+    *,
+    port: int | None = None,
+    bundle_dirs: Mapping[str, Path] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 90.0,
+    wait: bool = True,
+) -> ServiceProcess:
+    """Start the BentoML explainer. `bundle_dirs` maps model versions to bundle folders (else the registry)."""
+    host = settings.serving.host
+    port = port or settings.serving.explainer_port
+    child_env = settings_env(settings)
+    if bundle_dirs:
+        child_env["PYROCAST_EXPLAIN_BUNDLES"] = os.pathsep.join(f"{v}={p}" for v, p in bundle_dirs.items())
+    child_env.update(env or {})
+    cmd = [_bentoml_exe(), "serve", EXPLAINER, "--host", host, "--port", str(port)]
+    return start_process(
+        "explainer",
+        cmd,
+        url=f"http://{host}:{port}",
+        log_path=settings.root / "logs" / f"explainer-{port}.log",
+        env=child_env,
+        cwd=settings.root,
+        timeout=timeout,
+        wait=wait,
+    )
+
+
+def start_gateway(
+    settings: Settings,
+    *,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+    wait: bool = True,
+) -> ServiceProcess:
+    """Start the gateway (uvicorn) on `port`; its backends come from settings/env (PYROCAST_SERVING__*)."""
+    host = settings.serving.host
+    port = port or settings.serving.gateway_port
+    child_env = settings_env(settings)
+    child_env.update(env or {})
+    cmd = [sys.executable, "-m", "pyrocast.serving.gateway", "--host", host, "--port", str(port)]
+    return start_process(
+        "gateway",
+        cmd,
+        url=f"http://{host}:{port}",
+        log_path=settings.root / "logs" / f"gateway-{port}.log",
+        health_path="/healthz",
+        env=child_env,
+        cwd=settings.root,
+        timeout=timeout,
+        wait=wait,
+    )

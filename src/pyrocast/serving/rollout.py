@@ -1,0 +1,358 @@
+"""Rollout logic, free of HTTP: which model answers a request, how a canary ramps, when it must stop.
+
+Modes:
+- `champion`: the champion answers everything.
+- `ab`: a fixed share of clients goes to the challenger (weights), sticky by client id.
+- `canary`: the challenger's share ramps through `steps` (e.g. 5% -> 25% -> 50% -> 100%), one step every
+  `step_seconds`; guardrails (error rate, p95 latency, disagreement with the champion) stop it at any time,
+  which means back to champion only with the reason recorded.
+- `shadow`: the champion answers; a copy of (a sample of) the requests goes to the challenger in the
+  background, for comparison only.
+
+Assignment is sticky: a client's bucket is a hash of the rollout's salt and its client id, uniform in [0, 1);
+the client goes to the challenger when its bucket is below the challenger's share. A ramping canary only adds
+clients (a client on the challenger at 5% stays there at 25%), and a new experiment gets a new salt, so it
+draws a fresh sample of clients. Requests without a client id are assigned by their request id (not sticky).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from pyrocast.errors import PyrocastError
+
+Mode = Literal["champion", "ab", "canary", "shadow"]
+Role = Literal["champion", "challenger"]
+MODES: tuple[str, ...] = ("champion", "ab", "canary", "shadow")
+
+
+class RolloutError(PyrocastError):
+    """A rollout change that cannot be made now (no challenger, nothing to roll back, ...): HTTP 409."""
+
+
+class ModelRef(BaseModel):
+    """A model version as the registry names it."""
+
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+class Guardrails(BaseModel):
+    """Limits on the challenger during a canary; breaking one stops the canary."""
+
+    max_error_rate: float = Field(0.05, ge=0.0, le=1.0, description="share of failed challenger calls")
+    max_p95_ms: float = Field(1000.0, gt=0.0, le=600_000.0, description="challenger p95 latency (ms)")
+    max_disagreement: float = Field(
+        0.25, ge=0.0, le=1.0, description="share of requests where the challenger's label differs from the champion's"
+    )
+    min_requests: int = Field(20, ge=1, le=1_000_000, description="observations needed before judging")
+    window: int = Field(200, ge=10, le=1_000_000, description="judge the last N observations")
+
+
+class CanaryPlan(BaseModel):
+    """A canary: the challenger's share per step, how long each step lasts, and its guardrails."""
+
+    steps: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5, 1.0], min_length=1, max_length=50)
+    step_seconds: float = Field(60.0, gt=0.0, le=30 * 86400.0)
+    guardrails: Guardrails = Field(default_factory=Guardrails)
+    auto_promote: bool = Field(False, description="promote the challenger when the last step has lasted its time")
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_shares(cls, steps: list[float]) -> list[float]:
+        for s in steps:
+            if not (math.isfinite(s) and 0.0 < s <= 1.0):
+                raise ValueError(f"each step is a share in (0, 1], got {s}")
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError(f"steps must increase strictly, got {steps}")
+        return steps
+
+
+class ABPlan(BaseModel):
+    """A/B weights (any non-negative numbers; the challenger's share is its weight over the sum)."""
+
+    champion: float = Field(..., ge=0.0, le=1e9)
+    challenger: float = Field(..., ge=0.0, le=1e9)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> ABPlan:
+        if not (math.isfinite(self.champion) and math.isfinite(self.challenger)):
+            raise ValueError("weights must be finite")
+        if self.champion + self.challenger <= 0:
+            raise ValueError("at least one weight must be positive")
+        return self
+
+    @property
+    def challenger_share(self) -> float:
+        return self.challenger / (self.champion + self.challenger)
+
+
+class RolloutState(BaseModel):
+    """Everything that decides routing; persisted with every rollout event so a restart resumes it."""
+
+    mode: Mode = "champion"
+    salt: str = Field(default_factory=lambda: secrets.token_hex(4))
+    ab: ABPlan | None = None
+    canary: CanaryPlan | None = None
+    canary_started_at: float | None = None
+    canary_step: int = 0
+    canary_complete: bool = False
+    shadow_sample: float = 1.0
+    champion: ModelRef | None = None
+    challenger: ModelRef | None = None
+    previous_champion: ModelRef | None = None
+    stopped_reason: str | None = None
+    updated_at: float = Field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one request goes: the variant that answers, and the background copies to make."""
+
+    role: Role
+    shadow: bool = False  # send a copy to the challenger (shadow mode)
+    compare: bool = False  # ask the champion too, to measure disagreement (canary)
+
+
+def bucket(key: str, salt: str) -> float:
+    """A stable number in [0, 1) for a client (the same on every machine and process: sha256, not hash())."""
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def canary_step_at(plan: CanaryPlan, started_at: float, now: float) -> int:
+    """The index of the canary step in force at `now`."""
+    elapsed = max(0.0, now - started_at)
+    return min(int(elapsed // plan.step_seconds), len(plan.steps) - 1)
+
+
+def challenger_share(state: RolloutState, now: float) -> float:
+    """The share of clients the challenger answers right now."""
+    if state.mode == "ab" and state.ab is not None:
+        return state.ab.challenger_share
+    if state.mode == "canary" and state.canary is not None and state.canary_started_at is not None:
+        return state.canary.steps[canary_step_at(state.canary, state.canary_started_at, now)]
+    return 0.0
+
+
+def route(state: RolloutState, key: str, now: float) -> Route:
+    """Decide where a request goes; `key` is the client id (sticky) or the request id."""
+    if state.mode == "shadow":
+        return Route("champion", shadow=bucket(key, state.salt + ":shadow") < state.shadow_sample)
+    share = challenger_share(state, now)
+    if share > 0.0 and bucket(key, state.salt) < share:
+        return Route("challenger", compare=state.mode == "canary")
+    return Route("champion")
+
+
+@dataclass
+class Window:
+    """The last N outcomes of one variant: failures, latencies, agreement with the champion."""
+
+    size: int = 200
+    outcomes: deque = field(default_factory=deque)  # (ok, latency_ms)
+    agreements: deque = field(default_factory=deque)  # bool
+
+    def __post_init__(self) -> None:
+        self.outcomes = deque(self.outcomes, maxlen=self.size)
+        self.agreements = deque(self.agreements, maxlen=self.size)
+
+    def add(self, ok: bool, latency_ms: float | None) -> None:
+        self.outcomes.append((ok, latency_ms))
+
+    def add_agreement(self, agree: bool) -> None:
+        self.agreements.append(agree)
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.outcomes)
+        errors = sum(1 for ok, _ in self.outcomes if not ok)
+        lat = sorted(ms for ok, ms in self.outcomes if ok and ms is not None)
+        m = len(self.agreements)
+        return {
+            "requests": n,
+            "errors": errors,
+            "error_rate": errors / n if n else 0.0,
+            "p50_ms": _quantile(lat, 0.50),
+            "p95_ms": _quantile(lat, 0.95),
+            "compared": m,
+            "disagreement": (m - sum(self.agreements)) / m if m else 0.0,
+        }
+
+
+def _quantile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    i = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return round(float(sorted_values[i]), 3)
+
+
+def check_guardrails(g: Guardrails, stats: dict[str, Any]) -> str | None:
+    """The reason to stop a canary, or None. Each test needs `min_requests` observations first."""
+    n, m = stats["requests"], stats["compared"]
+    if n >= g.min_requests:
+        if stats["error_rate"] > g.max_error_rate:
+            return f"challenger error rate {stats['error_rate']:.1%} over the limit of {g.max_error_rate:.1%} ({n} requests)"
+        p95 = stats["p95_ms"]
+        if p95 is not None and p95 > g.max_p95_ms:
+            return f"challenger p95 latency {p95:.0f} ms over the limit of {g.max_p95_ms:.0f} ms ({n} requests)"
+    if m >= g.min_requests and stats["disagreement"] > g.max_disagreement:
+        return (
+            f"challenger disagrees with the champion on {stats['disagreement']:.1%} of requests, over the limit "
+            f"of {g.max_disagreement:.1%} ({m} compared)"
+        )
+    return None
+
+
+@dataclass
+class Event:
+    """A rollout change to record: what happened and why."""
+
+    action: str
+    reason: str | None = None
+
+
+class RolloutController:
+    """The rollout state plus the recent outcomes it is judged on. Not thread-safe: one event loop owns it."""
+
+    def __init__(self, state: RolloutState | None = None) -> None:
+        self.state = state or RolloutState()
+        self.windows: dict[str, Window] = {}
+        self._reset_windows()
+
+    def _reset_windows(self) -> None:
+        size = self.state.canary.guardrails.window if self.state.canary else Guardrails().window
+        self.windows = {"champion": Window(size), "challenger": Window(size)}
+
+    def _changed(self, mode: Mode, reason: str | None = None) -> None:
+        self.state.mode = mode
+        self.state.updated_at = time.time()
+        self.state.stopped_reason = reason
+        self._reset_windows()
+
+    # --- routing and observations ---------------------------------------------------------------------------
+    def route(self, key: str, now: float | None = None) -> Route:
+        return route(self.state, key, time.time() if now is None else now)
+
+    def share(self, now: float | None = None) -> float:
+        return challenger_share(self.state, time.time() if now is None else now)
+
+    def record(self, role: Role, ok: bool, latency_ms: float | None) -> None:
+        self.windows[role].add(ok, latency_ms)
+
+    def record_agreement(self, agree: bool) -> None:
+        self.windows["challenger"].add_agreement(agree)
+
+    # --- changes ----------------------------------------------------------------------------------------------
+    def set_models(self, champion: ModelRef | None, challenger: ModelRef | None) -> None:
+        """What the backends serve now (from their info endpoints)."""
+        self.state.champion, self.state.challenger = champion, challenger
+
+    def _need_challenger(self, what: str) -> None:
+        if self.state.challenger is None:
+            raise RolloutError(f"cannot start {what}: no challenger is being served", "start a challenger service")
+
+    def champion_only(self, reason: str | None = None) -> Event:
+        self.state.ab, self.state.canary, self.state.canary_started_at = None, None, None
+        self._changed("champion", reason)
+        return Event("champion-only", reason)
+
+    def start_ab(self, plan: ABPlan) -> Event:
+        self._need_challenger("an A/B test")
+        self.state.ab, self.state.canary = plan, None
+        self.state.salt = secrets.token_hex(4)
+        self._changed("ab")
+        return Event("ab", f"challenger share {plan.challenger_share:.1%}")
+
+    def start_canary(self, plan: CanaryPlan, now: float | None = None) -> Event:
+        self._need_challenger("a canary")
+        self.state.canary, self.state.ab = plan, None
+        self.state.canary_started_at = time.time() if now is None else now
+        self.state.canary_step, self.state.canary_complete = 0, False
+        self.state.salt = secrets.token_hex(4)
+        self._changed("canary")
+        steps = " -> ".join(f"{s:.0%}" for s in plan.steps)
+        return Event("canary", f"steps {steps}, every {plan.step_seconds:g} s")
+
+    def start_shadow(self, sample: float = 1.0) -> Event:
+        self._need_challenger("shadow traffic")
+        if not (math.isfinite(sample) and 0.0 < sample <= 1.0):
+            raise RolloutError(f"shadow sample must be in (0, 1], got {sample}")
+        self.state.shadow_sample = sample
+        self.state.ab, self.state.canary = None, None
+        self.state.salt = secrets.token_hex(4)
+        self._changed("shadow")
+        return Event("shadow", f"copying {sample:.0%} of requests to the challenger")
+
+    def promote(self, reason: str | None = None) -> Event:
+        """The challenger becomes the champion; the old champion is kept for rollback (and as challenger)."""
+        self._need_challenger("a promotion")
+        old = self.state.champion
+        self.state.champion, self.state.challenger = self.state.challenger, old
+        self.state.previous_champion = old
+        self.state.ab, self.state.canary, self.state.canary_started_at = None, None, None
+        self._changed("champion")
+        return Event("promote", reason or f"{self.state.champion} replaces {old}")
+
+    def rollback(self, reason: str | None = None) -> Event:
+        """Restore the previous champion; without one, stop a running experiment."""
+        prev = self.state.previous_champion
+        if prev is None:
+            if self.state.mode != "champion":
+                return self.champion_only(reason or "rolled back: experiment stopped")
+            raise RolloutError("nothing to roll back: no previous champion is recorded and no experiment is running")
+        demoted = self.state.champion
+        self.state.champion, self.state.challenger = prev, demoted
+        self.state.previous_champion = None
+        self.state.ab, self.state.canary, self.state.canary_started_at = None, None, None
+        self._changed("champion", None)
+        return Event("rollback", reason or f"{prev} restored, {demoted} demoted")
+
+    # --- time passes ------------------------------------------------------------------------------------------
+    def tick(self, now: float | None = None) -> list[Event]:
+        """Advance the canary and apply its guardrails; returns what changed."""
+        now = time.time() if now is None else now
+        st = self.state
+        if st.mode != "canary" or st.canary is None or st.canary_started_at is None:
+            return []
+        reason = check_guardrails(st.canary.guardrails, self.windows["challenger"].summary())
+        if reason:
+            stop = self.champion_only(f"canary stopped: {reason}")
+            return [Event("guardrail-stop", stop.reason)]
+        events: list[Event] = []
+        step = canary_step_at(st.canary, st.canary_started_at, now)
+        if step != st.canary_step:
+            st.canary_step = step
+            events.append(Event("canary-step", f"challenger share {st.canary.steps[step]:.0%}"))
+        done = now - st.canary_started_at >= len(st.canary.steps) * st.canary.step_seconds
+        if done and not st.canary_complete:
+            st.canary_complete = True
+            if st.canary.auto_promote:
+                events.append(self.promote("canary completed without breaking a guardrail"))
+            else:
+                events.append(Event("canary-complete", "all steps passed; promote to make it the champion"))
+        return events
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        """The state as JSON-ready data, with the live share and the windows' statistics."""
+        now = time.time() if now is None else now
+        out = self.state.model_dump(mode="json")
+        out["challenger_share"] = self.share(now)
+        st = self.state
+        if st.mode == "canary" and st.canary and st.canary_started_at is not None:
+            step = canary_step_at(st.canary, st.canary_started_at, now)
+            nxt = st.canary_started_at + (step + 1) * st.canary.step_seconds
+            out["canary_next_step_at"] = nxt if step + 1 < len(st.canary.steps) else None
+        out["stats"] = {role: w.summary() for role, w in self.windows.items()}
+        return out

@@ -1,0 +1,435 @@
+"""The prediction store: every prediction (shadow ones included), feedback and rollout events, via SQLAlchemy.
+
+SQLite in WAL mode under the data directory by default, PostgreSQL by URL (`PYROCAST_STORE_URL`). The gateway
+never waits for the database: rows go to a queue that a background thread writes in batches, and `close()`
+drains the queue, so a clean shutdown (SIGTERM) loses nothing. Rows that cannot be written at shutdown (the
+database is down) are spilled to a JSON-lines file beside it and written on the next start.
+
+Tables (times are UTC):
+- `predictions`: one row per model call. `served` says whether the user got this answer; `variant` is
+  champion | challenger | champion-fallback | shadow | champion-compare; the model's name and version; client id,
+  source (api, web, replay, load), coordinates, the tile's sha256 and image statistics (drift features);
+  probability, label, latency, error.
+- `feedback`: verdicts and delayed labels per request id. `true_label` is derived when only `correct` is given
+  (from the served label), so accuracy can be computed for every variant that saw the request.
+- `rollout_events`: every rollout change (who/what/why) with a snapshot of the state; the last snapshot is the
+  state a restarted gateway resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+)
+
+log = logging.getLogger(__name__)
+
+LABELS = ("nowildfire", "wildfire")
+SOURCES = ("api", "web", "replay", "load")
+
+# Drift features computed on every tile, on a 64x64 subsample (the statistics barely move, the cost drops 30x).
+STAT_COLUMNS = (
+    "mean_r",  # mean red, 0-1
+    "mean_g",
+    "mean_b",
+    "std_r",  # per-channel standard deviation, 0-1
+    "std_g",
+    "std_b",
+    "brightness",  # mean luma (Rec. 601), 0-1
+    "contrast",  # luma standard deviation
+    "saturation",  # mean HSV saturation
+    "greenness",  # mean G / (R + G + B): vegetation
+    "bright_fraction",  # share of pixels with luma > 0.9: clouds, snow, smoke
+    "dark_fraction",  # share of pixels with luma < 0.1: shadows, water, burn scars
+    "sharpness",  # mean absolute luma gradient: blur, haze, resolution changes
+)
+
+metadata = MetaData()
+
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("served", Boolean, nullable=False),
+    Column("variant", String(32), nullable=False),
+    Column("rollout_mode", String(16)),
+    Column("model_name", String(128)),
+    Column("model_version", String(64)),
+    Column("precision", String(8)),
+    Column("client_id", String(128)),
+    Column("source", String(16), nullable=False),
+    Column("lon", Float),
+    Column("lat", Float),
+    Column("tile_sha256", String(64)),
+    Column("width", Integer),
+    Column("height", Integer),
+    *(Column(c, Float) for c in STAT_COLUMNS),
+    Column("probability", Float),
+    Column("label", String(16)),
+    Column("latency_ms", Float),
+    Column("error", Text),
+    Index("ix_predictions_request", "request_id"),
+    Index("ix_predictions_ts", "ts"),
+    Index("ix_predictions_version_ts", "model_version", "ts"),
+    Index("ix_predictions_variant_ts", "variant", "ts"),
+    Index("ix_predictions_tile", "tile_sha256"),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("correct", Boolean),
+    Column("label", String(16)),
+    Column("true_label", String(16)),
+    Column("served_label", String(16)),
+    Column("model_version", String(64)),
+    Column("source", String(16), nullable=False),
+    Column("client_id", String(128)),
+    Index("ix_feedback_request", "request_id"),
+    Index("ix_feedback_ts", "ts"),
+)
+
+rollout_events = Table(
+    "rollout_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("reason", Text),
+    Column("champion_version", String(64)),
+    Column("challenger_version", String(64)),
+    Column("state", Text),
+    Index("ix_rollout_events_ts", "ts"),
+)
+
+TABLES = {"predictions": predictions, "feedback": feedback, "rollout_events": rollout_events}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def image_stats(img: Image.Image) -> dict[str, float]:
+    """Drift features of a tile (see STAT_COLUMNS), plus its width and height."""
+    w, h = img.size
+    # Nearest-neighbour subsampling keeps the pixel distribution (a smoothing resize would shrink std/contrast).
+    thumb = img.convert("RGB").resize((64, 64), Image.Resampling.NEAREST)
+    a = np.asarray(thumb, dtype=np.float32).reshape(-1, 3) / 255.0
+    mean = a.mean(axis=0)
+    std = a.std(axis=0)
+    luma = a @ np.array([0.299, 0.587, 0.114], np.float32)
+    mx, mn = a.max(axis=1), a.min(axis=1)
+    sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
+    grid = luma.reshape(64, 64)
+    sharp = (np.abs(np.diff(grid, axis=1)).mean() + np.abs(np.diff(grid, axis=0)).mean()) / 2
+    total = float(a.sum())
+    values = (
+        *mean.tolist(),
+        *std.tolist(),
+        float(luma.mean()),
+        float(luma.std()),
+        float(sat.mean()),
+        float(a[:, 1].sum() / total) if total > 0 else 1 / 3,
+        float((luma > 0.9).mean()),
+        float((luma < 0.1).mean()),
+        float(sharp),
+    )
+    out: dict[str, Any] = {k: round(float(v), 6) for k, v in zip(STAT_COLUMNS, values, strict=True)}
+    out["width"], out["height"] = w, h
+    return out
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the store; SQLite gets WAL mode, a busy timeout and a created parent folder."""
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: durable across process crashes, fsync only at checkpoints.
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class PredictionStore:
+    """The store and its background writer. `put_*` never block; `flush()` waits until written."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        batch_size: int = 500,
+        interval_s: float = 0.1,
+        spill_path: Path | None = None,
+    ) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        metadata.create_all(self.engine)
+        self.batch_size = batch_size
+        self.interval_s = interval_s
+        self.spill_path = spill_path
+        self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+        self._pending = 0  # rows taken from the queue but not yet committed
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self.written = {name: 0 for name in TABLES}
+        self.write_errors = 0
+        self._replay_spill()
+
+    # --- writing ------------------------------------------------------------------------------------------------
+    def start(self) -> PredictionStore:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="prediction-store-writer", daemon=True)
+            self._thread.start()
+        return self
+
+    def put_prediction(self, row: dict[str, Any]) -> None:
+        self._put("predictions", row)
+
+    def put_feedback(self, row: dict[str, Any]) -> None:
+        self._put("feedback", row)
+
+    def _put(self, table: str, row: dict[str, Any]) -> None:
+        row.setdefault("ts", utcnow())
+        with self._lock:
+            self._pending += 1
+        self._queue.put((table, row))
+
+    @property
+    def queue_depth(self) -> int:
+        return self._pending
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every row put so far is committed (or `timeout`); True when all are written."""
+        if self._thread is None:
+            self._drain_sync()
+            return True
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, 0.5))
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything queued, stop the writer thread; spill what cannot be written."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+        self._drain_sync()
+        self.engine.dispose()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            deadline = time.monotonic() + self.interval_s
+            # Gather a batch: whatever arrives within `interval_s`, up to `batch_size` rows.
+            while len(batch) < self.batch_size:
+                left = deadline - time.monotonic()
+                try:
+                    nxt = self._queue.get(timeout=max(left, 0.0)) if left > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._write_with_retry(batch, final=False)
+            if stop:
+                return
+
+    def _drain_sync(self) -> None:
+        batch: list[tuple[str, dict[str, Any]]] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                batch.append(item)
+        if batch:
+            self._write_with_retry(batch, final=True)
+
+    def _write_with_retry(self, batch: list[tuple[str, dict[str, Any]]], final: bool) -> None:
+        delay = 0.2
+        attempts = 3 if final else 8
+        for attempt in range(attempts):
+            try:
+                self._write(batch)
+                break
+            except Exception as exc:  # the database may be locked or down: retry, never lose the rows
+                self.write_errors += 1
+                log.warning("prediction store write failed (attempt %d): %s", attempt + 1, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        else:
+            self._spill(batch)
+        with self._idle:
+            self._pending -= len(batch)
+            self._idle.notify_all()
+
+    def _write(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        by_table: dict[str, list[dict[str, Any]]] = {}
+        for table, row in batch:
+            by_table.setdefault(table, []).append(row)
+        with self.engine.begin() as conn:
+            # Predictions first: a feedback row in the same batch refers to one of them.
+            for name in ("predictions", "feedback", "rollout_events"):
+                rows = by_table.get(name)
+                if rows:
+                    cols = TABLES[name].c.keys()
+                    conn.execute(insert(TABLES[name]), [{k: r.get(k) for k in cols if k != "id"} for r in rows])
+        for name, rows in by_table.items():
+            self.written[name] += len(rows)
+
+    def _spill(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        if self.spill_path is None:
+            log.error("prediction store: %d rows could not be written and no spill file is set", len(batch))
+            return
+        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.spill_path, "a") as f:
+            for table, row in batch:
+                f.write(json.dumps({"table": table, "row": row}, default=_json_default) + "\n")
+        log.error("prediction store: %d rows spilled to %s", len(batch), self.spill_path)
+
+    def _replay_spill(self) -> None:
+        if self.spill_path is None or not self.spill_path.exists():
+            return
+        batch = []
+        for line in self.spill_path.read_text().splitlines():
+            rec = json.loads(line)
+            row = rec["row"]
+            if isinstance(row.get("ts"), str):
+                row["ts"] = datetime.fromisoformat(row["ts"])
+            batch.append((rec["table"], row))
+        self._write(batch)
+        self.spill_path.unlink()
+        log.info("prediction store: %d spilled rows written", len(batch))
+
+    # --- rollout events (rare; written synchronously so the state survives a crash) -----------------------------
+    def add_event(
+        self,
+        action: str,
+        mode: str,
+        state: dict[str, Any],
+        reason: str | None = None,
+        champion_version: str | None = None,
+        challenger_version: str | None = None,
+    ) -> None:
+        row = {
+            "ts": utcnow(),
+            "action": action,
+            "mode": mode,
+            "reason": reason,
+            "champion_version": champion_version,
+            "challenger_version": challenger_version,
+            "state": json.dumps(state, default=_json_default),
+        }
+        with self.engine.begin() as conn:
+            conn.execute(insert(rollout_events), [row])
+        self.written["rollout_events"] += 1
+
+    def last_state(self) -> dict[str, Any] | None:
+        """The state snapshot of the most recent rollout event (None on a fresh store)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(rollout_events.c.state).order_by(rollout_events.c.id.desc()).limit(1)).first()
+        return json.loads(row[0]) if row and row[0] else None
+
+    def events(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Most recent rollout events first (without the state snapshots)."""
+        cols = [c for c in rollout_events.c if c.name != "state"]
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(*cols).order_by(rollout_events.c.id.desc()).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    # --- reading ------------------------------------------------------------------------------------------------
+    def predictions_for(self, request_id: str) -> list[dict[str, Any]]:
+        """Every stored row of one request (served answer, shadow copy, fallback attempt, ...)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(predictions).where(predictions.c.request_id == request_id).order_by(predictions.c.id)
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def feedback_for(self, request_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(feedback).where(feedback.c.request_id == request_id).order_by(feedback.c.id)
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def count(self, table: str = "predictions", **where: Any) -> int:
+        t = TABLES[table]
+        q = select(func.count()).select_from(t)
+        for k, v in where.items():
+            q = q.where(t.c[k] == v)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def rows(self, table: str = "predictions", limit: int | None = None, **where: Any) -> list[dict[str, Any]]:
+        """Rows of a table, oldest first, filtered by equality on columns."""
+        t = TABLES[table]
+        q = select(t).order_by(t.c.id)
+        for k, v in where.items():
+            q = q.where(t.c[k] == v)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def _json_default(obj: object) -> Any:
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)

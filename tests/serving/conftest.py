@@ -1,0 +1,53 @@
+"""Fixtures for the serving tests: one real stack (classifiers, explainer, gateway) for the whole session."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support.serving import ServingStack, start_stack
+
+
+def encode(img: Image.Image, fmt: str = "JPEG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def tile_image(seed: int = 0, size: int = 350, mode: str = "RGB") -> Image.Image:
+    """A noisy tile (not a flat colour, so statistics and predictions vary with the seed)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, size=3)
+    noise = rng.normal(0, 30, size=(size, size, 3))
+    arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr, "RGB").convert(mode)
+
+
+@pytest.fixture(scope="session")
+def jpeg() -> bytes:
+    return encode(tile_image(1))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingStack]:
+    """Champion v1 (always wildfire), challenger v2 (always nowildfire), explainer, gateway with a token."""
+    s = start_stack(tmp_path_factory.mktemp("serving"))
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def gw(stack: ServingStack) -> Iterator[ServingStack]:
+    """The shared stack with the rollout reset to champion only (and both classifiers running)."""
+    if stack.challenger is None or not stack.challenger.alive():
+        stack.start_challenger()
+    view = stack.set_rollout("champion", {"reason": "test reset"})
+    if view["state"]["champion"]["version"] != "1":  # a test promoted v2 and did not roll back
+        stack.set_rollout("rollback", {"reason": "test reset"})
+    yield stack

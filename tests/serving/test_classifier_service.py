@@ -1,0 +1,86 @@
+"""The BentoML classifier as a real process: predictions, model info, probes, metrics, batching, guards."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+import pytest
+
+from tests.serving.conftest import encode, tile_image
+from tests.support.serving import ServingStack
+
+
+def test_predicts_and_says_which_model(stack: ServingStack, jpeg: bytes) -> None:
+    url = stack.champion.url
+    r = httpx.post(url + "/predict", files={"images": ("t.jpg", jpeg, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    (item,) = r.json()
+    assert item["label"] == "wildfire" and 0.5 < item["probability"] <= 1.0
+    assert item["model"] == {"name": "pyrocast-test", "version": "1"} and item["precision"] == "fp32"
+    info = httpx.get(url + "/model/info").json()
+    assert info["version"] == "1" and info["batching"] is True and info["source"] == "folder"
+    assert info["input_size"] == 32
+
+
+def test_probes_and_metrics(stack: ServingStack) -> None:
+    url = stack.champion.url
+    assert httpx.get(url + "/livez").status_code == 200
+    assert httpx.get(url + "/readyz").status_code == 200
+    metrics = httpx.get(url + "/metrics").text
+    assert "bentoml_service_request_total" in metrics or "bentoml_service_request_duration_seconds" in metrics
+
+
+def test_concurrent_requests_are_batched(stack: ServingStack) -> None:
+    url = stack.champion.url
+    images = [encode(tile_image(i, 64)) for i in range(48)]
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(
+                *(client.post(url + "/predict", files={"images": ("t.jpg", im, "image/jpeg")}) for im in images)
+            )
+
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses)
+    assert all(len(r.json()) == 1 for r in responses)  # each caller gets its own answer back
+    metrics = httpx.get(url + "/metrics").text
+    count = sum(
+        float(v) for v in re.findall(r'adaptive_batch_size_count\{[^}]*method_name="predict"[^}]*\} (\S+)', metrics)
+    )
+    total = sum(
+        float(v) for v in re.findall(r'adaptive_batch_size_sum\{[^}]*method_name="predict"[^}]*\} (\S+)', metrics)
+    )
+    assert count > 0 and total / count > 1.0, (count, total)  # some batches held more than one image
+
+
+@pytest.mark.parametrize(
+    ("files", "status"),
+    [
+        ({"images": ("t.txt", b"not an image at all", "text/plain")}, 415),
+        ({"images": ("t.jpg", b"", "image/jpeg")}, 400),
+        ({"images": ("t.gif", encode(tile_image(1, 64), "GIF"), "image/gif")}, 415),
+        ({"images": ("t.png", encode(tile_image(1, 64).convert("I;16"), "PNG"), "image/png")}, 422),
+        ({"images": ("t.jpg", encode(tile_image(1, 64))[:200], "image/jpeg")}, 422),
+        ({"other": ("t.jpg", b"x", "image/jpeg")}, 400),
+    ],
+)
+def test_bad_uploads_get_a_4xx_with_a_message(stack: ServingStack, files: dict, status: int) -> None:
+    r = httpx.post(stack.champion.url + "/predict", files=files)
+    assert r.status_code == status, r.text
+    assert "error" in r.text
+
+
+def test_huge_upload_is_refused_before_reading(stack: ServingStack) -> None:
+    big = b"\xff\xd8" + b"\0" * (stack.settings.serving.max_upload_bytes + 100_000)
+    r = httpx.post(stack.champion.url + "/predict", files={"images": ("t.jpg", big, "image/jpeg")})
+    assert r.status_code == 413 and "limit" in r.text
+
+
+def test_grayscale_and_rgba_are_converted(stack: ServingStack) -> None:
+    for img, fmt in ((tile_image(2).convert("L"), "JPEG"), (tile_image(2).convert("RGBA"), "PNG")):
+        r = httpx.post(
+            stack.champion.url + "/predict", files={"images": ("t", encode(img, fmt), f"image/{fmt.lower()}")}
+        )
+        assert r.status_code == 200, r.text

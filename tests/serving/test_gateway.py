@@ -1,0 +1,330 @@
+"""The gateway over real processes: predictions, tiles, explanations, feedback, rollout modes, failures, store."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from pyrocast.serving.store import PredictionStore
+from tests.serving.conftest import encode, tile_image
+from tests.support.serving import ServingStack
+
+INSIDE = {"lat": 46.2, "lon": -73.4}  # inside the default synthetic region
+
+
+def upload(data: bytes, name: str = "tile.jpg", ctype: str = "image/jpeg") -> dict[str, Any]:
+    return {"image": (name, data, ctype)}
+
+
+async def _many(url: str, clients: list[str | None], data: bytes, concurrency: int = 16) -> list[httpx.Response]:
+    sem = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+
+        async def one(cid: str | None) -> httpx.Response:
+            headers = {"X-Client-Id": cid} if cid else {}
+            async with sem:
+                return await c.post("/v1/predict", files=upload(data), headers=headers)
+
+        return await asyncio.gather(*(one(cid) for cid in clients))
+
+
+def predict_many(stack: ServingStack, clients: list[str | None], data: bytes) -> list[dict[str, Any]]:
+    responses = asyncio.run(_many(stack.url, clients, data))
+    bad = [r for r in responses if r.status_code != 200]
+    assert not bad, bad[0].text
+    return [r.json() for r in responses]
+
+
+def stored(stack: ServingStack, request_id: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"{stack.url}/v1/predictions/{request_id}", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_for(check: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+# --- predictions ---------------------------------------------------------------------------------------------
+def test_predict_an_uploaded_tile(gw: ServingStack, jpeg: bytes) -> None:
+    r = httpx.post(f"{gw.url}/v1/predict", files=upload(jpeg), headers={"X-Client-Id": "alice"}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["variant"] == "champion" and body["model"] == {"name": "pyrocast-test", "version": "1"}
+    assert body["label"] == "wildfire" and 0.5 < body["probability"] <= 1
+    assert body["tile_sha256"] == hashlib.sha256(jpeg).hexdigest() and body["latency_ms"] > 0
+    (row,) = stored(gw, body["request_id"])
+    assert row["served"] and row["client_id"] == "alice" and row["source"] == "api"
+    assert row["model_version"] == "1" and row["label"] == "wildfire" and row["error"] is None
+    assert row["width"] == 350 and 0 < row["brightness"] < 1 and row["mean_r"] is not None
+
+
+def test_predict_by_coordinates_and_fetch_the_tile(gw: ServingStack) -> None:
+    r = httpx.post(f"{gw.url}/v1/predict", json={**INSIDE, "client_id": "bob", "source": "web"}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["lat"], body["lon"]) == (INSIDE["lat"], INSIDE["lon"])
+    tile = httpx.get(f"{gw.url}/v1/tile", params=INSIDE, timeout=30)
+    assert tile.status_code == 200 and tile.headers["content-type"] == "image/jpeg"
+    assert hashlib.sha256(tile.content).hexdigest() == body["tile_sha256"]  # the tile the model saw
+    (row,) = stored(gw, body["request_id"])
+    assert (row["lat"], row["lon"], row["source"], row["client_id"]) == (46.2, -73.4, "web", "bob")
+
+
+def test_uploaded_tile_may_carry_its_coordinates(gw: ServingStack, jpeg: bytes) -> None:
+    r = httpx.post(f"{gw.url}/v1/predict", files=upload(jpeg), data={"lat": "45.9", "lon": "-72.5", "source": "replay"})
+    assert r.status_code == 200, r.text
+    (row,) = stored(gw, r.json()["request_id"])
+    assert (row["lat"], row["lon"], row["source"]) == (45.9, -72.5, "replay")
+
+
+def test_explain_a_tile_and_a_place(gw: ServingStack, jpeg: bytes) -> None:
+    r = httpx.post(f"{gw.url}/v1/explain", files=upload(jpeg), timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png" and r.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert r.headers["x-model-version"] == "1"
+    r = httpx.post(f"{gw.url}/v1/explain", json={**INSIDE, "version": "2"}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-model-version"] == "2"
+    r = httpx.post(f"{gw.url}/v1/explain", json={**INSIDE, "version": "99"}, timeout=120)
+    assert r.status_code == 404 and "99" in r.text
+
+
+# --- feedback ------------------------------------------------------------------------------------------------
+def test_feedback_is_stored_with_the_true_label(gw: ServingStack, jpeg: bytes) -> None:
+    rid = httpx.post(f"{gw.url}/v1/predict", files=upload(jpeg)).json()["request_id"]
+    r = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": rid, "correct": False})
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "request_id": rid,
+        "correct": False,
+        "true_label": "nowildfire",
+        "served_label": "wildfire",
+        "model": {"name": "pyrocast-test", "version": "1"},
+    }
+    r = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": rid, "label": "wildfire", "source": "replay"})
+    assert r.status_code == 200 and r.json()["correct"] is True
+    store = PredictionStore(gw.settings.store_database_url)
+    rows = wait_for(lambda: len(store.feedback_for(rid)) == 2 and store.feedback_for(rid))
+    assert [(f["true_label"], f["source"], f["model_version"]) for f in rows] == [
+        ("nowildfire", "user", "1"),
+        ("wildfire", "replay", "1"),
+    ]
+    store.close()
+
+
+# --- malformed requests: always a 4xx, never a 500 -----------------------------------------------------------
+def _bad_requests(stack: ServingStack, jpeg: bytes) -> list[tuple[str, str, dict[str, Any], int]]:
+    big = b"\xff\xd8" + b"\0" * (stack.settings.serving.max_upload_bytes + 10)
+    auth = stack.admin
+    return [
+        ("bad json", "/v1/predict", {"content": b"{lat: 1", "headers": {"content-type": "application/json"}}, 400),
+        ("empty json body", "/v1/predict", {"content": b"", "headers": {"content-type": "application/json"}}, 422),
+        ("json list", "/v1/predict", {"json": [1, 2]}, 422),
+        ("missing lon", "/v1/predict", {"json": {"lat": 46.0}}, 422),
+        ("lat 200", "/v1/predict", {"json": {"lat": 200, "lon": -73}}, 422),
+        ("lon -500", "/v1/predict", {"json": {"lat": 46, "lon": -500}}, 422),
+        ("lat not a number", "/v1/predict", {"json": {"lat": "north", "lon": -73}}, 422),
+        (
+            "lat NaN",
+            "/v1/predict",
+            {"content": b'{"lat": NaN, "lon": -73}', "headers": {"content-type": "application/json"}},
+            400,
+        ),
+        (
+            "feedback NaN",
+            "/v1/feedback",
+            {"content": b'{"request_id": NaN, "correct": true}', "headers": {"content-type": "application/json"}},
+            422,
+        ),
+        ("unknown field", "/v1/predict", {"json": {"lat": 46, "lon": -73, "zoom": 3}}, 422),
+        ("bad source", "/v1/predict", {"json": {"lat": 46, "lon": -73, "source": "spam"}}, 422),
+        ("outside imagery", "/v1/predict", {"json": {"lat": 10.0, "lon": 10.0}}, 404),
+        ("text body", "/v1/predict", {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415),
+        ("non-image upload", "/v1/predict", {"files": upload(b"not an image", "x.txt", "text/plain")}, 415),
+        ("empty file", "/v1/predict", {"files": upload(b"")}, 400),
+        ("truncated jpeg", "/v1/predict", {"files": upload(jpeg[:500])}, 422),
+        ("gif upload", "/v1/predict", {"files": upload(encode(tile_image(0, 64), "GIF"), "x.gif", "image/gif")}, 415),
+        (
+            "16-bit png",
+            "/v1/predict",
+            {"files": upload(encode(tile_image(0, 64).convert("I;16"), "PNG"), "x.png")},
+            422,
+        ),
+        ("huge file", "/v1/predict", {"files": upload(big)}, 413),
+        ("no image field", "/v1/predict", {"files": {"picture": ("t.jpg", jpeg, "image/jpeg")}}, 422),
+        (
+            "two files",
+            "/v1/predict",
+            {"files": [("image", ("a.jpg", jpeg, "image/jpeg")), ("image", ("b.jpg", jpeg, "image/jpeg"))]},
+            400,
+        ),
+        ("lat without lon", "/v1/predict", {"files": upload(jpeg), "data": {"lat": "46"}}, 422),
+        (
+            "bad multipart",
+            "/v1/predict",
+            {"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=x"}},
+            422,
+        ),
+        ("tile lat 200", "/v1/tile?lat=200&lon=-73", {"method": "GET"}, 422),
+        ("tile missing lon", "/v1/tile?lat=46", {"method": "GET"}, 422),
+        ("explain bad json", "/v1/explain", {"content": b"[", "headers": {"content-type": "application/json"}}, 400),
+        ("feedback unknown id", "/v1/feedback", {"json": {"request_id": "nope", "correct": True}}, 404),
+        ("feedback no verdict", "/v1/feedback", {"json": {"request_id": "x"}}, 422),
+        ("feedback bad label", "/v1/feedback", {"json": {"request_id": "x", "label": "maybe"}}, 422),
+        ("feedback bad json", "/v1/feedback", {"content": b"{", "headers": {"content-type": "application/json"}}, 422),
+        ("predictions unknown id", "/v1/predictions/nope", {"method": "GET"}, 404),
+        ("rollout without token", "/v1/rollout/ab", {"json": {"champion": 1, "challenger": 1}}, 401),
+        (
+            "rollout bad token",
+            "/v1/rollout/ab",
+            {"json": {"champion": 1, "challenger": 1}, "headers": {"Authorization": "Bearer wrong"}},
+            401,
+        ),
+        ("ab zero weights", "/v1/rollout/ab", {"json": {"champion": 0, "challenger": 0}, "headers": auth}, 422),
+        ("ab negative weight", "/v1/rollout/ab", {"json": {"champion": -1, "challenger": 2}, "headers": auth}, 422),
+        ("ab missing weight", "/v1/rollout/ab", {"json": {"challenger": 2}, "headers": auth}, 422),
+        ("canary decreasing", "/v1/rollout/canary", {"json": {"steps": [0.5, 0.1]}, "headers": auth}, 422),
+        ("canary share > 1", "/v1/rollout/canary", {"json": {"steps": [0.5, 2]}, "headers": auth}, 422),
+        ("canary step 0 s", "/v1/rollout/canary", {"json": {"step_seconds": 0}, "headers": auth}, 422),
+        ("shadow sample 0", "/v1/rollout/shadow", {"json": {"sample": 0}, "headers": auth}, 422),
+        ("rollback nothing", "/v1/rollout/rollback", {"headers": auth}, 409),
+        ("unknown route", "/v1/nothing", {"method": "GET"}, 404),
+    ]
+
+
+def test_malformed_requests_get_a_4xx_never_a_500(gw: ServingStack, jpeg: bytes) -> None:
+    failures = []
+    with gw.client() as c:
+        for name, path, kw, status in _bad_requests(gw, jpeg):
+            kw = dict(kw)
+            method = kw.pop("method", "POST")
+            r = c.request(method, path, **kw)
+            if r.status_code != status:
+                failures.append(f"{name}: {r.status_code} (expected {status}) {r.text[:200]}")
+            elif "error" not in r.text and "detail" not in r.text:
+                failures.append(f"{name}: no error message in {r.text[:200]}")
+    assert not failures, "\n".join(failures)
+
+
+# --- rollout -------------------------------------------------------------------------------------------------
+def test_ab_assignment_is_sticky_and_weights_hold(gw: ServingStack, jpeg: bytes) -> None:
+    view = gw.set_rollout("ab", {"champion": 1, "challenger": 1})
+    assert view["mode"] == "ab" and view["challenger_share"] == 0.5
+    clients = [f"user-{i}" for i in range(200)]
+    first = predict_many(gw, clients, jpeg)
+    again = predict_many(gw, clients, jpeg)
+    assert [a["variant"] for a in first] == [b["variant"] for b in again]  # same client -> same variant
+    on_challenger = sum(a["variant"] == "challenger" for a in first)
+    assert 70 <= on_challenger <= 130, on_challenger
+    for a in first:
+        assert a["model"]["version"] == ("2" if a["variant"] == "challenger" else "1")
+
+
+def test_shadow_stores_both_and_the_user_gets_the_champion(gw: ServingStack, jpeg: bytes) -> None:
+    gw.set_rollout("shadow", {"sample": 1.0})
+    answers = predict_many(gw, [f"s{i}" for i in range(10)], jpeg)
+    assert all(a["variant"] == "champion" and a["model"]["version"] == "1" for a in answers)
+    for a in answers:
+        rows = wait_for(lambda a=a: len(stored(gw, a["request_id"])) == 2 and stored(gw, a["request_id"]))
+        assert rows, "the shadow copy was not stored"
+        by_variant = {r["variant"]: r for r in rows}
+        assert by_variant["champion"]["served"] and by_variant["champion"]["model_version"] == "1"
+        assert not by_variant["shadow"]["served"] and by_variant["shadow"]["model_version"] == "2"
+        assert by_variant["shadow"]["label"] == "nowildfire"
+    stats = httpx.get(f"{gw.url}/v1/rollout").json()["state"]["stats"]["challenger"]
+    assert stats["compared"] >= 10 and stats["disagreement"] == 1.0
+
+
+def test_canary_ramps_on_schedule(gw: ServingStack, jpeg: bytes) -> None:
+    lenient = {"max_disagreement": 1.0, "max_p95_ms": 60000}
+    view = gw.set_rollout("canary", {"steps": [0.2, 1.0], "step_seconds": 1.5, "guardrails": lenient})
+    assert view["mode"] == "canary" and view["challenger_share"] == 0.2
+    time.sleep(1.6)
+    answers = predict_many(gw, [f"ramp-{i}" for i in range(20)], jpeg)
+    assert all(a["variant"] == "challenger" for a in answers)  # 100% after the second step
+    events = wait_for(lambda: [e["action"] for e in httpx.get(f"{gw.url}/v1/rollout").json()["events"]][:3])
+    assert "canary-step" in events or "canary-complete" in events
+
+
+def test_canary_stops_on_a_guardrail(gw: ServingStack, jpeg: bytes) -> None:
+    guard = {"max_disagreement": 0.2, "min_requests": 5}
+    gw.set_rollout("canary", {"steps": [0.5, 1.0], "step_seconds": 600, "guardrails": guard})
+    predict_many(gw, [f"canary-{i}" for i in range(40)], jpeg)
+    view = wait_for(lambda: (v := httpx.get(f"{gw.url}/v1/rollout").json())["mode"] == "champion" and v)
+    assert view, "the canary was not stopped"
+    assert "disagrees" in view["state"]["stopped_reason"]
+    assert view["events"][0]["action"] == "guardrail-stop"
+    answers = predict_many(gw, [f"canary-{i}" for i in range(10)], jpeg)
+    assert all(a["variant"] == "champion" for a in answers)
+
+
+def test_promote_then_rollback(gw: ServingStack, jpeg: bytes) -> None:
+    view = gw.set_rollout("promote", {"reason": "test"})
+    assert view["state"]["champion"]["version"] == "2" and view["state"]["previous_champion"]["version"] == "1"
+    assert "registry aliases not moved" in view["events"][0]["reason"]  # bundle folders have no aliases
+    a = predict_many(gw, ["p1"], jpeg)[0]
+    assert (a["variant"], a["model"]["version"]) == ("champion", "2")
+    view = gw.set_rollout("rollback")
+    assert view["state"]["champion"]["version"] == "1" and view["state"]["previous_champion"] is None
+    a = predict_many(gw, ["p1"], jpeg)[0]
+    assert (a["variant"], a["model"]["version"]) == ("champion", "1")
+
+
+def test_killed_challenger_gives_fallback_answers_not_errors(gw: ServingStack, jpeg: bytes) -> None:
+    gw.set_rollout("ab", {"champion": 0, "challenger": 1})
+    assert predict_many(gw, ["k0"], jpeg)[0]["variant"] == "challenger"
+    assert gw.challenger is not None
+    gw.challenger.kill()
+    answers = predict_many(gw, [f"k{i}" for i in range(30)], jpeg)  # no error reaches the user
+    assert all(a["variant"] == "champion-fallback" and a["model"]["version"] == "1" for a in answers), [
+        (a["variant"], a["model"]["version"]) for a in answers
+    ]
+    rows = stored(gw, answers[0]["request_id"])
+    assert any(r["variant"] == "champion-fallback" and r["served"] for r in rows)
+    health = httpx.get(f"{gw.url}/healthz").json()
+    assert health["status"] == "ok" and health["backends"]["challenger"]["up"] is False
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert "pyrocast_fallbacks_total" in metrics
+    gw.start_challenger()  # for the tests that follow
+
+
+def test_metrics_health_and_openapi(gw: ServingStack, jpeg: bytes) -> None:
+    predict_many(gw, ["m1"], jpeg)
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert 'pyrocast_predictions_total{model_version="1",outcome="ok",variant="champion"}' in metrics
+    assert "pyrocast_gateway_request_seconds_bucket" in metrics
+    health = httpx.get(f"{gw.url}/healthz").json()
+    assert health["status"] == "ok" and health["backends"]["champion"]["model"]["version"] == "1"
+    spec = httpx.get(f"{gw.url}/openapi.json").json()
+    body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(body)
+    assert {"/v1/feedback", "/v1/rollout", "/v1/rollout/canary", "/v1/tile", "/v1/explain"} <= set(spec["paths"])
+
+
+def test_nothing_is_lost_across_a_gateway_restart(gw: ServingStack, jpeg: bytes) -> None:
+    gw.set_rollout("shadow", {"sample": 1.0})
+    tag = f"durable-{uuid.uuid4().hex[:8]}"
+    n = 60
+    predict_many(gw, [tag] * n, jpeg)
+    assert gw.gateway is not None
+    code = gw.gateway.stop()  # SIGTERM: a clean shutdown (uvicorn re-raises the signal once it has shut down)
+    assert code in (0, -signal.SIGTERM), gw.gateway.log_tail()
+    gw.start_gateway()
+    store = PredictionStore(gw.settings.store_database_url)
+    assert store.count(client_id=tag, served=True) == n
+    # Shadow copies in flight at shutdown are finished and stored as well.
+    assert store.count(client_id=tag, variant="shadow") == n
+    store.close()
+    assert httpx.get(f"{gw.url}/v1/rollout").json()["mode"] == "shadow"  # the rollout state survived too

@@ -1,0 +1,57 @@
+"""Upload checks: what is converted, what is refused, and with which HTTP status."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from pyrocast.serving.guards import UploadRejected, load_upload
+from tests.serving.conftest import encode, tile_image
+
+LIMIT = 1_000_000
+
+
+def png(img: Image.Image) -> bytes:
+    return encode(img, "PNG")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "CMYK", "1"])
+def test_safe_modes_become_rgb(mode: str) -> None:
+    img = tile_image(3, 64).convert(mode)
+    fmt = "JPEG" if mode in ("RGB", "L", "CMYK") else "PNG"
+    out = load_upload(encode(img, fmt), max_bytes=LIMIT)
+    assert out.mode == "RGB" and out.size == (64, 64)
+
+
+def _bomb() -> bytes:
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, "PNG")  # 400 megapixels in a few kB
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "fragment"),
+    [
+        (b"", 400, "empty"),
+        (b"hello, not an image", 415, "not an image"),
+        (encode(tile_image(1, 64), "GIF"), 415, "not JPEG or PNG"),
+        (encode(tile_image(1, 64), "BMP"), 415, "not JPEG or PNG"),
+        (encode(tile_image(1, 64))[:300], 422, "truncated"),
+        (png(Image.new("I;16", (64, 64))), 422, "pixel mode"),
+        (png(Image.new("RGB", (4, 4))), 422, "too small"),
+        (b"\xff" * (LIMIT + 1), 413, "over the limit"),
+    ],
+)
+def test_bad_uploads_are_refused_with_a_status(data: bytes, status: int, fragment: str) -> None:
+    with pytest.raises(UploadRejected) as info:
+        load_upload(data, max_bytes=LIMIT)
+    assert info.value.status == status
+    assert fragment in str(info.value)
+
+
+def test_decompression_bomb_is_refused() -> None:
+    with pytest.raises(UploadRejected) as info:
+        load_upload(_bomb(), max_bytes=LIMIT)
+    assert info.value.status == 422 and "bomb" in str(info.value)

@@ -1,0 +1,200 @@
+"""Rollout logic without HTTP: sticky assignment, weights, canary ramp, guardrails, promote and rollback."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from pyrocast.serving.rollout import (
+    ABPlan,
+    CanaryPlan,
+    Guardrails,
+    ModelRef,
+    RolloutController,
+    RolloutError,
+    RolloutState,
+    bucket,
+    canary_step_at,
+    check_guardrails,
+    route,
+)
+
+V1, V2 = ModelRef(name="m", version="1"), ModelRef(name="m", version="2")
+
+
+def controller() -> RolloutController:
+    c = RolloutController()
+    c.set_models(V1, V2)
+    return c
+
+
+def test_bucket_is_stable_uniform_and_salted() -> None:
+    assert bucket("client-7", "s") == bucket("client-7", "s")  # same on every call (and process: sha256)
+    assert bucket("client-7", "s") != bucket("client-7", "t")
+    values = [bucket(f"c{i}", "s") for i in range(2000)]
+    assert all(0.0 <= v < 1.0 for v in values)
+    assert 0.45 < sum(v < 0.5 for v in values) / len(values) < 0.55
+
+
+def test_ab_assignment_is_sticky_and_respects_weights() -> None:
+    c = controller()
+    c.start_ab(ABPlan(champion=70, challenger=30))
+    first = {f"client-{i}": c.route(f"client-{i}").role for i in range(200)}
+    for _ in range(3):  # same client, same variant, every time
+        assert {k: c.route(k).role for k in first} == first
+    share = sum(r == "challenger" for r in first.values()) / len(first)
+    assert 0.2 <= share <= 0.4, share
+
+
+def test_new_experiment_draws_new_clients() -> None:
+    c = controller()
+    c.start_ab(ABPlan(champion=1, challenger=1))
+    a = [c.route(f"k{i}").role for i in range(200)]
+    c.start_ab(ABPlan(champion=1, challenger=1))
+    b = [c.route(f"k{i}").role for i in range(200)]
+    assert a != b  # a fresh salt reshuffles who is in which arm
+
+
+def test_canary_ramps_on_schedule_and_only_adds_clients() -> None:
+    plan = CanaryPlan(steps=[0.05, 0.25, 0.5, 1.0], step_seconds=10)
+    assert [canary_step_at(plan, 100.0, t) for t in (100, 109.9, 110, 125, 135, 1000)] == [0, 0, 1, 2, 3, 3]
+    c = controller()
+    c.start_canary(plan, now=0.0)
+    clients = [f"c{i}" for i in range(400)]
+    on_challenger: set[str] = set()
+    for t, share in ((1, 0.05), (11, 0.25), (21, 0.5), (31, 1.0)):
+        assert c.share(t) == share
+        now = {k for k in clients if c.route(k, t).role == "challenger"}
+        assert on_challenger <= now  # a ramp never moves a client back to the champion
+        assert abs(len(now) / len(clients) - share) < 0.08
+        on_challenger = now
+    assert all(c.route(k, 31).compare for k in clients)  # canary requests are compared with the champion
+
+
+def test_canary_tick_reports_steps_and_completion() -> None:
+    c = controller()
+    c.start_canary(CanaryPlan(steps=[0.1, 1.0], step_seconds=5), now=0.0)
+    assert c.tick(1.0) == []
+    assert [e.action for e in c.tick(5.5)] == ["canary-step"]
+    assert [e.action for e in c.tick(10.5)] == ["canary-complete"]
+    assert c.state.mode == "canary" and c.share(11) == 1.0
+
+
+def test_canary_auto_promote_at_the_end() -> None:
+    c = controller()
+    c.start_canary(CanaryPlan(steps=[0.5], step_seconds=1, auto_promote=True), now=0.0)
+    assert [e.action for e in c.tick(2.0)] == ["promote"]
+    assert c.state.champion == V2 and c.state.previous_champion == V1 and c.state.mode == "champion"
+
+
+@pytest.mark.parametrize(
+    ("stats", "fragment"),
+    [
+        ({"requests": 50, "error_rate": 0.2, "p95_ms": 10.0, "compared": 0, "disagreement": 0.0}, "error rate"),
+        ({"requests": 50, "error_rate": 0.0, "p95_ms": 5000.0, "compared": 0, "disagreement": 0.0}, "p95 latency"),
+        ({"requests": 50, "error_rate": 0.0, "p95_ms": 10.0, "compared": 50, "disagreement": 0.9}, "disagrees"),
+    ],
+)
+def test_guardrails_name_what_broke(stats: dict, fragment: str) -> None:
+    reason = check_guardrails(Guardrails(), stats)
+    assert reason is not None and fragment in reason
+
+
+def test_guardrails_wait_for_enough_observations() -> None:
+    few = {"requests": 5, "error_rate": 1.0, "p95_ms": 9e9, "compared": 5, "disagreement": 1.0}
+    assert check_guardrails(Guardrails(min_requests=20), few) is None
+
+
+def test_canary_stops_on_guardrail_back_to_champion_with_reason() -> None:
+    c = controller()
+    c.start_canary(CanaryPlan(guardrails=Guardrails(min_requests=10)), now=0.0)
+    for _ in range(10):
+        c.record("challenger", True, 5.0)
+        c.record_agreement(False)
+    events = c.tick(1.0)
+    assert [e.action for e in events] == ["guardrail-stop"]
+    assert c.state.mode == "champion" and "disagrees" in (c.state.stopped_reason or "")
+    assert c.route("anyone", 2.0).role == "champion"
+
+
+def test_shadow_routes_to_champion_with_copies() -> None:
+    c = controller()
+    c.start_shadow(1.0)
+    r = c.route("x")
+    assert r.role == "champion" and r.shadow
+    c.start_shadow(0.5)
+    copies = sum(c.route(f"k{i}").shadow for i in range(400))
+    assert 150 < copies < 250
+
+
+def test_promote_then_rollback_restores_the_champion() -> None:
+    c = controller()
+    c.start_ab(ABPlan(champion=1, challenger=1))
+    ev = c.promote()
+    assert ev.action == "promote" and c.state.mode == "champion"
+    assert (c.state.champion, c.state.challenger, c.state.previous_champion) == (V2, V1, V1)
+    ev = c.rollback()
+    assert ev.action == "rollback"
+    assert (c.state.champion, c.state.challenger, c.state.previous_champion) == (V1, V2, None)
+
+
+def test_rollback_without_previous_champion() -> None:
+    c = controller()
+    with pytest.raises(RolloutError, match="nothing to roll back"):
+        c.rollback()
+    c.start_canary(CanaryPlan())
+    assert c.rollback().action == "champion-only"  # stops the experiment instead
+
+
+def test_experiments_need_a_challenger() -> None:
+    c = RolloutController()
+    c.set_models(V1, None)
+    starts = (
+        lambda: c.start_ab(ABPlan(champion=1, challenger=1)),
+        lambda: c.start_canary(CanaryPlan()),
+        c.start_shadow,
+        c.promote,
+    )
+    for start in starts:
+        with pytest.raises(RolloutError, match="no challenger"):
+            start()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"steps": []},
+        {"steps": [0.5, 0.25]},
+        {"steps": [0.0, 1.0]},
+        {"steps": [0.5, 1.5]},
+        {"step_seconds": 0},
+        {"step_seconds": -5},
+        {"guardrails": {"max_error_rate": 2}},
+        {"guardrails": {"min_requests": 0}},
+    ],
+)
+def test_bad_canary_plans_are_rejected(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        CanaryPlan.model_validate(bad)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"champion": 0, "challenger": 0},
+        {"champion": -1, "challenger": 1},
+        {"champion": 1},
+        {"champion": "x", "challenger": 1},
+    ],
+)
+def test_bad_ab_weights_are_rejected(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        ABPlan.model_validate(bad)
+
+
+def test_state_round_trips_through_json() -> None:
+    c = controller()
+    c.start_canary(CanaryPlan(steps=[0.2, 1.0]), now=50.0)
+    again = RolloutState.model_validate_json(c.state.model_dump_json())
+    assert again == c.state
+    assert route(again, "k", 51.0) == route(c.state, "k", 51.0)

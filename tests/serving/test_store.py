@@ -1,0 +1,99 @@
+"""The prediction store: batched background writes, nothing lost on close, WAL, spill, events, statistics."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import create_engine
+
+from pyrocast.serving.store import STAT_COLUMNS, PredictionStore, image_stats
+
+
+def row(i: int, **kw: object) -> dict:
+    return {
+        "request_id": f"r{i}",
+        "served": True,
+        "variant": "champion",
+        "model_name": "m",
+        "model_version": "1",
+        "source": "api",
+        "probability": 0.9,
+        "label": "wildfire",
+        "latency_ms": 3.0,
+        **kw,
+    }
+
+
+def test_background_writes_are_batched_and_complete(tmp_path: Path) -> None:
+    store = PredictionStore(f"sqlite:///{tmp_path / 'p.db'}", batch_size=100).start()
+    for i in range(1000):
+        store.put_prediction(row(i))
+    assert store.flush(30)
+    assert store.count() == 1000
+    assert store.queue_depth == 0
+    store.close()
+
+
+def test_close_drains_the_queue_nothing_lost(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    store = PredictionStore(url, interval_s=5.0).start()  # a long batching window: rows still queued at close
+    for i in range(300):
+        store.put_prediction(row(i))
+    store.put_feedback({"request_id": "r1", "correct": True, "true_label": "wildfire", "source": "user"})
+    store.close()
+    again = PredictionStore(url)
+    assert again.count() == 300
+    assert again.count("feedback") == 1
+    again.close()
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    store = PredictionStore(f"sqlite:///{tmp_path / 'p.db'}").start()
+    store.put_prediction(row(0))
+    store.flush()
+    with sqlite3.connect(tmp_path / "p.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+
+
+def test_rows_that_cannot_be_written_are_spilled_then_replayed(tmp_path: Path) -> None:
+    db = tmp_path / "p.db"
+    spill = tmp_path / "spill.jsonl"
+    store = PredictionStore(f"sqlite:///{db}", spill_path=spill)
+    store.engine.dispose()
+    # The database becomes unwritable (a read-only file system, a PostgreSQL outage): rows go to the spill file.
+    store.engine = create_engine(f"sqlite:///file:{db}?mode=ro&uri=true")
+    store.put_prediction(row(1))
+    store.put_prediction(row(2))
+    store.close()
+    assert spill.exists() and len(spill.read_text().splitlines()) == 2
+    again = PredictionStore(f"sqlite:///{db}", spill_path=spill)  # the next start writes them
+    assert again.count() == 2 and not spill.exists()
+    again.close()
+
+
+def test_events_keep_the_last_state(tmp_path: Path) -> None:
+    store = PredictionStore(f"sqlite:///{tmp_path / 'p.db'}")
+    assert store.last_state() is None
+    store.add_event("ab", "ab", {"mode": "ab", "x": 1}, reason="test", champion_version="1")
+    store.add_event("champion-only", "champion", {"mode": "champion"})
+    assert store.last_state() == {"mode": "champion"}
+    assert [e["action"] for e in store.events()] == ["champion-only", "ab"]
+    store.close()
+
+
+def test_image_stats_describe_the_tile() -> None:
+    red = Image.new("RGB", (350, 350), (255, 0, 0))
+    s = image_stats(red)
+    assert set(STAT_COLUMNS) <= set(s) and (s["width"], s["height"]) == (350, 350)
+    assert s["mean_r"] == pytest.approx(1.0) and s["mean_g"] == pytest.approx(0.0)
+    assert s["saturation"] == pytest.approx(1.0) and s["sharpness"] == pytest.approx(0.0)
+    white = image_stats(Image.new("RGB", (100, 100), (255, 255, 255)))
+    assert white["bright_fraction"] == 1.0 and white["dark_fraction"] == 0.0
+    rng = np.random.default_rng(0)
+    noisy = image_stats(Image.fromarray(rng.integers(0, 255, (350, 350, 3), dtype=np.uint8)))
+    assert noisy["contrast"] > 0.05 and noisy["sharpness"] > 0.05

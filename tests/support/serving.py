@@ -1,0 +1,122 @@
+"""A real serving stack on 127.0.0.1 for tests: two classifiers, the explainer and the gateway as processes.
+
+`start_stack(root)` builds two tiny bundles (champion v1 says "wildfire" to everything, challenger v2 says
+"nowildfire": they always disagree, which the canary guardrail tests need), starts the BentoML services in
+parallel on free ports, then the gateway with an admin token. `stack.stop()` stops every process group.
+Reused by the gateway tests and by anything built on the gateway (web app, replay, load).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pyrocast.serving import procs
+from pyrocast.settings import ServingSettings, Settings
+from tests.support.bundles import make_tiny_bundle
+
+TOKEN = "test-admin-token"
+
+
+def tiny_bundles(root: Path) -> dict[str, Path]:
+    """Champion v1 (always wildfire) and challenger v2 (always nowildfire), built once per folder."""
+    out = {"1": root / "bundle-v1", "2": root / "bundle-v2"}
+    if not (out["1"] / "meta.json").exists():
+        make_tiny_bundle(out["1"], version="1", bias=6.0, seed=0)
+    if not (out["2"] / "meta.json").exists():
+        make_tiny_bundle(out["2"], version="2", bias=-20.0, seed=1)
+    return out
+
+
+@dataclass
+class ServingStack:
+    """The running processes and how to reach them."""
+
+    settings: Settings
+    bundles: dict[str, Path]
+    token: str = TOKEN
+    champion: procs.ServiceProcess | None = None
+    challenger: procs.ServiceProcess | None = None
+    explainer: procs.ServiceProcess | None = None
+    gateway: procs.ServiceProcess | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        assert self.gateway is not None
+        return self.gateway.url
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30.0, **kw)
+
+    def start_challenger(self) -> procs.ServiceProcess:
+        sv = self.settings.serving
+        self.challenger = procs.start_classifier(
+            self.settings, port=sv.challenger_port, bundle_dir=self.bundles["2"], name="challenger"
+        )
+        return self.challenger
+
+    def start_gateway(self) -> procs.ServiceProcess:
+        env = {"PYROCAST_ADMIN_TOKEN": self.token, **self.extra_env}
+        self.gateway = procs.start_gateway(self.settings, env=env)
+        return self.gateway
+
+    def set_rollout(self, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        r = httpx.post(f"{self.url}/v1/rollout/{action}", json=body, headers=self.admin, timeout=30.0)
+        r.raise_for_status()
+        return r.json()
+
+    def stop(self) -> None:
+        for p in (self.gateway, self.explainer, self.challenger, self.champion):
+            if p is not None:
+                with contextlib.suppress(Exception):
+                    p.stop()
+
+
+def stack_settings(root: Path) -> Settings:
+    ports = [procs.free_port() for _ in range(5)]
+    s = Settings(
+        data_dir=root / "data",
+        serving=ServingSettings(
+            champion_port=ports[0],
+            challenger_port=ports[1],
+            explainer_port=ports[2],
+            gateway_port=ports[3],
+            webapp_port=ports[4],
+        ),
+    )
+    s.ensure_dirs()
+    return s
+
+
+def start_stack(root: Path, explainer: bool = True, gateway: bool = True) -> ServingStack:
+    """Start champion, challenger (and explainer) in parallel, then the gateway; stops all on failure."""
+    settings = stack_settings(root)
+    stack = ServingStack(settings, tiny_bundles(root / "bundles"))
+    sv = settings.serving
+    try:
+        stack.champion = procs.start_classifier(
+            settings, port=sv.champion_port, bundle_dir=stack.bundles["1"], name="champion", wait=False
+        )
+        stack.challenger = procs.start_classifier(
+            settings, port=sv.challenger_port, bundle_dir=stack.bundles["2"], name="challenger", wait=False
+        )
+        if explainer:
+            stack.explainer = procs.start_explainer(settings, bundle_dirs=stack.bundles, wait=False)
+        for p in (stack.champion, stack.challenger, stack.explainer):
+            if p is not None:
+                p.wait_healthy(120)
+        if gateway:
+            stack.start_gateway()
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
