@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -41,19 +42,38 @@ def set_env(settings: Settings) -> bool:
     wanted = {
         "ZENML_CONFIG_PATH": str(home),
         "ZENML_LOCAL_STORES_PATH": str(home / "local_stores"),
+        # no `.zen` repository discovered in the current directory: a user's own ZenML repo stays out of it
+        "ZENML_REPOSITORY_PATH": str(home),
     }
     changed = any(os.environ.get(k) != v for k, v in wanted.items())
     os.environ.update(wanted)
-    # Quiet, offline, and no repository discovery in the current directory.
+    prepare_import()
+    return changed
+
+
+def prepare_import() -> None:
+    """Environment ZenML reads when it is imported: quiet, offline, no print() wrapping.
+
+    Call before `import zenml` (pipelines.training does): ZenML otherwise wraps print() globally, echoing
+    every line through its log handlers, and logs its set-up chatter at INFO.
+    """
     os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
     os.environ.setdefault("ZENML_ENABLE_REPO_INIT_WARNINGS", "false")
     os.environ.setdefault("ZENML_LOGGING_VERBOSITY", "ERROR")
     os.environ.setdefault("ZENML_ENABLE_RICH_TRACEBACK", "false")
-    # ZenML otherwise wraps print() globally and echoes it through its log handlers (doubling output).
     os.environ.setdefault("ZENML_CAPTURE_PRINTS", "false")
-    os.environ.setdefault("ZENML_REPOSITORY_PATH", str(home))
     os.environ.setdefault("AUTO_OPEN_DASHBOARD", "false")
-    return changed
+
+
+def detach_stdout_logging() -> None:
+    """Remove the stdout handler ZenML adds to the root logger on import.
+
+    Log lines on stdout would corrupt `--json` output; Pyrocast's CLI logs to stderr.
+    """
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stdout:
+            root.removeHandler(h)
 
 
 def activate(settings: Settings) -> str:
