@@ -185,7 +185,7 @@ def start_process(
     return svc
 
 
-def _bentoml_exe() -> str:
+def bentoml_exe() -> str:
     exe = Path(sys.executable).with_name("bentoml")
     return str(exe) if exe.exists() else "bentoml"
 
@@ -228,7 +228,7 @@ def start_classifier(
         child_env[ENV_PRECISION] = precision
     child_env[ENV_BATCHING] = "1" if batching else "0"
     child_env.update(env or {})
-    cmd = [_bentoml_exe(), "serve", CLASSIFIER, "--host", host, "--port", str(port)]
+    cmd = [bentoml_exe(), "serve", CLASSIFIER, "--host", host, "--port", str(port)]
     return start_process(
         name,
         cmd,
@@ -257,7 +257,7 @@ def start_explainer(
     if bundle_dirs:
         child_env["PYROCAST_EXPLAIN_BUNDLES"] = os.pathsep.join(f"{v}={p}" for v, p in bundle_dirs.items())
     child_env.update(env or {})
-    cmd = [_bentoml_exe(), "serve", EXPLAINER, "--host", host, "--port", str(port)]
+    cmd = [bentoml_exe(), "serve", EXPLAINER, "--host", host, "--port", str(port)]
     return start_process(
         "explainer",
         cmd,

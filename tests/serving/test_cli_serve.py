@@ -1,0 +1,56 @@
+"""`pyrocast rollout ...` against a real gateway (the CLI tests live here to share the serving stack)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pyrocast.cli.main import app
+from pyrocast.settings import get_settings
+from tests.support.serving import ServingStack
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli_env(gw: ServingStack, monkeypatch: pytest.MonkeyPatch) -> ServingStack:
+    monkeypatch.setenv("PYROCAST_ADMIN_TOKEN", gw.token)
+    monkeypatch.setenv("PYROCAST_DATA_DIR", str(gw.settings.root))
+    get_settings.cache_clear()
+    yield gw
+    get_settings.cache_clear()
+
+
+def rollout(stack: ServingStack, *args: str) -> dict:
+    result = runner.invoke(app, ["rollout", *args, "--url", stack.url, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_rollout_commands_drive_the_gateway(cli_env: ServingStack) -> None:
+    assert rollout(cli_env, "status")["mode"] == "champion"
+    view = rollout(cli_env, "ab", "90", "10")
+    assert view["mode"] == "ab" and view["challenger_share"] == pytest.approx(0.1)
+    view = rollout(cli_env, "canary", "--steps", "10,50,100", "--every", "30", "--max-disagreement", "0.5")
+    assert view["state"]["canary"]["steps"] == [0.1, 0.5, 1.0]
+    assert view["state"]["canary"]["guardrails"]["max_disagreement"] == 0.5
+    assert rollout(cli_env, "shadow", "--sample", "0.5")["state"]["shadow_sample"] == 0.5
+    view = rollout(cli_env, "promote", "--reason", "cli test")
+    assert view["state"]["champion"]["version"] == "2"
+    assert rollout(cli_env, "rollback")["state"]["champion"]["version"] == "1"
+    assert rollout(cli_env, "champion")["mode"] == "champion"
+    table = runner.invoke(app, ["rollout", "status", "--url", cli_env.url])
+    assert table.exit_code == 0 and "champion" in table.output and "pyrocast-test v1" in table.output
+
+
+def test_rollout_errors_are_one_clear_line(cli_env: ServingStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = runner.invoke(app, ["rollout", "canary", "--steps", "50,10", "--url", cli_env.url])
+    assert result.exit_code != 0 and "steps must increase" in str(result.exception)
+    monkeypatch.setenv("PYROCAST_ADMIN_TOKEN", "wrong")
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["rollout", "ab", "1", "1", "--url", cli_env.url])
+    assert result.exit_code != 0 and "admin token" in str(result.exception)
+    result = runner.invoke(app, ["rollout", "status", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code != 0 and "does not answer" in str(result.exception)
