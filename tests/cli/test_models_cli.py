@@ -158,3 +158,11 @@ def test_schedule_stops_cleanly_on_ctrl_c(settings: Settings) -> None:
     assert proc.returncode == 0, err
     assert "schedule stopped (signal) after 0 run(s)" in out
     assert "Traceback" not in err
+
+
+def test_train_refuses_bad_arguments_before_starting(settings: Settings, tmp_path: Path) -> None:
+    r = run("train", "--profile", "huge")
+    assert r.returncode == 1 and "unknown profile 'huge'" in r.stderr and "quick" in r.stderr
+    r = run("train", "--data", str(tmp_path / "missing"))
+    assert r.returncode == 1 and "is not a folder" in r.stderr
+    assert not (settings.root / "zenml").exists()  # nothing was started

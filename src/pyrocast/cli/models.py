@@ -58,6 +58,10 @@ def train(
     for k in ("n", "accuracy", "precision", "recall", "f1", "roc_auc", "ece"):
         if k in outcome.metrics:
             rep.add(f"test {k}", _fmt(outcome.metrics[k]))
+    if outcome.data.get("quarantined"):
+        rep.add("quarantined tiles", f"{outcome.data['quarantined']} (corrupt or unusable; see the quarantine folder)")
+    if outcome.metrics.get("skipped"):
+        rep.add("test tiles skipped", f"{outcome.metrics['skipped']} (could not be decoded)")
     rep.add("steps (s)", ", ".join(f"{k} {v:.1f}" for k, v in outcome.step_s.items()))
     rep.add("total", f"{outcome.total_s:.1f} s")
     rep.add("notified", f"{outcome.notified.get('sent', 0)} of {outcome.notified.get('configured', 0)} targets")
