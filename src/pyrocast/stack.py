@@ -157,7 +157,7 @@ class Stack:
             )
         )
         if webapp:
-            if importlib.util.find_spec("pyrocast.webapp") is None:
+            if importlib.util.find_spec("pyrocast.webapp.app") is None:
                 stack.notes.append("the web app is not installed (pyrocast.webapp): not started")
             else:
                 add(_webapp_service(settings))
@@ -259,13 +259,15 @@ class Stack:
     # --- showing ------------------------------------------------------------------------------------------
     def render(self, console: Console) -> None:
         t = Table(title="Pyrocast is running", title_justify="left")
-        for col in ("service", "URL", "what", "pid", "log"):
-            t.add_column(col)
+        t.add_column("service", no_wrap=True)
+        # URLs are never cut: people copy them (the other columns wrap instead).
+        t.add_column("URL", no_wrap=True, min_width=max((len(s.url) + 5 for s in self.services), default=10))
+        t.add_column("what")
+        t.add_column("log")
         for s in self.services:
             url = s.url + ("/docs" if s.name == "gateway" else "")
-            pid = str(s.proc.pid) if s.proc else "external"
-            log = str(s.proc.log_path.relative_to(self.settings.root)) if s.proc else "-"
-            t.add_row(s.name, url, s.what, pid, log)
+            log = s.proc.log_path.name if s.proc else "-"
+            t.add_row(s.name, url, s.what, log)
         console.print(t)
         for note in self.notes:
             console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
@@ -347,19 +349,16 @@ def _mlflow_service(settings: Settings) -> Service:
     )
 
 
-WEBAPP_CODE = "from pyrocast.settings import get_settings\nfrom pyrocast.webapp import run\nrun(get_settings())\n"
-
-
 def _webapp_service(settings: Settings) -> Service:
     host, port = settings.serving.host, settings.serving.webapp_port
 
     def start() -> procs.ServiceProcess:
         return procs.start_process(
             "webapp",
-            [sys.executable, "-c", WEBAPP_CODE],
+            [sys.executable, "-m", "pyrocast.webapp.app", "--host", host, "--port", str(port)],
             url=f"http://{host}:{port}",
             log_path=settings.root / "logs" / f"webapp-{port}.log",
-            health_path="/",
+            health_path="/healthz",
             env=procs.settings_env(settings),
             cwd=settings.root,
             wait=False,

@@ -199,8 +199,8 @@ def accuracy_groups(outcomes: list[Outcome], by_variant: bool = True) -> list[Gr
                 variant=variant,
                 n=n,
                 correct=correct,
-                accuracy=round(correct / n, 4),
-                ci95=(round(lo, 4), round(hi, 4)),
+                accuracy=correct / n,
+                ci95=(lo, hi),
                 p50_ms=round(float(np.percentile(ms, 50)), 2) if ms else None,
                 p95_ms=round(float(np.percentile(ms, 95)), 2) if ms else None,
             )

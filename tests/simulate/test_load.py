@@ -1,0 +1,98 @@
+"""`pyrocast load`: per-stage statistics, loopback only, and a real Locust run against a real gateway."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from pyrocast.errors import InvalidInputError
+from pyrocast.settings import Settings
+from pyrocast.simulate.load import gateway_url, run_load, summarize
+from pyrocast.simulate.shapes import build_stages
+from tests.support.serving import ServingStack
+
+
+def test_samples_are_split_by_the_stage_they_started_in() -> None:
+    stages = build_stages("spike", 10, 10)  # baseline 0-4 s, spike 4-6 s, recovery 6-10 s
+    samples = [
+        [0.5, 10.0, True, "image", "champion", "1"],
+        [3.9, 30.0, True, "image", "challenger", "2"],
+        [4.1, 50.0, True, "coordinates", "champion", "1"],
+        [5.0, 70.0, False, "image", "HTTP 503: down", None],
+        [9.5, 20.0, True, "image", "champion-fallback", "1"],
+    ]
+    per, total = summarize(stages, samples, end_s=10.0)
+    assert [s.requests for s in per] == [2, 2, 1]
+    assert [s.failures for s in per] == [0, 1, 0]
+    assert per[0].throughput_rps == pytest.approx(2 / 4)
+    assert per[1].errors == {"HTTP 503: down": 1}
+    assert per[1].variants == {"champion": 1}
+    assert total.requests == 5 and total.failures == 1 and total.seconds == 10
+    assert total.p50_ms == 30.0
+    assert total.variants == {"champion": 2, "challenger": 1, "champion-fallback": 1}
+
+
+def test_a_run_cut_short_reports_the_time_it_really_had() -> None:
+    stages = build_stages("ramp", 4, 8)
+    per, total = summarize(stages, [[0.1, 5.0, True, "image", "champion", "1"]] * 6, end_s=3.0)
+    assert [s.seconds for s in per] == [2.0, 1.0, 0.0, 0.0]
+    assert total.seconds == 3.0 and total.throughput_rps == 2.0
+
+
+def test_only_this_machine_is_targeted(settings: Settings) -> None:
+    assert gateway_url(settings) == f"http://127.0.0.1:{settings.serving.gateway_port}"
+    assert gateway_url(settings, "http://localhost:9000/") == "http://localhost:9000"
+    for url in ("http://10.0.0.5:8000", "https://example.org", "ftp://127.0.0.1/x", "127.0.0.1:8000"):
+        with pytest.raises(InvalidInputError):
+            gateway_url(settings, url)
+
+
+def test_load_refuses_bad_options_before_starting_locust(stack: ServingStack) -> None:
+    with pytest.raises(InvalidInputError, match="unknown load shape"):
+        run_load(stack.settings, "sawtooth", 2, 4, stack.url)
+    with pytest.raises(InvalidInputError, match=r"within 0\.\.1"):
+        run_load(stack.settings, "constant", 2, 4, stack.url, coordinates_share=1.5)
+
+
+@pytest.mark.integration
+def test_killing_the_challenger_during_a_load_test_fails_no_request(stack: ServingStack) -> None:
+    """The bar: the challenger dies mid-run under an A/B test, and users see no error (champion fallback)."""
+    stack.set_rollout("ab", {"champion": 1, "challenger": 1})
+    result: dict = {}
+
+    def load() -> None:
+        result["r"] = run_load(
+            stack.settings, "ramp", users=6, duration_s=8, host=stack.url, coordinates_share=0.0, wait_s=(0.05, 0.2)
+        )
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    # Let traffic reach both models, then kill the challenger's whole process group, as a crash would.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _challenger_answered(stack):
+        time.sleep(0.2)
+    assert _challenger_answered(stack), "the challenger never answered before the kill"
+    stack.challenger.kill()
+    worker.join(120)
+    r = result["r"]
+    assert r.total.requests > 20
+    assert r.total.failures == 0, r.total.errors
+    assert r.total.variants.get("challenger", 0) > 0
+    assert r.total.variants.get("champion-fallback", 0) > 0  # challenger-assigned users got the champion
+    assert len(r.stages) == 4 and all(s.requests > 0 for s in r.stages)
+    assert all(s.p50_ms is not None and s.p50_ms <= s.p95_ms <= s.p99_ms for s in r.stages)
+    assert r.as_dict()["total"]["failures"] == 0
+
+
+def _challenger_answered(stack: ServingStack) -> bool:
+    import httpx
+
+    text = httpx.get(stack.url + "/metrics", timeout=5).text
+    return any(
+        line.startswith("pyrocast_predictions_total{")
+        and all(f'{k}="{v}"' in line for k, v in (("variant", "challenger"), ("outcome", "ok")))
+        and float(line.rsplit(" ", 1)[1]) > 0
+        for line in text.splitlines()
+    )

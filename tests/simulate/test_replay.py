@@ -1,0 +1,119 @@
+"""`pyrocast replay`: held-back tiles through a real gateway, ground truth stored, live accuracy per version."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from pyrocast.cli.main import app
+from pyrocast.errors import InvalidInputError, ServiceUnavailableError
+from pyrocast.serving import procs
+from pyrocast.serving.store import PredictionStore
+from pyrocast.simulate.replay import run_replay
+from tests.simulate.conftest import N_TEST
+from tests.support.serving import ServingStack
+
+
+def _wait_count(store: PredictionStore, table: str, n: int, timeout: float = 20.0, **where: str) -> int:
+    """The store's writer is asynchronous: wait until `n` rows are there (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    got = store.count(table, **where)
+    while got < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+        got = store.count(table, **where)
+    return got
+
+
+def test_ab_replay_measures_each_version_and_stores_ground_truth(stack: ServingStack) -> None:
+    stack.set_rollout("ab", {"champion": 1, "challenger": 1})
+    seen: list[int] = []
+    result = run_replay(stack.settings, rate=50, duration_s=60, users=8, concurrency=4, on_start=seen.append)
+    assert seen == [N_TEST] and result.sent == N_TEST and result.stopped == "all tiles sent"
+    assert result.errors == 0 and result.feedback_stored == N_TEST
+    # Sticky assignment: no simulated user is answered by both models.
+    assert result.switching_clients() == 0
+    clients = {o.client_id for o in result.outcomes}
+    assert clients == {f"replay-user-{k}" for k in range(8)}
+    # v1 says wildfire to everything, v2 nowildfire: each one's accuracy is its share of such tiles.
+    by_version = {g.model_version: g for g in result.versions}
+    assert set(by_version) == {"1", "2"}
+    for version, says in (("1", "wildfire"), ("2", "nowildfire")):
+        mine = [o for o in result.outcomes if o.model_version == version]
+        assert by_version[version].n == len(mine)
+        assert by_version[version].accuracy == pytest.approx(sum(o.true_label == says for o in mine) / len(mine))
+        lo, hi = by_version[version].ci95
+        assert lo <= by_version[version].accuracy <= hi
+    assert {(g.model_version, g.variant) for g in result.groups} == {("1", "champion"), ("2", "challenger")}
+    assert result.latency(50) is not None and result.latency(50) <= result.latency(95)
+
+    # Stored as production traffic with replayed ground truth, apart from users' verdicts.
+    store = PredictionStore(stack.settings.store_database_url)
+    try:
+        rid = result.outcomes[0].request_id
+        assert _wait_count(store, "feedback", 1, request_id=rid) == 1
+        fb = store.feedback_for(rid)[0]
+        assert fb["source"] == "replay" and fb["true_label"] == result.outcomes[0].true_label
+        assert fb["client_id"] == result.outcomes[0].client_id
+        row = next(r for r in store.predictions_for(rid) if r["served"])
+        assert row["source"] == "replay" and row["lat"] is not None and row["client_id"].startswith("replay-user-")
+    finally:
+        store.engine.dispose()
+    d = result.as_dict()
+    assert d["answered"] == N_TEST and d["switching_clients"] == 0 and len(d["by_version"]) == 2
+
+
+def test_replay_is_paced_and_bounded_in_time(stack: ServingStack) -> None:
+    t0 = time.monotonic()
+    result = run_replay(stack.settings, rate=4, duration_s=1.0, feedback=False)
+    assert result.stopped == "duration reached" or result.sent == 4
+    assert 1 <= result.sent <= 4  # 4 per second for one second, never the whole split
+    assert result.feedback_stored == 0
+    assert time.monotonic() - t0 < 30
+
+
+def test_replay_by_coordinates_lets_the_gateway_fetch_the_tile(stack: ServingStack) -> None:
+    result = run_replay(stack.settings, by="coordinates", limit=2, rate=10, duration_s=60)
+    assert result.sent == 2 and result.errors == 0, result.error_kinds()
+    assert all(o.variant == "champion" and o.model_version == "1" for o in result.outcomes)
+
+
+def test_replay_refuses_what_it_cannot_do(stack: ServingStack, tmp_path) -> None:
+    s = stack.settings
+    with pytest.raises(InvalidInputError, match="refusing to send traffic"):
+        run_replay(s, gateway="http://192.0.2.1:8000")
+    with pytest.raises(InvalidInputError, match="--by"):
+        run_replay(s, by="video")
+    with pytest.raises(InvalidInputError, match="unknown split"):
+        run_replay(s, split="holdout")
+    with pytest.raises(InvalidInputError, match="--rate"):
+        run_replay(s, rate=0)
+    empty = s.model_copy(update={"data_dir": tmp_path / "empty"})
+    (tmp_path / "empty" / "dataset").mkdir(parents=True)
+    with pytest.raises(InvalidInputError, match="has no tiles"):
+        run_replay(empty)
+    with pytest.raises(ServiceUnavailableError, match="does not answer"):
+        run_replay(s, gateway=f"http://127.0.0.1:{procs.free_port()}")
+
+
+def test_replay_command_prints_json(stack: ServingStack) -> None:
+    res = CliRunner().invoke(
+        app,
+        [
+            "replay",
+            "--limit",
+            "3",
+            "--rate",
+            "20",
+            "--json",
+            "--gateway",
+            stack.url,
+            "--data-dir",
+            str(stack.settings.root),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{") :])
+    assert out["sent"] == 3 and out["errors"] == 0 and out["by_version"][0]["model_version"] == "1"
