@@ -1,0 +1,510 @@
+"""The Pyrocast web app: map + prediction + explanation + feedback, feedback, models and monitoring pages.
+
+FastAPI with server-rendered Jinja2 pages, default http://127.0.0.1:8080 (`Settings.serving.webapp_port`).
+The browser talks to this one origin only: the app's `/api/...` routes call the gateway server-side (httpx),
+Leaflet and plotly.js are served from their installed Python packages, and the map's imagery is the synthetic
+region's XYZ tiles (`/tiles/{z}/{x}/{y}.jpg`) unless `Settings.imagery.xyz_url` names another tile server.
+Nothing is loaded from a CDN.
+
+A stable client id (cookie `pyrocast_client`) travels to the gateway as `X-Client-Id`, so an A/B test keeps a
+browser on one model. Run with `run(settings)` or `python -m pyrocast.webapp.app --port 8080`; see docs/WEBAPP.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field
+from sqlalchemy import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pyrocast.errors import InvalidInputError, PyrocastError
+from pyrocast.settings import Region, Settings, get_settings
+from pyrocast.webapp.proxy import EXPLAIN_TIMEOUT_S, GatewayClient, GatewayError, gateway_url
+from pyrocast.webapp.tiles import MAX_ZOOM, MIN_ZOOM, TileRenderer
+
+log = logging.getLogger("pyrocast.webapp")
+
+HERE = Path(__file__).resolve().parent
+COOKIE = "pyrocast_client"
+COOKIE_MAX_AGE = 365 * 86400
+_CLIENT_ID = re.compile(r"^[0-9a-f]{32}$")
+REGISTRY_TTL_S = 30.0
+REGISTRY_TIMEOUT_S = 20.0
+WINDOWS = ("15m", "1h", "6h", "24h", "7d")
+NAV = (("map", "/", "Map"), ("feedback", "/feedback", "Feedback"), ("models", "/models", "Models"))
+NAV += (("monitoring", "/monitoring", "Monitoring"),)
+
+
+# --- input validation (the browser checks the same rules; this is the one that counts) -------------------------
+class Place(BaseModel):
+    lat: float
+    lon: float
+
+    model_config = {"extra": "forbid"}
+
+
+class ExplainBody(Place):
+    version: str | None = Field(None, max_length=64)
+
+
+class FeedbackBody(BaseModel):
+    request_id: str = Field(..., min_length=1, max_length=64)
+    correct: bool | None = None
+    label: Literal["wildfire", "nowildfire"] | None = None
+
+    model_config = {"extra": "forbid"}
+
+
+def service_area(settings: Settings) -> Region:
+    """Where the web app accepts places: the synthetic region, or (other imagery) where the models were trained."""
+    return settings.region if settings.imagery.provider == "synthetic" else settings.dataset_bounds
+
+
+def check_place(settings: Settings, lat: float, lon: float) -> tuple[float, float]:
+    """(lat, lon) if the place is on Earth and inside the service area, else InvalidInputError saying why."""
+    if not (math.isfinite(lat) and math.isfinite(lon)):
+        raise InvalidInputError("Latitude and longitude must be finite numbers.")
+    if not -90.0 <= lat <= 90.0:
+        raise InvalidInputError(
+            f"Latitude {lat:g} is not on Earth: it must lie between -90 and 90.",
+            "Latitude comes first (e.g. 46.2), then longitude (e.g. -73.5).",
+        )
+    if not -180.0 <= lon <= 180.0:
+        raise InvalidInputError(f"Longitude {lon:g} is not on Earth: it must lie between -180 and 180.")
+    area = service_area(settings)
+    if not area.contains(lon, lat):
+        raise InvalidInputError(
+            f"({lat:g}, {lon:g}) is outside the region {area.name}: latitude {area.lat_min:g} to {area.lat_max:g}, "
+            f"longitude {area.lon_min:g} to {area.lon_max:g}.",
+            "Click on the map inside the outlined region, or type coordinates inside it.",
+        )
+    return lat, lon
+
+
+# --- state -----------------------------------------------------------------------------------------------------
+@dataclass
+class WebState:
+    """What the app holds between requests: settings, the gateway client, tiles, the store engine, caches."""
+
+    settings: Settings
+    gateway: GatewayClient
+    tiles: TileRenderer
+    _engine: Engine | None = None
+    _engine_lock: threading.Lock = field(default_factory=threading.Lock)
+    registry: tuple[float, dict[str, Any]] | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def engine(self) -> Engine:
+        with self._engine_lock:
+            if self._engine is None:
+                from pyrocast.monitoring.live import open_engine
+
+                self._engine = open_engine(self.settings)
+            return self._engine
+
+    def close(self) -> None:
+        self.stop.set()
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+def mlflow_ui_url(settings: Settings) -> str:
+    """Where people open MLflow: the tracking server itself, or the UI `pyrocast up` starts."""
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith(("http://", "https://")):
+        from pyrocast.registry.mlflow_store import redact
+
+        return redact(uri).rstrip("/")
+    return f"http://127.0.0.1:{settings.mlflow.port}"
+
+
+def registry_snapshot(settings: Settings) -> dict[str, Any]:
+    """The registry's versions (newest first) or why they cannot be shown; never raises."""
+    name = settings.mlflow.model_name
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return {"versions": [], "error": None, "empty": "No model registry yet: train a model with `pyrocast train`."}
+    try:
+        from pyrocast.registry.models import list_models
+
+        versions = list_models(settings)
+    except PyrocastError as exc:
+        return {"versions": [], "error": exc.message, "hint": exc.hint}
+    except Exception as exc:  # MLflow raises many kinds; the page must still render
+        log.warning("registry listing failed: %s", exc)
+        return {"versions": [], "error": f"The model registry could not be read ({type(exc).__name__}).", "hint": None}
+    empty = None if versions else f"No versions of {name} are registered yet: train one with `pyrocast train`."
+    return {"versions": versions, "error": None, "empty": empty}
+
+
+# --- the app ---------------------------------------------------------------------------------------------------
+def create_app(settings: Settings | None = None, *, gateway: str | None = None, warm_tiles: bool = False) -> FastAPI:
+    """The web app. `gateway` overrides the gateway URL from the settings; `warm_tiles` renders the map's
+    overview tiles in a background thread at start (so the first visitor does not wait for them)."""
+    settings = settings or get_settings()
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.filters["pct"] = _pct
+    templates.env.filters["num"] = _num
+    templates.env.filters["when"] = _when
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = WebState(settings, GatewayClient(gateway or gateway_url(settings)), TileRenderer(settings))
+        app.state.web = state
+        if warm_tiles and not settings.imagery.xyz_url:
+            threading.Thread(target=_warm, args=(state,), name="tile-warmer", daemon=True).start()
+        try:
+            yield
+        finally:
+            state.close()
+            await state.gateway.close()
+
+    app = FastAPI(title="Pyrocast", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    def web(request: Request) -> WebState:
+        return request.app.state.web
+
+    # --- client id cookie and errors -----------------------------------------------------------------------------
+    @app.middleware("http")
+    async def client_cookie(request: Request, call_next: Any) -> Response:
+        cid = request.cookies.get(COOKIE, "")
+        fresh = not _CLIENT_ID.match(cid)
+        request.state.client_id = uuid.uuid4().hex if fresh else cid
+        response = await call_next(request)
+        if fresh:
+            response.set_cookie(
+                COOKIE, request.state.client_id, max_age=COOKIE_MAX_AGE, httponly=True, samesite="lax", path="/"
+            )
+        return response
+
+    def is_api(request: Request) -> bool:
+        return request.url.path.startswith(("/api/", "/tiles/"))
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> Response:
+        return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+    @app.exception_handler(InvalidInputError)
+    async def _invalid(request: Request, exc: InvalidInputError) -> Response:
+        body = {"error": exc.message, **({"hint": exc.hint} if exc.hint else {})}
+        if is_api(request):
+            return JSONResponse(body, status_code=422)
+        return page_error(request, 400, exc.message, exc.hint)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        msg = _validation_message(exc.errors())
+        if is_api(request):
+            return JSONResponse({"error": msg}, status_code=422)
+        return page_error(request, 400, msg)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        msg = "Page not found." if exc.status_code == 404 else str(exc.detail)
+        if is_api(request) or request.url.path.startswith("/static/"):
+            return JSONResponse({"error": msg}, status_code=exc.status_code)
+        return page_error(request, exc.status_code, msg, "Use the navigation bar to find your way.")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path)
+        msg = "Something went wrong on our side; the error was logged."
+        if is_api(request):
+            return JSONResponse({"error": msg}, status_code=500)
+        return page_error(request, 500, msg, "Try again; if it persists, check the web app's log.")
+
+    def render(request: Request, name: str, active: str, **ctx: Any) -> HTMLResponse:
+        area = service_area(settings)
+        return templates.TemplateResponse(
+            request,
+            name,
+            {"nav": NAV, "active": active, "area": area, "settings": settings, **ctx},
+        )
+
+    def page_error(request: Request, status: int, message: str, hint: str | None = None) -> HTMLResponse:
+        resp = render(request, "error.html", "", status=status, message=message, hint=hint)
+        resp.status_code = status
+        return resp
+
+    # --- pages ---------------------------------------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def map_page(request: Request) -> HTMLResponse:
+        area = service_area(settings)
+        config = {
+            "tiles": settings.imagery.xyz_url or "/tiles/{z}/{x}/{y}.jpg",
+            "synthetic_tiles": not settings.imagery.xyz_url,
+            "min_zoom": MIN_ZOOM,
+            "max_zoom": MAX_ZOOM if not settings.imagery.xyz_url else 18,
+            "area": {
+                "name": area.name,
+                "lat_min": area.lat_min,
+                "lat_max": area.lat_max,
+                "lon_min": area.lon_min,
+                "lon_max": area.lon_max,
+            },
+        }
+        return render(request, "map.html", "map", config=config)
+
+    @app.get("/feedback", response_class=HTMLResponse, include_in_schema=False)
+    async def feedback_page(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 60) -> HTMLResponse:
+        from pyrocast.monitoring.live import live_accuracy, make_span, recent_feedback
+
+        state = web(request)
+
+        def load() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            engine = state.engine()
+            return recent_feedback(engine, limit), live_accuracy(engine, make_span("7d"))
+
+        rows, accuracy = await run_in_threadpool(load)
+        return render(request, "feedback.html", "feedback", rows=rows, accuracy=accuracy["versions"], limit=limit)
+
+    @app.get("/models", response_class=HTMLResponse, include_in_schema=False)
+    async def models_page(request: Request) -> HTMLResponse:
+        state = web(request)
+        rollout, rollout_error = None, None
+        try:
+            rollout = (await state.gateway.call("GET", "/v1/rollout", what="reading the rollout state")).json()
+        except GatewayError as exc:
+            rollout_error = exc.to_dict()
+        registry = await registry_cached(state)
+        return render(
+            request,
+            "models.html",
+            "models",
+            rollout=rollout,
+            rollout_error=rollout_error,
+            registry=registry,
+            mlflow=mlflow_ui_url(settings),
+            model_name=settings.mlflow.model_name,
+        )
+
+    @app.get("/monitoring", response_class=HTMLResponse, include_in_schema=False)
+    async def monitoring_page(request: Request, window: str = "1h") -> HTMLResponse:
+        data = await monitoring_data(request, window)
+        return render(request, "monitoring.html", "monitoring", data=data, windows=WINDOWS, window=window)
+
+    async def registry_cached(state: WebState) -> dict[str, Any]:
+        now = time.monotonic()
+        if state.registry is not None and now - state.registry[0] < REGISTRY_TTL_S:
+            return state.registry[1]
+        try:
+            snap = await asyncio.wait_for(run_in_threadpool(registry_snapshot, settings), REGISTRY_TIMEOUT_S)
+        except TimeoutError:
+            return {"versions": [], "error": "The model registry did not answer in time.", "hint": None}
+        state.registry = (now, snap)
+        return snap
+
+    async def monitoring_data(request: Request, window: str) -> dict[str, Any]:
+        from pyrocast.monitoring.live import overview, parse_window
+
+        parse_window(window)  # a clear 4xx for a bad window before touching the store
+        state = web(request)
+        return await run_in_threadpool(lambda: overview(state.engine(), window))
+
+    # --- API (same origin; the browser never calls the gateway itself) -------------------------------------------
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/status")
+    async def status(request: Request) -> JSONResponse:
+        """Whether the gateway answers and which models it serves (the nav bar's indicator)."""
+        try:
+            r = await web(request).gateway.call("GET", "/healthz", what="health check", timeout=3.0)
+        except GatewayError as exc:
+            return JSONResponse({"gateway": "down", **exc.to_dict()})
+        body = r.json()
+        return JSONResponse({"gateway": body.get("status", "ok"), "backends": body.get("backends", {})})
+
+    @app.post("/api/predict")
+    async def predict(request: Request, place: Place) -> JSONResponse:
+        lat, lon = check_place(settings, place.lat, place.lon)
+        r = await web(request).gateway.call(
+            "POST",
+            "/v1/predict",
+            what="prediction",
+            json={"lat": lat, "lon": lon, "source": "web"},
+            headers={"X-Client-Id": request.state.client_id},
+        )
+        return JSONResponse(r.json())
+
+    @app.post("/api/explain")
+    async def explain(request: Request, body: ExplainBody) -> Response:
+        lat, lon = check_place(settings, body.lat, body.lon)
+        payload: dict[str, Any] = {"lat": lat, "lon": lon, "source": "web"}
+        if body.version:
+            payload["version"] = body.version
+        r = await web(request).gateway.call(
+            "POST", "/v1/explain", what="explanation", json=payload, timeout=EXPLAIN_TIMEOUT_S
+        )
+        headers = {
+            k: v for k, v in r.headers.items() if k.lower().startswith("x-model") or k.lower() == "x-probability"
+        }
+        return Response(r.content, media_type="image/png", headers={**headers, "Cache-Control": "no-store"})
+
+    @app.post("/api/feedback")
+    async def feedback(request: Request, body: FeedbackBody) -> JSONResponse:
+        if body.correct is None and body.label is None:
+            raise InvalidInputError("Say whether the answer was right or wrong, or give the true label.")
+        payload = body.model_dump(exclude_none=True) | {"source": "user", "client_id": request.state.client_id}
+        r = await web(request).gateway.call("POST", "/v1/feedback", what="feedback", json=payload)
+        return JSONResponse(r.json())
+
+    @app.get("/api/tile")
+    async def tile(
+        request: Request,
+        lat: Annotated[float, Query(allow_inf_nan=False)],
+        lon: Annotated[float, Query(allow_inf_nan=False)],
+    ) -> Response:
+        lat, lon = check_place(settings, lat, lon)
+        r = await web(request).gateway.call("GET", "/v1/tile", what="tile", params={"lat": lat, "lon": lon})
+        return Response(r.content, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/monitoring")
+    async def monitoring_api(request: Request, window: str = "1h") -> JSONResponse:
+        return JSONResponse(await monitoring_data(request, window))
+
+    @app.get("/api/feedback")
+    async def feedback_api(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> JSONResponse:
+        from pyrocast.monitoring.live import recent_feedback
+
+        state = web(request)
+        return JSONResponse(await run_in_threadpool(lambda: recent_feedback(state.engine(), limit)))
+
+    # --- map tiles and static files ------------------------------------------------------------------------------
+    @app.get("/tiles/{z}/{x}/{y}.jpg", include_in_schema=False)
+    def xyz_tile(request: Request, z: int, x: int, y: int) -> Response:
+        tiles = web(request).tiles
+        etag = tiles.etag(z, x, y)
+        headers = {"Cache-Control": "public, max-age=86400", "ETag": etag}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        try:
+            data = tiles.get(z, x, y)
+        except InvalidInputError as exc:
+            return JSONResponse({"error": exc.message}, status_code=404)
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+    app.mount("/static/app", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.mount("/static/vendor/leaflet", StaticFiles(directory=_leaflet_dir()), name="leaflet")
+    plotly_js = _plotly_js()
+
+    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
+    async def plotly() -> FileResponse:
+        return FileResponse(plotly_js, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
+
+    return app
+
+
+def _leaflet_dir() -> str:
+    import xstatic.pkg.leaflet as leaflet
+
+    return str(leaflet.BASE_DIR)
+
+
+def _plotly_js() -> Path:
+    import plotly
+
+    path = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+    if not path.is_file():
+        raise PyrocastError(f"plotly.js is missing from the plotly package ({path})", "reinstall plotly")
+    return path
+
+
+def _warm(state: WebState) -> None:
+    try:
+        n = state.tiles.warm(stop=state.stop)
+        if n:
+            log.info("rendered %d overview map tiles", n)
+    except Exception:  # warming is a courtesy: a failure shows up when the tile is asked for
+        log.exception("warming map tiles failed")
+
+
+def _validation_message(errors: Any) -> str:
+    names = {"lat": "Latitude", "lon": "Longitude", "request_id": "Request id", "correct": "Verdict"}
+    parts = []
+    for e in list(errors)[:3]:
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")]
+        field_name = names.get(loc[-1], loc[-1]) if loc else "Request"
+        msg = str(e.get("msg", "is invalid"))
+        if e.get("type") in ("float_parsing", "float_type"):
+            msg = "must be a number"
+        elif e.get("type") == "missing":
+            msg = "is missing"
+        parts.append(f"{field_name} {msg}".strip())
+    return ("; ".join(parts) + ".") if parts else "The request is invalid."
+
+
+# --- template filters ------------------------------------------------------------------------------------------
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _when(ts: str | float | datetime | None) -> str:
+    if ts is None:
+        return "–"
+    if isinstance(ts, int | float):
+        ts = datetime.fromtimestamp(ts, UTC)
+    if isinstance(ts, str):
+        try:
+            ts = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        except ValueError:
+            return ts
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# --- running ---------------------------------------------------------------------------------------------------
+def run(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:
+    """Serve the web app with uvicorn until interrupted (overview map tiles are rendered in the background)."""
+    import uvicorn
+
+    settings = settings or get_settings()
+    uvicorn.run(
+        create_app(settings, warm_tiles=True),
+        host=host or settings.serving.host,
+        port=port or settings.serving.webapp_port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pyrocast.webapp.app [--host H] [--port P]`."""
+    settings = get_settings()
+    p = argparse.ArgumentParser(description="Pyrocast web app")
+    p.add_argument("--host", default=settings.serving.host)
+    p.add_argument("--port", type=int, default=settings.serving.webapp_port)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    run(settings, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The web app's side of the gateway: server-side calls with httpx, and errors people can act on.
+
+The browser only ever talks to the web app; the web app calls the gateway (default http://127.0.0.1:8000).
+Every failure becomes a `GatewayError` with an HTTP status for the browser, a one-line message and a hint:
+the gateway not running, a model service down, a refused place, a timeout. Never a stack trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from pyrocast.settings import Settings
+
+CONNECT_TIMEOUT_S = 2.0
+READ_TIMEOUT_S = 30.0
+EXPLAIN_TIMEOUT_S = 120.0
+
+
+class GatewayError(Exception):
+    """A gateway call that did not give what was asked: `status` for the browser, a message and a hint."""
+
+    def __init__(self, status: int, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.hint = hint
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": self.message, **({"hint": self.hint} if self.hint else {})}
+
+
+def gateway_url(settings: Settings) -> str:
+    """The gateway's base URL from the settings (a wildcard listen address is reached on loopback)."""
+    host = settings.serving.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{host}:{settings.serving.gateway_port}"
+
+
+@dataclass
+class Response:
+    """What a successful gateway call gave back."""
+
+    status: int
+    content: bytes
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.content)
+
+
+class GatewayClient:
+    """An async client for the gateway; one per web app process (connections are pooled)."""
+
+    def __init__(self, base_url: str, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            transport=transport,
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Response:
+        """Call the gateway; a non-2xx answer or no answer raises GatewayError. `what` names the action."""
+        try:
+            r = await self.client.request(
+                method, path, timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout, **kwargs
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise GatewayError(
+                503,
+                f"The prediction service is not running: no answer from the gateway at {self.base_url} ({what}).",
+                "Start the services with `pyrocast up` (or `pyrocast serve gateway`), then try again.",
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise GatewayError(
+                504,
+                f"The prediction service took too long to answer ({what}).",
+                "It may be overloaded or still loading a model: try again in a moment.",
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise GatewayError(
+                502,
+                f"The connection to the prediction service failed ({what}): {type(exc).__name__}.",
+                "Check that the gateway is running and healthy (GET /healthz).",
+            ) from exc
+        if r.is_success:
+            return Response(r.status_code, r.content, dict(r.headers))
+        raise _error_from(r, what)
+
+
+def _error_from(r: httpx.Response, what: str) -> GatewayError:
+    """A GatewayError from a gateway error answer ({"detail": {"error", "hint"}} or FastAPI's 422 list)."""
+    message, hint = _detail(r)
+    status = r.status_code
+    if status == 503:
+        # The gateway's own hint speaks to API users ("check /healthz"); people get one they can act on.
+        return GatewayError(
+            503,
+            f"A model service is down ({what}): {message}",
+            "The gateway answers but the model service behind it does not: restart the services with "
+            "`pyrocast up`, or try again in a moment.",
+        )
+    if status >= 500:
+        return GatewayError(502, f"The prediction service failed ({what}): {message}", hint)
+    # 4xx: the request was refused; keep the gateway's status (404 no imagery, 422 invalid, ...).
+    return GatewayError(status, message, hint)
+
+
+def _detail(r: httpx.Response) -> tuple[str, str | None]:
+    try:
+        body = r.json()
+    except ValueError:
+        return (r.text.strip()[:300] or f"HTTP {r.status_code}"), None
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, dict):
+        return str(detail.get("error") or detail.get("message") or detail)[:500], detail.get("hint")
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        # FastAPI validation errors: say which field and why.
+        first = detail[0]
+        where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
+        return (f"{where}: {first.get('msg')}" if where else str(first.get("msg")))[:500], None
+    return str(detail)[:500], None

@@ -1,0 +1,198 @@
+"""The web app without a running gateway: validation, clear errors when services are down, pages, static files.
+
+The app runs in-process (FastAPI's TestClient, lifespan included); its gateway URL points at a free port where
+nothing listens, which is exactly what a user sees when the services are not started.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pyrocast.errors import InvalidInputError
+from pyrocast.serving.procs import free_port
+from pyrocast.serving.store import PredictionStore
+from pyrocast.settings import ImagerySettings, Settings
+from pyrocast.webapp.app import COOKIE, check_place, create_app
+
+INSIDE = {"lat": 46.2, "lon": -73.5}
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    app = create_app(settings, gateway=f"http://127.0.0.1:{free_port()}")
+    with TestClient(app) as c:
+        yield c
+
+
+def test_check_place_accepts_the_region_and_explains_refusals(settings: Settings) -> None:
+    assert check_place(settings, 46.2, -73.5) == (46.2, -73.5)
+    cases = {
+        (200.0, -73.5): "Latitude 200 is not on Earth",
+        (46.0, -200.0): "Longitude -200 is not on Earth",
+        (50.0, -73.5): "outside the region southern-quebec",
+        (46.0, -80.0): "outside the region southern-quebec",
+        (math.nan, -73.5): "finite numbers",
+    }
+    for (lat, lon), expected in cases.items():
+        with pytest.raises(InvalidInputError, match=expected):
+            check_place(settings, lat, lon)
+    # With real imagery the service area is where the models were trained (the province), not the synthetic region.
+    real = settings.model_copy(
+        update={"imagery": ImagerySettings(provider="xyz", xyz_url="http://127.0.0.1:1/{z}/{x}/{y}.jpg")}
+    )
+    assert check_place(real, 50.0, -73.5) == (50.0, -73.5)
+    with pytest.raises(InvalidInputError, match="outside the region quebec"):
+        check_place(real, 40.0, -73.5)
+
+
+def test_api_validation_messages(client: TestClient) -> None:
+    bad = {
+        "lat 200": ({"lat": 200, "lon": -73.5}, "Latitude 200 is not on Earth"),
+        "outside": ({"lat": 49.0, "lon": -73.5}, "outside the region"),
+        "text": ({"lat": "abc", "lon": -73.5}, "Latitude must be a number"),
+        "missing": ({"lon": -73.5}, "Latitude is missing"),
+        "extra": ({**INSIDE, "model": "x"}, "model"),
+    }
+    for name, (body, expected) in bad.items():
+        r = client.post("/api/predict", json=body)
+        assert r.status_code == 422, name
+        assert expected in r.json()["error"], (name, r.json())
+    r = client.post("/api/feedback", json={"request_id": "abc"})
+    assert r.status_code == 422
+    assert "right or wrong" in r.json()["error"]
+    r = client.post("/api/feedback", json={"request_id": "abc", "correct": True, "label": "maybe"})
+    assert r.status_code == 422
+    r = client.get("/api/tile", params={"lat": 95, "lon": -73.5})
+    assert r.status_code == 422
+
+
+def test_gateway_down_gives_clear_messages_not_stack_traces(client: TestClient) -> None:
+    for method, path, body in (
+        ("POST", "/api/predict", INSIDE),
+        ("POST", "/api/explain", INSIDE),
+        ("POST", "/api/feedback", {"request_id": "abc", "correct": True}),
+    ):
+        r = client.request(method, path, json=body)
+        assert r.status_code == 503, path
+        err = r.json()
+        assert "prediction service is not running" in err["error"]
+        assert "pyrocast up" in err["hint"]
+    assert client.get("/api/tile", params=INSIDE).status_code == 503
+    status = client.get("/api/status").json()
+    assert status["gateway"] == "down"
+    # Pages still render and say what is wrong.
+    page = client.get("/models")
+    assert page.status_code == 200
+    assert "Rollout state unavailable" in page.text
+    assert "No model registry yet" in page.text
+    for path in ("/", "/feedback", "/models", "/monitoring"):
+        r = client.get(path)
+        assert r.status_code == 200, path
+        assert "Traceback" not in r.text
+        assert 'aria-current="page"' in r.text
+
+
+def test_client_id_cookie_is_set_once_and_kept(client: TestClient) -> None:
+    r = client.get("/")
+    cid = r.cookies.get(COOKIE)
+    assert cid and re.fullmatch(r"[0-9a-f]{32}", cid)
+    assert "httponly" in r.headers["set-cookie"].lower()
+    again = client.get("/feedback")
+    assert COOKIE not in again.headers.get("set-cookie", "")
+    # A forged or malformed id is replaced.
+    client.cookies.set(COOKIE, "<script>")
+    r = client.get("/")
+    assert re.fullmatch(r"[0-9a-f]{32}", r.cookies.get(COOKIE))
+
+
+def test_pages_load_nothing_from_outside(client: TestClient) -> None:
+    for path in ("/", "/feedback", "/models", "/monitoring"):
+        html = client.get(path).text
+        for url in re.findall(r'(?:src|href)="([^"]+)"', html):
+            # Links out are allowed only to the local MLflow UI; everything loaded comes from this origin.
+            assert url.startswith(("/", "#")) or url.startswith("http://127.0.0.1:"), (path, url)
+        loaded = re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="([^"]+)"', html)
+        assert all(u.startswith("/") for u in loaded), (path, loaded)
+
+
+def test_vendor_and_app_static_files(client: TestClient) -> None:
+    leaflet = client.get("/static/vendor/leaflet/leaflet.js")
+    assert leaflet.status_code == 200 and "Leaflet" in leaflet.text[:500]
+    assert client.get("/static/vendor/leaflet/leaflet.css").status_code == 200
+    plotly = client.get("/static/vendor/plotly.min.js")
+    assert plotly.status_code == 200 and len(plotly.content) > 1_000_000
+    assert plotly.headers["content-type"].startswith("text/javascript")
+    for f in ("app.css", "common.js", "map.js", "monitoring.js", "favicon.svg"):
+        assert client.get(f"/static/app/{f}").status_code == 200, f
+
+
+def test_unknown_page_and_bad_window(client: TestClient) -> None:
+    r = client.get("/nowhere")
+    assert r.status_code == 404
+    assert "Page not found" in r.text and "<nav" in r.text
+    assert client.get("/api/nowhere").json() == {"error": "Page not found."}
+    r = client.get("/monitoring", params={"window": "forever"})
+    assert r.status_code == 400
+    assert "window &#39;forever&#39; is not understood" in r.text
+    r = client.get("/api/monitoring", params={"window": "forever"})
+    assert r.status_code == 422 and "not understood" in r.json()["error"]
+
+
+def test_feedback_and_monitoring_pages_show_the_store(settings: Settings, client: TestClient) -> None:
+    store = PredictionStore(settings.store_database_url).start()
+    now = datetime.now(UTC)
+    for i in range(12):
+        store.put_prediction(
+            {
+                "ts": now - timedelta(minutes=i),
+                "request_id": f"req{i}",
+                "served": True,
+                "variant": "champion" if i % 4 else "challenger",
+                "model_name": "pyrocast-wildfire",
+                "model_version": "3" if i % 4 else "4",
+                "source": "web",
+                "lat": 46.0 + i / 100,
+                "lon": -73.5,
+                "probability": 0.8,
+                "label": "wildfire",
+                "latency_ms": 10.0 + i,
+            }
+        )
+    for i in range(6):
+        truth = "wildfire" if i < 5 else "nowildfire"
+        store.put_feedback(
+            {
+                "request_id": f"req{i}",
+                "correct": truth == "wildfire",
+                "true_label": truth,
+                "served_label": "wildfire",
+                "model_version": "3" if i % 4 else "4",
+                "source": "user",
+            }
+        )
+    store.close()
+
+    data = client.get("/api/monitoring", params={"window": "1h"}).json()
+    assert data["requests"]["total"] == 12
+    assert data["traffic"]["totals"] == {"challenger": 3, "champion": 9}
+    assert data["latency"]["overall"]["n"] == 12
+    assert data["accuracy"]["versions"]["3"]["n"] == 4
+    assert data["accuracy"]["versions"]["4"]["n"] == 2
+
+    page = client.get("/feedback").text
+    assert page.count("<tr data-request-id=") == 6
+    assert "/api/tile?lat=46.05&amp;lon=-73.5" in page
+    assert "Model v3" in page
+    rows = client.get("/api/feedback", params={"limit": 2}).json()
+    assert [r["request_id"] for r in rows] == ["req5", "req4"]
+    assert rows[0]["correct"] is False
+
+    mon = client.get("/monitoring", params={"window": "6h"}).text
+    assert 'id="monitoring-data"' in mon
+    assert 'aria-current="true" class="active">6h<' in mon

@@ -1,0 +1,326 @@
+"""The web app end to end: real classifiers, explainer, gateway and web app processes, driven by a real chromium.
+
+One serving stack for the module (champion v1 always says wildfire, challenger v2 never does) and the web app in
+front of it. The browser clicks the map, reads the answer, asks for the heatmap, sends feedback, and the test
+checks the rows in the prediction store. Every request the pages make is watched: none may leave 127.0.0.1,
+and the console must stay free of errors. Screenshots go to /tmp/pyrocast-webapp-*.png.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from pyrocast.serving import procs
+from pyrocast.serving.store import PredictionStore
+from pyrocast.settings import ServingSettings, Settings
+from pyrocast.webapp.app import COOKIE
+from tests.support.serving import ServingStack, start_stack
+from tests.support.webapp import browser, start_webapp
+
+pytestmark = pytest.mark.integration
+SHOTS = "/tmp/pyrocast-webapp-{}.png"
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
+
+
+@dataclass
+class Live:
+    stack: ServingStack
+    web: procs.ServiceProcess
+    store: PredictionStore
+
+    @property
+    def url(self) -> str:
+        return self.web.url
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    stack = start_stack(tmp_path_factory.mktemp("webapp"))
+    web = None
+    try:
+        web = start_webapp(stack.settings, port=stack.settings.serving.webapp_port)
+        store = PredictionStore(stack.settings.store_database_url)  # a reader; the gateway writes
+        yield Live(stack, web, store)
+        store.engine.dispose()
+    finally:
+        if web is not None:
+            web.stop()
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    with browser() as b:
+        yield b
+
+
+@dataclass
+class Tab:
+    """A browser page with everything it asked for and every console error recorded."""
+
+    page: Any
+    context: Any
+    requests: list[str] = field(default_factory=list)
+    outside: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def assert_clean(self, allow: Callable[[str], bool] = lambda _: False) -> None:
+        assert self.outside == [], f"requests left 127.0.0.1: {self.outside}"
+        bad = [e for e in self.errors if not allow(e)]
+        assert bad == [], f"console errors: {bad}"
+
+
+@pytest.fixture
+def tab(chromium: Any) -> Iterator[Tab]:
+    context = chromium.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    t = Tab(page, context)
+
+    def guard(route: Any) -> None:
+        url = route.request.url
+        t.requests.append(url)
+        host = urlparse(url).hostname or ""
+        if url.startswith(("data:", "blob:")) or host in LOCAL_HOSTS:
+            route.continue_()
+        else:  # recorded, and never sent
+            t.outside.append(url)
+            route.abort()
+
+    page.route("**/*", guard)
+    page.on("console", lambda m: t.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: t.errors.append(f"page error: {e}"))
+    yield t
+    context.close()
+
+
+def wait_for(fn: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def served_row(live: Live, request_id: str) -> dict[str, Any]:
+    rows = wait_for(lambda: live.store.predictions_for(request_id), what=f"prediction {request_id} in the store")
+    served = [r for r in rows if r["served"]]
+    assert len(served) == 1
+    return served[0]
+
+
+# --- the map ---------------------------------------------------------------------------------------------------
+@pytest.mark.browser
+def test_click_the_map_read_the_answer_send_feedback(live: Live, tab: Tab) -> None:
+    page = tab.page
+    page.goto(live.url + "/")
+    page.wait_for_selector(".leaflet-tile-loaded", timeout=30_000)
+    box = page.locator("#map").bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + box["width"] * 0.55, box["y"] + box["height"] * 0.5)
+
+    page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+    lat, lon = float(page.input_value("#lat")), float(page.input_value("#lon"))
+    assert 45.0 <= lat <= 47.5 and -76.0 <= lon <= -71.0
+    request_id = page.inner_text("#request-id").strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+    assert page.inner_text("#label-badge").strip() == "wildfire"  # champion v1 says wildfire to everything
+    assert page.inner_text("#model").strip() == "pyrocast-test v1"
+    assert page.inner_text("#variant").strip() == "champion"
+    shown = float(page.inner_text("#prob-value").strip().rstrip("%"))
+    assert re.fullmatch(r"\d+(\.\d)? ms", page.inner_text("#latency").strip())
+
+    # What the page shows is what the gateway stored, with the browser's client id and source "web".
+    row = served_row(live, request_id)
+    assert row["model_version"] == "1" and row["label"] == "wildfire" and row["source"] == "web"
+    assert shown == pytest.approx(100 * row["probability"], abs=0.051)
+    assert (row["lat"], row["lon"]) == pytest.approx((lat, lon), abs=1e-5)
+    cookie = {c["name"]: c["value"] for c in tab.context.cookies()}[COOKIE]
+    assert row["client_id"] == cookie
+
+    # The tile and its heatmap.
+    page.wait_for_function("document.getElementById('tile-img').naturalWidth > 0", timeout=15_000)
+    page.wait_for_selector("#heat-toggle:not([disabled])", timeout=60_000)
+    assert "explains model v1" in page.inner_text("#heat-state")
+    assert page.locator("#heat-img").is_hidden()
+    page.check("#heat-toggle")
+    assert page.locator("#heat-img").is_visible()
+    assert page.evaluate("document.getElementById('heat-img').naturalWidth") > 0
+    page.screenshot(path=SHOTS.format("map"))
+
+    # Wrong, with the true label: stored as feedback on that request.
+    page.select_option("#fb-label", "nowildfire")
+    page.click("#fb-wrong")
+    page.wait_for_selector("#fb-message.ok-text", timeout=15_000)
+    assert "wrong" in page.inner_text("#fb-message") and "nowildfire" in page.inner_text("#fb-message")
+    fb = wait_for(lambda: live.store.feedback_for(request_id), what="feedback in the store")
+    assert len(fb) == 1
+    assert fb[0]["correct"] is False
+    assert fb[0]["true_label"] == "nowildfire" and fb[0]["label"] == "nowildfire"
+    assert fb[0]["model_version"] == "1" and fb[0]["source"] == "user" and fb[0]["client_id"] == cookie
+    assert page.is_disabled("#fb-right") and page.is_disabled("#fb-wrong")
+    assert page.inner_text("#gateway-status").strip().startswith("Live")
+    tab.assert_clean()
+
+
+@pytest.mark.browser
+def test_typed_coordinates_are_validated_before_anything_is_sent(live: Live, tab: Tab) -> None:
+    page = tab.page
+    page.goto(live.url + "/")
+    page.fill("#lat", "200")
+    page.fill("#lon", "-73.5")
+    page.click("#predict-btn")
+    assert "Latitude 200 is not on Earth" in page.inner_text("#predict-error")
+    assert page.get_attribute("#lat", "aria-invalid") == "true"
+    page.fill("#lat", "49.1")
+    page.click("#predict-btn")
+    assert "outside the region southern-quebec" in page.inner_text("#predict-error")
+    page.fill("#lat", "forty")
+    page.click("#predict-btn")
+    assert "Latitude must be a number" in page.inner_text("#predict-error")
+    assert not any("/api/predict" in u for u in tab.requests), "invalid input reached the server"
+    # The server refuses the same input on its own (a client without the page's checks).
+    status, body = page.evaluate(
+        """async () => { const r = await fetch('/api/predict', {method: 'POST',
+             headers: {'Content-Type': 'application/json'}, body: JSON.stringify({lat: 200, lon: -73.5})});
+             return [r.status, await r.json()]; }"""
+    )
+    assert status == 422 and "not on Earth" in body["error"]
+    # A valid typed place then works.
+    page.fill("#lat", "46.3")
+    page.fill("#lon", "-72.4")
+    page.press("#lon", "Enter")
+    page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+    assert page.locator("#predict-error").is_hidden()
+    assert page.inner_text("#place").strip() == "46.30000, -72.40000"
+    # The only console error allowed is the browser's note about the deliberate 422 above.
+    tab.assert_clean(allow=lambda e: "status of 422" in e)
+
+
+# --- the other pages -------------------------------------------------------------------------------------------
+def test_sticky_ab_and_feedback_through_the_api(live: Live) -> None:
+    """Through the web app's API: an A/B split keeps one browser (cookie) on one variant; feedback is stored."""
+    live.stack.set_rollout("ab", {"champion": 1, "challenger": 1})
+    try:
+        seen: dict[str, set[str]] = {}
+        for _ in range(4):  # four browsers, five requests each
+            with httpx.Client(base_url=live.url, timeout=30) as c:
+                for i in range(5):
+                    r = c.post("/api/predict", json={"lat": 46.0 + i / 50, "lon": -73.0 - i / 50})
+                    assert r.status_code == 200, r.text
+                    d = r.json()
+                    seen.setdefault(c.cookies[COOKIE], set()).add(d["variant"])
+                    f = c.post("/api/feedback", json={"request_id": d["request_id"], "label": "wildfire"})
+                    assert f.status_code == 200, f.text
+                    assert f.json()["correct"] == (d["label"] == "wildfire")
+        assert all(len(v) == 1 for v in seen.values()), seen  # sticky: one variant per client
+    finally:
+        live.stack.set_rollout("champion", {"reason": "webapp test done"})
+    data = httpx.get(live.url + "/api/monitoring", params={"window": "15m"}, timeout=30).json()
+    assert data["requests"]["total"] >= 20
+    assert sum(data["traffic"]["totals"].values()) >= 20
+    assert data["latency"]["overall"]["p50"] is not None
+    versions = data["accuracy"]["versions"]
+    assert sum(v["n"] for v in versions.values()) >= 20
+    if "2" in versions:  # challenger v2 says nowildfire: wrong on every wildfire label
+        assert versions["2"]["accuracy"] == 0.0
+
+
+@pytest.mark.browser
+def test_feedback_models_and_monitoring_pages(live: Live, tab: Tab) -> None:
+    # Some traffic of our own so every page has something to show.
+    with httpx.Client(base_url=live.url, timeout=30) as c:
+        for i in range(3):
+            d = c.post("/api/predict", json={"lat": 45.6 + i / 10, "lon": -74.0}).json()
+            c.post("/api/feedback", json={"request_id": d["request_id"], "correct": i != 1})
+    page = tab.page
+
+    page.goto(live.url + "/feedback")
+    page.wait_for_selector("#feedback-table")
+    first = page.locator("#feedback-table tbody tr").first
+    assert first.get_attribute("data-request-id") == d["request_id"]
+    assert "right" in first.inner_text() and "v1" in first.inner_text()
+    page.wait_for_function(
+        "[...document.querySelectorAll('#feedback-table img')].slice(0, 3).every(i => i.complete && i.naturalWidth > 0)",
+        timeout=20_000,
+    )
+    page.screenshot(path=SHOTS.format("feedback"), full_page=True)
+
+    page.goto(live.url + "/models")
+    assert "v1" in page.inner_text("#champion-card") and "serving" in page.inner_text("#champion-card")
+    assert "v2" in page.inner_text("#challenger-card")
+    assert page.inner_text("#rollout-mode").strip() == "champion"
+    assert "No model registry yet" in page.inner_text("main")
+    page.screenshot(path=SHOTS.format("models"), full_page=True)
+
+    page.goto(live.url + "/monitoring?window=15m")
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length === 4", timeout=20_000)
+    assert int(page.inner_text("#kpi-requests")) >= 3
+    assert page.locator("#accuracy-table tbody tr").count() >= 1
+    assert "v1" in page.inner_text("#accuracy-table")
+    page.screenshot(path=SHOTS.format("monitoring"), full_page=True)
+    tab.assert_clean()
+
+
+# --- services down ---------------------------------------------------------------------------------------------
+@pytest.mark.browser
+def test_clear_messages_when_the_model_service_or_the_gateway_is_down(
+    live: Live, tab: Tab, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # A gateway whose model services are not running, and a web app in front of it.
+    ports = [procs.free_port() for _ in range(4)]
+    root = tmp_path_factory.mktemp("down")
+    s = Settings(
+        data_dir=root / "data",
+        serving=ServingSettings(
+            champion_port=ports[0], challenger_port=ports[1], explainer_port=ports[2], gateway_port=ports[3]
+        ),
+    )
+    s.ensure_dirs()
+    gateway = procs.start_gateway(s, wait=False)
+    web = None
+    try:
+        web = start_webapp(s, wait=False)
+        gateway.wait_healthy(60)
+        web.wait_healthy(60)
+        page = tab.page
+        page.goto(web.url + "/")
+        page.fill("#lat", "46.2")
+        page.fill("#lon", "-73.5")
+        page.click("#predict-btn")
+        page.wait_for_selector("#predict-error:not([hidden])", timeout=30_000)
+        text = page.inner_text("#predict-error")
+        assert "A model service is down" in text and "champion model service does not answer" in text
+        assert page.locator("#result").is_hidden()
+        page.wait_for_function("document.getElementById('gateway-status').classList.contains('degraded')")
+
+        gateway.stop()
+        page.click("#predict-btn")
+        page.wait_for_function(
+            "document.getElementById('predict-error').innerText.includes('prediction service is not running')",
+            timeout=30_000,
+        )
+        assert "pyrocast up" in page.inner_text("#predict-error")
+        page.wait_for_function("document.getElementById('gateway-status').classList.contains('down')")
+        page.screenshot(path=SHOTS.format("gateway-down"))
+        for path in ("/feedback", "/monitoring", "/models"):
+            page.goto(web.url + path)
+            assert page.locator("h1").first.is_visible()
+            assert "Traceback" not in page.content()
+        assert "Rollout state unavailable" in page.inner_text("main")
+        assert "prediction service is not running" in page.inner_text("main")
+        # The browser notes the 503s it was given; nothing else may go wrong.
+        tab.assert_clean(allow=lambda e: "status of 503" in e)
+    finally:
+        if web is not None:
+            web.stop()
+        gateway.stop()
