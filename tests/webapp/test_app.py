@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from pyrocast.errors import InvalidInputError
-from pyrocast.serving.procs import free_port
+from pyrocast.serving.procs import free_port, start_process
 from pyrocast.serving.store import PredictionStore
 from pyrocast.settings import ImagerySettings, Settings
 from pyrocast.webapp.app import COOKIE, check_place, create_app
@@ -196,3 +199,23 @@ def test_feedback_and_monitoring_pages_show_the_store(settings: Settings, client
     mon = client.get("/monitoring", params={"window": "6h"}).text
     assert 'id="monitoring-data"' in mon
     assert 'aria-current="true" class="active">6h<' in mon
+
+
+def test_pyrocast_serve_webapp_command(settings: Settings) -> None:
+    """`pyrocast serve webapp` runs the app in the foreground on the port asked for."""
+    exe = Path(sys.executable).with_name("pyrocast")
+    port = free_port()
+    proc = start_process(
+        "webapp-cli",
+        [str(exe), "serve", "webapp", "--port", str(port), "--data-dir", str(settings.root)],
+        url=f"http://127.0.0.1:{port}",
+        log_path=settings.root / "logs" / "webapp-cli.log",
+        health_path="/healthz",
+        timeout=60,
+    )
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/models", timeout=30)
+        assert r.status_code == 200 and "<h1>Models</h1>" in r.text
+    finally:
+        proc.stop()
+    assert "web app on http://127.0.0.1:" in proc.log_tail()

@@ -25,6 +25,7 @@ def register(app: typer.Typer) -> None:
     serve.command("classifier")(serve_classifier)
     serve.command("explainer")(serve_explainer)
     serve.command("gateway")(serve_gateway)
+    serve.command("webapp")(serve_webapp)
     app.add_typer(serve, name="serve")
 
     rollout = typer.Typer(
@@ -113,6 +114,19 @@ def serve_gateway(
     port = port or s.serving.gateway_port
     out.print(f"gateway on http://{s.serving.host}:{port} (API docs at /docs)")
     main(["--host", s.serving.host, "--port", str(port)])
+
+
+def serve_webapp(
+    port: int | None = typer.Option(None, "--port", help="Port (default: serving.webapp_port)."),
+    data_dir: Path | None = DATA_DIR,
+) -> None:
+    """Run the web app (map, feedback, models, monitoring) in the foreground; it calls the gateway."""
+    from pyrocast.webapp.app import main
+
+    s = settings(data_dir)
+    port = port or s.serving.webapp_port
+    out.print(f"web app on http://{s.serving.host}:{port} (gateway http://{s.serving.host}:{s.serving.gateway_port})")
+    main(["--host", s.serving.host, "--port", str(port)], settings=s)
 
 
 # --- rollout --------------------------------------------------------------------------------------------------

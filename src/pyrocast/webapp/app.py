@@ -494,9 +494,9 @@ def run(settings: Settings | None = None, host: str | None = None, port: int | N
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m pyrocast.webapp.app [--host H] [--port P]`."""
-    settings = get_settings()
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> None:
+    """`python -m pyrocast.webapp.app [--host H] [--port P]` (also `pyrocast serve webapp`)."""
+    settings = settings or get_settings()
     p = argparse.ArgumentParser(description="Pyrocast web app")
     p.add_argument("--host", default=settings.serving.host)
     p.add_argument("--port", type=int, default=settings.serving.webapp_port)
