@@ -1,0 +1,234 @@
+"""`pyrocast up`: planning from the registry, refusing busy ports, clean failure, supervision, and the real thing.
+
+The end-to-end test starts `pyrocast up` as a subprocess on free ports (MLflow, two classifiers served from the
+registry, the explainer, the gateway, the web app), checks that every URL answers, sends SIGINT as Ctrl-C does,
+and checks that no process of any service group survives and that every port is free again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from pyrocast.errors import PyrocastError, ServiceUnavailableError
+from pyrocast.serving import procs
+from pyrocast.settings import Settings
+from pyrocast.stack import STATE_FILE, Service, Stack, claim_state, group_members
+from tests.support.mlflow_db import seed_mlflow_db
+from tests.support.serving import tiny_bundles
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _register(settings: Settings, bundles_root: Path, challenger: bool = True) -> None:
+    """Register tiny bundles: v1 as champion (and v2 as challenger) in the settings' MLflow store."""
+    from pyrocast.registry import models
+    from pyrocast.registry.mlflow_store import ensure_experiment, get_client
+
+    seed_mlflow_db(settings)
+    bundles = tiny_bundles(bundles_root)
+    client = get_client(settings)
+    for version, alias in (("1", "champion"), ("2", "challenger"))[: 2 if challenger else 1]:
+        run = client.create_run(ensure_experiment(settings, client))
+        rv = models.register_bundle(settings, run.info.run_id, bundles[version])
+        models.set_alias(settings, alias, rv.version)
+
+
+def _http_server(settings: Settings, name: str, port: int | None = None) -> Service:
+    """A stand-in service: Python's http.server (answers 200 on /), started in its own process group."""
+    port = port or procs.free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+
+    def start() -> procs.ServiceProcess:
+        return procs.start_process(
+            name, cmd, url=url, log_path=settings.root / "logs" / f"{name}.log", health_path="/", wait=False
+        )
+
+    return Service(name, url, port, start, setting=f"serving.{name}_port")
+
+
+def _failing(settings: Settings, name: str) -> Service:
+    port = procs.free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-c", "import sys; print('cannot load the model'); sys.exit(3)"]
+
+    def start() -> procs.ServiceProcess:
+        return procs.start_process(name, cmd, url=url, log_path=settings.root / "logs" / f"{name}.log", wait=False)
+
+    return Service(name, url, port, start)
+
+
+def test_a_busy_port_is_refused_before_anything_starts(settings: Settings) -> None:
+    started: list[str] = []
+    svc = _http_server(settings, "gateway")
+    svc.start = lambda: started.append("gateway")  # type: ignore[assignment,return-value]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", svc.port))
+        sock.listen()
+        with pytest.raises(ServiceUnavailableError) as exc:
+            Stack(settings, [svc]).start()
+    assert f"gateway ({svc.port})" in str(exc.value) and "PYROCAST_SERVING__GATEWAY_PORT" in str(exc.value)
+    assert started == []
+    assert not (settings.root / STATE_FILE).exists()
+
+
+def test_a_service_that_fails_to_start_stops_the_others(settings: Settings) -> None:
+    good, bad = _http_server(settings, "explainer"), _failing(settings, "champion")
+    stack = Stack(settings, [good, bad])
+    with pytest.raises(ServiceUnavailableError, match="exited with code 3") as exc:
+        stack.start(timeout=30)
+    assert "cannot load the model" in str(exc.value)  # the end of its log is shown
+    assert good.proc is not None and not good.proc.alive()
+    assert group_members([good.proc.pid, bad.proc.pid]) == []  # type: ignore[union-attr]
+    assert not procs.port_in_use("127.0.0.1", good.port)
+    assert not (settings.root / STATE_FILE).exists()
+
+
+def test_supervision_reports_deaths_and_stops_on_a_required_one(settings: Settings) -> None:
+    side, required = _http_server(settings, "explainer"), _http_server(settings, "gateway")
+    required.critical = True
+    stack = Stack(settings, [side, required]).start(timeout=30)
+    try:
+        state = json.loads((settings.root / STATE_FILE).read_text())
+        assert state["pid"] == os.getpid() and set(state["services"]) == {"explainer", "gateway"}
+        # A side service dies: reported once, nothing restarted, supervision goes on.
+        side.proc.kill()  # type: ignore[union-attr]
+        polls = iter(range(4))
+        assert stack.supervise(until=lambda: next(polls, None) is None) == 0
+        assert side.reported_dead and not side.proc.alive()  # type: ignore[union-attr]
+        # The required one dies: supervision ends with exit code 1.
+        required.proc.kill()  # type: ignore[union-attr]
+        assert stack.supervise() == 1
+    finally:
+        assert stack.stop() == []
+    assert not (settings.root / STATE_FILE).exists()
+
+
+def test_a_second_up_is_refused_and_leftovers_of_a_killed_one_are_stopped(settings: Settings) -> None:
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        path = settings.root / STATE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        born = psutil.Process(sleeper.pid).create_time()
+        # Another live `pyrocast up` owns the data directory.
+        path.write_text(json.dumps({"pid": sleeper.pid, "create_time": born, "services": {}}))
+        with pytest.raises(ServiceUnavailableError, match="already running"):
+            claim_state(settings)
+        # Its owner was killed (SIGKILL): its services are leftovers, stopped by the next `up`.
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        path.write_text(
+            json.dumps(
+                {
+                    "pid": gone.pid,
+                    "create_time": 0.0,
+                    "services": {"gateway": {"pid": sleeper.pid, "create_time": born}},
+                }
+            )
+        )
+        claim_state(settings)
+        sleeper.wait(10)  # (already reaped by the kill: the return code says nothing here)
+        assert not psutil.pid_exists(sleeper.pid)
+        assert not path.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_plan_needs_a_champion_and_follows_the_registry_and_settings(settings: Settings, tmp_path: Path) -> None:
+    seed_mlflow_db(settings)
+    with pytest.raises(PyrocastError, match="no champion model is registered"):
+        Stack.plan(settings)
+    _register(settings, tmp_path / "bundles", challenger=False)
+    stack = Stack.plan(settings, webapp=False)
+    sv = settings.serving
+    assert stack.urls() == {
+        "mlflow": f"http://127.0.0.1:{settings.mlflow.port}",
+        "champion": f"http://127.0.0.1:{sv.champion_port}",
+        "explainer": f"http://127.0.0.1:{sv.explainer_port}",
+        "gateway": f"http://127.0.0.1:{sv.gateway_port}",
+    }
+    assert [s.name for s in stack.services if s.critical] == ["champion", "gateway"]
+    assert any("no challenger" in n for n in stack.notes)
+    assert any("PYROCAST_ADMIN_TOKEN" in n for n in stack.notes)
+
+
+@pytest.mark.integration
+def test_up_starts_everything_and_ctrl_c_leaves_nothing_behind(settings: Settings, tmp_path: Path) -> None:
+    _register(settings, tmp_path / "bundles")
+    ports = {
+        "PYROCAST_SERVING__CHAMPION_PORT": procs.free_port(),
+        "PYROCAST_SERVING__CHALLENGER_PORT": procs.free_port(),
+        "PYROCAST_SERVING__EXPLAINER_PORT": procs.free_port(),
+        "PYROCAST_SERVING__GATEWAY_PORT": procs.free_port(),
+        "PYROCAST_SERVING__WEBAPP_PORT": procs.free_port(),
+        "PYROCAST_MLFLOW__PORT": procs.free_port(),
+    }
+    env = {**os.environ, "PYROCAST_DATA_DIR": str(settings.root), **{k: str(v) for k, v in ports.items()}}
+    env["PYROCAST_ADMIN_TOKEN"] = "stack-test-token"
+    env["COLUMNS"] = "200"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "pyrocast.cli.main", "up"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,  # the test's own safety net: the group is killed at the end whatever happens
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(up.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    groups: list[int] = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and up.poll() is None and not any("press Ctrl-C" in ln for ln in lines):
+            time.sleep(0.5)
+        output = "".join(lines)
+        assert up.poll() is None, output
+        assert "press Ctrl-C" in output, output
+        services = json.loads((settings.root / STATE_FILE).read_text())["services"]
+        assert set(services) == {"mlflow", "champion", "challenger", "explainer", "gateway", "webapp"}
+        groups = [int(s["pid"]) for s in services.values()]
+        # Every URL is printed and answers.
+        for path, port in (
+            ("/health", ports["PYROCAST_MLFLOW__PORT"]),
+            ("/readyz", ports["PYROCAST_SERVING__CHAMPION_PORT"]),
+            ("/readyz", ports["PYROCAST_SERVING__CHALLENGER_PORT"]),
+            ("/readyz", ports["PYROCAST_SERVING__EXPLAINER_PORT"]),
+            ("/healthz", ports["PYROCAST_SERVING__GATEWAY_PORT"]),
+            ("/healthz", ports["PYROCAST_SERVING__WEBAPP_PORT"]),
+        ):
+            assert f"http://127.0.0.1:{port}" in output
+            assert httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10).status_code == 200
+        health = httpx.get(f"http://127.0.0.1:{ports['PYROCAST_SERVING__GATEWAY_PORT']}/healthz", timeout=10).json()
+        assert health["backends"]["champion"]["model"]["version"] == "1"
+        assert "v2" in output  # the challenger serves the registry's challenger
+        assert len(group_members(groups)) >= len(groups)
+
+        up.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
+        assert up.wait(90) == 0
+        reader.join(5)
+        output = "".join(lines)
+        assert "no process left behind" in output, output
+        assert group_members(groups) == []
+        assert [p for p in ports.values() if procs.port_in_use("127.0.0.1", p)] == []
+        assert not (settings.root / STATE_FILE).exists()
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+        for pgid in groups:
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
