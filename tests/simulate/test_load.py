@@ -96,3 +96,20 @@ def _challenger_answered(stack: ServingStack) -> bool:
         and float(line.rsplit(" ", 1)[1]) > 0
         for line in text.splitlines()
     )
+
+
+def test_load_command_prints_json_per_stage(stack: ServingStack) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from pyrocast.cli.main import app
+
+    args = ["load", "--shape", "spike", "--users", "3", "--duration", "5", "--host", stack.url, "--json"]
+    res = CliRunner().invoke(app, [*args, "--data-dir", str(stack.settings.root)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{") :])
+    assert [s["name"] for s in out["stages"]] == ["baseline", "spike", "recovery"]
+    assert [s["users"] for s in out["stages"]] == [1, 3, 1]
+    assert out["total"]["requests"] > 0 and out["total"]["failures"] == 0
+    assert set(out["by_kind"]) <= {"image", "coordinates"}
