@@ -219,3 +219,30 @@ def test_pyrocast_serve_webapp_command(settings: Settings) -> None:
     finally:
         proc.stop()
     assert "web app on http://127.0.0.1:" in proc.log_tail()
+
+
+def test_models_page_lists_registry_versions_with_metrics_and_mlflow_links(settings: Settings, tmp_path: Path) -> None:
+    from pyrocast.registry import models
+    from pyrocast.registry.mlflow_store import ensure_experiment, get_client
+    from tests.support.mlflow_db import seed_mlflow_db
+    from tests.support.onnx_standin import make_standin_bundle
+
+    seed_mlflow_db(settings)
+    client = get_client(settings)
+    for i, acc in enumerate((0.91, 0.94)):
+        run = client.create_run(ensure_experiment(settings, client))
+        for k, v in {"test_accuracy": acc, "test_f1": acc - 0.01, "test_roc_auc": 0.97, "test_n": 120}.items():
+            client.log_metric(run.info.run_id, k, v)
+        client.set_tag(run.info.run_id, "pyrocast.profile", "quick")
+        models.register_bundle(settings, run.info.run_id, make_standin_bundle(tmp_path / f"b{i}", "good"))
+    models.set_alias(settings, "champion", "1")
+    models.set_alias(settings, "challenger", "2")
+
+    with TestClient(create_app(settings, gateway=f"http://127.0.0.1:{free_port()}")) as c:
+        html = c.get("/models").text
+    table = html[html.index('id="registry-table"') :]
+    rows = [r for r in re.findall(r"<tr>(.*?)</tr>", table, re.S) if 'scope="row"' in r]
+    assert [re.search(r"<th scope=\"row\">(v\d+)</th>", r).group(1) for r in rows] == ["v2", "v1"]
+    assert "challenger" in rows[0] and "94.0%" in rows[0] and "0.930" in rows[0]
+    assert "champion" in rows[1] and "91.0%" in rows[1] and ">120<" in rows[1]
+    assert f"http://127.0.0.1:{settings.mlflow.port}/#/models/{settings.mlflow.model_name}/versions/1" in rows[1]

@@ -158,9 +158,9 @@ def registry_snapshot(settings: Settings) -> dict[str, Any]:
 
 
 # --- the app ---------------------------------------------------------------------------------------------------
-def create_app(settings: Settings | None = None, *, gateway: str | None = None, warm_tiles: bool = False) -> FastAPI:
-    """The web app. `gateway` overrides the gateway URL from the settings; `warm_tiles` renders the map's
-    overview tiles in a background thread at start (so the first visitor does not wait for them)."""
+def create_app(settings: Settings | None = None, *, gateway: str | None = None, warm: bool = False) -> FastAPI:
+    """The web app. `gateway` overrides the gateway URL from the settings; `warm` renders the map's overview
+    tiles and reads the registry in a background thread at start (so the first visitor does not wait)."""
     settings = settings or get_settings()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["pct"] = _pct
@@ -171,8 +171,8 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = WebState(settings, GatewayClient(gateway or gateway_url(settings)), TileRenderer(settings))
         app.state.web = state
-        if warm_tiles and not settings.imagery.xyz_url:
-            threading.Thread(target=_warm, args=(state,), name="tile-warmer", daemon=True).start()
+        if warm:
+            threading.Thread(target=_warm, args=(state,), name="webapp-warmer", daemon=True).start()
         try:
             yield
         finally:
@@ -432,12 +432,16 @@ def _plotly_js() -> Path:
 
 
 def _warm(state: WebState) -> None:
+    """Render the overview tiles and read the registry once (importing MLflow takes seconds)."""
     try:
-        n = state.tiles.warm(stop=state.stop)
-        if n:
-            log.info("rendered %d overview map tiles", n)
-    except Exception:  # warming is a courtesy: a failure shows up when the tile is asked for
-        log.exception("warming map tiles failed")
+        if not state.settings.imagery.xyz_url:
+            n = state.tiles.warm(stop=state.stop)
+            if n:
+                log.info("rendered %d overview map tiles", n)
+        if not state.stop.is_set():
+            state.registry = (time.monotonic(), registry_snapshot(state.settings))
+    except Exception:  # warming is a courtesy: a failure shows up when the page is asked for
+        log.exception("warming the web app failed")
 
 
 def _validation_message(errors: Any) -> str:
@@ -448,7 +452,7 @@ def _validation_message(errors: Any) -> str:
         field_name = names.get(loc[-1], loc[-1]) if loc else "Request"
         msg = str(e.get("msg", "is invalid"))
         if e.get("type") in ("float_parsing", "float_type"):
-            msg = "must be a number"
+            msg = "must be a number" + {"lat": ", like 46.25", "lon": ", like -73.5"}.get(loc[-1] if loc else "", "")
         elif e.get("type") == "missing":
             msg = "is missing"
         parts.append(f"{field_name} {msg}".strip())
@@ -486,7 +490,7 @@ def run(settings: Settings | None = None, host: str | None = None, port: int | N
 
     settings = settings or get_settings()
     uvicorn.run(
-        create_app(settings, warm_tiles=True),
+        create_app(settings, warm=True),
         host=host or settings.serving.host,
         port=port or settings.serving.webapp_port,
         log_level="warning",

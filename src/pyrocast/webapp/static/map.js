@@ -46,7 +46,8 @@
   function parseCoord(text, name) {
     const s = String(text).trim();
     if (s === "") return { error: name + " is missing." };
-    if (!/^[-+]?(\d+(\.\d*)?|\.\d+)$/.test(s)) return { error: name + " must be a number, like 46.25." };
+    if (!/^[-+]?(\d+(\.\d*)?|\.\d+)$/.test(s))
+      return { error: name + " must be a number, like " + (name === "Latitude" ? "46.25" : "-73.5") + "." };
     return { value: parseFloat(s) };
   }
 
