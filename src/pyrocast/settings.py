@@ -93,8 +93,9 @@ class ServingSettings(BaseModel):
     max_upload_bytes: int = 10 * 1024 * 1024
     max_batch_size: int = 32
     # BentoML's max_latency_ms is a deadline, not the batching window (which adapts below it): a request
-    # expected to wait longer is refused with 503. 20 ms shed most of a 32-client burst on 2 cores.
-    max_latency_ms: int = 2000
+    # expected to wait longer is refused with 503 (load shedding). 20 ms shed most of a 32-client burst on
+    # 2 cores, 2000 ms a third of one on a busy machine; 10 s sheds only under real overload.
+    max_latency_ms: int = 10_000
 
 
 class Settings(BaseSettings):

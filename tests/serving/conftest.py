@@ -34,8 +34,8 @@ def jpeg() -> bytes:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingStack]:
-    """Champion v1 (always wildfire), challenger v2 (always nowildfire), explainer, gateway with a token."""
-    s = start_stack(tmp_path_factory.mktemp("serving"))
+    """Registered champion v1 (always wildfire), challenger v2 (always nowildfire), explainer, gateway."""
+    s = start_stack(tmp_path_factory.mktemp("serving"), registry=True)
     try:
         yield s
     finally:

@@ -18,9 +18,10 @@ def test_predicts_and_says_which_model(stack: ServingStack, jpeg: bytes) -> None
     assert r.status_code == 200, r.text
     (item,) = r.json()
     assert item["label"] == "wildfire" and 0.5 < item["probability"] <= 1.0
-    assert item["model"] == {"name": "pyrocast-test", "version": "1"} and item["precision"] == "fp32"
+    assert item["model"] == {"name": stack.model_name, "version": "1"} and item["precision"] == "fp32"
     info = httpx.get(url + "/model/info").json()
-    assert info["version"] == "1" and info["batching"] is True and info["source"] == "folder"
+    assert info["version"] == "1" and info["batching"] is True and info["source"] == "registry"
+    assert info["run_id"]  # registered models carry their lineage
     assert info["input_size"] == 32
 
 

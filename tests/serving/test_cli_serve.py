@@ -42,7 +42,7 @@ def test_rollout_commands_drive_the_gateway(cli_env: ServingStack) -> None:
     assert rollout(cli_env, "rollback")["state"]["champion"]["version"] == "1"
     assert rollout(cli_env, "champion")["mode"] == "champion"
     table = runner.invoke(app, ["rollout", "status", "--url", cli_env.url])
-    assert table.exit_code == 0 and "champion" in table.output and "pyrocast-test v1" in table.output
+    assert table.exit_code == 0 and "champion" in table.output and f"{cli_env.model_name} v1" in table.output
 
 
 def test_rollout_errors_are_one_clear_line(cli_env: ServingStack, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -61,7 +61,7 @@ def test_predict_an_uploaded_tile(gw: ServingStack, jpeg: bytes) -> None:
     r = httpx.post(f"{gw.url}/v1/predict", files=upload(jpeg), headers={"X-Client-Id": "alice"}, timeout=30)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["variant"] == "champion" and body["model"] == {"name": "pyrocast-test", "version": "1"}
+    assert body["variant"] == "champion" and body["model"] == {"name": gw.model_name, "version": "1"}
     assert body["label"] == "wildfire" and 0.5 < body["probability"] <= 1
     assert body["tile_sha256"] == hashlib.sha256(jpeg).hexdigest() and body["latency_ms"] > 0
     (row,) = stored(gw, body["request_id"])
@@ -111,7 +111,7 @@ def test_feedback_is_stored_with_the_true_label(gw: ServingStack, jpeg: bytes) -
         "correct": False,
         "true_label": "nowildfire",
         "served_label": "wildfire",
-        "model": {"name": "pyrocast-test", "version": "1"},
+        "model": {"name": gw.model_name, "version": "1"},
     }
     r = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": rid, "label": "wildfire", "source": "replay"})
     assert r.status_code == 200 and r.json()["correct"] is True
@@ -224,8 +224,8 @@ def test_ab_assignment_is_sticky_and_weights_hold(gw: ServingStack, jpeg: bytes)
     assert view["mode"] == "ab" and view["challenger_share"] == 0.5
     clients = [f"user-{i}" for i in range(200)]
     first = predict_many(gw, clients, jpeg)
-    again = predict_many(gw, clients, jpeg)
-    assert [a["variant"] for a in first] == [b["variant"] for b in again]  # same client -> same variant
+    again = predict_many(gw, clients[:60], jpeg)
+    assert [a["variant"] for a in first[:60]] == [b["variant"] for b in again]  # same client -> same variant
     on_challenger = sum(a["variant"] == "challenger" for a in first)
     assert 70 <= on_challenger <= 130, on_challenger
     for a in first:
@@ -271,13 +271,18 @@ def test_canary_stops_on_a_guardrail(gw: ServingStack, jpeg: bytes) -> None:
 
 
 def test_promote_then_rollback(gw: ServingStack, jpeg: bytes) -> None:
+    from pyrocast.registry.models import aliases
+
+    assert aliases(gw.settings) == {"champion": "1", "challenger": "2"}
     view = gw.set_rollout("promote", {"reason": "test"})
     assert view["state"]["champion"]["version"] == "2" and view["state"]["previous_champion"]["version"] == "1"
-    assert "registry aliases not moved" in view["events"][0]["reason"]  # bundle folders have no aliases
+    assert "registry aliases moved" in view["events"][0]["reason"]
+    assert aliases(gw.settings) == {"champion": "2", "challenger": "1"}  # the registry follows
     a = predict_many(gw, ["p1"], jpeg)[0]
     assert (a["variant"], a["model"]["version"]) == ("champion", "2")
     view = gw.set_rollout("rollback")
     assert view["state"]["champion"]["version"] == "1" and view["state"]["previous_champion"] is None
+    assert aliases(gw.settings) == {"champion": "1", "challenger": "2"}
     a = predict_many(gw, ["p1"], jpeg)[0]
     assert (a["variant"], a["model"]["version"]) == ("champion", "1")
 

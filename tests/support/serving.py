@@ -3,7 +3,9 @@
 `start_stack(root)` builds two tiny bundles (champion v1 says "wildfire" to everything, challenger v2 says
 "nowildfire": they always disagree, which the canary guardrail tests need), starts the BentoML services in
 parallel on free ports, then the gateway with an admin token. `stack.stop()` stops every process group.
-Reused by the gateway tests and by anything built on the gateway (web app, replay, load).
+With `registry=True` the bundles are registered in a fresh MLflow store (SQLite) as versions 1 and 2 with
+the aliases champion -> 1 and challenger -> 2, and the classifiers serve the aliases (as `pyrocast up` does),
+so promote/rollback move real aliases. Reused by the gateway tests and by anything built on the gateway.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import httpx
 
 from pyrocast.serving import procs
 from pyrocast.settings import ServingSettings, Settings
-from tests.support.bundles import make_tiny_bundle
+from tests.support.bundles import make_tiny_bundle, rebias_bundle
 
 TOKEN = "test-admin-token"
 
@@ -28,7 +30,7 @@ def tiny_bundles(root: Path) -> dict[str, Path]:
     if not (out["1"] / "meta.json").exists():
         make_tiny_bundle(out["1"], version="1", bias=6.0, seed=0)
     if not (out["2"] / "meta.json").exists():
-        make_tiny_bundle(out["2"], version="2", bias=-20.0, seed=1)
+        rebias_bundle(out["1"], out["2"], version="2", bias=-26.0)  # v1's +6 becomes -20
     return out
 
 
@@ -57,10 +59,18 @@ class ServingStack:
     def client(self, **kw: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30.0, **kw)
 
-    def start_challenger(self) -> procs.ServiceProcess:
+    registry: bool = False
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.mlflow.model_name if self.registry else "pyrocast-test"
+
+    def start_challenger(self, wait: bool = True) -> procs.ServiceProcess:
+        """(Re)start the classifier on the challenger port, serving version 2 (by alias in registry mode)."""
         sv = self.settings.serving
+        where: dict[str, Any] = {"ref": "2"} if self.registry else {"bundle_dir": self.bundles["2"]}
         self.challenger = procs.start_classifier(
-            self.settings, port=sv.challenger_port, bundle_dir=self.bundles["2"], name="challenger"
+            self.settings, port=sv.challenger_port, name="challenger", wait=wait, **where
         )
         return self.challenger
 
@@ -97,20 +107,37 @@ def stack_settings(root: Path) -> Settings:
     return s
 
 
-def start_stack(root: Path, explainer: bool = True, gateway: bool = True) -> ServingStack:
+def register_bundles(settings: Settings, bundles: dict[str, Path]) -> None:
+    """Register the bundles as versions 1, 2, ... of a fresh MLflow store; champion -> 1, challenger -> 2."""
+    from pyrocast.registry.mlflow_store import ensure_experiment, get_client
+    from pyrocast.registry.models import register_bundle, set_alias
+    from tests.support.mlflow_db import seed_mlflow_db
+
+    seed_mlflow_db(settings)
+    client = get_client(settings)
+    experiment = ensure_experiment(settings, client)
+    for version in sorted(bundles, key=int):
+        run = client.create_run(experiment)
+        registered = register_bundle(settings, run.info.run_id, bundles[version], client=client)
+        assert registered.version == version, "the store was not fresh"
+    set_alias(settings, "champion", "1", client)
+    set_alias(settings, "challenger", "2", client)
+
+
+def start_stack(root: Path, explainer: bool = True, gateway: bool = True, registry: bool = False) -> ServingStack:
     """Start champion, challenger (and explainer) in parallel, then the gateway; stops all on failure."""
     settings = stack_settings(root)
-    stack = ServingStack(settings, tiny_bundles(root / "bundles"))
+    stack = ServingStack(settings, tiny_bundles(root / "bundles"), registry=registry)
     sv = settings.serving
+    if registry:
+        register_bundles(settings, stack.bundles)
     try:
-        stack.champion = procs.start_classifier(
-            settings, port=sv.champion_port, bundle_dir=stack.bundles["1"], name="champion", wait=False
-        )
-        stack.challenger = procs.start_classifier(
-            settings, port=sv.challenger_port, bundle_dir=stack.bundles["2"], name="challenger", wait=False
-        )
+        where: dict[str, Any] = {"ref": "champion"} if registry else {"bundle_dir": stack.bundles["1"]}
+        stack.champion = procs.start_classifier(settings, port=sv.champion_port, name="champion", wait=False, **where)
+        stack.start_challenger(wait=False)
         if explainer:
-            stack.explainer = procs.start_explainer(settings, bundle_dirs=stack.bundles, wait=False)
+            dirs = None if registry else stack.bundles
+            stack.explainer = procs.start_explainer(settings, bundle_dirs=dirs, wait=False)
         for p in (stack.champion, stack.challenger, stack.explainer):
             if p is not None:
                 p.wait_healthy(120)
