@@ -100,7 +100,7 @@ class Stack:
         if "champion" not in versions:
             raise PyrocastError(
                 f"no champion model is registered for {settings.mlflow.model_name!r}",
-                "train one with `pyrocast train --profile quick` (or `pyrocast demo --no-serve`)",
+                "train one with `pyrocast train --profile quick`, or run `pyrocast demo --no-serve`",
             )
         add = stack.services.append
         if mlflow:
@@ -376,8 +376,12 @@ def _webapp_service(settings: Settings) -> Service:
 
 def registered_aliases(settings: Settings) -> dict[str, str]:
     """alias -> version in the registry ({} when nothing is registered yet)."""
+    import logging
+
     from pyrocast.registry.models import aliases
 
+    # MLflow logs its schema set-up at INFO on a fresh store: noise in the middle of `up`'s output.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     return aliases(settings)
 
 

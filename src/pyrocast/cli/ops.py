@@ -105,7 +105,9 @@ def load(
 ) -> None:
     """Load-test the gateway with Locust (headless): throughput, p50/p95/p99 latency and errors per stage."""
     from pyrocast.simulate.load import run_load
+    from pyrocast.simulate.shapes import build_stages
 
+    build_stages(shape, users, duration)  # a bad shape fails before any progress bar
     s = settings(data_dir)
     with progress() as bar:
         task = bar.add_task(f"load ({shape})", total=duration)

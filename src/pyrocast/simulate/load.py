@@ -49,7 +49,7 @@ def gateway_url(settings: Settings, url: str | None = None) -> str:
     if parts.hostname not in LOOPBACK_HOSTS:
         raise InvalidInputError(
             f"refusing to send traffic to {parts.hostname}: replay and load only target this machine",
-            "use http://127.0.0.1:<port> (the gateway started by `pyrocast up`)",
+            "use http://127.0.0.1:<port>, where `pyrocast up` runs the gateway",
         )
     return url
 
@@ -71,7 +71,7 @@ def pick_tiles(
     if not records:
         raise InvalidInputError(
             f"the {split} split of {settings.dataset_dir} has no tiles",
-            "render or import tiles and run `pyrocast data split` (or `pyrocast demo --no-serve`)",
+            "render or import tiles and run `pyrocast data split`, or run `pyrocast demo --no-serve`",
         )
     random.Random(seed).shuffle(records)
     if limit is not None:
