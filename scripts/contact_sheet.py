@@ -21,6 +21,7 @@ from pyrocast.settings import Region
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REAL = Path(os.environ.get("PYROCAST_REAL_TILES", REPO.parent / "shared" / "data" / "wildfire-tiles"))
 THUMB, PER_ROW, GAP, CAPTION = 150, 6, 4, 26
+SCENARIO_PLACE = (-73.985, 45.765)  # the edge of Saint-Jérôme: houses, fields and forest in one tile
 SCENARIO_ROW = ("baseline", "winter", "smoke", "clouds", "sensor-shift", "north")
 
 
@@ -60,8 +61,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     args = ap.parse_args()
     region = SyntheticRegion(Region(), seed=args.seed)
-    place = region.sample_places("nowildfire", 1, np.random.default_rng(5))[0]
-    scen = [SyntheticRegion(Region(), args.seed, s).render_tile(place.lon, place.lat) for s in SCENARIO_ROW]
+    lon, lat = SCENARIO_PLACE
+    scen = [SyntheticRegion(Region(), args.seed, s).render_tile(lon, lat) for s in SCENARIO_ROW]
     rows = [
         ("REAL wildfire (Kaggle, Mapbox zoom 15)", real_tiles(args.real, "wildfire", PER_ROW)),
         (f"SYNTHETIC wildfire (seed {args.seed})", synthetic_tiles(region, "wildfire", PER_ROW, 1)),

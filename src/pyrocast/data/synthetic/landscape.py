@@ -2,8 +2,8 @@
 
 Zones are smooth fields of world coordinates, so the label of a place and the look of its tile come from
 the same numbers. A place is `nowildfire` when enough of its tile footprint is developed land (town,
-suburb or farmland, as in the Kaggle dataset's towns and fields) and `wildfire` otherwise (forest,
-wetland, burns, remote land: where fires are recorded).
+suburb or farmland, as in the Kaggle dataset's towns and fields; woodlots and parks inside them count as
+forest) and `wildfire` otherwise (forest, wetland, burns, remote land: where fires are recorded).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from pyrocast.settings import Region
 # Share of the footprint that must be developed for a place to count as `nowildfire`.
 DEVELOPED_SHARE = 0.3
 LABEL_SAMPLES = 9  # the footprint is judged on a LABEL_SAMPLES x LABEL_SAMPLES grid of points
+# Woodlots and town parks: developed zones left to the forest (they count as forest for the label).
+WOODS_SCALE, WOODS_LEVEL = 200.0, 1.1
 
 
 @dataclass
@@ -106,6 +108,15 @@ class Landscape:
         farm = (agri > 0.0) & ~core & ~suburb
         return Zones(urban, core, suburb, farm, lowland, town_reach)
 
+    def woods(self, grid: Grid, z: Zones, jitter: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """(woodlots in farmland, parks and woods in towns): developed zones the forest keeps.
+
+        `jitter` (a canopy texture, when painting) makes their edges ragged; labels use none.
+        """
+        woodlot = z.farm & (self.fbm(grid, WOODS_SCALE, "woodlot", 3) + jitter > WOODS_LEVEL)
+        park = (z.core | z.suburb) & (self.fbm(grid, WOODS_SCALE, "park", 3) + jitter > WOODS_LEVEL)
+        return woodlot, park
+
     # --- labels -------------------------------------------------------------------------------
     def footprint(self, x: float, y: float, size: int = 350) -> tuple[float, float]:
         """(developed share, water share) of the size x size footprint centred on (x, y).
@@ -116,18 +127,22 @@ class Landscape:
         off = -size / 2 + step / 2
         g = Grid.window(x + off, y + off, LABEL_SAMPLES, LABEL_SAMPLES, step)
         z = self.zones(g)
-        return float(z.developed.mean()), float(self.water(g, z)[0].mean())
+        woodlot, park = self.woods(g, z)
+        return float((z.developed & ~woodlot & ~park).mean()), float(self.water(g, z)[0].mean())
 
     def developed_share(self, x: float, y: float, size: int = 350) -> float:
-        """Share of the footprint centred on (x, y) that is town, suburb or farmland."""
+        """Share of the footprint centred on (x, y) that is town, suburb or farmland (woods inside excluded)."""
         step = size / LABEL_SAMPLES
         off = -size / 2 + step / 2
-        return float(self.zones(Grid.window(x + off, y + off, LABEL_SAMPLES, LABEL_SAMPLES, step)).developed.mean())
+        g = Grid.window(x + off, y + off, LABEL_SAMPLES, LABEL_SAMPLES, step)
+        z = self.zones(g)
+        woodlot, park = self.woods(g, z)
+        return float((z.developed & ~woodlot & ~park).mean())
 
     # --- water (shared by painting and sampling) -----------------------------------------------
     def lake_threshold(self, zones: Zones, lake_shift: float = 0.0) -> np.ndarray:
         # The Shield (away from the river plains) holds far more lakes than the farmland lowlands.
-        return 1.75 - 0.55 * (1.0 - zones.lowland) + lake_shift
+        return 2.05 - 0.75 * (1.0 - zones.lowland) + lake_shift
 
     def water(self, grid: Grid, zones: Zones, lake_shift: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(water mask, depth 0..1, lake field minus threshold)."""

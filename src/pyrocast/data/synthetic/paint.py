@@ -34,7 +34,7 @@ CUT, SOIL = C(108, 114, 70), C(138, 120, 88)
 ROCK = C(148, 146, 132)
 DEEP, SHALLOW, SHORE = C(18, 33, 40), C(52, 78, 72), C(150, 140, 112)
 ASPHALT, GRAVEL, VERGE = C(128, 128, 124), C(156, 146, 118), C(104, 118, 72)
-LAWNS = (C(98, 114, 68), C(114, 122, 80), C(126, 128, 92), C(90, 106, 62), C(106, 110, 82))
+LAWNS = (C(92, 110, 64), C(108, 118, 76), C(120, 124, 88), C(84, 102, 58), C(100, 106, 78))
 ROOFS = (
     C(78, 76, 78),
     C(96, 92, 92),
@@ -54,7 +54,7 @@ TREE = C(42, 62, 36)
 CROPS = (  # (colour, weight)
     (C(124, 134, 80), 3.0),  # hay
     (C(86, 108, 54), 3.0),  # green crop
-    (C(62, 82, 46), 1.5),  # dark crop
+    (C(58, 78, 44), 2.5),  # dark crop
     (C(142, 122, 94), 2.0),  # bare soil
     (C(170, 158, 120), 2.5),  # ripe / stubble
     (C(104, 120, 72), 2.0),  # pasture
@@ -151,19 +151,23 @@ def paint(
     vigour = ls.fbm(grid, 2600, "vigour", 2)
     canopy = T["deciduous"] * df + T["conifer"] * cf
     img = DECIDUOUS * df + CONIFER * cf + vigour * C(5, 9, 3) + canopy * (DECIDUOUS_AMP * df + CONIFER_AMP * cf)
+    img = img * (1.0 + 0.14 * ls.fbm(grid, 5000, "forest-tone", 2))  # stand age, density and sun vary by place
     # shrubby openings and meadows inside the forest
     shrub = ls.fbm(grid, 260, "shrub", 3) + 0.35 * T["mottle"]
-    op = np.clip((shrub - 1.25) * 2.0, 0, 0.9)
-    img = _mix(img, SHRUB + T["mottle"] * C(9, 9, 9) + T["grain"] * C(5, 5, 5), op)
+    # Openings have ragged edges and keep scattered trees: the canopy texture cuts into every blend.
+    ragged = 0.45 * T["deciduous"]
+    op = np.clip((shrub - 1.25) * 2.0 - np.maximum(ragged, 0), 0, 0.95)
+    img = _mix(img, SHRUB + T["mottle"] * C(12, 12, 10) + T["blob"] * C(8, 8, 4) + T["grain"] * C(5, 5, 5), op)
 
     # --- wetlands: bogs where moisture is high, fens along lake shores -------------------------------
     water, depth, lake = ls.water(grid, z, look.lake_shift)
     moist = ls.fbm(grid, 900, "moist", 3)
-    wet_a = np.clip((moist - 1.2) * 4, 0, 1) + np.clip((lake + 0.2) * 6, 0, 1) * (moist > 0.5)
-    wet_a = np.where(wild, np.clip(wet_a, 0, 1), 0)
+    wet_a = np.clip((moist - 1.1) * 4, 0, 1) + np.clip((lake + 0.2) * 6, 0, 1) * (moist > 0.5)
+    wet_a = np.where(wild, np.clip(wet_a - np.maximum(ragged - 0.2, 0), 0, 1), 0)
     wet = wet_a > 0
     if wet.any():
-        wcol = WETLAND_A + (WETLAND_B - WETLAND_A) * np.clip(0.5 + 0.45 * T["mottle"], 0, 1) + T["grain"] * C(4, 4, 4)
+        wcol = WETLAND_A + (WETLAND_B - WETLAND_A) * np.clip(0.5 + 0.45 * T["mottle"] + 0.25 * T["blob"], 0, 1)
+        wcol = wcol + T["grain"] * C(4, 4, 4) + T["deciduous"] * C(5, 5, 3)
         _put(wcol, T["blob"] > 1.55, POOL)
         _put(wcol, T["conifer"] > 1.6, CONIFER)  # scattered black spruce
         img = _mix(img, wcol, wet_a)
@@ -171,9 +175,9 @@ def paint(
 
     # --- burn scars: remote land only; recent ones charcoal, old ones lichen and regrowth -------------
     burn_f = ls.fbm(grid, 1700, "burn", 3) + 0.5 * remote - 0.5
-    burn_a = np.where(wild, np.clip((burn_f - 0.8) * 5, 0, 1), 0)
+    burn_a = np.where(wild, np.clip((burn_f - 0.55) * 5 - np.maximum(ragged - 0.3, 0), 0, 1), 0)
     if (burn_a > 0).any():
-        old = np.clip((ls.fbm(grid, 6000, "burn-age", 2) + 0.2) * 2, 0, 1)
+        old = np.clip((ls.fbm(grid, 6000, "burn-age", 2) + 0.9) * 2, 0, 1)  # most scars are years old
         lich = np.clip((T["mottle"] + 0.1 + look.lichen) * 1.6, 0, 1)
         old_col = REGROWTH + (LICHEN - REGROWTH) * lich + T["deciduous"] * C(10, 10, 10)
         new_col = (
@@ -184,19 +188,24 @@ def paint(
 
     # --- rock and lichen outcrops (more of them up north) ----------------------------------------------
     rock_f = ls.fbm(grid, 320, "rock", 3) + 0.35 * T["mottle"] + 0.5 * north + look.lichen
-    rock_a = np.where(wild, np.clip((rock_f - 2.0) * 3, 0, 1), 0)
+    rock_a = np.where(wild, np.clip((rock_f - 1.85) * 3, 0, 1), 0)
     if (rock_a > 0).any():
         img = _mix(img, ROCK + T["mottle"] * C(12, 12, 12) + T["grain"] * C(6, 6, 6), rock_a)
         _kind(kind, rock_a > 0.5, CLEARING)
 
     # --- clear-cuts: blocks in logging areas, ragged straight edges --------------------------------------
     logging = ls.fbm(grid, 7000, "logging", 2) + 0.4 * remote
-    zone = wild & (logging > 0.6)
+    zone = wild & (logging > 0.85)
     if zone.any():
         wx = grid.xs[None, :] + 25 * ls.fbm(grid, 120, "cut-wx", 2)
         wy = grid.ys[:, None] + 25 * ls.fbm(grid, 120, "cut-wy", 2)
-        cut = zone & (_u(hash2(np.floor(wx / 190), np.floor(wy / 150), ls.key("cut"))) < 0.3)
-        ccol = CUT + T["mottle"] * C(12, 12, 12) + np.clip(T["blob"], 0, 2) * (SOIL - CUT) * 0.4
+        cut = zone & (_u(hash2(np.floor(wx / 190), np.floor(wy / 150), ls.key("cut"))) < 0.2) & (ragged < 0.55)
+        ccol = (
+            CUT
+            + T["mottle"] * C(14, 14, 12)
+            + np.clip(T["blob"], 0, 2) * (SOIL - CUT) * 0.5
+            + T["deciduous"] * C(6, 8, 4)
+        )
         _put(ccol, T["deciduous"] > 1.7, DECIDUOUS)  # left-over trees
         _put(img, cut, ccol)
         _kind(kind, cut, CLEARING)
@@ -218,22 +227,28 @@ def paint(
 
     # --- roads and corridors -----------------------------------------------------------------------------
     land = ~water
-    trail_d = ls.fbm(grid, 7000, "trail-density", 2)
-    trails = land & ~z.core & ~z.suburb & (np.abs(ls.fbm(grid, 1100, "trail", 2)) < 0.012) & (trail_d > -0.3)
-    _put(img, trails, GRAVEL + T["grain"] * C(8, 8, 8))
-    _kind(kind, trails, PAVED)
+    fine = grid.step <= 16  # trails and corridors vanish on far-zoom map tiles
+    if fine:
+        trail_d = ls.fbm(grid, 7000, "trail-density", 2)
+        trails = land & ~z.core & ~z.suburb & (np.abs(ls.fbm(grid, 1100, "trail", 2)) < 0.012) & (trail_d > -0.3)
+        _put(img, trails, GRAVEL + T["grain"] * C(8, 8, 8))
+        _kind(kind, trails, PAVED)
     box = (grid.xs[0], grid.ys[0], grid.xs[-1], grid.ys[-1])
-    pl = segments_near(ls.powerlines, *box, pad=40.0)
+    pl = segments_near(ls.powerlines, *box, pad=40.0) if fine else []
     if pl:
         corr = land & ~z.core & (distance(grid.xs, grid.ys, pl, relative=True) < 1.0)
         _put(img, corr, SHRUB + T["mottle"] * C(10, 10, 10) + T["grain"] * C(6, 6, 6))
         _kind(kind, corr, CLEARING)
-    hw = segments_near(ls.highways, *box, pad=40.0)
-    if hw:
+    hw = segments_near(ls.highways, *box, pad=40.0) if grid.step <= 128 else []
+    if hw and grid.step <= 2:
         d = distance(grid.xs, grid.ys, hw, relative=True)
         _put(img, land & wild & (d < 2.4), VERGE + T["mottle"] * C(8, 8, 8))
         road = ~z.core & (d < 1.0)  # bridges over rivers and lakes too
         _put(img, road, ASPHALT + T["grain"] * C(3, 3, 3))
+        _kind(kind, road, PAVED)
+    elif hw:  # map zooms: one-pixel lines
+        road = distance(grid.xs, grid.ys, hw) < 0.6 * grid.step
+        _put(img, road, ASPHALT)
         _kind(kind, road, PAVED)
 
     if towns:
@@ -245,7 +260,8 @@ def tone(ls: Landscape, grid: Grid, img: np.ndarray) -> np.ndarray:
     """One acquisition's look: brightness and colour balance drift slowly across the mosaic."""
     gain = 1.0 + 0.17 * ls.fbm(grid, 9000, "gain", 2)
     warm = ls.fbm(grid, 18000, "warm", 2)
-    return img * gain + warm * C(5, 1, -5)
+    haze = np.clip(ls.fbm(grid, 11000, "haze", 2), 0, 2.5)  # a thin bluish veil over some acquisitions
+    return img * gain + warm * C(5, 1, -5) + haze * C(9, 10, 12)
 
 
 def _paint_farm(ls: Landscape, grid: Grid, z: Zones, T: dict, img: np.ndarray, kind: np.ndarray) -> None:
@@ -274,13 +290,13 @@ def _paint_farm(ls: Landscape, grid: Grid, z: Zones, T: dict, img: np.ndarray, k
     part = np.floor(av / (rang_len / (1 + np.floor(3 * _u(rh, 32)))))  # strips cut in 1-3 fields
     ph = hash2(s + part * 7919, rr + dom_id * 7, ls.key("parcel"))
     pick = np.minimum(np.searchsorted(_CROP_CDF, _u(ph), side="right"), len(CROPS) - 1)
-    col = _CROP_COLS[:, pick] + (_u(ph, 16) - 0.5) * C(22, 22, 18)
+    col = np.take(_CROP_COLS, pick, axis=1) + (_u(ph, 16) - 0.5) * C(22, 22, 18)
     au = us - s * sw  # across the strip
     dry = (pick >= 3) & (pick != 5)
     soil = ls.fbm(grid, 70, "soil", 3) + 0.4 * T["mottle"]
     col = col + np.where(dry, 14.0, 6.0) * soil * C(1, 0.9, 0.8)
     col = col + np.sin(au * (1.2 + 1.5 * _u(ph, 32))) * C(4, 4, 4) + T["grain"] * C(3, 3, 3)
-    woodlot = (_u(ph, 48) < 0.1) | (ls.fbm(grid, 650, "woodlot", 3) > 0.8)
+    woodlot = (_u(ph, 48) < 0.08) | ls.woods(grid, z, 0.3 * T["deciduous"])[0]
     field = z.farm & ~woodlot
     edge = (au < 1.2) | (au > sw - 0.4)
     hedge = edge & (_u(hash2(s, rr, ls.key("hedge"))) < 0.4) & (T["deciduous"] > -0.6)
@@ -364,7 +380,9 @@ def stamps(seed: int) -> Stamps:
         drive = ~house & (not dense) & (lb > lot_w - 2.2) & np.where(back, a > front, a < front + 1.0)
         pool = ~house & (not dense) & (lr[..., 3] < 0.08) & (mid < 3.4) & (mid > 1.0) & (lb > 1.4) & (lb < 4.2)
         alley = dense & (mid < 1.0)
-        img[:] = -1.0  # lawn: coloured per neighbourhood at paint time
+        img[:] = -1.0  # lawn: coloured per neighbourhood at paint time (-2: lawn in a house's shadow)
+        shadow = np.roll(np.roll(house, 1, 0), 1, 1) & ~house
+        img = np.where(shadow, -2.0, img)
         for m, col, k in (
             (alley, ASPHALT * 0.9, PAVED),
             (drive, C(150, 148, 142), PAVED),
@@ -416,7 +434,7 @@ def paint_town(ls: Landscape, grid: Grid, z: Zones, img: np.ndarray, kind: np.nd
     u = fx * ct + fy * st + np.where(curvy, 28 * ls.fbm(grid, 190, "curvy", 2), 0) + 500
     v = -fx * st + fy * ct + 500
     arterial = np.minimum(np.minimum(fx, cell - fx), np.minimum(fy, cell - fy)) < 3.6
-    park = ls.fbm(grid, 520, "park", 3) > 0.95
+    park = ls.woods(grid, z, 0.3 * T["deciduous"])[1]
     leafy = 0.1 + 0.8 * _u(hood, 24) ** 0.8
 
     st_ = stamps(ls.seed)
@@ -434,7 +452,8 @@ def paint_town(ls: Landscape, grid: Grid, z: Zones, img: np.ndarray, kind: np.nd
     skind = np.take(st_.kind, idx)
     lawn_px = skind == LAWN
     lawn = _pal(_LAWN_COLS, _u(hood, 40)) + T["mottle"] * C(8, 8, 7)
-    _put(simg, lawn_px, lawn)
+    shade = np.where(simg[0] < -1.5, np.float32(0.55), np.float32(1.0))
+    _put(simg, lawn_px, lawn * shade)
     trees = lawn_px & (T["deciduous"] + 0.5 * T["blob"] > 1.9 - 2.6 * leafy)
     overhang = (skind == PAVED) & (T["deciduous"] + 0.5 * T["blob"] > 2.4 - 2.0 * leafy) & ~core
     _put(simg, trees | overhang, TREE + T["deciduous"] * C(13, 13, 13) + C(6, 10, 4) * _u(hood, 12))
