@@ -37,7 +37,7 @@ from pyrocast.simulate.shapes import Stage, build_stages, stage_index, total_dur
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 PLAN_ENV = "PYROCAST_LOAD_PLAN"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-GRACE_S = 20.0  # start-up (imports, tile bodies) plus stop of a run, beyond the shape's own duration
+GRACE_S = 30.0  # start-up (imports, tile bodies) plus stop of a run, beyond the shape's own duration
 
 
 def gateway_url(settings: Settings, url: str | None = None) -> str:
@@ -245,6 +245,8 @@ def run_load(
     url = gateway_url(settings, host)
     if not 0.0 <= coordinates_share <= 1.0:
         raise InvalidInputError(f"the share of coordinate requests must be within 0..1, got {coordinates_share}")
+    if tiles < 1:
+        raise InvalidInputError(f"--tiles must be at least 1, got {tiles}")
     lo, hi = wait_s
     if not 0.0 <= lo <= hi:
         raise InvalidInputError(f"think time must satisfy 0 <= min <= max, got {lo}..{hi}")
