@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.serving import ServingStack, start_stack
+from tests.support.serving import ServingStack, start_stack, tiny_bundles
 
 
 def encode(img: Image.Image, fmt: str = "JPEG") -> bytes:
@@ -33,9 +34,15 @@ def jpeg() -> bytes:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingStack]:
+def bundle_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny exported bundles: "1" always says wildfire, "2" never does (built once per session)."""
+    return tiny_bundles(tmp_path_factory.mktemp("bundles"))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, bundle_dirs: dict[str, Path]) -> Iterator[ServingStack]:
     """Registered champion v1 (always wildfire), challenger v2 (always nowildfire), explainer, gateway."""
-    s = start_stack(tmp_path_factory.mktemp("serving"), registry=True)
+    s = start_stack(tmp_path_factory.mktemp("serving"), registry=True, bundles=bundle_dirs)
     try:
         yield s
     finally:

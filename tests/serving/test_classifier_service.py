@@ -11,6 +11,8 @@ import pytest
 from tests.serving.conftest import encode, tile_image
 from tests.support.serving import ServingStack
 
+pytestmark = pytest.mark.integration  # real processes on 127.0.0.1
+
 
 def test_predicts_and_says_which_model(stack: ServingStack, jpeg: bytes) -> None:
     url = stack.champion.url

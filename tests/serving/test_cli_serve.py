@@ -11,6 +11,8 @@ from pyrocast.cli.main import app
 from pyrocast.settings import get_settings
 from tests.support.serving import ServingStack
 
+pytestmark = pytest.mark.integration  # real processes on 127.0.0.1
+
 runner = CliRunner()
 
 

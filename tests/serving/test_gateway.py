@@ -10,10 +10,13 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from pyrocast.serving.store import PredictionStore
 from tests.serving.conftest import encode, tile_image
 from tests.support.serving import ServingStack
+
+pytestmark = pytest.mark.integration  # real processes on 127.0.0.1
 
 INSIDE = {"lat": 46.2, "lon": -73.4}  # inside the default synthetic region
 

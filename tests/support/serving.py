@@ -124,10 +124,19 @@ def register_bundles(settings: Settings, bundles: dict[str, Path]) -> None:
     set_alias(settings, "challenger", "2", client)
 
 
-def start_stack(root: Path, explainer: bool = True, gateway: bool = True, registry: bool = False) -> ServingStack:
-    """Start champion, challenger (and explainer) in parallel, then the gateway; stops all on failure."""
+def start_stack(
+    root: Path,
+    explainer: bool = True,
+    gateway: bool = True,
+    registry: bool = False,
+    bundles: dict[str, Path] | None = None,
+) -> ServingStack:
+    """Start champion, challenger (and explainer) in parallel, then the gateway; stops all on failure.
+
+    `bundles` reuses tiny bundles built earlier (`tiny_bundles`); by default they are built under `root`.
+    """
     settings = stack_settings(root)
-    stack = ServingStack(settings, tiny_bundles(root / "bundles"), registry=registry)
+    stack = ServingStack(settings, bundles or tiny_bundles(root / "bundles"), registry=registry)
     sv = settings.serving
     if registry:
         register_bundles(settings, stack.bundles)

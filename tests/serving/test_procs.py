@@ -1,0 +1,69 @@
+"""Process control: health waiting, clear failures, and a stop that leaves no process behind."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pyrocast.errors import ServiceUnavailableError
+from pyrocast.serving import procs
+
+pytestmark = pytest.mark.integration  # real processes on 127.0.0.1
+
+# A service shaped like BentoML's: the leader forks a worker into a session of its own (outside the process
+# group), and the worker is the one that answers HTTP.
+LEADER = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    port = sys.argv[1]
+    subprocess.Popen([sys.executable, "-m", "http.server", port, "--bind", "127.0.0.1"], start_new_session=True)
+    while True:
+        time.sleep(1)
+    """
+)
+
+
+def test_stop_sweeps_workers_outside_the_process_group(tmp_path: Path) -> None:
+    port = procs.free_port()
+    svc = procs.start_process(
+        "toy",
+        [sys.executable, "-c", LEADER, str(port)],
+        url=f"http://127.0.0.1:{port}",
+        health_path="/",
+        log_path=tmp_path / "toy.log",
+        timeout=30,
+    )
+    tree = [svc.pid, *(p.pid for p in svc.descendants())]
+    assert len(tree) == 2 and svc.healthy()
+    svc.stop(timeout=5)
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in tree)
+    assert not procs.port_in_use("127.0.0.1", port)
+
+
+def test_a_service_that_dies_reports_its_log(tmp_path: Path) -> None:
+    port = procs.free_port()
+    with pytest.raises(ServiceUnavailableError, match="exited with code 3") as info:
+        procs.start_process(
+            "broken",
+            [sys.executable, "-c", "import sys; print('model bundle is missing'); sys.exit(3)"],
+            url=f"http://127.0.0.1:{port}",
+            log_path=tmp_path / "broken.log",
+            timeout=30,
+        )
+    assert "model bundle is missing" in str(info.value)
+
+
+def test_a_busy_port_is_refused_before_starting(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ServiceUnavailableError, match=f"port {port}"):
+            procs.start_process(
+                "late", [sys.executable, "-c", "pass"], url=f"http://127.0.0.1:{port}", log_path=tmp_path / "l.log"
+            )
