@@ -12,7 +12,7 @@ from pyrocast.cli.main import app
 from pyrocast.errors import InvalidInputError, ServiceUnavailableError
 from pyrocast.serving import procs
 from pyrocast.serving.store import PredictionStore
-from pyrocast.simulate.replay import run_replay
+from pyrocast.simulate.replay import Outcome, run_replay
 from tests.simulate.conftest import N_TEST
 from tests.support.serving import ServingStack
 
@@ -117,3 +117,27 @@ def test_replay_command_prints_json(stack: ServingStack) -> None:
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout[res.stdout.index("{") :])
     assert out["sent"] == 3 and out["errors"] == 0 and out["by_version"][0]["model_version"] == "1"
+
+
+@pytest.mark.integration
+def test_killing_the_challenger_during_a_canary_replay_fails_no_request(stack: ServingStack) -> None:
+    """The challenger dies while a canary sends it half the clients: every tile is still answered."""
+    import threading
+
+    loose = {"max_error_rate": 1.0, "max_disagreement": 1.0, "max_p95_ms": 600000, "min_requests": 1000}
+    stack.set_rollout("canary", {"steps": [0.5], "step_seconds": 600, "guardrails": loose})
+    first_challenger = threading.Event()
+    killer = threading.Thread(target=lambda: first_challenger.wait(60) and stack.challenger.kill())  # type: ignore[union-attr]
+    killer.start()
+
+    def seen(o: Outcome) -> None:
+        if o.variant == "challenger":
+            first_challenger.set()
+
+    result = run_replay(stack.settings, rate=8, duration_s=60, users=12, concurrency=4, on_done=seen)
+    killer.join(60)
+    assert not stack.challenger.alive()  # type: ignore[union-attr]
+    assert result.sent == N_TEST and result.errors == 0, result.error_kinds()
+    variants = {o.variant for o in result.outcomes}
+    assert {"challenger", "champion-fallback"} <= variants, variants
+    assert result.feedback_stored == N_TEST
