@@ -141,3 +141,20 @@ def test_killing_the_challenger_during_a_canary_replay_fails_no_request(stack: S
     variants = {o.variant for o in result.outcomes}
     assert {"challenger", "champion-fallback"} <= variants, variants
     assert result.feedback_stored == N_TEST
+
+
+def test_a_tile_that_vanished_is_an_error_and_the_replay_goes_on(stack: ServingStack, tmp_path) -> None:
+    from pyrocast.data.layout import Dataset
+    from pyrocast.geo import LonLat
+    from tests.support.tiles import jpeg_tile
+
+    s = stack.settings.model_copy(update={"data_dir": tmp_path / "other"})
+    ds = Dataset(s.dataset_dir)
+    recs = [
+        ds.add(jpeg_tile(500 + i, size=64), LonLat(-74.0, 45.6 + i * 0.01), "wildfire", "test", "t") for i in range(3)
+    ]
+    ds.save()
+    ds.abspath(recs[1]).unlink()  # type: ignore[arg-type]
+    result = run_replay(s, rate=20, gateway=stack.url)
+    assert result.sent == 3 and result.errors == 1
+    assert "FileNotFoundError" in next(iter(result.error_kinds()))

@@ -288,8 +288,11 @@ async def _replay(
             raise ServiceUnavailableError(f"the gateway at {url} is not healthy (HTTP {r.status_code})")
 
         async def run(i: int, tile: dict[str, Any]) -> None:
+            client_id = f"replay-user-{i % users}"
             try:
-                o = await _one(client, tile, f"replay-user-{i % users}", by, feedback)
+                o = await _one(client, tile, client_id, by, feedback)
+            except Exception as exc:  # e.g. a tile deleted meanwhile: counted as an error, the replay goes on
+                o = Outcome(tile["rel"], client_id, tile["label"], ok=False, error=f"{type(exc).__name__}: {exc}")
             finally:
                 sem.release()
             outcomes.append(o)
