@@ -13,7 +13,7 @@ from PIL import Image
 from pyrocast.data.layout import Dataset
 from pyrocast.errors import InvalidInputError
 from pyrocast.geo import LonLat
-from pyrocast.model.bundle import Bundle, load_bundle
+from pyrocast.model.bundle import Bundle
 from pyrocast.model.evaluate import (
     TorchClassifier,
     evaluate_folder,
@@ -23,16 +23,12 @@ from pyrocast.model.evaluate import (
     score_images,
     tercile_names,
 )
-from pyrocast.model.export import export_bundle
-from tests.support.tiny_training import jpeg, tiles, tiny_trained, write_kaggle_folder
+from tests.support.tiny_training import jpeg, tiles, tiny_bundle, tiny_trained, write_kaggle_folder
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    ev, y = tiles(8, seed=3)
-    out = tmp_path_factory.mktemp("eval") / "bundle"
-    export_bundle(tiny_trained(), [], ev, y, out, {"name": "m", "version": "3"}, int8=False, repeats=1, threads=1)
-    return load_bundle(out)
+@pytest.fixture
+def bundle() -> Bundle:
+    return tiny_bundle()
 
 
 def test_score_images_batches_like_one_call() -> None:
@@ -60,7 +56,7 @@ def test_evaluate_folder_skips_and_counts_corrupt_tiles(bundle: Bundle, tmp_path
     assert r["skipped"] == 4
     reasons = " ".join(f["reason"] for f in r["skipped_files"])
     assert "truncated" in reasons and "empty" in reasons and "not an image file" in reasons and "cats" in reasons
-    assert r["accuracy"] >= 0.9 and r["model"] == "m" and r["version"] == "3" and r["precision"] == "fp32"
+    assert r["accuracy"] >= 0.9 and r["model"] == "pyrocast-tiny" and r["version"] == "3" and r["precision"] == "fp32"
     json.dumps(r, allow_nan=False)
     # One split folder given directly ({class}/ files) works too.
     assert evaluate_folder(bundle, folder / "train")["n"] == 6

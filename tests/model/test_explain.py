@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pyrocast.errors import InvalidInputError
-from pyrocast.model.bundle import OnnxClassifier, load_bundle
+from pyrocast.model.bundle import OnnxClassifier
 from pyrocast.model.explain import (
     choose_examples,
     explain_tiles,
@@ -19,8 +19,7 @@ from pyrocast.model.explain import (
     occlusion_onnx,
     overlay_png,
 )
-from pyrocast.model.export import export_bundle
-from tests.support.tiny_training import SIZE, tiles, tiny_trained
+from tests.support.tiny_training import SIZE, tiles, tiny_bundle, tiny_trained
 
 
 def _check_heat(h: np.ndarray) -> None:
@@ -38,11 +37,9 @@ def test_integrated_gradients_heat() -> None:
     _check_heat(integrated_gradients(trained.module, images[0], trained.spec, target=0, n_steps=8))
 
 
-def test_occlusion_over_onnx_finds_the_evidence(tmp_path: Path) -> None:
-    trained = tiny_trained()
-    ev, y = tiles(4, seed=3)
-    export_bundle(trained, [], ev, y, tmp_path / "b", {}, int8=False, repeats=1, threads=1)
-    clf = OnnxClassifier(load_bundle(tmp_path / "b"), "fp32")
+def test_occlusion_over_onnx_finds_the_evidence() -> None:
+    clf = OnnxClassifier(tiny_bundle(), "fp32")
+    ev, _ = tiles(2, seed=3)
     # A town tile with a forest patch in its top-left quarter: P(wildfire) comes from that patch.
     town, forest = tiles(2, seed=20)[0][1], tiles(2, seed=20)[0][0]
     mixed = town.copy()

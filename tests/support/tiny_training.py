@@ -2,22 +2,26 @@
 
 `tiles(n)` draws textured 64 px tiles with class-typical colours (dense green "forest" = wildfire, grey
 "town" with bright blocks = nowildfire); `tiny_trained()` trains the project's small CNN (width 4, 32 px
-input) on them and caches the result for the test session; `write_kaggle_folder()` lays tiles out as
+input) on them and caches the result for the test session, `tiny_bundle()` exports it once (FP32);
+`write_kaggle_folder()` lays tiles out as
 {split}/{class}/{lon},{lat}.jpg.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from pyrocast.model.preprocess import PreprocessSpec
+
+if TYPE_CHECKING:
+    from pyrocast.model.bundle import Bundle
+    from pyrocast.model.train import TrainedModel
 
 SIZE = 32
 
@@ -42,23 +46,14 @@ def tiles(n: int, seed: int = 0, px: int = 64) -> tuple[list[Image.Image], np.nd
     return images, np.array(labels)
 
 
-@dataclass
-class TinyTrained:
-    """The shape of pyrocast.model.train.TrainedModel that evaluation and export rely on."""
-
-    module: Any
-    net: Any
-    spec: PreprocessSpec
-    params: dict[str, Any] = field(default_factory=dict)
-    valid_metrics: dict[str, Any] = field(default_factory=dict)
-
-
 @lru_cache(maxsize=1)
-def tiny_trained(steps: int = 40) -> TinyTrained:
+def tiny_trained(steps: int = 40) -> TrainedModel:
+    """The project's TrainedModel holding a small CNN fitted to `tiles` (cached for the session)."""
     import torch
 
     from pyrocast.model.networks import NetworkConfig, build_network
     from pyrocast.model.preprocess import preprocess_batch
+    from pyrocast.model.train import TrainedModel
 
     torch.manual_seed(0)
     # One thread: on a shared, busy 2-core machine two threads spin against each other (20x slower here).
@@ -80,7 +75,7 @@ def tiny_trained(steps: int = 40) -> TinyTrained:
         opt.step()
     net.eval()
     torch.set_num_threads(threads)
-    return TinyTrained(net, cfg, spec, {"lr": 1e-2})
+    return TrainedModel(module=net, net=cfg, spec=spec, params={"lr": 1e-2})
 
 
 def jpeg(img: Image.Image) -> bytes:
@@ -104,3 +99,21 @@ def write_kaggle_folder(root: Path, per_split: dict[str, int], seed: int = 0) ->
             written.append(p)
             k += 1
     return written
+
+
+@lru_cache(maxsize=1)
+def tiny_bundle() -> Bundle:
+    """`tiny_trained()` exported as an FP32-only bundle, once per test session (removed at exit)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from pyrocast.model.bundle import load_bundle
+    from pyrocast.model.export import export_bundle
+
+    tmp = Path(tempfile.mkdtemp(prefix="pyrocast-tiny-bundle-"))
+    atexit.register(shutil.rmtree, tmp, True)
+    ev, y = tiles(8, seed=3)
+    meta = {"name": "pyrocast-tiny", "version": "3"}
+    export_bundle(tiny_trained(), [], ev, y, tmp / "bundle", meta, int8=False, repeats=1, threads=1)
+    return load_bundle(tmp / "bundle")
