@@ -14,8 +14,9 @@ Definitions (the store's tables are described in `pyrocast.serving.store`):
   that later got a true label (user feedback, replayed test labels, the fire feed), judged against the latest
   label of that request. Series are bucketed by the time of the prediction, not of the label.
 
-SQL stays portable (SQLite and PostgreSQL): rows are filtered in SQL and aggregated here with numpy, which also
-gives exact percentiles that SQLite cannot compute.
+SQL stays portable (SQLite and PostgreSQL): rows are filtered and bucketed in SQL (whole epoch seconds, integer
+division), one pass over the window's predictions (`scan`) serves requests, latency and traffic, and numpy
+computes the exact percentiles that SQLite cannot. Accuracy is counted in SQL (a join and a GROUP BY).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, func, select
+from sqlalchemy import BigInteger, Engine, and_, case, cast, extract, func, select
 
 from pyrocast.errors import InvalidInputError
 from pyrocast.model.metrics import wilson_interval
@@ -56,9 +57,14 @@ class Span:
     until: datetime
     bucket_s: int
 
+    @property
+    def first(self) -> int:
+        """The absolute number (epoch seconds // bucket_s) of the bucket holding `since`."""
+        return int(_epoch(self.since) // self.bucket_s)
+
     def index(self, ts: datetime) -> int:
         """The bucket number of `ts` (0 = the bucket holding `since`)."""
-        return int(_epoch(ts) // self.bucket_s - _epoch(self.since) // self.bucket_s)
+        return int(_epoch(ts) // self.bucket_s) - self.first
 
     @property
     def n_buckets(self) -> int:
@@ -114,39 +120,86 @@ def open_engine(settings: Settings) -> Engine:
 
 
 # --- queries ---------------------------------------------------------------------------------------------------
-def request_rate(engine: Engine, span: Span) -> dict[str, Any]:
-    """Requests and failed requests per bucket, requests per second, and totals by source."""
+def _seconds(engine: Engine, col: Any) -> Any:
+    """Whole seconds since the epoch of a timestamp column, in SQL (exact integers: no float rounding at edges)."""
+    if engine.dialect.name == "sqlite":  # the store writes naive UTC 'YYYY-MM-DD HH:MM:SS.ffffff'
+        return cast(func.strftime("%s", col), BigInteger)
+    return cast(func.floor(extract("epoch", col)), BigInteger)
+
+
+def _bucket(engine: Engine, seconds: Any, span: Span) -> Any:
+    """The absolute bucket number (seconds // bucket_s, integer division in SQL); `span.first` is the window's."""
+    return seconds // span.bucket_s
+
+
+def _in_window(span: Span) -> Any:
     p = predictions.c
-    q = select(p.request_id, p.ts, p.served, p.source).where(
-        p.ts >= span.since, p.ts < span.until, p.variant.in_(USER_VARIANTS)
+    return and_(p.ts >= span.since, p.ts < span.until)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """The window's prediction rows as column arrays (one pass over the table serves several charts)."""
+
+    bucket: np.ndarray  # bucket index within the span (0 = the bucket holding `since`)
+    request_id: np.ndarray
+    served: np.ndarray  # bool
+    variant: np.ndarray
+    version: np.ndarray
+    source: np.ndarray
+    latency_ms: np.ndarray  # float, NaN where unknown
+    ok: np.ndarray  # bool: the model answered (no error)
+
+
+def scan(engine: Engine, span: Span) -> Scan:
+    """Read the window's predictions once (through the time index), for the charts that share them."""
+    p = predictions.c
+    k = _bucket(engine, _seconds(engine, p.ts), span)
+    q = select(k, p.request_id, p.served, p.variant, p.model_version, p.source, p.latency_ms, p.error.is_(None)).where(
+        _in_window(span)
     )
-    first: dict[str, datetime] = {}
-    ok: dict[str, bool] = {}
-    source: dict[str, str] = {}
     with engine.connect() as conn:
-        for rid, ts, served, src in conn.execute(q):
-            ts = _utc(ts)
-            if rid not in first or ts < first[rid]:
-                first[rid] = ts
-            ok[rid] = ok.get(rid, False) or bool(served)
-            source.setdefault(rid, src)
+        rows = conn.execute(q).all()
+    n = len(rows)
+    cols = list(zip(*rows, strict=True)) if rows else [()] * 8
+    return Scan(
+        bucket=np.fromiter((int(b) for b in cols[0]), dtype=np.int64, count=n) - span.first,
+        request_id=np.array(cols[1], dtype=object),
+        served=np.array(cols[2], dtype=bool),
+        variant=np.array(cols[3], dtype=object),
+        version=np.array([str(v) for v in cols[4]], dtype=object),
+        source=np.array(cols[5], dtype=object),
+        latency_ms=np.array([np.nan if v is None else v for v in cols[6]], dtype=np.float64),
+        ok=np.array(cols[7], dtype=bool),
+    )
+
+
+def request_rate(engine: Engine, span: Span, rows: Scan | None = None) -> dict[str, Any]:
+    """Requests and failed requests per bucket, requests per second, and totals by source."""
+    r = rows if rows is not None else scan(engine, span)
     n = span.n_buckets
-    requests, errors = [0] * n, [0] * n
-    for rid, ts in first.items():
-        i = span.index(ts)
-        if 0 <= i < n:
-            requests[i] += 1
-            errors[i] += 0 if ok[rid] else 1
-    total, failed = len(first), sum(1 for v in ok.values() if not v)
+    user = np.isin(r.variant, USER_VARIANTS)
+    ids, inverse = np.unique(r.request_id[user].astype(str), return_inverse=True)
+    m = len(ids)
+    first = np.full(m, np.iinfo(np.int64).max)
+    np.minimum.at(first, inverse, r.bucket[user])
+    ok = np.zeros(m, dtype=bool)
+    np.logical_or.at(ok, inverse, r.served[user])
+    source = np.empty(m, dtype=object)
+    source[inverse[::-1]] = r.source[user][::-1]  # any row's source (a request has one)
+    inside = (first >= 0) & (first < n)
+    requests = np.bincount(first[inside], minlength=n)[:n]
+    errors = np.bincount(first[inside & ~ok], minlength=n)[:n]
     by_source: dict[str, int] = defaultdict(int)
-    for src in source.values():
-        by_source[src] += 1
+    for src in source.tolist():
+        by_source[str(src)] += 1
+    total, failed = int(m), int((~ok).sum())
     seconds = (span.until - span.since).total_seconds()
     return {
         "t": span.edges(),
-        "requests": requests,
-        "errors": errors,
-        "rate_per_s": [round(r / span.bucket_s, 4) for r in requests],
+        "requests": requests.tolist(),
+        "errors": errors.tolist(),
+        "rate_per_s": [round(int(x) / span.bucket_s, 4) for x in requests],
         "total": total,
         "failed": failed,
         "error_rate": round(failed / total, 4) if total else None,
@@ -155,66 +208,52 @@ def request_rate(engine: Engine, span: Span) -> dict[str, Any]:
     }
 
 
-def latency_percentiles(engine: Engine, span: Span) -> dict[str, Any]:
+def latency_percentiles(engine: Engine, span: Span, rows: Scan | None = None) -> dict[str, Any]:
     """p50/p95/p99 of served answers: overall, per variant, per model version, and per bucket."""
-    p = predictions.c
-    q = select(p.ts, p.variant, p.model_version, p.latency_ms).where(
-        p.ts >= span.since, p.ts < span.until, p.served.is_(True), p.latency_ms.is_not(None)
-    )
-    per_bucket: dict[int, list[float]] = defaultdict(list)
-    per_variant: dict[str, list[float]] = defaultdict(list)
-    per_version: dict[str, list[float]] = defaultdict(list)
-    every: list[float] = []
-    with engine.connect() as conn:
-        for ts, variant, version, ms in conn.execute(q):
-            ms = float(ms)
-            every.append(ms)
-            per_bucket[span.index(_utc(ts))].append(ms)
-            per_variant[variant].append(ms)
-            per_version[str(version)].append(ms)
+    r = rows if rows is not None else scan(engine, span)
+    keep = r.served & ~np.isnan(r.latency_ms)
+    ms, buckets, variants, versions = r.latency_ms[keep], r.bucket[keep], r.variant[keep], r.version[keep]
     series: dict[str, list[float | None]] = {f"p{q}": [] for q in PERCENTILES}
+    order = np.argsort(buckets, kind="stable")
+    edges = np.searchsorted(buckets[order], np.arange(span.n_buckets + 1))
     for i in range(span.n_buckets):
-        stats = _percentiles(per_bucket.get(i, []))
-        for k in series:
-            series[k].append(stats[k])
+        stats = _percentiles(ms[order[edges[i] : edges[i + 1]]])
+        for key in series:
+            series[key].append(stats[key])
     return {
-        "overall": _percentiles(every),
-        "by_variant": {k: _percentiles(v) for k, v in sorted(per_variant.items())},
-        "by_version": {k: _percentiles(v) for k, v in sorted(per_version.items(), key=_version_key)},
+        "overall": _percentiles(ms),
+        "by_variant": {str(v): _percentiles(ms[variants == v]) for v in sorted(set(variants.tolist()))},
+        "by_version": {
+            str(v): _percentiles(ms[versions == v])
+            for v in sorted(set(versions.tolist()), key=lambda x: _version_key((x, None)))
+        },
         "t": span.edges(),
         **series,
     }
 
 
-def traffic_by_variant(engine: Engine, span: Span) -> dict[str, Any]:
+def traffic_by_variant(engine: Engine, span: Span, rows: Scan | None = None) -> dict[str, Any]:
     """Served answers per variant per bucket, totals and shares; shadow/comparison copies counted apart."""
-    p = predictions.c
-    q = select(p.ts, p.variant, p.served, p.model_version).where(
-        p.ts >= span.since, p.ts < span.until, p.error.is_(None)
-    )
+    r = rows if rows is not None else scan(engine, span)
     n = span.n_buckets
+    answered = r.served & r.ok
     served: dict[str, list[int]] = {}
-    copies: dict[str, int] = defaultdict(int)
+    for v in sorted(set(r.variant[answered].tolist())):
+        b = r.bucket[answered & (r.variant == v)]
+        served[str(v)] = np.bincount(b[(b >= 0) & (b < n)], minlength=n)[:n].tolist()
     by_version: dict[str, int] = defaultdict(int)
-    with engine.connect() as conn:
-        for ts, variant, is_served, version in conn.execute(q):
-            if not is_served:
-                if variant in COPY_VARIANTS:
-                    copies[variant] += 1
-                continue
-            i = span.index(_utc(ts))
-            if 0 <= i < n:
-                served.setdefault(variant, [0] * n)[i] += 1
-            by_version[str(version)] += 1
-    totals = {k: sum(v) for k, v in sorted(served.items())}
+    for v in r.version[answered].tolist():
+        by_version[v] += 1
+    copies = {str(v): int(((r.variant == v) & ~r.served & r.ok).sum()) for v in COPY_VARIANTS}
+    totals = {k: sum(v) for k, v in served.items()}
     grand = sum(totals.values())
     return {
         "t": span.edges(),
-        "variants": dict(sorted(served.items())),
+        "variants": served,
         "totals": totals,
         "shares": {k: round(v / grand, 4) for k, v in totals.items()} if grand else {},
         "by_version": dict(sorted(by_version.items(), key=_version_key)),
-        "copies": dict(sorted(copies.items())),
+        "copies": {k: v for k, v in copies.items() if v},
     }
 
 
@@ -224,26 +263,25 @@ def live_accuracy(engine: Engine, span: Span) -> dict[str, Any]:
     # The latest label of each request wins: a user may correct a verdict, replay may repeat a label.
     latest = select(func.max(f.id).label("id")).where(f.true_label.is_not(None)).group_by(f.request_id).subquery()
     labels = select(f.request_id, f.true_label, f.source).join(latest, latest.c.id == f.id).subquery()
+    k = _bucket(engine, _seconds(engine, p.ts), span).label("k")
+    hit = func.sum(case((p.label == labels.c.true_label, 1), else_=0))
     q = (
-        select(p.request_id, p.ts, p.model_version, p.served, p.label, labels.c.true_label, labels.c.source)
+        select(p.model_version, k, labels.c.source, p.served, hit, func.count())
         .join(labels, labels.c.request_id == p.request_id)
-        .where(p.ts >= span.since, p.ts < span.until, p.label.is_not(None))
+        .where(_in_window(span), p.label.is_not(None))
+        .group_by(p.model_version, k, labels.c.source, p.served)
     )
-    seen: set[tuple[str, str]] = set()
     hits: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     sources: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     roles: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     with engine.connect() as conn:
-        for rid, ts, version, served, label, truth, src in conn.execute(q):
-            version = str(version)
-            if (rid, version) in seen:  # one judgement per request and version
-                continue
-            seen.add((rid, version))
-            cell = hits[version][span.index(_utc(ts))]
-            cell[0] += int(label == truth)
-            cell[1] += 1
-            sources[version][src] += 1
-            roles[version]["served" if served else "copy"] += 1
+        for version, bucket, src, served, correct, count in conn.execute(q):
+            version, count = str(version), int(count)
+            cell = hits[version][int(bucket) - span.first]
+            cell[0] += int(correct or 0)
+            cell[1] += count
+            sources[version][str(src)] += count
+            roles[version]["served" if served else "copy"] += count
     versions: dict[str, Any] = {}
     for version in sorted(hits, key=lambda v: _version_key((v, None))):
         buckets = hits[version]
@@ -331,22 +369,23 @@ def overview(
 ) -> dict[str, Any]:
     """Everything the monitoring page shows, for one window."""
     span = make_span(window, now, bucket_s)
+    rows = scan(engine, span)
     return {
         "window": window if isinstance(window, str) else f"{int(window.total_seconds())}s",
         **span.to_dict(),
-        "requests": request_rate(engine, span),
-        "latency": latency_percentiles(engine, span),
-        "traffic": traffic_by_variant(engine, span),
+        "requests": request_rate(engine, span, rows),
+        "latency": latency_percentiles(engine, span, rows),
+        "traffic": traffic_by_variant(engine, span, rows),
         "accuracy": live_accuracy(engine, span),
         "events": recent_events(engine, span),
     }
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
-def _percentiles(values: list[float]) -> dict[str, Any]:
-    if not values:
-        return {"n": 0, **{f"p{q}": None for q in PERCENTILES}, "mean": None}
+def _percentiles(values: np.ndarray) -> dict[str, Any]:
     a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        return {"n": 0, **{f"p{q}": None for q in PERCENTILES}, "mean": None}
     out: dict[str, Any] = {"n": int(a.size)}
     for q, v in zip(PERCENTILES, np.percentile(a, PERCENTILES), strict=True):
         out[f"p{q}"] = round(float(v), 3)

@@ -50,6 +50,7 @@ COOKIE_MAX_AGE = 365 * 86400
 _CLIENT_ID = re.compile(r"^[0-9a-f]{32}$")
 REGISTRY_TTL_S = 30.0
 REGISTRY_TIMEOUT_S = 20.0
+MONITORING_TTL_S = 5.0
 WINDOWS = ("15m", "1h", "6h", "24h", "7d")
 NAV = (("map", "/", "Map"), ("feedback", "/feedback", "Feedback"), ("models", "/models", "Models"))
 NAV += (("monitoring", "/monitoring", "Monitoring"),)
@@ -112,6 +113,7 @@ class WebState:
     _engine: Engine | None = None
     _engine_lock: threading.Lock = field(default_factory=threading.Lock)
     registry: tuple[float, dict[str, Any]] | None = None
+    monitoring: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def engine(self) -> Engine:
@@ -319,7 +321,14 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
 
         parse_window(window)  # a clear 4xx for a bad window before touching the store
         state = web(request)
-        return await run_in_threadpool(lambda: overview(state.engine(), window))
+        # Several open monitoring pages share one computation (a 100k-row window costs about a second).
+        now = time.monotonic()
+        hit = state.monitoring.get(window)
+        if hit is not None and now - hit[0] < MONITORING_TTL_S:
+            return hit[1]
+        data = await run_in_threadpool(lambda: overview(state.engine(), window))
+        state.monitoring[window] = (now, data)
+        return data
 
     # --- API (same origin; the browser never calls the gateway itself) -------------------------------------------
     @app.get("/healthz", include_in_schema=False)

@@ -1,4 +1,4 @@
-/* Monitoring page: plotly charts over /api/monitoring, refreshed every 10 seconds. */
+/* Monitoring page: plotly charts over /api/monitoring, refreshed every 10 s (short windows) to 60 s (long ones). */
 "use strict";
 
 (function () {
@@ -95,10 +95,12 @@
   }
 
   draw(initial);
+  // Short windows move fast; long ones are costly to recompute and barely change in a minute.
+  const every = { "15m": 10000, "1h": 10000, "6h": 30000 }[windowParam] || 60000;
   setInterval(async function () {
     if (document.hidden) return;
     const r = await Pyrocast.api("GET", "/api/monitoring?window=" + encodeURIComponent(windowParam));
     if (r.ok) draw(r.data);
     else document.getElementById("updated").textContent = "Could not refresh: " + r.error;
-  }, 10000);
+  }, every);
 })();
