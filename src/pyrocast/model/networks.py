@@ -44,6 +44,9 @@ class NetworkConfig:
     width: int = 32
     dropout: float = 0.2
     blocks: int = 2
+    # Test-time augmentation inside the model: the logits are averaged over the first `tta` dihedral views
+    # (1 = off, 4 = the four rotations, 8 = rotations and mirrors). Costs `tta` times the compute per tile.
+    tta: int = 1
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -56,6 +59,8 @@ class NetworkConfig:
             raise PyrocastError(f"width {self.width} is too small (at least 4)")
         if not 1 <= self.blocks <= EFFNET_BLOCKS:
             raise PyrocastError(f"blocks {self.blocks} must be in [1, {EFFNET_BLOCKS}]")
+        if self.tta not in (1, 2, 4, 8):
+            raise PyrocastError(f"tta {self.tta} must be 1, 2, 4 or 8 views")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,12 +71,14 @@ class NetworkConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def describe(self) -> str:
-        """A short human-readable name, e.g. `effnet_lite0/last_blocks` or `small_cnn/w32`."""
+        """A short human-readable name, e.g. `effnet_lite0/last2+tta8` or `small_cnn/w32`."""
         if self.kind == "small_cnn":
-            return f"small_cnn/w{self.width}"
-        if self.finetune == "last_blocks":
-            return f"effnet_lite0/last{self.blocks}"
-        return f"effnet_lite0/{self.finetune}"
+            name = f"small_cnn/w{self.width}"
+        elif self.finetune == "last_blocks":
+            name = f"effnet_lite0/last{self.blocks}"
+        else:
+            name = f"effnet_lite0/{self.finetune}"
+        return name + (f"+tta{self.tta}" if self.tta > 1 else "")
 
 
 class SplitNet(nn.Module):
@@ -98,7 +105,22 @@ class SplitNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tail(self.trunk(x))
+        if self.cfg.tta <= 1:
+            return self.tail(self.trunk(x))
+        # All views in one batch (better CPU throughput than a loop), logits averaged per tile.
+        n = x.shape[0]
+        views = torch.cat([dihedral_view(x, k) for k in range(self.cfg.tta)])
+        return self.tail(self.trunk(views)).reshape(self.cfg.tta, n, -1).mean(dim=0)
+
+
+def dihedral_view(x: torch.Tensor, k: int) -> torch.Tensor:
+    """View k (0-7) of an NCHW batch: mirrored left-right first when k >= 4, then k % 4 quarter turns.
+
+    The same views as `pyrocast.model.augment.dihedral` on NHWC arrays.
+    """
+    if k >= 4:
+        x = torch.flip(x, dims=(3,))
+    return torch.rot90(x, k % 4, dims=(2, 3))
 
 
 class SmallCNN(nn.Module):
