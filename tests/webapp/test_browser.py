@@ -242,6 +242,8 @@ def test_feedback_models_and_monitoring_pages(live: Live, tab: Tab) -> None:
         for i in range(3):
             d = c.post("/api/predict", json={"lat": 45.6 + i / 10, "lon": -74.0}).json()
             c.post("/api/feedback", json={"request_id": d["request_id"], "correct": i != 1})
+    # The gateway writes in the background: the pages read the store once the last row is there.
+    wait_for(lambda: live.store.feedback_for(d["request_id"]), what="the last feedback in the store")
     page = tab.page
 
     page.goto(live.url + "/feedback")
