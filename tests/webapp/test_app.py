@@ -246,3 +246,16 @@ def test_models_page_lists_registry_versions_with_metrics_and_mlflow_links(setti
     assert "challenger" in rows[0] and "94.0%" in rows[0] and "0.930" in rows[0]
     assert "champion" in rows[1] and "91.0%" in rows[1] and ">120<" in rows[1]
     assert f"http://127.0.0.1:{settings.mlflow.port}/#/models/{settings.mlflow.model_name}/versions/1" in rows[1]
+
+
+def test_unreadable_prediction_store_is_reported_not_crashed(settings: Settings) -> None:
+    db = settings.root / "predictions.db"
+    db.write_bytes(b"this is not a database" * 100)
+    with TestClient(create_app(settings, gateway=f"http://127.0.0.1:{free_port()}")) as c:
+        page = c.get("/feedback")
+        assert page.status_code == 503
+        assert "A service is unavailable" in page.text
+        assert "The prediction store (sqlite:///" in page.text and "cannot be read" in page.text
+        api = c.get("/api/monitoring")
+        assert api.status_code == 503 and "PYROCAST_STORE_URL" in api.json()["hint"]
+        assert c.get("/").status_code == 200  # the map does not need the store

@@ -35,9 +35,10 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pyrocast.errors import InvalidInputError, PyrocastError
+from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
 from pyrocast.settings import Region, Settings, get_settings
 from pyrocast.webapp.proxy import EXPLAIN_TIMEOUT_S, GatewayClient, GatewayError, gateway_url
 from pyrocast.webapp.tiles import MAX_ZOOM, MIN_ZOOM, TileRenderer
@@ -121,13 +122,26 @@ class WebState:
             if self._engine is None:
                 from pyrocast.monitoring.live import open_engine
 
-                self._engine = open_engine(self.settings)
+                try:
+                    self._engine = open_engine(self.settings)
+                except (SQLAlchemyError, OSError) as exc:
+                    raise store_error(self.settings, exc) from exc
             return self._engine
 
     def close(self) -> None:
         self.stop.set()
         if self._engine is not None:
             self._engine.dispose()
+
+
+def store_error(settings: Settings, exc: BaseException) -> ServiceUnavailableError:
+    """The prediction store cannot be read: say which one (credentials removed) and what to check."""
+    from pyrocast.registry.mlflow_store import redact
+
+    return ServiceUnavailableError(
+        f"The prediction store ({redact(settings.store_database_url)}) cannot be read: {type(exc).__name__}.",
+        "Check that the database is up and PYROCAST_STORE_URL points at it; the map still works.",
+    )
 
 
 def mlflow_ui_url(settings: Settings) -> str:
@@ -212,6 +226,20 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
         if is_api(request):
             return JSONResponse(body, status_code=422)
         return page_error(request, 400, exc.message, exc.hint)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _store(request: Request, exc: SQLAlchemyError) -> Response:
+        log.warning("prediction store error on %s: %s", request.url.path, exc)
+        return _unavailable(request, store_error(settings, exc))
+
+    @app.exception_handler(ServiceUnavailableError)
+    async def _unavailable_handler(request: Request, exc: ServiceUnavailableError) -> Response:
+        return _unavailable(request, exc)
+
+    def _unavailable(request: Request, exc: ServiceUnavailableError) -> Response:
+        if is_api(request):
+            return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=503)
+        return page_error(request, 503, exc.message, exc.hint)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
