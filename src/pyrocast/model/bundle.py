@@ -95,7 +95,10 @@ def softmax_wildfire(logits: np.ndarray) -> np.ndarray:
 class OnnxClassifier:
     """An ONNX Runtime session for one bundle and precision: preprocessed batch in, P(wildfire) out."""
 
-    def __init__(self, bundle: Bundle, precision: Precision = "fp32", threads: int = 1) -> None:
+    def __init__(
+        self, bundle: Bundle, precision: Precision = "fp32", threads: int = 1, config: dict[str, str] | None = None
+    ) -> None:
+        """`config`: ONNX Runtime session config entries, e.g. {"session.intra_op.allow_spinning": "0"}."""
         import onnxruntime as ort
 
         self.bundle = bundle
@@ -103,6 +106,8 @@ class OnnxClassifier:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        for key, value in (config or {}).items():
+            opts.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(
             str(bundle.onnx_path(precision)), sess_options=opts, providers=["CPUExecutionProvider"]
         )

@@ -30,8 +30,15 @@ from PIL import Image
 from pydantic import AfterValidator
 
 from pyrocast.model.bundle import OnnxClassifier
-from pyrocast.model.preprocess import preprocess_batch
-from pyrocast.serving.bundles import ENV_BUNDLE, ENV_PRECISION, batching_enabled, resolve_bundle, resolve_precision
+from pyrocast.model.preprocess import PreprocessSpec, preprocess
+from pyrocast.serving.bundles import (
+    ENV_BUNDLE,
+    ENV_PRECISION,
+    SERVING_ORT_CONFIG,
+    batching_enabled,
+    resolve_bundle,
+    resolve_precision,
+)
 from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload
 from pyrocast.settings import get_settings
 
@@ -49,15 +56,22 @@ class UploadError(BentoMLException):
     """A rejected upload; BentoML answers with its status code and message."""
 
 
-def _checked_image(path: Path) -> Image.Image:
-    """Runs while the request is parsed, before batching: guards, decode, RGB."""
+# The served model's preprocessing, set when the service instance starts in this worker process. Uploads are
+# preprocessed while their request is parsed (on the event loop), so the inference thread only stacks arrays
+# and runs ONNX Runtime: decoding the next requests overlaps with the current batch.
+_SPEC: PreprocessSpec | None = None
+
+
+def _checked_image(path: Path) -> np.ndarray | Image.Image:
+    """Runs while the request is parsed, before batching: guards, decode, RGB, preprocessing."""
     try:
         data = Path(path).read_bytes()
-        return load_upload(data, max_bytes=MAX_UPLOAD_BYTES, what="uploaded image")
+        img = load_upload(data, max_bytes=MAX_UPLOAD_BYTES, what="uploaded image")
     except UploadRejected as exc:
         raise UploadError(str(exc), error_code=HTTPStatus(exc.status)) from exc
     finally:
         Path(path).unlink(missing_ok=True)
+    return preprocess(img, _SPEC) if _SPEC is not None else img
 
 
 Upload = Annotated[Path, AfterValidator(_checked_image)]
@@ -83,8 +97,10 @@ class Classifier:
         self.source = "folder" if os.environ.get(ENV_BUNDLE) else "registry"
         self.precision = resolve_precision(self.bundle, os.environ.get(ENV_PRECISION) or _serving.precision)
         threads = int(os.environ.get("PYROCAST_SERVE_THREADS", "2"))
-        self.model = OnnxClassifier(self.bundle, self.precision, threads=threads)
+        self.model = OnnxClassifier(self.bundle, self.precision, threads=threads, config=SERVING_ORT_CONFIG)
         self.threshold = float(self.bundle.meta.get("threshold", 0.5))
+        global _SPEC
+        _SPEC = self.bundle.spec
         # Warm-up: the first ONNX Runtime run allocates; no user request should pay for it.
         self.model.predict_proba(np.zeros((1, 3, self.bundle.spec.size, self.bundle.spec.size), np.float32))
 
@@ -96,7 +112,8 @@ class Classifier:
     )
     def predict(self, images: list[Upload]) -> list[dict[str, Any]]:
         """P(wildfire) for each uploaded JPEG/PNG tile, in order."""
-        batch = preprocess_batch(list(images), self.bundle.spec)  # type: ignore[arg-type]
+        items = [x if isinstance(x, np.ndarray) else preprocess(x, self.bundle.spec) for x in images]  # type: ignore[arg-type]
+        batch = np.stack(items) if items else np.zeros((0, 3, self.bundle.spec.size, self.bundle.spec.size), np.float32)
         probs = self.model.predict_proba(batch)
         model = {"name": self.bundle.name, "version": self.bundle.version}
         return [

@@ -31,7 +31,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 
 from pyrocast.errors import PyrocastError
 from pyrocast.model.bundle import Bundle, OnnxClassifier, load_bundle
-from pyrocast.serving.bundles import resolve_bundle, resolve_precision
+from pyrocast.serving.bundles import SERVING_ORT_CONFIG, resolve_bundle, resolve_precision
 from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload
 from pyrocast.settings import get_settings
 
@@ -142,7 +142,7 @@ class Explainer:
                 raise
             except PyrocastError as exc:
                 raise ExplainError(str(exc), error_code=HTTPStatus.NOT_FOUND) from exc
-            clf = OnnxClassifier(bundle, resolve_precision(bundle, "fp32"), threads=2)
+            clf = OnnxClassifier(bundle, resolve_precision(bundle, "fp32"), threads=2, config=SERVING_ORT_CONFIG)
             self.models[version] = clf
             while len(self.models) > KEEP_MODELS:
                 self.models.popitem(last=False)
