@@ -126,6 +126,8 @@ def test_a_second_up_is_refused_and_leftovers_of_a_killed_one_are_stopped(settin
         path.write_text(json.dumps({"pid": sleeper.pid, "create_time": born, "services": {}}))
         with pytest.raises(ServiceUnavailableError, match="already running"):
             claim_state(settings)
+        Stack(settings, [_http_server(settings, "gateway")]).stop()  # what `up` does after a refused start
+        assert path.exists()  # the running one's state file is not ours to remove
         # Its owner was killed (SIGKILL): its services are leftovers, stopped by the next `up`.
         gone = subprocess.Popen(["true"])
         gone.wait()

@@ -442,7 +442,14 @@ def claim_state(settings: Settings) -> None:
 
 
 def clear_state(settings: Settings) -> None:
-    (settings.root / STATE_FILE).unlink(missing_ok=True)
+    """Remove the state file if this process wrote it (never another running `up`'s)."""
+    path = settings.root / STATE_FILE
+    try:
+        owner = int(json.loads(path.read_text()).get("pid", 0))
+    except (OSError, ValueError):
+        return
+    if owner == os.getpid():
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
