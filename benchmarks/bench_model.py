@@ -145,12 +145,13 @@ def small_cnn_quick(train: list[Image.Image], y: np.ndarray, epochs: int = 8, si
 
 
 def trained_bundle() -> Path | None:
-    """The newest bundle with torch weights in the data directory, if any."""
+    """The newest complete bundle with torch weights in the data directory, if any."""
     from pyrocast.model.bundle import missing_files
     from pyrocast.settings import get_settings
 
-    runs = get_settings().root / "runs"
-    found = [p for p in runs.glob("*/bundle") if not missing_files(p) and (p / "model.pt").is_file()]
+    root = get_settings().root
+    candidates = [*root.glob("runs/*/bundle"), *root.glob("cache/models/*/*")]  # run folders, registry cache
+    found = [p for p in candidates if not missing_files(p) and (p / "model.pt").is_file()]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 

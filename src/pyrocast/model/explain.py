@@ -83,7 +83,7 @@ def integrated_gradients(
             baselines=black,
             target=target,
             n_steps=n_steps,
-            internal_batch_size=n_steps,
+            internal_batch_size=min(n_steps, 8),  # bounds memory: 8 backward passes of the network at a time
         )
     return normalize_heat(attr.detach().abs().sum(dim=1)[0].numpy())
 
@@ -175,9 +175,13 @@ def explain_tiles(
     images: Sequence[Image.Image],
     labels: Sequence[int] | np.ndarray,
     out_dir: Path,
-    n_steps: int = 32,
+    n_steps: int = 16,
 ) -> list[Path]:
-    """One PNG per tile (tile | integrated-gradients overlay), titled with true label and P(wildfire)."""
+    """One PNG per tile (tile | integrated-gradients overlay), titled with true label and P(wildfire).
+
+    16 integration steps are plenty for a picture (about 3 s a tile for EfficientNet-Lite0 at 224 px on an
+    idle 2-core machine); pass more for attributions that must add up to the score difference.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -319,7 +319,9 @@ def export_bundle(
     threads of torch and ONNX Runtime while measuring (2 by default, as served).
     """
     module = module_of(trained).eval()
-    spec: PreprocessSpec = trained.spec if hasattr(trained, "spec") else PreprocessSpec()
+    spec = getattr(trained, "spec", None)
+    if not isinstance(spec, PreprocessSpec):
+        raise PyrocastError("export needs the model's preprocessing spec", "pass the TrainedModel, not its module")
     labels = np.asarray(eval_labels).reshape(-1)
     if not eval_images or labels.size != len(eval_images):
         raise InvalidInputError(
