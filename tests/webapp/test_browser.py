@@ -212,9 +212,9 @@ def test_sticky_ab_and_feedback_through_the_api(live: Live) -> None:
     live.stack.set_rollout("ab", {"champion": 1, "challenger": 1})
     try:
         seen: dict[str, set[str]] = {}
-        for _ in range(4):  # four browsers, five requests each
+        for _ in range(12):  # twelve browsers, two requests each: all on one side has odds 1 in 2048
             with httpx.Client(base_url=live.url, timeout=30) as c:
-                for i in range(5):
+                for i in range(2):
                     r = c.post("/api/predict", json={"lat": 46.0 + i / 50, "lon": -73.0 - i / 50})
                     assert r.status_code == 200, r.text
                     d = r.json()
@@ -223,6 +223,7 @@ def test_sticky_ab_and_feedback_through_the_api(live: Live) -> None:
                     assert f.status_code == 200, f.text
                     assert f.json()["correct"] == (d["label"] == "wildfire")
         assert all(len(v) == 1 for v in seen.values()), seen  # sticky: one variant per client
+        assert set().union(*seen.values()) == {"champion", "challenger"}, seen  # and the split is real
     finally:
         live.stack.set_rollout("champion", {"reason": "webapp test done"})
     data = httpx.get(live.url + "/api/monitoring", params={"window": "15m"}, timeout=30).json()

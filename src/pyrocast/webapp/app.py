@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -134,6 +135,21 @@ class WebState:
             self._engine.dispose()
 
 
+def content_security_policy(settings: Settings) -> str:
+    """The browser itself refuses anything from outside: scripts, styles, fetches and images from this origin
+    only (plus a configured XYZ tile server for map images). Plotly injects <style> elements, hence inline styles."""
+    img = "'self' data: blob:"
+    if settings.imagery.xyz_url:
+        u = urlsplit(settings.imagery.xyz_url)
+        if u.scheme and u.netloc:
+            img += f" {u.scheme}://{u.netloc}"
+    return (
+        f"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src {img}; "
+        "connect-src 'self'; font-src 'self' data:; object-src 'none'; base-uri 'self'; form-action 'self'; "
+        "frame-ancestors 'none'"
+    )
+
+
 def store_error(settings: Settings, exc: BaseException) -> ServiceUnavailableError:
     """The prediction store cannot be read: say which one (credentials removed) and what to check."""
     from pyrocast.registry.mlflow_store import redact
@@ -200,13 +216,22 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
     def web(request: Request) -> WebState:
         return request.app.state.web
 
-    # --- client id cookie and errors -----------------------------------------------------------------------------
+    security_headers = {
+        "Content-Security-Policy": content_security_policy(settings),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+        "X-Frame-Options": "DENY",
+    }
+
+    # --- client id cookie, security headers and errors -----------------------------------------------------------
     @app.middleware("http")
     async def client_cookie(request: Request, call_next: Any) -> Response:
         cid = request.cookies.get(COOKIE, "")
         fresh = not _CLIENT_ID.match(cid)
         request.state.client_id = uuid.uuid4().hex if fresh else cid
         response = await call_next(request)
+        for k, v in security_headers.items():
+            response.headers.setdefault(k, v)
         if fresh:
             response.set_cookie(
                 COOKIE, request.state.client_id, max_age=COOKIE_MAX_AGE, httponly=True, samesite="lax", path="/"
