@@ -197,14 +197,14 @@ def explain_tiles(
     out_dir = Path(out_dir)
     paths = []
     for i, (img, label, p) in enumerate(zip(images, y, probs, strict=True)):
-        heat = integrated_gradients(module, img, spec, n_steps=n_steps)
+        heat = integrated_gradients(module, img, spec, target=int(p >= 0.5), n_steps=n_steps)
         fig = Figure(figsize=(7.0, 3.8))
         FigureCanvasAgg(fig)
         a, b = fig.subplots(1, 2)
         a.imshow(to_rgb(img))
         a.set_title("tile")
         b.imshow(overlay_rgb(img, heat))
-        b.set_title("integrated gradients")
+        b.set_title(f"integrated gradients: evidence for {CLASS_NAMES[int(p >= 0.5)]}")
         for ax in (a, b):
             ax.axis("off")
         verdict = "right" if (p >= 0.5) == (int(label) == 1) else "WRONG"
