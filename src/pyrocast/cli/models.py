@@ -100,7 +100,7 @@ def evaluate(
         if k in result:
             v = result[k]
             rep.add(k, f"[{v[0]:.3f}, {v[1]:.3f}]" if isinstance(v, list) else _fmt(v))
-    rep.add("precision used", result.get("precision"))
+    rep.add("precision used", result.get("onnx_precision"))
     rep.add("splits", ", ".join(f"{k} {v}" for k, v in (result.get("splits") or {}).items()))
     rep.add("skipped files", result.get("skipped", 0))
     for item in result.get("skipped_files", [])[:5]:

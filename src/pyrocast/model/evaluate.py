@@ -246,7 +246,7 @@ def evaluate_folder(bundle: Bundle, folder: Path, precision: Precision | None = 
         **metrics,
         "model": bundle.name,
         "version": bundle.version,
-        "precision": precision,
+        "onnx_precision": precision,  # not "precision": that key is the metric
         "folder": str(Path(folder).resolve()),
         "splits": dict(Counter(t.source for t in scored.tiles)),  # tiles scored per split folder
         "skipped": len(skipped),
