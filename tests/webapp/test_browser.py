@@ -111,6 +111,12 @@ def wait_for(fn: Callable[[], Any], timeout: float = 10.0, what: str = "conditio
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def wait_js(page: Any, expression: str, timeout: float) -> None:
+    """Poll a JavaScript expression from Python (CDP evaluation: Playwright's in-page polling would need
+    `eval`, which the app's Content-Security-Policy rightly forbids)."""
+    wait_for(lambda: page.evaluate(expression), timeout=timeout, what=expression)
+
+
 def served_row(live: Live, request_id: str) -> dict[str, Any]:
     rows = wait_for(lambda: live.store.predictions_for(request_id), what=f"prediction {request_id} in the store")
     served = [r for r in rows if r["served"]]
@@ -148,7 +154,7 @@ def test_click_the_map_read_the_answer_send_feedback(live: Live, tab: Tab) -> No
     assert row["client_id"] == cookie
 
     # The tile and its heatmap.
-    page.wait_for_function("document.getElementById('tile-img').naturalWidth > 0", timeout=15_000)
+    wait_js(page, "document.getElementById('tile-img').naturalWidth > 0", 15)
     page.wait_for_selector("#heat-toggle:not([disabled])", timeout=60_000)
     assert "explains model v1" in page.inner_text("#heat-state")
     assert page.locator("#heat-img").is_hidden()
@@ -252,9 +258,8 @@ def test_feedback_models_and_monitoring_pages(live: Live, tab: Tab) -> None:
     first = page.locator("#feedback-table tbody tr").first
     assert first.get_attribute("data-request-id") == d["request_id"]
     assert "right" in first.inner_text() and "v1" in first.inner_text()
-    page.wait_for_function(
-        "[...document.querySelectorAll('#feedback-table img')].slice(0, 3).every(i => i.complete && i.naturalWidth > 0)",
-        timeout=20_000,
+    wait_js(
+        page, "[...document.querySelectorAll('#feedback-table img')].slice(0, 3).every(i => i.naturalWidth > 0)", 20
     )
     page.screenshot(path=SHOTS.format("feedback"), full_page=True)
 
@@ -266,7 +271,7 @@ def test_feedback_models_and_monitoring_pages(live: Live, tab: Tab) -> None:
     page.screenshot(path=SHOTS.format("models"), full_page=True)
 
     page.goto(live.url + "/monitoring?window=15m")
-    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length === 4", timeout=20_000)
+    wait_js(page, "document.querySelectorAll('.js-plotly-plot').length === 4", 20)
     assert int(page.inner_text("#kpi-requests")) >= 3
     assert page.locator("#accuracy-table tbody tr").count() >= 1
     assert "v1" in page.inner_text("#accuracy-table")
@@ -304,16 +309,13 @@ def test_clear_messages_when_the_model_service_or_the_gateway_is_down(
         text = page.inner_text("#predict-error")
         assert "A model service is down" in text and "champion model service does not answer" in text
         assert page.locator("#result").is_hidden()
-        page.wait_for_function("document.getElementById('gateway-status').classList.contains('degraded')")
+        page.wait_for_selector("#gateway-status.degraded", timeout=15_000)
 
         gateway.stop()
         page.click("#predict-btn")
-        page.wait_for_function(
-            "document.getElementById('predict-error').innerText.includes('prediction service is not running')",
-            timeout=30_000,
-        )
+        page.wait_for_selector("#predict-error:has-text('prediction service is not running')", timeout=30_000)
         assert "pyrocast up" in page.inner_text("#predict-error")
-        page.wait_for_function("document.getElementById('gateway-status').classList.contains('down')")
+        page.wait_for_selector("#gateway-status.down", timeout=15_000)
         page.screenshot(path=SHOTS.format("gateway-down"))
         for path in ("/feedback", "/monitoring", "/models"):
             page.goto(web.url + path)
