@@ -234,3 +234,22 @@ def test_up_starts_everything_and_ctrl_c_leaves_nothing_behind(settings: Setting
         for pgid in groups:
             with __import__("contextlib").suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
+
+
+def test_sigterm_stops_run_up_like_ctrl_c(settings: Settings) -> None:
+    from rich.console import Console
+
+    from pyrocast.stack import run_up
+
+    svc = _http_server(settings, "explainer")
+    stack = Stack(settings, [svc])
+    before = signal.getsignal(signal.SIGTERM)
+    console = Console(quiet=True)
+    # The signal is sent only once run_up has installed its handlers (after_start runs inside them).
+    code = run_up(
+        stack, console, after_start=lambda _: threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    )
+    assert code == 0
+    assert svc.proc is not None and not svc.proc.alive()
+    assert group_members([svc.proc.pid]) == [] and not procs.port_in_use("127.0.0.1", svc.port)
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
