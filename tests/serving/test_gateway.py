@@ -336,3 +336,21 @@ def test_nothing_is_lost_across_a_gateway_restart(gw: ServingStack, jpeg: bytes)
     assert store.count(client_id=tag, variant="shadow") == n
     store.close()
     assert httpx.get(f"{gw.url}/v1/rollout").json()["mode"] == "shadow"  # the rollout state survived too
+
+
+def test_restarted_gateway_follows_the_registry_aliases(gw: ServingStack, jpeg: bytes) -> None:
+    from pyrocast.registry.models import aliases, set_alias
+
+    assert gw.gateway is not None
+    gw.gateway.stop()
+    # While the gateway is down, a training run's decision moves the aliases.
+    set_alias(gw.settings, "champion", "2")
+    set_alias(gw.settings, "challenger", "1")
+    gw.start_gateway()
+    view = httpx.get(f"{gw.url}/v1/rollout").json()
+    assert view["state"]["champion"]["version"] == "2" and view["state"]["challenger"]["version"] == "1"
+    assert "per the registry alias" in view["events"][0]["reason"]
+    a = predict_many(gw, ["after-restart"], jpeg)[0]
+    assert (a["variant"], a["model"]["version"]) == ("champion", "2")
+    gw.set_rollout("promote", {"reason": "back to v1 for the other tests"})
+    assert aliases(gw.settings) == {"champion": "1", "challenger": "2"}

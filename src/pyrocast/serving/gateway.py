@@ -61,7 +61,7 @@ MULTIPART_SLACK = 64 * 1024
 PROBE_INTERVAL_S = 2.0
 DOWN_COOLDOWN_S = 2.0
 MAX_BACKGROUND = 256  # shadow/compare calls in flight; beyond this copies are dropped (and counted)
-RECENT_REQUESTS = 200_000  # request ids kept in memory for feedback before the store is asked
+RECENT_REQUESTS = 20_000  # request ids kept in memory for feedback (about 10 MB); older ones are looked up in the store
 TILE_CACHE = 256
 
 
@@ -367,9 +367,11 @@ class Gateway:
             with contextlib.suppress(ValidationError):
                 self.controller.state = RolloutState.model_validate(saved)
                 self.controller._reset_windows()
-        await self.refresh_backends()
-        if not saved:
-            await self._record(Event("start", "gateway started with a fresh rollout state"))
+        await asyncio.gather(*(b.probe() for b in self.backends.values()))
+        note = await self._follow_registry()
+        self._assign_roles()
+        if not saved or note:
+            await self._record(Event("start", note or "gateway started with a fresh rollout state"))
         self._ticker = asyncio.create_task(self._tick_loop())
 
     async def shutdown(self) -> None:
@@ -431,6 +433,28 @@ class Gateway:
         if challenger == champion:
             challenger = None
         self.controller.set_models(champion, challenger)
+
+    async def _follow_registry(self) -> str | None:
+        """At start, the registry's `champion` alias decides the champion role when the backends serve
+        registered models: aliases may have moved while the gateway was down (a training run's decision)."""
+        infos = [b.info for b in self.backends.values() if b.info]
+        if not infos or any(i.get("source") != "registry" for i in infos):
+            return None
+        try:
+            from pyrocast.registry.models import aliases
+
+            current = await run_in_threadpool(aliases, self.settings)
+        except Exception as exc:  # the registry is down: keep the saved state
+            log.warning("registry aliases not read at start (%s); keeping the saved rollout state", exc)
+            return None
+        version = current.get("champion")
+        st = self.controller.state
+        served = {b.ref.version: b.ref for b in self.backends.values() if b.ref is not None}
+        if version is None or version not in served or (st.champion and st.champion.version == version):
+            return None
+        before = st.champion
+        st.champion = served[version]
+        return f"champion is v{version} per the registry alias (the saved state said {before or 'nothing'})"
 
     def backend_statuses(self) -> dict[str, BackendStatus]:
         return {role: self.backend(role).status(role) for role in ("champion", "challenger")}
