@@ -116,6 +116,16 @@ def _cpu_per_tile(clf: OnnxClassifier, x: np.ndarray, n: int, tiles: int = 96) -
     return (time.process_time() - t) * 1000 / (reps * n)
 
 
+def _mean_batch_size(url: str) -> float:
+    """Mean batch size the classifier's dispatcher formed so far (from its Prometheus histogram)."""
+    import re
+
+    text = httpx.get(url + "/metrics", timeout=30).text
+    total = sum(float(v) for v in re.findall(r"adaptive_batch_size_sum\{[^}]*\} (\S+)", text))
+    count = sum(float(v) for v in re.findall(r"adaptive_batch_size_count\{[^}]*\} (\S+)", text))
+    return total / count if count else 0.0
+
+
 def _cpu_seconds(services: list[procs.ServiceProcess]) -> float:
     """User + system CPU time of the services' whole process trees so far."""
     total = 0.0
@@ -221,6 +231,7 @@ def run() -> list[tuple[str, float | str, str]]:
                 _throughput(batching.url, "/predict", "images", jpeg, N_CONCURRENT, CONCURRENCY, [batching])
             )
             runs["plain"].append(_throughput(plain.url, "/predict", "images", jpeg, N_CONCURRENT, CONCURRENCY, [plain]))
+        mean_batch = _mean_batch_size(batching.url)
         via_gw = _throughput(gateway.url, "/v1/predict", "image", jpeg, N_CONCURRENT, CONCURRENCY, [gateway, batching])
     finally:
         for svc in reversed(started):
@@ -232,6 +243,7 @@ def run() -> list[tuple[str, float | str, str]]:
         (f"classifier throughput, {CONCURRENCY} clients, adaptive batching (best of {ROUNDS})", best_b[0], "req/s"),
         (f"classifier throughput, {CONCURRENCY} clients, no batching (best of {ROUNDS})", best_u[0], "req/s"),
         ("batching / no batching throughput (target >= 2)", best_b[0] / best_u[0], "x"),
+        ("mean adaptive batch size (BentoML's histogram)", mean_batch, "tiles"),
         ("classifier CPU per request, batching", best_b[2], "ms"),
         ("classifier CPU per request, no batching", best_u[2], "ms"),
         ("CPU per request: no batching / batching (load-independent)", best_u[2] / best_b[2], "x"),
