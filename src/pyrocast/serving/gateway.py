@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import aiohttp
 import httpx
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -61,6 +62,7 @@ MULTIPART_SLACK = 64 * 1024
 PROBE_INTERVAL_S = 2.0
 DOWN_COOLDOWN_S = 2.0
 MAX_BACKGROUND = 256  # shadow/compare calls in flight; beyond this copies are dropped (and counted)
+PREDICT_TIMEOUT = aiohttp.ClientTimeout(total=30.0, sock_connect=2.0)
 RECENT_REQUESTS = 20_000  # request ids kept in memory for feedback (about 10 MB); older ones are looked up in the store
 TILE_CACHE = 256
 
@@ -202,6 +204,7 @@ class Backend:
         self.slot = slot
         self.url = url.rstrip("/")
         self.client = client
+        self.session: aiohttp.ClientSession | None = None  # set by Gateway.startup (needs the running loop)
         self.info: dict[str, Any] | None = None
         self.up = False
         self.down_until = 0.0
@@ -234,21 +237,27 @@ class Backend:
         return self.up
 
     async def predict(self, data: bytes, content_type: str) -> Answer:
+        # aiohttp for the hot path: about 0.8 CPU-ms per call against httpx's 1.6-2.0 (measured on the classifier).
+        if self.session is None:
+            raise BackendError(f"{self.url}: the gateway is not started")
+        form = aiohttp.FormData()
+        form.add_field("images", data, filename="tile", content_type=content_type)
         t0 = time.perf_counter()
         try:
-            r = await self.client.post(self.url + "/predict", files={"images": ("tile", data, content_type)})
-        except httpx.HTTPError as exc:
+            async with self.session.post(self.url + "/predict", data=form, timeout=PREDICT_TIMEOUT) as r:
+                status, body = r.status, await r.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
         ms = (time.perf_counter() - t0) * 1000
-        if r.status_code != 200:
-            msg = _backend_message(r)
-            raise BackendError(f"HTTP {r.status_code}: {msg}", r.status_code, client_error=400 <= r.status_code < 500)
+        if status != 200:
+            msg = _error_text(body)
+            raise BackendError(f"HTTP {status}: {msg}", status, client_error=400 <= status < 500)
         try:
-            item = r.json()[0]
+            item = json.loads(body)[0]
             ref = ModelRef(name=str(item["model"]["name"]), version=str(item["model"]["version"]))
             return Answer(float(item["probability"]), str(item["label"]), ref, item.get("precision"), ms)
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise BackendError(f"unexpected answer: {r.text[:200]}") from exc
+            raise BackendError(f"unexpected answer: {body[:200]!r}") from exc
 
     def status(self, role: str) -> BackendStatus:
         ref = self.ref
@@ -263,10 +272,15 @@ class Backend:
 
 
 def _backend_message(r: httpx.Response) -> str:
+    return _error_text(r.content)
+
+
+def _error_text(raw: bytes) -> str:
+    """The error message in a backend's answer (BentoML wraps it in a list), else the start of the body."""
     try:
-        body = r.json()
-    except ValueError:
-        return r.text[:300]
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return raw[:300].decode("utf-8", "replace")
     if isinstance(body, list) and body and isinstance(body[0], dict):
         body = body[0]
     if isinstance(body, dict):
@@ -356,11 +370,15 @@ class Gateway:
         self._provider: Any = None
         self._background: set[asyncio.Task] = set()
         self._ticker: asyncio.Task | None = None
+        self.session: aiohttp.ClientSession | None = None
         admin = settings.admin_token
         self.admin_token = admin.get_secret_value() if admin else None
 
     # --- lifecycle ------------------------------------------------------------------------------------------
     async def startup(self) -> None:
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256, limit_per_host=128))
+        for b in self.backends.values():
+            b.session = self.session
         self.store.start()
         saved = await run_in_threadpool(self.store.last_state)
         if saved:
@@ -383,6 +401,8 @@ class Gateway:
         if self._background:
             await asyncio.wait(self._background, timeout=5.0)
         await self.client.aclose()
+        if self.session is not None:
+            await self.session.close()
         await run_in_threadpool(self.store.close)
 
     async def _tick_loop(self) -> None:
