@@ -85,7 +85,10 @@ class ServiceProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-        _, alive = psutil.wait_procs(tree, timeout=5 if sig != signal.SIGKILL else 1)
+        # Workers the leader did not take down with it: ask, then insist.
+        _, alive = psutil.wait_procs(tree, timeout=0.5)
+        _signal_all(alive, sig)
+        _, alive = psutil.wait_procs(alive, timeout=5 if sig != signal.SIGKILL else 1)
         _signal_all(alive, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=5)
         return self.proc.returncode
