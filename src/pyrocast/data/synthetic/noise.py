@@ -54,9 +54,12 @@ def _axis(
     i1 = i0 + 1
     if period:
         i0, i1 = i0 % period, i1 % period
-    lattice, inv = np.unique(np.concatenate([i0, i1]), return_inverse=True)
-    n = len(coords)
-    return lattice, inv[:n], inv[n:], s
+        lattice, inv = np.unique(np.concatenate([i0, i1]), return_inverse=True)
+        n = len(coords)
+        return lattice, inv[:n], inv[n:], s
+    # grid axes are sorted: the lattice is one contiguous run (octaves finer than the pixels are never asked)
+    lo = int(i0.min())
+    return np.arange(lo, int(i0.max()) + 2), i0 - lo, i1 - lo, s
 
 
 def value_noise(xs: np.ndarray, ys: np.ndarray, scale: float, key: int, period: int | None = None) -> np.ndarray:
@@ -112,7 +115,7 @@ class Grid:
         """Bilinear upsampling of values on `src` (default `coarse()`) to this grid; leading axes kept."""
         cg = src or self.coarse()
         w = self._weights.get(id(cg))
-        if w is None:
+        if w is None or w[4] is not cg:  # (an id can be reused once its grid is gone)
 
             def weights(fine: np.ndarray, coarse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 t = (fine - coarse[0]) / cg.step
