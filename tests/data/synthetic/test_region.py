@@ -50,6 +50,9 @@ def test_bad_tile_requests_say_what_is_wrong(region: SyntheticRegion) -> None:
         region.render_xyz(16, 0, 0)
     with pytest.raises(InvalidInputError, match="does not exist"):
         region.render_xyz(6, 64, 0)
+    with pytest.raises(InvalidInputError, match="whole numbers"):
+        region.render_xyz(6, 1.5, 0)  # type: ignore[arg-type]
+    assert region.render_xyz(np.int64(6), np.int64(18), np.int64(22)).size == (256, 256)
     with pytest.raises(InvalidInputError, match="scenario"):
         SyntheticRegion(Region(), scenario="mars")
 
@@ -95,6 +98,7 @@ def test_labels_follow_the_land(region: SyntheticRegion) -> None:
         assert len(places) == 12
         assert all(region.label_at(p.lon, p.lat) == label for p in places)
         assert all(region.region.contains(p.lon, p.lat) for p in places)
+        assert all(type(p.lon) is float and type(p.lat) is float for p in places)
     with pytest.raises(InvalidInputError, match="label"):
         region.sample_places("fire", 1, rng)
 

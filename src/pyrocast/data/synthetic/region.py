@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from datetime import datetime
 
 import numpy as np
@@ -65,7 +66,10 @@ class SyntheticRegion:
         return np.ascontiguousarray(np.clip(img + 0.5, 0, 255).astype(np.uint8).transpose(1, 2, 0))
 
     def render_tile(self, lon: float, lat: float, size: int = 350) -> Image.Image:
-        """An RGB size x size tile centred on (lon, lat) at zoom 15 (about 3.3 m per pixel at 46° N)."""
+        """An RGB size x size tile centred on (lon, lat) at zoom 15 (about 3.3 m per pixel at 46° N).
+
+        The land goes on past the region's bounds (without towns); providers decide what they serve.
+        """
         check_coordinates(lon, lat)
         if not 1 <= size <= MAX_TILE:
             raise InvalidInputError(f"tile size {size} is outside 1..{MAX_TILE}")
@@ -75,7 +79,11 @@ class SyntheticRegion:
 
     def render_xyz(self, z: int, x: int, y: int) -> Image.Image:
         """The 256x256 web-mercator map tile z/x/y (zooms 5..15); zoom 15 matches `render_tile` pixel for pixel."""
-        if not isinstance(z, int) or not MIN_ZOOM <= z <= MAX_ZOOM:
+        try:
+            z, x, y = operator.index(z), operator.index(x), operator.index(y)
+        except TypeError:
+            raise InvalidInputError(f"tile {z}/{x}/{y} is not made of whole numbers") from None
+        if not MIN_ZOOM <= z <= MAX_ZOOM:
             raise InvalidInputError(f"zoom {z!r} is outside {MIN_ZOOM}..{MAX_ZOOM}", "the synthetic map has zooms 5-15")
         n = 2**z
         if not (0 <= x < n and 0 <= y < n):
@@ -128,7 +136,7 @@ class SyntheticRegion:
                 lat = t.lat + dist * math.sin(ang) / 111.0
             else:
                 lon, lat = rng.uniform(r.lon_min, r.lon_max), rng.uniform(r.lat_min, r.lat_max)
-            lon, lat = round(lon, 6), round(lat, 6)
+            lon, lat = round(float(lon), 6), round(float(lat), 6)
             if not r.contains(lon, lat):
                 continue
             x, y = lonlat_to_world(lon, lat)
