@@ -110,10 +110,9 @@ def serve_gateway(
     from pyrocast.serving.gateway import main
 
     s = settings(data_dir)
-    os.environ["PYROCAST_DATA_DIR"] = str(s.root)
     port = port or s.serving.gateway_port
     out.print(f"gateway on http://{s.serving.host}:{port} (API docs at /docs)")
-    main(["--host", s.serving.host, "--port", str(port)])
+    main(["--host", s.serving.host, "--port", str(port)], settings=s)
 
 
 def serve_webapp(

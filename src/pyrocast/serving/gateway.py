@@ -1143,11 +1143,11 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     return app
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> None:
     """`python -m pyrocast.serving.gateway [--host H] [--port P]`: run the gateway with uvicorn."""
     import uvicorn
 
-    settings = get_settings()
+    settings = settings or get_settings()
     p = argparse.ArgumentParser(description="Pyrocast gateway")
     p.add_argument("--host", default=settings.serving.host)
     p.add_argument("--port", type=int, default=settings.serving.gateway_port)
