@@ -74,6 +74,8 @@ def test_mapbox_token_comes_from_the_environment(settings: Settings, monkeypatch
 def test_a_wrong_token_is_reported_without_the_token(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     wrong = "pk.wrong-token-never-shown-42"
     caplog.set_level(logging.DEBUG)  # httpx logs each request URL at INFO: the token must not appear
+    # Other modules quiet httpx to WARNING when imported earlier in the session: turn it back up here.
+    caplog.set_level(logging.INFO, logger="httpx")
     with MapboxServer(TOKEN) as srv:
         p = MapboxProvider(wrong, base_url=srv.base, retries=2, backoff_s=0.01)
         with pytest.raises(ServiceUnavailableError) as err:
