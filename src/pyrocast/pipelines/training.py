@@ -425,7 +425,7 @@ def explain_step(cfg: dict, loaded: dict, trained: dict, evaluated: dict) -> dic
         return {"images": [], "seconds": _timed(t0)}
     labels = np.array([int(r["label"]) for r in rows])
     probs = np.array([float(r["prob"]) for r in rows])
-    picked = choose_examples(labels, probs, k=EXPLAIN_TILES)
+    picked = choose_examples(labels, probs, k=int(cfg.get("explain_tiles", EXPLAIN_TILES)))
     view = evaluation_view(Path(loaded["root"]))
     images = [view.open_image(rows[i]["path"]) for i in picked]
     paths = explain_tiles(_load_trained(Path(trained["model"])), images, labels[picked], _run_dir(cfg) / "explanations")
@@ -562,6 +562,7 @@ class TrainingOutcome:
     total_s: float
     step_s: dict[str, float] = field(default_factory=dict)  # ZenML step wall time (overhead included)
     work_s: dict[str, float] = field(default_factory=dict)  # time inside our function
+    phase_s: dict[str, float] = field(default_factory=dict)  # setup (MLflow, ZenML), pipeline, collect
     notified: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)  # counts per split/class, quarantined tiles
 
@@ -581,8 +582,13 @@ def run_training(
     data: Path | None = None,
     seed: int | None = None,
     overrides: dict[str, Any] | None = None,
+    explain_tiles: int = EXPLAIN_TILES,
 ) -> TrainingOutcome:
-    """Run the training pipeline once; raises PyrocastError with a clear message when it cannot finish."""
+    """Run the training pipeline once; raises PyrocastError with a clear message when it cannot finish.
+
+    `overrides` replace fields of the named profile (e.g. fewer trials); `explain_tiles` is how many test
+    tiles get attribution heatmaps.
+    """
     from pyrocast.model.profiles import get_profile
     from pyrocast.registry.mlflow_store import ensure_experiment, get_client
 
@@ -594,6 +600,7 @@ def run_training(
     client = get_client(settings)  # a dead tracking server fails here, in seconds
     ensure_experiment(settings, client)  # with our artifact location, before ZenML would create it
     zenml_env.activate(settings)
+    phases = {"setup": time.perf_counter() - t_start}
     from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import MLFlowExperimentTrackerSettings
 
     run_name = new_run_name()
@@ -608,20 +615,28 @@ def run_training(
         "run_name": run_name,
         "run_dir": str(run_dir),
         "started": time.time(),
+        "explain_tiles": int(explain_tiles),
     }
     tracker = MLFlowExperimentTrackerSettings(experiment_name=settings.mlflow.experiment, nested=False)
     configured = training_pipeline.with_options(run_name=run_name, settings={"experiment_tracker": tracker})
     log.info("training run %s (profile %s); files in %s", run_name, profile, run_dir)
     try:
+        t_run = time.perf_counter()
         with _quiet_zenml_console():
             run = configured(cfg)
+        phases["pipeline"] = time.perf_counter() - t_run
     except BaseException as exc:
         failure = _read_failure(run_dir)
         _after_failure(settings, client, run_name, exc, profile, failure)
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise _failure_error(run_name, run_dir, exc, failure) from None
-    return _outcome(settings, client, run, run_name, run_dir, time.perf_counter() - t_start)
+    t_collect = time.perf_counter()
+    outcome = _outcome(settings, client, run, run_name, run_dir, time.perf_counter() - t_start)
+    phases["collect"] = time.perf_counter() - t_collect
+    outcome.phase_s = {k: round(v, 2) for k, v in phases.items()}
+    outcome.total_s = round(time.perf_counter() - t_start, 2)
+    return outcome
 
 
 def _step_output(run: Any, name: str) -> dict[str, Any]:
@@ -716,6 +731,7 @@ def _after_failure(
     """Mark the MLflow run failed (ZenML leaves it RUNNING on Ctrl-C) and tell the team; never raises."""
     from pyrocast.notify import send
 
+    interrupted = isinstance(exc, KeyboardInterrupt) or bool(failure and failure["type"] == "KeyboardInterrupt")
     if failure:
         exc = PyrocastError(f"step {failure['step']}: {failure['message']}")
     try:
@@ -724,16 +740,17 @@ def _after_failure(
         # Ctrl-C can skip ZenML's step clean-up and leave the run active in this process: the next run
         # (the scheduler's, a test's) would then fail to start its own.
         while mlflow.active_run() is not None:
-            mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            mlflow.end_run("KILLED" if interrupted else "FAILED")
     except Exception as inner:
         log.warning("could not close the active MLflow run: %s", inner)
     try:
         exp = client.get_experiment_by_name(settings.mlflow.experiment)
         for r in client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'"):
             client.set_tag(r.info.run_id, "pyrocast.failure", f"{type(exc).__name__}: {exc}"[:4000])
-            if r.info.status in ("RUNNING", "SCHEDULED"):
-                client.set_terminated(r.info.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            # ZenML ends the MLflow run after every step, FINISHED when that step succeeded: the pipeline's
+            # outcome is what the run must show.
+            client.set_terminated(r.info.run_id, "KILLED" if interrupted else "FAILED")
     except Exception as inner:  # the original failure matters more than this bookkeeping
         log.warning("could not mark the MLflow run of %s as failed: %s", run_name, inner)
-    what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {exc}"
+    what = "interrupted" if interrupted else f"failed: {exc}"
     send(settings, f"❌ Pyrocast training {run_name} {what.split(':')[0]}", f"Profile {profile}: {what}"[:1500])
