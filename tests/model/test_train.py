@@ -155,7 +155,7 @@ def test_quick_profile_learns_real_tiles_in_under_a_minute(real_tiles: Path, set
 def test_profiles_are_complete() -> None:
     from pyrocast.model.profiles import PROFILES, get_profile
 
-    assert set(PROFILES) == {"quick", "full"}
+    assert {"quick", "full"} <= set(PROFILES)
     for prof in PROFILES.values():
         assert isinstance(prof, Profile)
         assert prof.n_trials >= 1 and prof.timeout_s > 0 and prof.max_epochs >= prof.tune_epochs

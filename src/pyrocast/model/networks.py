@@ -124,7 +124,11 @@ def dihedral_view(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class SmallCNN(nn.Module):
-    """Four conv-BN-ReLU stages (width, 2w, 4w, 8w) with pooling, global average pooling and a linear head."""
+    """Four conv-BN-ReLU-pool stages (width, 2w, 4w, 8w), global average pooling and a linear head.
+
+    One conv per stage: on 2 CPU cores the training budget of the quick profile is a minute, and the deeper
+    variant (two convs in the last stages) cost twice the time without a measurable gain on synthetic tiles.
+    """
 
     def __init__(self, width: int = 32, dropout: float = 0.2) -> None:
         super().__init__()
@@ -137,9 +141,6 @@ class SmallCNN(nn.Module):
                 nn.BatchNorm2d(c_out),
                 nn.ReLU(inplace=True),
             ]
-            # A second conv in the deeper stages adds capacity where the feature maps are small (cheap).
-            if i >= 2:
-                layers += [nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
             layers.append(nn.MaxPool2d(2))
             c_in = c_out
         self.features = nn.Sequential(*layers)
