@@ -30,9 +30,9 @@ def _fmt(v: object, digits: int = 4) -> str:
 
 
 def _log_to_stderr() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[logging.StreamHandler()])
-    for noisy in ("mlflow", "alembic", "zenml", "urllib3", "httpx", "optuna"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """Pyrocast's progress messages on stderr (stdout stays clean for --json); other libraries' only from WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[logging.StreamHandler()], force=True)
+    logging.getLogger("pyrocast").setLevel(logging.INFO)
 
 
 def train(
@@ -48,8 +48,7 @@ def train(
     from pyrocast.pipelines.training import run_training
 
     s = settings(data_dir)
-    if not as_json:
-        _log_to_stderr()
+    _log_to_stderr()
     outcome = run_training(s, profile=profile, data=data, seed=seed)
     rep = Report(f"Training run {outcome.run_name}")
     rep.add("model version", f"{s.mlflow.model_name} v{outcome.version}")
