@@ -38,7 +38,13 @@ def dihedral(x: np.ndarray, k: int) -> np.ndarray:
 def random_views(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each image of an NHWC batch in a random one of its 8 dihedral views."""
     ks = rng.integers(0, N_VIEWS, size=len(x))
-    return np.stack([dihedral(img, int(k)) for img, k in zip(x, ks, strict=True)]) if len(x) else x.copy()
+    if x.shape[1] != x.shape[2]:  # quarter turns of a non-square image change its shape: keep them apart
+        return np.stack([dihedral(img, int(k)) for img, k in zip(x, ks, strict=True)])
+    out = np.empty_like(x)
+    for k in np.unique(ks):  # one vectorised transform per view rather than one per image
+        sel = ks == k
+        out[sel] = dihedral(x[sel], int(k))
+    return out
 
 
 def jitter_and_crop(x: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:

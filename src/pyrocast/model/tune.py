@@ -83,12 +83,24 @@ def _storage(settings: Settings) -> Any:
 
 
 def study_name_for(dataset_root: Path, profile: Profile, seed: int) -> str:
-    """A stable name: same profile, same train/valid tiles, same seed -> same study."""
+    """A stable name: same search space, same train/valid tiles, same seed -> same study."""
     view = training_view(dataset_root)
     h = hashlib.sha256()
     for rec in view.records():
         h.update(f"{rec.split}:{rec.sha256}\n".encode())
-    space = json.dumps(profile.to_dict(), sort_keys=True, default=str)
+    # The search space and what a trial does, not the budget: a run with more trials continues the study.
+    keys = (
+        "networks",
+        "sizes",
+        "lr",
+        "weight_decay",
+        "aug_strength",
+        "batch_size",
+        "tune_epochs",
+        "views",
+        "jitter_copies",
+    )
+    space = json.dumps({k: getattr(profile, k) for k in keys}, sort_keys=True, default=str)
     h.update(space.encode())
     return f"pyrocast-{profile.name}-s{seed}-{h.hexdigest()[:12]}"
 
