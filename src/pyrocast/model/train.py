@@ -148,7 +148,7 @@ class TrunkRunner:
             else:
                 with torch.inference_mode():
                     out.append(self.net.trunk.eval()(torch.from_numpy(xb)).numpy())
-        return np.concatenate(out).astype(np.float16)
+        return np.concatenate(out).astype(np.float32)
 
 
 def _digest(*parts: Any) -> str:
@@ -199,7 +199,7 @@ def cached_trunk_outputs(
                 xv = dihedral(x, k)
                 if strength > 0:
                     xv = jitter_and_crop(xv, strength, np.random.default_rng(jseed))
-                arr = runner(xv)
+                arr = runner(xv).astype(np.float16)  # half the disk and memory; ample precision
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(path.stem + ".tmp.npy")
                 np.save(tmp, arr)
@@ -489,3 +489,25 @@ def _end_to_end_fns(
         return _metrics(logits, yva)
 
     return step, evaluate
+
+
+def predict_arrays(trained: TrainedModel, x_uint8: np.ndarray, settings: Settings) -> np.ndarray:
+    """P(wildfire) for uint8 NHWC tiles at the model's input size: the same numbers as `trained.module`, faster.
+
+    A frozen trunk runs through ONNX Runtime (its export is cached in the data directory) and the model's
+    test-time-augmentation views are averaged on the logits, exactly as the module's forward does.
+    """
+    net = trained.module
+    if not isinstance(net, SplitNet) or not net.has_frozen_trunk:
+        net.eval()
+        with torch.inference_mode():
+            xb = torch.from_numpy(normalize(x_uint8, trained.spec))
+            logits = torch.cat([net(xb[i : i + EVAL_BATCH]) for i in range(0, len(xb), EVAL_BATCH)])
+        return torch.softmax(logits.float(), 1)[:, 1].numpy()
+    runner = TrunkRunner(net, trained.spec, settings.root / "cache" / "trunk")
+    net.eval()
+    with torch.inference_mode():
+        logits = torch.stack(
+            [net.tail(torch.from_numpy(runner(dihedral(x_uint8, k))).float()) for k in range(net.cfg.tta)]
+        ).mean(0)
+    return torch.softmax(logits, 1)[:, 1].numpy()
