@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pyrocast.errors import PyrocastError
-from pyrocast.model.networks import NetworkConfig, build_network, count_parameters
+from pyrocast.model.networks import NetworkConfig, build_network, count_parameters, dihedral_view
 
 
 @pytest.mark.parametrize(
@@ -51,6 +51,20 @@ def test_pretrained_weights_come_from_the_wheel() -> None:
     assert not torch.equal(wa, wc)
 
 
+def test_test_time_augmentation_averages_the_dihedral_views() -> None:
+    torch.manual_seed(0)
+    one = build_network(NetworkConfig("small_cnn", width=8)).eval()
+    tta = build_network(NetworkConfig("small_cnn", width=8, tta=8)).eval()
+    tta.load_state_dict(one.state_dict())  # same weights: TTA adds no parameters
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        want = torch.stack([one(dihedral_view(x, k)) for k in range(8)]).mean(0)
+        got = tta(x)
+        # invariant to any of the 8 views of the input
+        assert torch.allclose(tta(dihedral_view(x, 5)), got, atol=1e-5)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_config_round_trips_through_json_and_rejects_bad_values() -> None:
     cfg = NetworkConfig("effnet_lite0", "last_blocks", dropout=0.3, blocks=3)
     assert NetworkConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
@@ -63,11 +77,11 @@ def test_config_round_trips_through_json_and_rejects_bad_values() -> None:
         NetworkConfig("small_cnn", dropout=1.5)
 
 
-@pytest.mark.parametrize("kind", ["small_cnn", "effnet_lite0"])
-def test_exports_to_onnx_with_a_dynamic_batch(kind: str, tmp_path) -> None:
+@pytest.mark.parametrize(("kind", "tta"), [("small_cnn", 1), ("effnet_lite0", 1), ("small_cnn", 8)])
+def test_exports_to_onnx_with_a_dynamic_batch(kind: str, tta: int, tmp_path) -> None:
     import onnxruntime as ort
 
-    cfg = NetworkConfig(kind, "last_blocks", width=8)  # type: ignore[arg-type]
+    cfg = NetworkConfig(kind, "last_blocks", width=8, tta=tta)  # type: ignore[arg-type]
     net = build_network(cfg, pretrained=False).eval()
     x = torch.randn(2, 3, 64, 64)
     path = tmp_path / "m.onnx"
