@@ -140,7 +140,9 @@ def _build_working_dataset(src: Path, work: Path, settings: Settings) -> Path:
                 "counts": counts,
             }
             atomic_write(tmp / PREPARED, json.dumps(info, indent=2).encode())
-            if work.exists():
+            if (work / PREPARED).is_file():  # another process finished the same folder first: keep its copy
+                return work
+            if work.exists():  # a leftover without prepared.json is incomplete
                 shutil.rmtree(work)
             work.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, work)
