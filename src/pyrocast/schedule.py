@@ -110,15 +110,29 @@ def run_schedule(
 
 
 def ingest_and_train(settings: Settings, profile: str = "quick", data: Path | None = None) -> dict[str, Any]:
-    """The scheduled job: ingest new labelled tiles (skipped when `data` is given), then a training run."""
+    """The scheduled job: ingest new labelled tiles, split them, record the data version, then train.
+
+    With `data` (a Kaggle-layout folder) the ingest, split and version steps are skipped and that folder is
+    trained on. New tiles are split with the stable spatial split (tiles already assigned keep their split),
+    so today's test tiles stay held out tomorrow.
+    """
     from pyrocast.pipelines.training import run_training
 
-    ingest_report: dict[str, Any] | None = None
+    done: dict[str, Any] = {}
     if data is None:
         from pyrocast.data.ingest import ingest
         from pyrocast.data.layout import Dataset
+        from pyrocast.data.split import split_dataset
 
-        rep = ingest(Dataset(settings.dataset_dir), settings)
-        ingest_report = rep.as_dict() if hasattr(rep, "as_dict") else None
+        done["ingest"] = ingest(Dataset(settings.dataset_dir), settings).as_dict()
+        done["split"] = split_dataset(Dataset(settings.dataset_dir), settings).as_dict()
+        try:
+            from pyrocast.data.version import record_version
+
+            done["version"] = record_version(settings).as_dict()
+        except PyrocastError as exc:  # an unversioned run is still worth training; lineage will say so
+            log.warning("dataset version not recorded: %s", exc)
     outcome = run_training(settings, profile=profile, data=data)
-    return {"ingest": ingest_report, "training": outcome.as_dict()}
+    done["training"] = outcome.as_dict()
+    log.info("scheduled training %s: version %s, %s", outcome.run_name, outcome.version, outcome.verdict)
+    return done

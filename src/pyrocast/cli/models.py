@@ -29,9 +29,21 @@ def _fmt(v: object, digits: int = 4) -> str:
     return str(v)
 
 
+class _OwnInfo(logging.Filter):
+    """Pyrocast's INFO messages and everyone's warnings: ZenML lowers the root level while a step runs, which
+    would otherwise let every library's debug chatter through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or (
+            record.levelno >= logging.INFO and record.name.startswith("pyrocast")
+        )
+
+
 def _log_to_stderr() -> None:
-    """Pyrocast's progress messages on stderr (stdout stays clean for --json); other libraries' only from WARNING."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[logging.StreamHandler()], force=True)
+    """Pyrocast's progress messages on stderr (stdout stays clean for --json)."""
+    handler = logging.StreamHandler()
+    handler.addFilter(_OwnInfo())
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
     logging.getLogger("pyrocast").setLevel(logging.INFO)
 
 
