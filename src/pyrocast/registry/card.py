@@ -1,7 +1,8 @@
 """The model card: what a registered model is, what it was trained on, how well it does, where it fails.
 
 Rendered as markdown from plain dicts (the evaluation's metrics and slices, lineage tags, parameters), logged
-with every run as `model_card.md` and shown as the model version's description in the registry.
+with every run as `model_card.md` (next to `bundle/`, so the registered version's run holds it) and written
+again once the decision is known.
 """
 
 from __future__ import annotations
