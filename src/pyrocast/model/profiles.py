@@ -53,15 +53,15 @@ class Profile:
         return asdict(self)
 
 
-# A small CNN trained end to end: about 1.5 s of 2 cores per epoch on 280 synthetic tiles at 64 px, so the
-# whole budget (3 short trials and the final training) is about 40 epochs, a minute on an idle machine.
+# A small CNN trained end to end: about 3 s of CPU (1.5-2 s on 2 idle cores) per epoch on 280 synthetic tiles
+# at 64 px, so the whole budget (3 short trials and the final training) is about 30 epochs.
 QUICK = Profile(
     name="quick",
     n_trials=3,
-    timeout_s=30.0,
-    max_epochs=20,
-    patience=6,
-    tune_epochs=6,
+    timeout_s=25.0,
+    max_epochs=18,
+    patience=5,
+    tune_epochs=4,
     networks=({"kind": "small_cnn", "width": 16, "dropout": 0.1},),
     sizes=(64,),
     lr=(2e-3, 2e-2),
@@ -69,7 +69,7 @@ QUICK = Profile(
     aug_strength=(0.1, 0.6),
     batch_size=32,
     views=1,
-    prune_warmup_epochs=3,
+    prune_warmup_epochs=2,
     seed_params=({"lr": 6e-3, "weight_decay": 1e-4, "aug_strength": 0.3, "size": 64, "net": 0},),
 )
 
