@@ -35,7 +35,7 @@ TINY = {"n_trials": 1, "timeout_s": 20.0, "max_epochs": 4, "tune_epochs": 2, "pa
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """A data dir with 160 split synthetic tiles and a stand-in champion (always says wildfire) as version 1."""
+    """A data dir with 160 split synthetic tiles (two of them corrupt) and a stand-in champion (always says wildfire) as version 1."""
     from pyrocast.data.split import split_dataset
     from pyrocast.data.synthetic.dataset import render_into
 
@@ -51,6 +51,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         seed_mlflow_db(s)
         render_into(Dataset(s.dataset_dir), s, n_tiles=160, seed=3)
         split_dataset(Dataset(s.dataset_dir), s)
+        # one corrupt tile in train and one in test: skipped and reported, never fatal
+        ds = Dataset(s.dataset_dir)
+        for split in ("train", "test"):
+            ds.abspath(ds.in_split(split)[0]).write_bytes(b"\xff\xd8\xff\xe0 truncated")
         client = get_client(s)
         run_id = client.create_run(ensure_experiment(s, client), run_name="standin-champion").info.run_id
         rv = models.register_bundle(s, run_id, make_standin_bundle(root.parent / "standin", "always_fire"))
@@ -113,7 +117,9 @@ def test_interrupted_run_moves_nothing_then_a_full_run(env: Settings, monkeypatc
     hook.stop()
     assert out.verdict in message["title"] and "version 2" in message["message"]
 
+    assert out.metrics["skipped"] == 1  # the corrupt test tile, reported by evaluation
     run = client.get_run(out.mlflow_run_id)
+    assert run.data.metrics["test_skipped"] == 1 and run.data.metrics["valid_skipped_tiles"] >= 1
     assert run.info.status == "FINISHED" and run.info.run_name == out.run_name
     tags = run.data.tags
     assert tags["pyrocast.zenml_run_id"] == out.zenml_run_id

@@ -100,14 +100,24 @@ class _Tracker:
         self.run_id = _mlflow_run_id()
 
     def params(self, values: dict[str, Any], prefix: str = "") -> None:
+        from mlflow.entities import Param
+
+        items = []
         for k, v in values.items():
             if isinstance(v, dict | list | tuple):
                 v = json.dumps(v, default=str)
-            self.client.log_param(self.run_id, f"{prefix}{k}", str(v)[:6000])
+            items.append(Param(f"{prefix}{k}", str(v)[:6000]))
+        for i in range(0, len(items), 100):  # MLflow's batch limit for params
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
 
-    def metrics(self, values: dict[str, Any], prefix: str = "") -> None:
-        for k, v in _numeric(values).items():
-            self.client.log_metric(self.run_id, metric_name(f"{prefix}{k}"), v)
+    def metrics(self, values: dict[str, Any], prefix: str = "", step: int = 0) -> None:
+        """Numeric leaves of `values` (nested keys joined by `_`) in one batch per 1000."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(metric_name(f"{prefix}{k}"), v, now, step) for k, v in _numeric(values).items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
     def tags(self, values: dict[str, str]) -> None:
         for k, v in values.items():
@@ -321,10 +331,9 @@ def train_step(cfg: dict, loaded: dict, tuned: dict) -> dict:
     _save_trained(trained, path)
     valid = dict(getattr(trained, "valid_metrics", {}) or {})
     tr.metrics(valid, prefix="valid_")
-    history = getattr(trained, "history", None) or []
-    for i, row in enumerate(history):
-        for k, v in _numeric(row if isinstance(row, dict) else {}).items():
-            tr.client.log_metric(tr.run_id, f"train_{k}", v, step=i)
+    for epoch, row in enumerate(getattr(trained, "history", None) or []):
+        if isinstance(row, dict):
+            tr.metrics(row, prefix="epoch_", step=epoch)
     return {"model": str(path), "valid_metrics": json.loads(json.dumps(valid, default=str)), "seconds": _timed(t0)}
 
 
