@@ -31,7 +31,8 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "n/a"
     if isinstance(v, float):
-        return f"{v:.4f}"
+        # learning rates and weight decays are tiny: 4 decimals would print them as 0.0000
+        return f"{v:.2e}" if v and abs(v) < 1e-3 else f"{v:.4f}"
     if isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, float) for x in v):
         return f"[{v[0]:.3f}, {v[1]:.3f}]"
     return str(v)
