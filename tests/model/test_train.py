@@ -112,8 +112,8 @@ def test_frozen_trunk_trains_the_head_on_cached_views(tiny_root: Path, settings:
 def test_early_stopping_stops_when_valid_loss_stops_improving(tiny_root: Path, settings: Settings) -> None:
     prof = replace(TINY, max_epochs=30, patience=1)
     tm = train_model(tiny_root, {**SMALL, "lr": 3e-2}, settings, prof, seed=0)
-    assert len(tm.history) < 30
-    assert len(tm.history) == tm.best_epoch + 1
+    assert 15 <= len(tm.history) < 30  # never before half the epochs (the one-cycle rate is high there)
+    assert len(tm.history) >= tm.best_epoch + 1  # stopped after `patience` epochs without improvement
     losses = [h["valid_loss"] for h in tm.history]
     assert tm.valid_metrics["loss"] == pytest.approx(min(losses))
 
