@@ -18,7 +18,12 @@ from pyrocast.cli.common import out, settings, show
 from pyrocast.report import Report
 
 DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: PYROCAST_DATA_DIR or ./.pyrocast).")
-PROFILE = typer.Option("quick", "--profile", "-p", help="quick (synthetic region, tests) or full (real imagery).")
+PROFILE = typer.Option(
+    "quick",
+    "--profile",
+    "-p",
+    help="quick (synthetic region, tests), full (real imagery: EfficientNet-Lite0 head) or thorough (also searches the small CNN and last-block fine-tuning).",
+)
 
 
 def _fmt(v: object, digits: int = 4) -> str:
