@@ -303,7 +303,7 @@ def _stop_quietly(s: Service) -> None:
 
 def _mlflow_service(settings: Settings) -> Service:
     """MLflow's UI on the SQL store (or, for a remote tracking server, just a link to it)."""
-    from pyrocast.registry.mlflow_store import is_remote, redact
+    from pyrocast.registry.mlflow_store import is_remote, redact, server_command
 
     uri = settings.mlflow_tracking_uri
     if is_remote(uri):
@@ -313,24 +313,8 @@ def _mlflow_service(settings: Settings) -> Service:
     backend = uri
     if backend.startswith("sqlite:///"):
         Path(backend.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    # The command of registry.mlflow_store.start_server (one worker, no job runner: 2 processes, ~0.5 GB),
-    # started without waiting so that it boots beside the model services.
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        backend,
-        "--artifacts-destination",
-        settings.mlflow_artifact_root,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    # Started without waiting so that it boots beside the model services.
+    cmd = server_command(settings, backend, host, port)
 
     def start() -> procs.ServiceProcess:
         return procs.start_process(

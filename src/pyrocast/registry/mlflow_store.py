@@ -176,6 +176,27 @@ class MlflowServer:
         self.stop()
 
 
+def server_command(settings: Settings, backend: str, host: str, port: int) -> list[str]:
+    """The `mlflow server` command line: one worker (with MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false in its
+    environment: 2 processes, ~0.5 GB instead of 15 and 2.8 GB), artifacts served from the data directory."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        settings.mlflow_artifact_root,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+
+
 def start_server(
     settings: Settings, port: int | None = None, host: str = "127.0.0.1", timeout: float = 60.0
 ) -> MlflowServer:
@@ -194,22 +215,7 @@ def start_server(
     log_path = settings.root / "logs" / f"mlflow-server-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        backend,
-        "--artifacts-destination",
-        settings.mlflow_artifact_root,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    cmd = server_command(settings, backend, host, port)
     with log_path.open("ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = MlflowServer(proc, f"http://{host}:{port}", log_path)
