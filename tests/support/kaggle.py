@@ -13,11 +13,12 @@ A handle in `private` answers 403 like Kaggle does for a dataset the caller may 
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
+
+from tests.support.servers import ThreadedServer
 
 API = "/api/v1/datasets.DatasetApiService/"
 
@@ -29,7 +30,7 @@ class Call:
     body: dict[str, Any]
 
 
-class KaggleStub:
+class KaggleStub(ThreadedServer):
     """`with KaggleStub({"owner/slug": zip_bytes}) as k: monkeypatch env from k.env(); kagglehub...`"""
 
     def __init__(self, datasets: dict[str, bytes], private: set[str] | None = None, version: int = 3) -> None:
@@ -37,13 +38,7 @@ class KaggleStub:
         self.private = private or set()
         self.version = version
         self.calls: list[Call] = []
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None, "stub not started"
-        return self._httpd.server_address[1]
+        super().__init__()
 
     def env(self) -> dict[str, str]:
         proxy = f"http://127.0.0.1:{self.port}"
@@ -105,28 +100,7 @@ class KaggleStub:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="KaggleStub", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> KaggleStub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self._launch(Handler)
 
 
 def _json(status: int, obj: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:

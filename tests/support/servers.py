@@ -36,22 +36,12 @@ class Seen:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class LocalServer:
-    """Base: a threading HTTP server on a free loopback port; subclasses implement `answer`."""
+class ThreadedServer:
+    """The lifecycle shared by the local test servers: a threading HTTP server on a free loopback port."""
 
     def __init__(self) -> None:
-        self.requests: list[Seen] = []
-        self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-
-    def delay(self, n: int) -> float:
-        """Seconds to wait before sending the answer to request number n (1-based); 0 by default."""
-        return 0.0
-
-    # subclasses: return (status, headers, body)
-    def answer(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
-        raise NotImplementedError
 
     @property
     def port(self) -> int:
@@ -61,6 +51,47 @@ class LocalServer:
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def _launch(self, handler: type[BaseHTTPRequestHandler]) -> Any:
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=type(self).__name__, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> Any:
+        return self.start()  # type: ignore[attr-defined]
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LocalServer(ThreadedServer):
+    """Base: a threading HTTP server on a free loopback port; subclasses implement `answer`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Seen] = []
+        self._lock = threading.Lock()
+
+    def delay(self, n: int) -> float:
+        """Seconds to wait before sending the answer to request number n (1-based); 0 by default."""
+        return 0.0
+
+    # subclasses: return (status, headers, body)
+    def answer(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
+        raise NotImplementedError
 
     def start(self) -> LocalServer:
         server = self
@@ -88,28 +119,7 @@ class LocalServer:
             def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=type(self).__name__, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> Any:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self._launch(Handler)
 
 
 class CwfisServer(LocalServer):
