@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pyrocast.settings import Settings, get_settings
+from tests.support.postgres import postgres_server, postgres_url  # noqa: F401 - one PostgreSQL per session
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_TILES = Path(os.environ.get("PYROCAST_REAL_TILES", REPO.parent / "shared" / "data" / "wildfire-tiles"))

@@ -134,12 +134,14 @@ def tune(dataset_root: Path, settings: Settings, profile: Profile, seed: int = 4
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, len(profile.seed_params))),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=profile.prune_warmup_epochs),
     )
-    before = {t.number for t in study.trials if t.state != optuna.trial.TrialState.WAITING}
+    # The trials this process runs: other workers on the same study (one PostgreSQL URL) add theirs meanwhile.
+    mine: set[int] = set()
     if not study.trials:
         for params in _seed_trials(profile):
             study.enqueue_trial(params, skip_if_exists=True)
 
     def objective(trial: optuna.Trial) -> float:
+        mine.add(trial.number)
         params = suggest_params(trial, profile)
         params["epochs"] = profile.tune_epochs
         params["patience"] = profile.patience
@@ -155,7 +157,7 @@ def tune(dataset_root: Path, settings: Settings, profile: Profile, seed: int = 4
         return float(m["loss"])
 
     study.optimize(objective, n_trials=profile.n_trials, timeout=profile.timeout_s, gc_after_trial=False)
-    ours = [t for t in study.trials if t.number not in before and t.state != optuna.trial.TrialState.WAITING]
+    ours = [t for t in study.trials if t.number in mine]
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise PyrocastError(
