@@ -2,14 +2,20 @@
 
 Used by the tests, the benchmark and `pyrocast up`. Each service runs in its own session (process group);
 stopping it signals the group and then sweeps every process of its tree, because BentoML's arbiter starts its
-workers in sessions of their own: nothing is left behind. Output goes to a log file under the data directory (`logs/<name>.log`), shown in the error when a
-service does not come up.
+workers in sessions of their own: nothing is left behind. Output goes to a log file under the data directory
+(`logs/<name>.log`), shown in the error when a service does not come up.
+
+Each service we start gets a temporary directory of its own under the data directory (`tmp/<name>-<port>`, as
+TMPDIR), removed once the service is stopped: BentoML keeps a temp dir per concurrent multipart request, one
+per client and one for its sockets, and removes them only on a clean shutdown, so a killed service (a crash,
+the challenger-kill tests, SIGKILL after the grace period) used to leave them in /tmp for good.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +35,9 @@ from pyrocast.settings import Settings
 _SECTIONS = ("serving", "imagery", "region", "mlflow", "dataset_bounds")
 _NESTED_PREFIXES = tuple(f"PYROCAST_{k.upper()}__" for k in _SECTIONS)
 CLASSIFIER = "pyrocast.serving.classifier_service:Classifier"
+# BentoML's arbiter restarts a worker whose startup failed (a bad model, INT8 asked of a bundle without it)
+# every ten seconds, forever: the process never exits, so its log is the only sign the start cannot succeed.
+_STARTUP_FAILED = b"Application startup failed"
 EXPLAINER = "pyrocast.serving.explainer_service:Explainer"
 
 
@@ -42,6 +51,8 @@ class ServiceProcess:
     log_path: Path
     health_path: str = "/readyz"
     cmd: list[str] = field(default_factory=list)
+    tmp_dir: Path | None = None  # the service's TMPDIR, removed by stop()
+    log_offset: int = 0  # where this run's output starts in the (appended) log
 
     @property
     def pid(self) -> int:
@@ -91,6 +102,9 @@ class ServiceProcess:
         _, alive = psutil.wait_procs(alive, timeout=5 if sig != signal.SIGKILL else 1)
         _signal_all(alive, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=5)
+        # Only now is nobody writing there any more; whatever a crash left behind goes with it.
+        if self.tmp_dir is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
         return self.proc.returncode
 
     def kill(self) -> None:
@@ -100,16 +114,36 @@ class ServiceProcess:
     def wait_healthy(self, timeout: float = 90.0) -> ServiceProcess:
         """Block until the health URL answers 200; on exit or timeout stop the group and raise with the log."""
         deadline = time.monotonic() + timeout
+        failed = ""
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
             if self.healthy(timeout=1.0):
                 return self
+            if failed := self._startup_failure():
+                break
             time.sleep(0.2)
         code = self.proc.poll()
         self.stop()
-        why = f"exited with code {code}" if code is not None else f"not healthy after {timeout:.0f} s"
+        if failed:
+            why = f"failed to start: {failed}"
+        else:
+            why = f"exited with code {code}" if code is not None else f"not healthy after {timeout:.0f} s"
         raise ServiceUnavailableError(f"{self.name} {why}; end of {self.log_path}:\n{self.log_tail()}")
+
+    def _startup_failure(self) -> str:
+        """The error that failed this run's application startup (from its log), or "" while none did."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                out = f.read()
+        except OSError:
+            return ""
+        if _STARTUP_FAILED not in out:
+            return ""
+        # The exception line of the traceback says what was wrong ("... has no model.int8.onnx ...").
+        errors = [ln for ln in out.decode(errors="replace").splitlines() if "Error: " in ln or "Exception: " in ln]
+        return errors[-1].strip() if errors else "its application startup failed"
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -154,10 +188,12 @@ def start_process(
     cwd: Path | None = None,
     timeout: float = 90.0,
     wait: bool = True,
+    tmp_dir: Path | None = None,
 ) -> ServiceProcess:
     """Start `cmd` in its own process group and wait until `url + health_path` answers 200.
 
-    With `wait=False` it returns at once (start several services, then `wait_healthy` on each).
+    With `wait=False` it returns at once (start several services, then `wait_healthy` on each). With `tmp_dir`
+    the process gets that folder (emptied first) as TMPDIR, and `stop()` removes it.
 
     Raises ServiceUnavailableError (with the end of the log) when the process exits or is not healthy in time;
     the process group is stopped first so nothing is left running.
@@ -169,9 +205,15 @@ def start_process(
             "stop whatever listens there or choose another port in Settings.serving",
         )
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_offset = log_path.stat().st_size if log_path.exists() else 0
     # Inherited PYROCAST_<SECTION>__* variables would override the JSON sections that settings_env passes.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(_NESTED_PREFIXES)}
     full_env = {**inherited, **(env or {})}
+    if tmp_dir is not None:
+        # The port was free, so no live service of this name and port still uses a folder left by a crash.
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tmp_dir.mkdir(parents=True)
+        full_env.update(TMPDIR=str(tmp_dir), TEMP=str(tmp_dir), TMP=str(tmp_dir))
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             cmd,
@@ -182,7 +224,7 @@ def start_process(
             cwd=str(cwd) if cwd else None,
             start_new_session=True,
         )
-    svc = ServiceProcess(name, proc, url, log_path, health_path, list(cmd))
+    svc = ServiceProcess(name, proc, url, log_path, health_path, list(cmd), tmp_dir, log_offset)
     if wait:
         svc.wait_healthy(timeout)
     return svc
@@ -193,10 +235,17 @@ def bentoml_exe() -> str:
     return str(exe) if exe.exists() else "bentoml"
 
 
+def service_tmp_dir(settings: Settings, name: str, port: int) -> Path:
+    """The TMPDIR of the service `name` on `port`: under the data directory, removed when it stops."""
+    return settings.root / "tmp" / f"{name}-{port}"
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment that gives a child process the same settings as `settings` (secrets excepted)."""
     # The child reads the same data directory as the parent, whatever the parent's working directory was.
     env = {"PYROCAST_DATA_DIR": str(settings.root), "BENTOML_HOME": str(settings.root / "bentoml")}
+    # BentoML otherwise reports usage to its vendor from every server: our services talk to nobody outside.
+    env["BENTOML_DO_NOT_TRACK"] = "True"
     # Nested settings travel as JSON (pydantic-settings decodes complex values), so in-process overrides
     # such as test ports reach the child too.
     for key in _SECTIONS:
@@ -241,6 +290,7 @@ def start_classifier(
         cwd=settings.root,
         timeout=timeout,
         wait=wait,
+        tmp_dir=service_tmp_dir(settings, name, port),
     )
 
 
@@ -270,6 +320,7 @@ def start_explainer(
         cwd=settings.root,
         timeout=timeout,
         wait=wait,
+        tmp_dir=service_tmp_dir(settings, "explainer", port),
     )
 
 
@@ -297,4 +348,5 @@ def start_gateway(
         cwd=settings.root,
         timeout=timeout,
         wait=wait,
+        tmp_dir=service_tmp_dir(settings, "gateway", port),
     )
