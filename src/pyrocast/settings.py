@@ -168,15 +168,24 @@ class Settings(BaseSettings):
 
     @property
     def optuna_url(self) -> str:
-        return self.optuna_storage or f"sqlite:///{self.root / 'optuna.db'}"
+        return sqlalchemy_url(self.optuna_storage) if self.optuna_storage else f"sqlite:///{self.root / 'optuna.db'}"
 
     @property
     def store_database_url(self) -> str:
-        return self.store_url or f"sqlite:///{self.root / 'predictions.db'}"
+        return sqlalchemy_url(self.store_url) if self.store_url else f"sqlite:///{self.root / 'predictions.db'}"
 
     def ensure_dirs(self) -> None:
         for d in (self.root, self.dataset_dir, self.quarantine_dir, self.root / "mlflow", self.root / "logs"):
             d.mkdir(parents=True, exist_ok=True)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A database URL for SQLAlchemy: plain `postgresql://` (or `postgres://`) URLs get psycopg 3, the installed
+    driver; SQLAlchemy alone would look for psycopg2. Other URLs, and explicit drivers, are kept."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
 
 
 @lru_cache(maxsize=1)

@@ -46,7 +46,9 @@ def tiny_root(settings: Settings, tmp_path: Path) -> Path:
 def test_the_study_lives_in_postgresql_and_a_second_run_continues_it(
     tiny_root: Path, settings: Settings, postgres_url: str
 ) -> None:
-    pg = settings.model_copy(update={"optuna_storage": postgres_url})
+    # A plain postgresql:// URL, as people write it: the settings give it the installed driver (psycopg 3).
+    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    pg = settings.model_copy(update={"optuna_storage": plain})
     res = tune(tiny_root, pg, NANO, seed=0)
     assert res.n_trials == 2 and all(t["state"] == "COMPLETE" for t in res.trials)
     assert not (settings.root / "optuna.db").exists()  # nothing went to the SQLite default

@@ -39,8 +39,16 @@ INSTALL_HINT = (
     "this as root); the PostgreSQL tests are skipped"
 )
 SUPERUSER = "postgres"
-# Settings that make a throwaway cluster fast; durability is not wanted here.
-FAST = ("fsync=off", "synchronous_commit=off", "full_page_writes=off", "max_connections=60", "shared_buffers=32MB")
+# Settings that make a throwaway cluster fast (durability is not wanted here), and a server time zone that is not
+# UTC, as on many real servers: code that takes the session's times for UTC fails here, not in production.
+SETTINGS = (
+    "fsync=off",
+    "synchronous_commit=off",
+    "full_page_writes=off",
+    "max_connections=60",
+    "shared_buffers=32MB",
+    "timezone=America/Toronto",
+)
 
 
 def find_bin_dir() -> Path | None:
@@ -156,7 +164,7 @@ class PostgresServer:
             "-c",
             f"unix_socket_directories={self.dir}",
         ]
-        for setting in FAST:
+        for setting in SETTINGS:
             args += ["-c", setting]
         log = open(self.dir / "postgres.log", "ab")  # noqa: SIM115 - the child keeps writing to it
         try:
@@ -183,6 +191,17 @@ class PostgresServer:
                 time.sleep(0.05)
         self._terminate()
         return False
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """An outage: the server is stopped inside the block and started again (same port, same data) after it."""
+        assert self.dir is not None, "server not started"
+        self._terminate()
+        try:
+            yield
+        finally:
+            if not self._launch(self.dir / "data"):
+                raise RuntimeError(f"PostgreSQL did not come back on 127.0.0.1:{self.port}: {self._log_tail()}")
 
     def create_database(self, name: str | None = None) -> str:
         """Create an empty database (a fresh name by default) and return its SQLAlchemy URL."""

@@ -329,8 +329,7 @@ class PredictionStore:
             for name in ("predictions", "feedback", "rollout_events"):
                 rows = by_table.get(name)
                 if rows:
-                    cols = TABLES[name].c.keys()
-                    conn.execute(insert(TABLES[name]), [{k: r.get(k) for k in cols if k != "id"} for r in rows])
+                    conn.execute(insert(TABLES[name]), [_fit(TABLES[name], r) for r in rows])
         for name, rows in by_table.items():
             self.written[name] += len(rows)
 
@@ -378,7 +377,7 @@ class PredictionStore:
             "state": json.dumps(state, default=_json_default),
         }
         with self.engine.begin() as conn:
-            conn.execute(insert(rollout_events), [row])
+            conn.execute(insert(rollout_events), [_fit(rollout_events, row)])
         self.written["rollout_events"] += 1
 
     def last_state(self) -> dict[str, Any] | None:
@@ -392,7 +391,7 @@ class PredictionStore:
         cols = [c for c in rollout_events.c if c.name != "state"]
         with self.engine.connect() as conn:
             rows = conn.execute(select(*cols).order_by(rollout_events.c.id.desc()).limit(limit)).mappings().all()
-        return [dict(r) for r in rows]
+        return [_read(r) for r in rows]
 
     # --- reading ------------------------------------------------------------------------------------------------
     def predictions_for(self, request_id: str) -> list[dict[str, Any]]:
@@ -401,14 +400,14 @@ class PredictionStore:
             rows = conn.execute(
                 select(predictions).where(predictions.c.request_id == request_id).order_by(predictions.c.id)
             ).mappings()
-            return [dict(r) for r in rows]
+            return [_read(r) for r in rows]
 
     def feedback_for(self, request_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(feedback).where(feedback.c.request_id == request_id).order_by(feedback.c.id)
             ).mappings()
-            return [dict(r) for r in rows]
+            return [_read(r) for r in rows]
 
     def count(self, table: str = "predictions", **where: Any) -> int:
         t = TABLES[table]
@@ -427,7 +426,40 @@ class PredictionStore:
         if limit is not None:
             q = q.limit(limit)
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(q).mappings()]
+            return [_read(r) for r in conn.execute(q).mappings()]
+
+
+def _fit(table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    """A row as every backend takes it: the table's columns only, times as UTC instants (naive ones are UTC),
+    strings clipped to their column's length and without NUL characters. SQLite stores such strings as they
+    are; PostgreSQL refuses them, and with them the whole batch (retried, then spilled, then refused again)."""
+    out: dict[str, Any] = {}
+    for col in table.c:
+        if col.name == "id":
+            continue
+        value = row.get(col.name)
+        if isinstance(value, str):
+            value = value.replace("\x00", "\ufffd")
+            length = getattr(col.type, "length", None)
+            if length is not None and len(value) > length:
+                value = value[:length]
+        elif isinstance(value, datetime):
+            value = _utc(value)
+        out[col.name] = value
+    return out
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _read(row: Any) -> dict[str, Any]:
+    """A row read back, its time a UTC instant on every backend (SQLite returns naive UTC, PostgreSQL the
+    time in the session's time zone)."""
+    out = dict(row)
+    if isinstance(out.get("ts"), datetime):
+        out["ts"] = _utc(out["ts"])
+    return out
 
 
 def _json_default(obj: object) -> Any:
