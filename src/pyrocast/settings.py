@@ -160,7 +160,8 @@ class Settings(BaseSettings):
 
     @property
     def mlflow_tracking_uri(self) -> str:
-        return self.mlflow.tracking_uri or f"sqlite:///{self.root / 'mlflow' / 'mlflow.db'}"
+        uri = self.mlflow.tracking_uri
+        return sqlalchemy_url(uri) if uri else f"sqlite:///{self.root / 'mlflow' / 'mlflow.db'}"
 
     @property
     def mlflow_artifact_root(self) -> str:
