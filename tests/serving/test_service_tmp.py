@@ -37,6 +37,16 @@ async def _uploads(url: str, bodies: list[tuple[str, bytes]]) -> list[int]:
     return [r.status_code for r in rs]
 
 
+def _predict_requests(url: str) -> float:
+    """Requests to /predict that a BentoML service's /metrics has counted."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("bentoml_service_request_total{") and 'endpoint="/predict"' in line
+    )
+
+
 def test_stopped_and_killed_services_leave_no_temp_files(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -59,14 +69,17 @@ def test_stopped_and_killed_services_leave_no_temp_files(
     try:
         for svc in services.values():
             svc.wait_healthy(60)
-        for svc in services.values():
+        for n, svc in enumerate(services.values()):
             assert svc.tmp_dir is not None and svc.tmp_dir.is_relative_to(settings.root), svc.tmp_dir
             codes = asyncio.run(_uploads(svc.url, good + bad))
             assert codes == [200] * len(good) + [415, 400, 422, 413], codes
             inside = _files(svc.tmp_dir)
             # BentoML's request dirs (one per concurrent upload, emptied after each) live in the private folder.
-            assert any(f.startswith("bentoml-request-") for f in inside), inside
-            assert all(Path(f).name.startswith(("bentoml-", ".")) for f in inside), inside  # no upload left in them
+            requests = [f for f in inside if f.startswith("bentoml-request-")]
+            assert requests and all("/" not in f for f in requests), inside  # and no upload is left in them
+            # Each service counts only its own requests (BentoML's metric files live in its own home).
+            counts = [_predict_requests(s.url) for s in services.values()]
+            assert counts == [len(good + bad)] * (n + 1) + [0] * (len(services) - n - 1), counts
     finally:
         services["stopped"].stop()
         services["killed"].kill()  # SIGKILL: no shutdown hook runs, as in a crash

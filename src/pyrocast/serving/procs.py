@@ -240,6 +240,16 @@ def service_tmp_dir(settings: Settings, name: str, port: int) -> Path:
     return settings.root / "tmp" / f"{name}-{port}"
 
 
+def bentoml_home(settings: Settings, name: str, port: int) -> str:
+    """BENTOML_HOME of one BentoML service: inside its own TMPDIR, so it goes when the service stops.
+
+    BentoML keeps its Prometheus multiprocess files in BENTOML_HOME and wipes them whenever a server starts:
+    with one home for all, restarting the challenger erased the champion's metrics, and every service's
+    `/metrics` added up its neighbours' counts.
+    """
+    return str(service_tmp_dir(settings, name, port) / "bentoml")
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment that gives a child process the same settings as `settings` (secrets excepted)."""
     # The child reads the same data directory as the parent, whatever the parent's working directory was.
@@ -279,6 +289,7 @@ def start_classifier(
     if precision is not None:
         child_env[ENV_PRECISION] = precision
     child_env[ENV_BATCHING] = "1" if batching else "0"
+    child_env["BENTOML_HOME"] = bentoml_home(settings, name, port)
     child_env.update(env or {})
     cmd = [bentoml_exe(), "serve", CLASSIFIER, "--host", host, "--port", str(port)]
     return start_process(
@@ -309,6 +320,7 @@ def start_explainer(
     child_env = settings_env(settings)
     if bundle_dirs:
         child_env["PYROCAST_EXPLAIN_BUNDLES"] = os.pathsep.join(f"{v}={p}" for v, p in bundle_dirs.items())
+    child_env["BENTOML_HOME"] = bentoml_home(settings, "explainer", port)
     child_env.update(env or {})
     cmd = [bentoml_exe(), "serve", EXPLAINER, "--host", host, "--port", str(port)]
     return start_process(
