@@ -35,10 +35,10 @@ from pyrocast.settings import Settings
 _SECTIONS = ("serving", "imagery", "region", "mlflow", "dataset_bounds")
 _NESTED_PREFIXES = tuple(f"PYROCAST_{k.upper()}__" for k in _SECTIONS)
 CLASSIFIER = "pyrocast.serving.classifier_service:Classifier"
+EXPLAINER = "pyrocast.serving.explainer_service:Explainer"
 # BentoML's arbiter restarts a worker whose startup failed (a bad model, INT8 asked of a bundle without it)
 # every ten seconds, forever: the process never exits, so its log is the only sign the start cannot succeed.
 _STARTUP_FAILED = b"Application startup failed"
-EXPLAINER = "pyrocast.serving.explainer_service:Explainer"
 
 
 @dataclass
