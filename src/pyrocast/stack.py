@@ -326,6 +326,7 @@ def _mlflow_service(settings: Settings) -> Service:
             env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             cwd=settings.root,
             wait=False,
+            tmp_dir=procs.service_tmp_dir(settings, "mlflow", port),
         )
 
     return Service(
@@ -346,6 +347,7 @@ def _webapp_service(settings: Settings) -> Service:
             env=procs.settings_env(settings),
             cwd=settings.root,
             wait=False,
+            tmp_dir=procs.service_tmp_dir(settings, "webapp", port),
         )
 
     return Service(

@@ -67,12 +67,15 @@ def test_concurrent_requests_are_batched(stack: ServingStack) -> None:
         ({"images": ("t.png", encode(tile_image(1, 64).convert("I;16"), "PNG"), "image/png")}, 422),
         ({"images": ("t.jpg", encode(tile_image(1, 64))[:200], "image/jpeg")}, 422),
         ({"other": ("t.jpg", b"x", "image/jpeg")}, 400),
+        ({"image": ("t.jpg", encode(tile_image(1, 64)), "image/jpeg")}, 400),  # binary under the wrong name: was a 500
     ],
 )
 def test_bad_uploads_get_a_4xx_with_a_message(stack: ServingStack, files: dict, status: int) -> None:
     r = httpx.post(stack.champion.url + "/predict", files=files)
     assert r.status_code == status, r.text
     assert "error" in r.text
+    if "images" not in files:
+        assert "'images'" in r.text  # says what the field should be called
 
 
 def test_huge_upload_is_refused_before_reading(stack: ServingStack) -> None:

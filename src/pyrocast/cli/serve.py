@@ -78,6 +78,8 @@ def serve_classifier(
     env[bundles.ENV_PRECISION] = p
     env[bundles.ENV_BATCHING] = "1" if batching else "0"
     port = port or (s.serving.champion_port if role == "champion" else s.serving.challenger_port)
+    # One BentoML home per service: BentoML wipes the Prometheus files in its home when a server starts.
+    env["BENTOML_HOME"] = str(s.root / "bentoml" / f"classifier-{role}-{port}")
     out.print(f"serving {b.name} v{b.version} ({p}) as {role} on http://{s.serving.host}:{port}")
     _exec([procs.bentoml_exe(), "serve", procs.CLASSIFIER, "--host", s.serving.host, "--port", str(port)], env)
 
@@ -98,6 +100,7 @@ def serve_explainer(
             raise PyrocastError(f"--bundle wants VERSION=FOLDER, got {bad[0]!r}")
         env["PYROCAST_EXPLAIN_BUNDLES"] = os.pathsep.join(bundle)
     port = port or s.serving.explainer_port
+    env["BENTOML_HOME"] = str(s.root / "bentoml" / f"explainer-{port}")
     out.print(f"explainer on http://{s.serving.host}:{port}")
     _exec([procs.bentoml_exe(), "serve", procs.EXPLAINER, "--host", s.serving.host, "--port", str(port)], env)
 
