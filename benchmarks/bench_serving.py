@@ -263,6 +263,13 @@ def run() -> list[tuple[str, float | str, str]]:
         ("classifier CPU per request, batching", best_b[2], "ms"),
         ("classifier CPU per request, no batching", best_u[2], "ms"),
         ("CPU per request: no batching / batching (load-independent)", best_u[2] / best_b[2], "x"),
+        # Even a batcher that erased every per-request cost (HTTP, parsing, decoding, preprocessing) would still
+        # pay the model's CPU per tile at batch 32: no batching can beat this ratio on these cores.
+        (
+            "upper bound of any batching gain: CPU per request unbatched / model CPU per tile at batch 32",
+            best_u[2] / cpu32,
+            "x",
+        ),
         (f"gateway + classifier throughput, {CONCURRENCY} clients, batching", via_gw[0], "req/s"),
         ("gateway + classifier CPU per request", via_gw[2], "ms"),
         ("failed requests in the throughput runs", float(failures), "requests"),
