@@ -33,7 +33,7 @@ from sqlalchemy import BigInteger, Engine, and_, case, cast, extract, func, sele
 
 from pyrocast.errors import InvalidInputError
 from pyrocast.model.metrics import wilson_interval
-from pyrocast.serving.store import feedback, make_engine, metadata, predictions, rollout_events
+from pyrocast.serving.store import create_tables, feedback, make_engine, predictions, rollout_events
 from pyrocast.settings import Settings
 
 USER_VARIANTS = ("champion", "challenger", "champion-fallback")
@@ -115,7 +115,7 @@ def make_span(window: str | timedelta = "1h", now: datetime | None = None, bucke
 def open_engine(settings: Settings) -> Engine:
     """An engine on the prediction store of `settings` (tables created if the gateway never ran)."""
     engine = make_engine(settings.store_database_url)
-    metadata.create_all(engine)  # idempotent; an empty store then reads as "no traffic yet"
+    create_tables(engine)  # idempotent; an empty store then reads as "no traffic yet"
     return engine
 
 

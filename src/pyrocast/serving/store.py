@@ -195,6 +195,19 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def create_tables(engine: Engine) -> None:
+    """Create the store's tables where missing; safe when several processes start on one database at once."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    try:
+        metadata.create_all(engine)
+    except (IntegrityError, ProgrammingError):
+        # The gateway and the web app start together (`pyrocast up`): on a fresh PostgreSQL database both CREATE,
+        # and the loser hits the winner's type or table. The tables exist now; checking again settles it.
+        time.sleep(0.2)
+        metadata.create_all(engine)
+
+
 class PredictionStore:
     """The store and its background writer. `put_*` never block; `flush()` waits until written."""
 
@@ -208,7 +221,7 @@ class PredictionStore:
     ) -> None:
         self.url = url
         self.engine = make_engine(url)
-        metadata.create_all(self.engine)
+        create_tables(self.engine)
         self.batch_size = batch_size
         self.interval_s = interval_s
         self.spill_path = spill_path
