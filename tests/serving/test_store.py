@@ -11,21 +11,7 @@ from PIL import Image
 from sqlalchemy import create_engine
 
 from pyrocast.serving.store import STAT_COLUMNS, PredictionStore, image_stats
-
-
-def row(i: int, **kw: object) -> dict:
-    return {
-        "request_id": f"r{i}",
-        "served": True,
-        "variant": "champion",
-        "model_name": "m",
-        "model_version": "1",
-        "source": "api",
-        "probability": 0.9,
-        "label": "wildfire",
-        "latency_ms": 3.0,
-        **kw,
-    }
+from tests.support.store_rows import row
 
 
 def test_background_writes_are_batched_and_complete(tmp_path: Path) -> None:

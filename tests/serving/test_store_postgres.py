@@ -17,21 +17,7 @@ from sqlalchemy import create_engine, inspect
 from pyrocast.serving.store import STAT_COLUMNS, PredictionStore
 from pyrocast.settings import Settings
 from tests.support.postgres import PostgresServer
-
-
-def row(i: int, **kw: object) -> dict:
-    return {
-        "request_id": f"r{i}",
-        "served": True,
-        "variant": "champion",
-        "model_name": "m",
-        "model_version": "1",
-        "source": "api",
-        "probability": 0.9,
-        "label": "wildfire",
-        "latency_ms": 3.0,
-        **kw,
-    }
+from tests.support.store_rows import row
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
