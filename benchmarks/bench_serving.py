@@ -25,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -36,6 +34,7 @@ import psutil
 from PIL import Image
 
 from pyrocast.model.bundle import Bundle, OnnxClassifier, load_bundle, write_bundle_files
+from pyrocast.model.export import interleaved_median_ms
 from pyrocast.model.preprocess import PreprocessSpec, preprocess
 from pyrocast.serving import procs
 from pyrocast.serving.bundles import SERVING_ORT_CONFIG
@@ -91,20 +90,6 @@ def _tile() -> tuple[Image.Image, bytes]:
 
     img = make_provider(Settings()).fetch(-73.5, 46.0)
     return img, encode_jpeg(img, quality=90)
-
-
-def _interleaved_p50_ms(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 10) -> dict[str, float]:
-    """p50 of each call, measured round-robin so that every call sees the same (shared, noisy) machine."""
-    for _ in range(warmup):
-        for fn in calls.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(rounds):
-        for name, fn in calls.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t) * 1000)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _cpu_per_tile(clf: OnnxClassifier, x: np.ndarray, n: int, tiles: int = 96) -> float:
@@ -207,7 +192,7 @@ def run() -> list[tuple[str, float | str, str]]:
         started.append(gateway)
         files = {"images": ("t.jpg", jpeg, "image/jpeg")}
         with httpx.Client(timeout=60) as c:
-            p50 = _interleaved_p50_ms(
+            p50 = interleaved_median_ms(
                 {
                     "bare": lambda: clf.predict_proba(x),
                     "hop_gateway": lambda: c.get(gateway.url + "/readyz"),
@@ -217,6 +202,7 @@ def run() -> list[tuple[str, float | str, str]]:
                     "full": lambda: c.post(gateway.url + "/v1/predict", files={"image": files["images"]}),
                 },
                 N_SEQUENTIAL,
+                warmup=10,
             )
         bare, full, hops = p50["bare"], p50["full"], p50["hop_gateway"] + p50["hop_classifier"]
         results += [

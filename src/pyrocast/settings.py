@@ -20,6 +20,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from pyrocast.database import sqlalchemy_url
+
 
 class Region(BaseModel):
     """Geographic bounds (degrees) of the synthetic region; southern Quebec by default."""
@@ -178,15 +180,6 @@ class Settings(BaseSettings):
     def ensure_dirs(self) -> None:
         for d in (self.root, self.dataset_dir, self.quarantine_dir, self.root / "mlflow", self.root / "logs"):
             d.mkdir(parents=True, exist_ok=True)
-
-
-def sqlalchemy_url(url: str) -> str:
-    """A database URL for SQLAlchemy: plain `postgresql://` (or `postgres://`) URLs get psycopg 3, the installed
-    driver; SQLAlchemy alone would look for psycopg2. Other URLs, and explicit drivers, are kept."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.removeprefix(prefix)
-    return url
 
 
 @lru_cache(maxsize=1)

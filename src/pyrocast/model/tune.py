@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pyrocast.data.access import training_view
+from pyrocast.database import create_schema
 from pyrocast.errors import PyrocastError
 from pyrocast.model.networks import NetworkConfig
 from pyrocast.model.profiles import Profile
@@ -69,19 +70,13 @@ def suggest_params(trial: Any, profile: Profile) -> dict[str, Any]:
 
 def _storage(settings: Settings) -> Any:
     import optuna
-    import sqlalchemy.exc
 
     url = settings.optuna_url
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            # Two workers opening a fresh database at once both create Optuna's tables; the loser's CREATE hits
-            # the winner's (PostgreSQL: duplicate pg_type or table). The schema exists now: open it again.
-            time.sleep(0.5)
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        # Optuna creates its tables when the storage opens: workers starting together race on a fresh database.
+        return create_schema(lambda: optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}))
     except Exception as exc:  # a wrong URL or an unreachable database server
         raise PyrocastError(
             f"cannot open the Optuna storage ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",

@@ -253,7 +253,8 @@ def bentoml_home(settings: Settings, name: str, port: int) -> str:
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment that gives a child process the same settings as `settings` (secrets excepted)."""
     # The child reads the same data directory as the parent, whatever the parent's working directory was.
-    env = {"PYROCAST_DATA_DIR": str(settings.root), "BENTOML_HOME": str(settings.root / "bentoml")}
+    # (BENTOML_HOME is not here: each BentoML service gets a home of its own, see bentoml_home.)
+    env = {"PYROCAST_DATA_DIR": str(settings.root)}
     # BentoML otherwise reports usage to its vendor from every server: our services talk to nobody outside.
     env["BENTOML_DO_NOT_TRACK"] = "True"
     # Nested settings travel as JSON (pydantic-settings decodes complex values), so in-process overrides

@@ -48,6 +48,8 @@ from sqlalchemy import (
     select,
 )
 
+from pyrocast.database import create_schema
+
 log = logging.getLogger(__name__)
 
 LABELS = ("nowildfire", "wildfire")
@@ -196,16 +198,8 @@ def make_engine(url: str) -> Engine:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create the store's tables where missing; safe when several processes start on one database at once."""
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
-    try:
-        metadata.create_all(engine)
-    except (IntegrityError, ProgrammingError):
-        # The gateway and the web app start together (`pyrocast up`): on a fresh PostgreSQL database both CREATE,
-        # and the loser hits the winner's type or table. The tables exist now; checking again settles it.
-        time.sleep(0.2)
-        metadata.create_all(engine)
+    """Create the store's tables where missing (safe when several processes start on one database at once)."""
+    create_schema(lambda: metadata.create_all(engine))
 
 
 class PredictionStore:
