@@ -221,6 +221,27 @@ def test_malformed_requests_get_a_4xx_never_a_500(gw: ServingStack, jpeg: bytes)
     assert not failures, "\n".join(failures)
 
 
+def test_a_refused_upload_stores_nothing_though_its_model_call_had_started(gw: ServingStack, jpeg: bytes) -> None:
+    # The first model call starts while the gateway checks the tile: a refused tile must leave no trace of it.
+    tag = f"refused-{uuid.uuid4().hex[:8]}"
+    bad = [upload(jpeg[:500]), upload(b"not an image", "x.txt", "text/plain"), upload(b"\xff\xd8" + b"\0" * 4000)]
+    with gw.client() as c:
+        for files in bad * 3:
+            r = c.post("/v1/predict", files=files, headers={"X-Client-Id": tag})
+            assert r.status_code in (415, 422), r.text
+        ok = c.post("/v1/predict", files=upload(jpeg), headers={"X-Client-Id": tag})
+    assert ok.status_code == 200 and ok.json()["variant"] == "champion", ok.text  # the champion was not marked down
+    store = PredictionStore(gw.settings.store_database_url)
+    try:
+        assert wait_for(lambda: store.count(client_id=tag) >= 1)
+        time.sleep(0.5)  # rows are written in order: anything of the refused requests would be there by now
+        assert store.count(client_id=tag) == 1
+    finally:
+        store.close()
+    assert gw.gateway is not None
+    assert "never retrieved" not in gw.gateway.log_tail(400)
+
+
 # --- rollout -------------------------------------------------------------------------------------------------
 def test_ab_assignment_is_sticky_and_weights_hold(gw: ServingStack, jpeg: bytes) -> None:
     view = gw.set_rollout("ab", {"champion": 1, "challenger": 1})
