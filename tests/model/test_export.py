@@ -13,6 +13,7 @@ from pyrocast.errors import InvalidInputError
 from pyrocast.model.bundle import INT8, OnnxClassifier, load_bundle, missing_files
 from pyrocast.model.export import ExportResult, choose_precision, export_bundle, load_torch_module, torch_predict
 from pyrocast.model.preprocess import preprocess_batch
+from pyrocast.monitoring.reference import read_reference, reference_rows
 from tests.support.tiny_training import tiles, tiny_trained
 
 
@@ -90,9 +91,16 @@ def test_fp32_only_and_replacing_a_bundle(tmp_path: Path) -> None:
     trained = tiny_trained()
     ev, y = tiles(8, seed=4)
     out = tmp_path / "b"
-    first = export_bundle(trained, [], ev, y, out, {"version": "1"}, int8=False, repeats=1, threads=1)
+    reference = reference_rows(zip(ev, y, strict=True))
+    first = export_bundle(
+        trained, [], ev, y, out, {"version": "1"}, int8=False, repeats=1, threads=1, reference=reference
+    )
     assert first.serve_precision == "fp32" and "no INT8" in first.reason
     assert not (out / INT8).exists()
+    stored = read_reference(out)  # the drift reference is written into the bundle with it
+    assert stored is not None and [r["label"] for r in stored] == [r["label"] for r in reference]
+    assert [r["brightness"] for r in stored] == pytest.approx([r["brightness"] for r in reference], abs=1e-9)
+    assert first.bundle.meta["reference"]["tiles"] == len(reference)
     # A failing export leaves the bundle that was there untouched, and no temporary folder behind.
     with pytest.raises(InvalidInputError, match="calibration needs"):
         export_bundle(trained, [], ev, y, out, {"version": "2"}, repeats=1, threads=1)

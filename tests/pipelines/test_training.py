@@ -20,9 +20,11 @@ from pydantic import SecretStr
 
 from pyrocast.data.layout import Dataset
 from pyrocast.errors import PyrocastError, ServiceUnavailableError
+from pyrocast.monitoring.reference import read_reference
 from pyrocast.pipelines.training import run_training
 from pyrocast.registry import models
 from pyrocast.registry.mlflow_store import ensure_experiment, get_client
+from pyrocast.serving.store import STAT_COLUMNS
 from pyrocast.settings import MlflowSettings, Settings, get_settings
 from tests.support.mlflow_db import free_port_for_tests, seed_mlflow_db
 from tests.support.onnx_standin import make_standin_bundle, write_tiles
@@ -143,6 +145,12 @@ def test_interrupted_run_moves_nothing_then_a_full_run(env: Settings, monkeypatc
 
     bundle = models.fetch_bundle(env, "2")
     assert bundle.version == "2" and bundle.meta["run_id"] == out.mlflow_run_id
+    # The drift reference travels with the model version: training tiles' statistics, as the gateway stores them.
+    reference = read_reference(bundle.root)
+    assert reference and len(reference) == bundle.meta["reference"]["tiles"]
+    assert {r["label"] for r in reference} == {"wildfire", "nowildfire"}
+    assert set(bundle.meta["reference"]["summary"]) == set(STAT_COLUMNS)
+    assert "plots/reference_stats.png" in plots
 
 
 def test_one_class_and_empty_data_fail_clearly(env: Settings, tmp_path: Path) -> None:

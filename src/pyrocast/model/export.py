@@ -312,13 +312,15 @@ def export_bundle(
     threads: int = THREADS,
     min_speedup: float = MIN_INT8_SPEEDUP,
     max_accuracy_drop: float = MAX_INT8_ACCURACY_DROP,
+    reference: list[dict[str, Any]] | None = None,
 ) -> ExportResult:
     """Write `out_dir` as a complete bundle (model.onnx, model.int8.onnx, preprocess.json, meta.json, model.pt).
 
     calib_images: training tiles for INT8 calibration (a few dozen suffice); eval_images/eval_labels: tiles
     the model did not train on, used to measure every graph against torch. meta: name, version, run_id, ...
     (export adds network, export measurements, serve_precision and serve_precision_reason). threads: intra-op
-    threads of torch and ONNX Runtime while measuring (2 by default, as served).
+    threads of torch and ONNX Runtime while measuring (2 by default, as served). reference: statistics rows of
+    training tiles (`pyrocast.monitoring.reference`), written as the bundle's drift reference.
     """
     module = module_of(trained).eval()
     spec = getattr(trained, "spec", None)
@@ -363,6 +365,11 @@ def export_bundle(
             "serve_precision": precision,
             "serve_precision_reason": reason,
         }
+        if reference:
+            from pyrocast.monitoring.reference import REFERENCE_FILE, summarize, write_reference
+
+            write_reference(reference, tmp / REFERENCE_FILE)
+            full_meta["reference"] = {"file": REFERENCE_FILE, "tiles": len(reference), "summary": summarize(reference)}
         write_bundle_files(tmp, spec, full_meta)
         load_bundle(tmp)  # refuses an incomplete bundle before it is moved into place
         _swap_into_place(tmp, out_dir)

@@ -18,7 +18,8 @@ from pyrocast.data.layout import atomic_write
 from pyrocast.model.metrics import reliability_bins
 
 
-def _save(fig: Figure, path: Path, dpi: int = 110) -> Path:
+def save_png(fig: Figure, path: Path, dpi: int = 110) -> Path:
+    """Render a figure to a PNG file, atomically."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -50,7 +51,7 @@ def confusion_png(cm: dict[str, int], path: Path, title: str = "Confusion matrix
                 color="white" if share[i, j] > 0.6 else "black",
             )
     ax.set_title(title)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def roc_png(labels: np.ndarray, probs: np.ndarray, path: Path, title: str = "ROC curve") -> Path:
@@ -72,7 +73,7 @@ def roc_png(labels: np.ndarray, probs: np.ndarray, path: Path, title: str = "ROC
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def reliability_png(
@@ -94,7 +95,7 @@ def reliability_png(
     hx.set_xlabel("P(wildfire)")
     hx.set_ylabel("tiles")
     hx.set_xlim(0, 1)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def slices_png(slices: dict[str, dict[str, dict[str, Any]]], path: Path, title: str = "Accuracy by slice") -> Path:
@@ -118,4 +119,4 @@ def slices_png(slices: dict[str, dict[str, dict[str, Any]]], path: Path, title: 
         ax.invert_yaxis()
     axes[-1].set_xlabel("accuracy")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -172,8 +172,9 @@ def _predictions(evaluated: dict[str, Any]) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _sample_images(root: Path, split: str, k: int, seed: int) -> tuple[list[Any], list[int]]:
-    """Up to k decodable tiles (and labels) of a training-side split, read through the held-out guard."""
+def _sample_tiles(root: Path, split: str, k: int, seed: int) -> Iterator[tuple[Any, int]]:
+    """Up to k decodable tiles of a training-side split with their labels, one at a time, read through the
+    held-out guard."""
     import random
 
     from pyrocast.data.access import training_view
@@ -182,16 +183,22 @@ def _sample_images(root: Path, split: str, k: int, seed: int) -> tuple[list[Any]
     view = training_view(root)
     records = view.records(split)
     random.Random(seed).shuffle(records)
-    images, labels = [], []
+    n = 0
     for rec in records:
-        if len(images) >= k:
+        if n >= k:
             break
         try:
-            images.append(view.open_image(rec))
+            img = view.open_image(rec)
         except InvalidInputError:
             continue  # corrupt tiles were reported by load; they must not stop export
-        labels.append(CLASSES.index(rec.label))
-    return images, labels
+        n += 1
+        yield img, CLASSES.index(rec.label)
+
+
+def _sample_images(root: Path, split: str, k: int, seed: int) -> tuple[list[Any], list[int]]:
+    """Up to k decodable tiles (and labels) of a training-side split, in memory."""
+    pairs = list(_sample_tiles(root, split, k, seed))
+    return [img for img, _ in pairs], [label for _, label in pairs]
 
 
 FAILURE = "failure.json"
@@ -389,6 +396,10 @@ def export_step(cfg: dict, loaded: dict, trained: dict) -> dict:
         images, labels = _sample_images(root, "train", EXPORT_EVAL_TILES, cfg["seed"] + 1)
     import numpy as np
 
+    from pyrocast.monitoring.reference import REFERENCE_TILES, reference_png, reference_rows
+
+    # The drift reference: what the tiles this model learned from look like (the gateway stores the same numbers).
+    reference = reference_rows(_sample_tiles(root, "train", REFERENCE_TILES, cfg["seed"] + 2))
     meta = {
         "name": s.mlflow.model_name,
         "run_id": tr.run_id,
@@ -398,9 +409,17 @@ def export_step(cfg: dict, loaded: dict, trained: dict) -> dict:
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     res = export_bundle(
-        _load_trained(Path(trained["model"])), calib, images, np.asarray(labels), _run_dir(cfg) / "bundle", meta
+        _load_trained(Path(trained["model"])),
+        calib,
+        images,
+        np.asarray(labels),
+        _run_dir(cfg) / "bundle",
+        meta,
+        reference=reference,
     )
     tr.metrics(res.measurements, prefix="export_")
+    if reference:
+        tr.artifact(reference_png(reference, _run_dir(cfg) / "reference_stats.png"), "plots")
     tr.params({"serve_precision": res.serve_precision})
     tr.tags({"pyrocast.serve_precision_reason": res.reason})
     return json.loads(
