@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from pyrocast.serving import procs
 from pyrocast.serving.store import PredictionStore
 from tests.serving.conftest import encode, tile_image
 from tests.support.serving import ServingStack
@@ -357,6 +358,32 @@ def test_nothing_is_lost_across_a_gateway_restart(gw: ServingStack, jpeg: bytes)
     assert store.count(client_id=tag, variant="shadow") == n
     store.close()
     assert httpx.get(f"{gw.url}/v1/rollout").json()["mode"] == "shadow"  # the rollout state survived too
+
+
+def test_gateway_replicas_on_one_store_follow_each_others_rollout_changes(gw: ServingStack, jpeg: bytes) -> None:
+    # Two gateways behind a load balancer: a change made through either one reaches the other within a tick,
+    # and a client is routed to the same variant whichever replica answers.
+    other = procs.start_gateway(gw.settings, port=procs.free_port(), env={"PYROCAST_ADMIN_TOKEN": gw.token})
+    try:
+        gw.set_rollout("ab", {"champion": 1, "challenger": 1})
+        assert wait_for(lambda: httpx.get(f"{other.url}/v1/rollout", timeout=10).json()["mode"] == "ab", 10)
+        clients = [f"replica-{i}" for i in range(24)]
+        here = [r["variant"] for r in predict_many(gw, clients, jpeg)]
+        there = [
+            httpx.post(f"{other.url}/v1/predict", files=upload(jpeg), headers={"X-Client-Id": c}, timeout=30).json()[
+                "variant"
+            ]
+            for c in clients
+        ]
+        assert here == there and {"champion", "challenger"} <= set(here)
+        r = httpx.post(f"{other.url}/v1/rollout/shadow", json={"sample": 1.0}, headers=gw.admin, timeout=30)
+        assert r.status_code == 200, r.text
+        assert wait_for(lambda: httpx.get(f"{gw.url}/v1/rollout", timeout=10).json()["mode"] == "shadow", 10)
+        answer = gw.client().post("/v1/predict", files=upload(jpeg)).json()
+        assert answer["variant"] == "champion"
+        assert wait_for(lambda: any(row["variant"] == "shadow" for row in stored(gw, answer["request_id"])))
+    finally:
+        other.stop()
 
 
 def test_restarted_gateway_follows_the_registry_aliases(gw: ServingStack, jpeg: bytes) -> None:

@@ -64,10 +64,12 @@ def test_rows_that_cannot_be_written_are_spilled_then_replayed(tmp_path: Path) -
 
 def test_events_keep_the_last_state(tmp_path: Path) -> None:
     store = PredictionStore(f"sqlite:///{tmp_path / 'p.db'}")
-    assert store.last_state() is None
-    store.add_event("ab", "ab", {"mode": "ab", "x": 1}, reason="test", champion_version="1")
-    store.add_event("champion-only", "champion", {"mode": "champion"})
+    assert store.last_state() is None and store.latest_event() is None and store.latest_event_id() == 0
+    first = store.add_event("ab", "ab", {"mode": "ab", "x": 1}, reason="test", champion_version="1")
+    second = store.add_event("champion-only", "champion", {"mode": "champion"})
+    assert second > first  # what other gateways poll for
     assert store.last_state() == {"mode": "champion"}
+    assert store.latest_event() == (second, {"mode": "champion"}) and store.latest_event_id() == second
     assert [e["action"] for e in store.events()] == ["champion-only", "ab"]
     store.close()
 

@@ -85,6 +85,8 @@ def test_close_drains_the_queue_and_a_restart_loses_nothing(store_url: str) -> N
     assert again.feedback_for("r1")[0]["correct"] is False
     assert again.last_state() == {"mode": "ab", "weights": [0.9, 0.1]}
     assert again.events()[0]["reason"] == "start"
+    event_id, _ = again.latest_event()  # type: ignore[misc]
+    assert again.latest_event_id() == event_id and again.add_event("champion-only", "champion", {}) > event_id
     again.close()
 
 

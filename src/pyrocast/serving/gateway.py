@@ -390,6 +390,7 @@ class Gateway:
         self._provider: Any = None
         self._background: set[asyncio.Task] = set()
         self._ticker: asyncio.Task | None = None
+        self._event_id = 0  # the newest rollout event this gateway has written or adopted
         self.session: aiohttp.ClientSession | None = None
         admin = settings.admin_token
         self.admin_token = admin.get_secret_value() if admin else None
@@ -400,7 +401,9 @@ class Gateway:
         for b in self.backends.values():
             b.session = self.session
         self.store.start()
-        saved = await run_in_threadpool(self.store.last_state)
+        latest = await run_in_threadpool(self.store.latest_event)
+        saved = latest[1] if latest else None
+        self._event_id = latest[0] if latest else 0
         if saved:
             with contextlib.suppress(ValidationError):
                 self.controller.state = RolloutState.model_validate(saved)
@@ -433,11 +436,42 @@ class Gateway:
                 if time.monotonic() - last_probe >= PROBE_INTERVAL_S:
                     last_probe = time.monotonic()
                     await self.refresh_backends()
+                # Adopt what other gateways changed before judging the canary: a step one of them has recorded
+                # is then not recorded again.
+                await self.follow_store()
                 for ev in self.controller.tick():
                     await self._after_change(ev)
                 self._update_gauges()
             except Exception:  # the loop must survive anything (a store hiccup, a backend oddity)
                 log.exception("gateway tick failed")
+
+    async def follow_store(self) -> bool:
+        """Adopt a rollout change another gateway wrote to the shared store; True when the state was replaced.
+
+        Replicas behind a load balancer share one store: a change made through any of them (a mode, a promotion,
+        a guardrail stop) reaches the others within a tick. Each replica judges guardrails on the traffic it sees;
+        its windows restart only when the mode or plan changed, not when another replica recorded a canary step.
+        """
+        if await run_in_threadpool(self.store.latest_event_id) <= self._event_id:
+            return False
+        latest = await run_in_threadpool(self.store.latest_event)
+        if latest is None or latest[0] <= self._event_id:
+            return False
+        event_id, saved = latest
+        self._event_id = event_id
+        try:
+            state = RolloutState.model_validate(saved or {})
+        except ValidationError as exc:
+            log.warning("rollout event %d has an unreadable state (%s); keeping mine", event_id, exc)
+            return False
+        mine = self.controller.state
+        restarted = (state.mode, state.updated_at) != (mine.mode, mine.updated_at)
+        self.controller.state = state
+        if restarted:
+            self.controller._reset_windows()
+            log.info("rollout: following a change made through another gateway: mode %s", state.mode)
+        self._assign_roles()
+        return True
 
     def _update_gauges(self) -> None:
         m = self.metrics
@@ -791,7 +825,7 @@ class Gateway:
 
     async def _record(self, ev: Event) -> None:
         st = self.controller.state
-        await run_in_threadpool(
+        event_id = await run_in_threadpool(
             self.store.add_event,
             ev.action,
             st.mode,
@@ -800,6 +834,7 @@ class Gateway:
             st.champion.version if st.champion else None,
             st.challenger.version if st.challenger else None,
         )
+        self._event_id = max(self._event_id, event_id)  # another gateway's newer change may be adopted already
 
     def view(self) -> RolloutView:
         snap = self.controller.snapshot()

@@ -373,7 +373,8 @@ class PredictionStore:
         reason: str | None = None,
         champion_version: str | None = None,
         challenger_version: str | None = None,
-    ) -> None:
+    ) -> int:
+        """Write a rollout event with its state snapshot; returns its id (ids grow with every event)."""
         row = {
             "ts": utcnow(),
             "action": action,
@@ -384,14 +385,29 @@ class PredictionStore:
             "state": json.dumps(state, default=_json_default),
         }
         with self.engine.begin() as conn:
-            conn.execute(insert(rollout_events), [_fit(rollout_events, row)])
+            event_id = conn.execute(insert(rollout_events).values(**_fit(rollout_events, row))).inserted_primary_key[0]
         self.written["rollout_events"] += 1
+        return int(event_id)
 
     def last_state(self) -> dict[str, Any] | None:
         """The state snapshot of the most recent rollout event (None on a fresh store)."""
+        latest = self.latest_event()
+        return latest[1] if latest else None
+
+    def latest_event(self) -> tuple[int, dict[str, Any] | None] | None:
+        """(id, state snapshot) of the most recent rollout event, or None on a fresh store."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(rollout_events.c.state).order_by(rollout_events.c.id.desc()).limit(1)).first()
-        return json.loads(row[0]) if row and row[0] else None
+            row = conn.execute(
+                select(rollout_events.c.id, rollout_events.c.state).order_by(rollout_events.c.id.desc()).limit(1)
+            ).first()
+        if row is None:
+            return None
+        return int(row[0]), (json.loads(row[1]) if row[1] else None)
+
+    def latest_event_id(self) -> int:
+        """The id of the most recent rollout event (0 on a fresh store): cheap enough to poll."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.max(rollout_events.c.id))).scalar() or 0)
 
     def events(self, limit: int = 50) -> list[dict[str, Any]]:
         """Most recent rollout events first (without the state snapshots)."""
