@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +88,81 @@ def test_image_stats_describe_the_tile() -> None:
     rng = np.random.default_rng(0)
     noisy = image_stats(Image.fromarray(rng.integers(0, 255, (350, 350, 3), dtype=np.uint8)))
     assert noisy["contrast"] > 0.05 and noisy["sharpness"] > 0.05
+
+
+def _unwritable(store: PredictionStore, db: Path) -> None:
+    """The database refuses writes from now on (a read-only file system, a PostgreSQL outage)."""
+    store.engine.dispose()
+    store.engine = create_engine(f"sqlite:///file:{db}?mode=ro&uri=true")
+
+
+def test_database_down_and_disk_full_hold_the_rows_until_the_database_is_back(tmp_path: Path) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full (Linux) to stand for a full disk")
+    db = tmp_path / "p.db"
+    store = PredictionStore(
+        f"sqlite:///{db}", spill_path=Path("/dev/full"), retries=2, retry_delay_s=0.01, held_retry_s=0.2
+    ).start()
+    store.put_prediction(row(0))
+    assert store.flush(10)
+    _unwritable(store, db)
+    for i in range(1, 11):
+        store.put_prediction(row(i))
+    # Neither the database nor the disk takes them: held in memory, the writer alive, flush honest about it.
+    deadline = time.monotonic() + 10
+    while store.held < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.held == 10 and store.queue_depth == 10 and store._thread is not None and store._thread.is_alive()
+    assert not store.flush(0.3)
+    store.put_prediction(row(11))  # rows keep coming while it is down
+    store.engine.dispose()
+    store.engine = create_engine(f"sqlite:///{db}")  # the database is back
+    assert store.flush(10), f"{store.held} rows still held"
+    assert store.count() == 12 and store.dropped == 0
+    store.close()
+
+
+def test_a_full_disk_mid_spill_leaves_whole_lines_and_the_next_start_replays_them(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny file system for the full disk needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(small)], check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        db = tmp_path / "p.db"
+        spill = small / "spill.jsonl"
+        store = PredictionStore(f"sqlite:///{db}", spill_path=spill, retries=1, retry_delay_s=0.01)
+        _unwritable(store, db)
+        for i in range(10):  # about 1 kB each: these fit
+            store.put_prediction(row(i))
+        store.flush()
+        spilled = spill.read_bytes()
+        for i in range(10, 200):  # these do not: the disk fills up in the middle of the write
+            store.put_prediction(row(i))
+        store.flush()
+        assert store.held == 190
+        assert spill.read_bytes() == spilled  # cut back to its last whole line
+        store.close()  # 190 rows cannot be kept anywhere: said loudly, counted
+        assert store.dropped == 190
+        again = PredictionStore(f"sqlite:///{db}", spill_path=spill)
+        assert again.count() == 10 and not spill.exists()
+        again.close()
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_spill_file_torn_by_a_crash_is_replayed_up_to_its_last_whole_line(tmp_path: Path) -> None:
+    db, spill = tmp_path / "p.db", tmp_path / "spill.jsonl"
+    store = PredictionStore(f"sqlite:///{db}", spill_path=spill, retries=1, retry_delay_s=0.01)
+    _unwritable(store, db)
+    store.put_prediction(row(1))
+    store.put_prediction(row(2))
+    store.close()
+    whole = spill.read_bytes()
+    spill.write_bytes(whole + whole.splitlines()[0][:57])  # the process died in the middle of a line
+    again = PredictionStore(f"sqlite:///{db}", spill_path=spill)
+    assert again.count() == 2 and not spill.exists()
+    (aside,) = tmp_path.glob("spill.jsonl.bad-*")
+    assert aside.read_bytes() == whole.splitlines()[0][:57] + b"\n"  # kept, not dropped
+    again.close()

@@ -333,6 +333,10 @@ class Metrics:
         self.store_queue = Gauge("pyrocast_store_queue_depth", "rows waiting to be written", registry=r)
         self.store_written = Gauge("pyrocast_store_rows_written", "rows written since start", ["table"], registry=r)
         self.store_errors = Gauge("pyrocast_store_write_errors", "failed write attempts since start", registry=r)
+        self.store_held = Gauge(
+            "pyrocast_store_rows_held", "rows neither the database nor the spill file took, held in memory", registry=r
+        )
+        self.store_lost = Gauge("pyrocast_store_rows_lost", "rows given up (beyond the memory held)", registry=r)
 
 
 # --- the gateway -----------------------------------------------------------------------------------------------
@@ -482,6 +486,8 @@ class Gateway:
         for table, n in self.store.written.items():
             m.store_written.labels(table).set(n)
         m.store_errors.set(self.store.write_errors)
+        m.store_held.set(self.store.held)
+        m.store_lost.set(self.store.dropped)
 
     # --- backends and roles ---------------------------------------------------------------------------------
     def backend(self, role: str) -> Backend:

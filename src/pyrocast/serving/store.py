@@ -2,8 +2,11 @@
 
 SQLite in WAL mode under the data directory by default, PostgreSQL by URL (`PYROCAST_STORE_URL`). The gateway
 never waits for the database: rows go to a queue that a background thread writes in batches, and `close()`
-drains the queue, so a clean shutdown (SIGTERM) loses nothing. Rows that cannot be written at shutdown (the
-database is down) are spilled to a JSON-lines file beside it and written on the next start.
+drains the queue, so a clean shutdown (SIGTERM) loses nothing. Rows that cannot be written (the database is down
+and stays down through the retries) are spilled to a JSON-lines file beside it and written on the next start.
+When the spill cannot be written either (a full disk), the rows are held in memory (up to `MAX_HELD`) and
+retried every few seconds, and the spill file is cut back to its last whole line: nothing half-written is left.
+A spill file torn by a crash is replayed up to its last whole line; the torn rest is kept aside in a `.bad` file.
 
 Tables (times are UTC):
 - `predictions`: one row per model call. `served` says whether the user got this answer; `variant` is
@@ -18,8 +21,10 @@ Tables (times are UTC):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -202,8 +207,15 @@ def create_tables(engine: Engine) -> None:
     create_schema(lambda: metadata.create_all(engine))
 
 
+MAX_HELD = 100_000  # rows kept in memory while neither the database nor the spill file takes them (~100 MB)
+
+
 class PredictionStore:
-    """The store and its background writer. `put_*` never block; `flush()` waits until written."""
+    """The store and its background writer. `put_*` never block; `flush()` waits until written.
+
+    `retries` write attempts per batch, `retry_delay_s` doubling up to 5 s between them, then the spill file;
+    rows nobody took are retried every `held_retry_s`.
+    """
 
     def __init__(
         self,
@@ -212,6 +224,9 @@ class PredictionStore:
         batch_size: int = 500,
         interval_s: float = 0.1,
         spill_path: Path | None = None,
+        retries: int = 8,
+        retry_delay_s: float = 0.2,
+        held_retry_s: float = 5.0,
     ) -> None:
         self.url = url
         self.engine = make_engine(url)
@@ -219,6 +234,11 @@ class PredictionStore:
         self.batch_size = batch_size
         self.interval_s = interval_s
         self.spill_path = spill_path
+        self.retries = retries
+        self.retry_delay_s = retry_delay_s
+        self.held_retry_s = held_retry_s
+        self._held: list[tuple[str, dict[str, Any]]] = []  # taken by neither the database nor the spill file
+        self.dropped = 0  # rows given up beyond MAX_HELD (logged): the only way this store loses a row
         self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
         self._pending = 0  # rows taken from the queue but not yet committed
         self._lock = threading.Lock()
@@ -251,6 +271,11 @@ class PredictionStore:
     def queue_depth(self) -> int:
         return self._pending
 
+    @property
+    def held(self) -> int:
+        """Rows neither written nor spilled, held in memory until the database or the disk takes them."""
+        return len(self._held)
+
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every row put so far is committed (or `timeout`); True when all are written."""
         if self._thread is None:
@@ -272,11 +297,23 @@ class PredictionStore:
             self._thread.join(timeout)
             self._thread = None
         self._drain_sync()
+        if self._held:
+            self.dropped += len(self._held)
+            log.critical(
+                "prediction store: %d rows LOST at shutdown: neither the database nor the spill file %s took them",
+                len(self._held),
+                self.spill_path,
+            )
+            self._held = []
         self.engine.dispose()
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=self.held_retry_s) if self._held else self._queue.get()
+            except queue.Empty:
+                self._write_with_retry([], final=False)  # only the held rows: has the database come back?
+                continue
             if item is None:
                 return
             batch = [item]
@@ -306,12 +343,15 @@ class PredictionStore:
                 break
             if item is not None:
                 batch.append(item)
-        if batch:
-            self._write_with_retry(batch, final=True)
+        self._write_with_retry(batch, final=True)  # with the held rows, if any
 
     def _write_with_retry(self, batch: list[tuple[str, dict[str, Any]]], final: bool) -> None:
-        delay = 0.2
-        attempts = 3 if final else 8
+        """Write held rows and `batch`; retry, then spill, then hold. Never raises (the writer thread must live)."""
+        batch, self._held = self._held + batch, []
+        if not batch:
+            return
+        delay = self.retry_delay_s
+        attempts = min(3, self.retries) if final else self.retries
         for attempt in range(attempts):
             try:
                 self._write(batch)
@@ -319,13 +359,27 @@ class PredictionStore:
             except Exception as exc:  # the database may be locked or down: retry, never lose the rows
                 self.write_errors += 1
                 log.warning("prediction store write failed (attempt %d): %s", attempt + 1, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                if attempt + 1 < attempts:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
         else:
-            self._spill(batch)
+            if not self._spill(batch):
+                self._hold(batch)
+                return
         with self._idle:
             self._pending -= len(batch)
             self._idle.notify_all()
+
+    def _hold(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        over = len(batch) - MAX_HELD
+        if over > 0:  # memory is the last resort: beyond it the oldest rows go, loudly
+            self.dropped += over
+            log.critical("prediction store: %d rows LOST (more than %d held in memory)", over, MAX_HELD)
+            with self._idle:
+                self._pending -= over
+                self._idle.notify_all()
+            batch = batch[over:]
+        self._held = batch
 
     def _write(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
         by_table: dict[str, list[dict[str, Any]]] = {}
@@ -340,27 +394,50 @@ class PredictionStore:
         for name, rows in by_table.items():
             self.written[name] += len(rows)
 
-    def _spill(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
-        if self.spill_path is None:
-            log.error("prediction store: %d rows could not be written and no spill file is set", len(batch))
-            return
-        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.spill_path, "a") as f:
-            for table, row in batch:
-                f.write(json.dumps({"table": table, "row": row}, default=_json_default) + "\n")
-        log.error("prediction store: %d rows spilled to %s", len(batch), self.spill_path)
+    def _spill(self, batch: list[tuple[str, dict[str, Any]]]) -> bool:
+        """Append the rows to the spill file, whole lines or nothing; False when it cannot be written."""
+        why = "no spill file is set"
+        if self.spill_path is not None:
+            data = "".join(
+                json.dumps({"table": table, "row": row}, default=_json_default) + "\n" for table, row in batch
+            ).encode()
+            try:
+                self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+                _append_whole(self.spill_path, data)
+                log.error("prediction store: %d rows spilled to %s", len(batch), self.spill_path)
+                return True
+            except OSError as exc:
+                why = f"the spill file {self.spill_path} cannot be written ({exc.strerror or exc})"
+        log.error(
+            "prediction store: %d rows could not be written to the database and %s: holding them in memory and "
+            "retrying every %.0f s (free disk space, or bring the database back)",
+            len(batch),
+            why,
+            self.held_retry_s,
+        )
+        return False
 
     def _replay_spill(self) -> None:
-        if self.spill_path is None or not self.spill_path.exists():
+        if self.spill_path is None or not self.spill_path.is_file():
             return
-        batch = []
-        for line in self.spill_path.read_text().splitlines():
-            rec = json.loads(line)
-            row = rec["row"]
-            if isinstance(row.get("ts"), str):
-                row["ts"] = datetime.fromisoformat(row["ts"])
-            batch.append((rec["table"], row))
-        self._write(batch)
+        batch, torn = [], []
+        for line in self.spill_path.read_bytes().split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                row = rec["row"]
+                if isinstance(row.get("ts"), str):
+                    row["ts"] = datetime.fromisoformat(row["ts"])
+                batch.append((str(rec["table"]), row))
+            except (ValueError, KeyError, TypeError):  # a line torn by a crash or a full disk mid-write
+                torn.append(line)
+        if batch:
+            self._write(batch)
+        if torn:
+            aside = self.spill_path.with_name(f"{self.spill_path.name}.bad-{int(time.time())}")
+            aside.write_bytes(b"\n".join(torn) + b"\n")
+            log.warning("prediction store: %d unreadable spill lines kept aside in %s", len(torn), aside)
         self.spill_path.unlink()
         log.info("prediction store: %d spilled rows written", len(batch))
 
@@ -483,6 +560,24 @@ def _read(row: Any) -> dict[str, Any]:
     if isinstance(out.get("ts"), datetime):
         out["ts"] = _utc(out["ts"])
     return out
+
+
+def _append_whole(path: Path, data: bytes) -> None:
+    """Append `data` to `path` and sync it; on failure cut the file back to where it was (no half line)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):  # a device that cannot be truncated has kept nothing either
+                os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
 
 
 def _json_default(obj: object) -> Any:
