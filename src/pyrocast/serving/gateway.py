@@ -271,7 +271,7 @@ class Backend:
         )
 
 
-def _swallow(task: asyncio.Task[Any]) -> None:
+def _swallow(task: asyncio.Future[Any]) -> None:
     """Retrieve a discarded task's outcome, so that asyncio does not log it as never retrieved."""
     if not task.cancelled():
         task.exception()
@@ -641,6 +641,7 @@ class Gateway:
             # The tile was refused (or the client left): its answer must not count, and its failure is not news.
             started.cancel()
             started.add_done_callback(_swallow)
+            incoming.check.add_done_callback(_swallow)  # the client left while its tile was being checked
             raise
 
     async def _call(
