@@ -37,7 +37,7 @@ from pyrocast.model.bundle import Bundle, OnnxClassifier, load_bundle, write_bun
 from pyrocast.model.export import interleaved_median_ms
 from pyrocast.model.preprocess import PreprocessSpec, preprocess
 from pyrocast.serving import procs
-from pyrocast.serving.bundles import SERVING_ORT_CONFIG
+from pyrocast.serving.bundles import SERVING_ORT_CONFIG, resolve_precision
 from pyrocast.settings import ServingSettings, Settings, get_settings
 
 SEED_SECONDS_PER_REQUEST = 2.63  # the seed project's figure for one image request
@@ -160,10 +160,12 @@ def run() -> list[tuple[str, float | str, str]]:
     )
     settings.ensure_dirs()
     (settings.root / "predictions.db").unlink(missing_ok=True)
-    clf = OnnxClassifier(bundle, "fp32", threads=2, config=SERVING_ORT_CONFIG)  # as the classifier serves it
+    # The precision the bundle serves (export's choice), or PYROCAST_SERVING__PRECISION=fp32|int8.
+    precision = resolve_precision(bundle, base.serving.precision)
+    clf = OnnxClassifier(bundle, precision, threads=2, config=SERVING_ORT_CONFIG)  # as the classifier serves it
     x = preprocess(img, bundle.spec)[None]
     results: list[tuple[str, float | str, str]] = [
-        ("model", f"{bundle.name} v{bundle.version} ({bundle.spec.size} px, fp32)", ""),
+        ("model", f"{bundle.name} v{bundle.version} ({bundle.spec.size} px, {precision})", ""),
         ("machine load average (1 min) at start", os.getloadavg()[0], "on 2 cores"),
     ]
     # What batching can save in compute at most: ONNX Runtime's CPU time per tile at batch 1 and at batch 32.
@@ -174,12 +176,12 @@ def run() -> list[tuple[str, float | str, str]]:
         ("compute ceiling of batching: batch 1 / batch 32 CPU per tile", cpu1 / cpu32, "x"),
     ]
 
-    batching = procs.start_classifier(settings, port=ports[0], bundle_dir=bundle.root, precision="fp32", wait=False)
+    batching = procs.start_classifier(settings, port=ports[0], bundle_dir=bundle.root, precision=precision, wait=False)
     plain = procs.start_classifier(
         settings,
         port=ports[3],
         bundle_dir=bundle.root,
-        precision="fp32",
+        precision=precision,
         batching=False,
         name="no-batching",
         wait=False,

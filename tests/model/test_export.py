@@ -66,6 +66,17 @@ def test_int8_agrees_on_most_decisions(exported: ExportResult) -> None:
     assert np.mean((p8 >= 0.5) == (p32 >= 0.5)) >= 0.9
 
 
+def test_every_session_runs_with_quiet_threads_so_export_times_int8_as_served(exported: ExportResult) -> None:
+    # Export times FP32 and INT8 in turn: spinning threads of one session slowed the next one down to its speed
+    # (the 8-view model measured 0.95x for INT8 instead of 2.3x, and shipped FP32). Timing itself belongs to the
+    # benchmarks; this pins the configuration that made the measurement honest.
+    for precision in ("fp32", "int8"):
+        opts = OnnxClassifier(exported.bundle, precision).session.get_session_options()  # type: ignore[arg-type]
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    explicit = OnnxClassifier(exported.bundle, "fp32", config={"session.intra_op.allow_spinning": "1"})
+    assert explicit.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
 def test_torch_weights_reload(exported: ExportResult) -> None:
     module = load_torch_module(exported.bundle)
     images, _ = tiles(4, seed=12)

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from pyrocast.errors import PyrocastError
-from pyrocast.model.bundle import Bundle, Precision, load_bundle
+from pyrocast.model.bundle import QUIET_ORT_CONFIG, Bundle, Precision, load_bundle
 from pyrocast.settings import Settings
 
 ENV_BUNDLE = "PYROCAST_SERVE_BUNDLE"
@@ -24,10 +24,9 @@ ENV_MODEL = "PYROCAST_SERVE_MODEL"
 ENV_PRECISION = "PYROCAST_SERVE_PRECISION"
 ENV_BATCHING = "PYROCAST_SERVE_BATCHING"
 
-# ONNX Runtime's worker threads spin while they wait for work. On a 2-core machine shared with the event loop
-# (and other services) the spinning steals the CPU the rest needs: measured here, EfficientNet-Lite0 at batch 1
-# took 9.9 CPU-ms per tile without spinning against 18.9 with it, and half the wall time under load.
-SERVING_ORT_CONFIG = {"session.intra_op.allow_spinning": "0"}
+# Services share their cores with the event loop and each other: ONNX Runtime's threads must not spin (see
+# QUIET_ORT_CONFIG, the default of every session; named here so the services say it).
+SERVING_ORT_CONFIG = QUIET_ORT_CONFIG
 
 
 def resolve_bundle(settings: Settings, bundle_dir: str | Path | None = None, ref: str | None = None) -> Bundle:
