@@ -56,3 +56,16 @@ def test_batching_switch(value: str | None, on: bool, monkeypatch: pytest.Monkey
     else:
         monkeypatch.setenv("PYROCAST_SERVE_BATCHING", value)
     assert batching_enabled() is on
+
+
+def test_views_come_from_the_networks_test_time_averaging(tmp_path: Path) -> None:
+    from pyrocast.model.bundle import Bundle
+    from pyrocast.model.preprocess import PreprocessSpec
+
+    def views(meta: dict) -> int:
+        return Bundle(tmp_path, PreprocessSpec(), meta).views
+
+    assert views({"network": {"kind": "effnet_lite0", "tta": 8}}) == 8
+    assert views({"network": {"kind": "small_cnn"}}) == 1
+    assert views({"network": "effnet_lite0/head (untrained head)"}) == 1  # the benchmark's stand-in
+    assert views({}) == 1 and views({"network": {"tta": None}}) == 1 and views({"network": {"tta": "x"}}) == 1

@@ -90,3 +90,19 @@ def test_grayscale_and_rgba_are_converted(stack: ServingStack) -> None:
             stack.champion.url + "/predict", files={"images": ("t", encode(img, fmt), f"image/{fmt.lower()}")}
         )
         assert r.status_code == 200, r.text
+
+
+def test_a_batch_larger_than_one_model_call_is_scored_in_order(stack: ServingStack) -> None:
+    # The dispatcher may form batches of up to 32 tiles; the model is called on chunks of at most 16 images.
+    url = stack.champion.url
+    assert httpx.get(url + "/model/info").json()["tiles_per_model_call"] == 16  # a one-view model
+    images = [encode(tile_image(100 + i, 64)) for i in range(40)]
+    files = [("images", (f"t{i}.jpg", im, "image/jpeg")) for i, im in enumerate(images)]
+    together = httpx.post(url + "/predict", files=files, timeout=60)
+    assert together.status_code == 200, together.text
+    alone = [
+        httpx.post(url + "/predict", files={"images": ("t.jpg", im, "image/jpeg")}).json()[0]["probability"]
+        for im in images
+    ]
+    got = [item["probability"] for item in together.json()]
+    assert got == pytest.approx(alone, abs=1e-6) and len(set(round(p, 6) for p in got)) > 1

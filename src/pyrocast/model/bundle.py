@@ -56,6 +56,16 @@ class Bundle:
         return p
 
     @property
+    def views(self) -> int:
+        """Images the graph scores per tile: its test-time views (8 for the full profile's dihedral averaging)."""
+        network = self.meta.get("network")
+        tta = network.get("tta", 1) if isinstance(network, dict) else 1
+        try:
+            return max(1, int(tta or 1))
+        except (TypeError, ValueError):
+            return 1
+
+    @property
     def preferred_precision(self) -> Precision:
         """What training measured as the faster safe choice (INT8 only if it kept accuracy)."""
         p = self.meta.get("serve_precision", "fp32")
