@@ -15,12 +15,15 @@ alias moves before the decide step, so an interrupted run leaves the registry as
 """
 
 # No `from __future__ import annotations` here: ZenML reads the steps' annotations as live types.
+import contextlib
 import csv
 import functools
 import json
 import logging
 import re
 import secrets
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -648,17 +651,24 @@ def run_training(
     tracker = MLFlowExperimentTrackerSettings(experiment_name=settings.mlflow.experiment, nested=False)
     configured = training_pipeline.with_options(run_name=run_name, settings={"experiment_tracker": tracker})
     log.info("training run %s (profile %s); files in %s", run_name, profile, run_dir)
-    try:
-        t_run = time.perf_counter()
-        with _quiet_zenml_console():
-            run = configured(cfg)
-        phases["pipeline"] = time.perf_counter() - t_run
-    except BaseException as exc:
-        failure = _read_failure(run_dir)
-        _after_failure(settings, client, run_name, exc, profile, failure)
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        raise _failure_error(run_name, run_dir, exc, failure) from None
+    with _noticing_ctrl_c() as ctrl_c:
+        try:
+            t_run = time.perf_counter()
+            with _quiet_zenml_console():
+                run = configured(cfg)
+            phases["pipeline"] = time.perf_counter() - t_run
+        except BaseException as exc:
+            failure = _read_failure(run_dir)
+            if ctrl_c and not isinstance(exc, KeyboardInterrupt):
+                # ZenML's own Ctrl-C handlers query its database: caught mid-transaction they fail with another
+                # error ('database is locked'). The run was interrupted all the same, and must say so.
+                log.info("training run %s: Ctrl-C surfaced as %s", run_name, type(exc).__name__)
+                exc = KeyboardInterrupt()
+                failure = _as_interrupted(run_dir, failure)
+            _after_failure(settings, client, run_name, exc, profile, failure)
+            if isinstance(exc, KeyboardInterrupt):
+                raise exc from None
+            raise _failure_error(run_name, run_dir, exc, failure) from None
     t_collect = time.perf_counter()
     outcome = _outcome(settings, client, run, run_name, run_dir, time.perf_counter() - t_start)
     phases["collect"] = time.perf_counter() - t_collect
@@ -729,6 +739,18 @@ def _quiet_zenml_console() -> Iterator[None]:
         logger.setLevel(old)
 
 
+def _as_interrupted(run_dir: Path, failure: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The step's failure record, rewritten as the Ctrl-C it was (what it surfaced as is kept)."""
+    if not failure or failure.get("type") == "KeyboardInterrupt":
+        return failure
+    from pyrocast.data.layout import atomic_write
+
+    failure = {**failure, "surfaced_as": failure.get("type"), "type": "KeyboardInterrupt", "user_error": False}
+    with contextlib.suppress(OSError):
+        atomic_write(run_dir / FAILURE, json.dumps(failure, indent=2).encode())
+    return failure
+
+
 def _read_failure(run_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((run_dir / FAILURE).read_text())
@@ -746,6 +768,33 @@ def _failure_error(run_name: str, run_dir: Path, exc: BaseException, failure: di
     if isinstance(exc, PyrocastError):
         return PyrocastError(f"training run {run_name} failed: {exc.message}", exc.hint)
     return PyrocastError(f"training run {run_name} failed: {type(exc).__name__}: {exc}", f"see {run_dir}")
+
+
+@contextmanager
+def _noticing_ctrl_c() -> Iterator[list[bool]]:
+    """A list that becomes [True] once SIGINT arrives while the block runs (Ctrl-C behaves as before).
+
+    ZenML chains its step launchers' handlers to the one found when each step starts, so this one, installed
+    first, always hears the signal, whatever the others raise.
+    """
+    seen: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(True)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _after_failure(
