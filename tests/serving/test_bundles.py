@@ -69,3 +69,8 @@ def test_views_come_from_the_networks_test_time_averaging(tmp_path: Path) -> Non
     assert views({"network": {"kind": "small_cnn"}}) == 1
     assert views({"network": "effnet_lite0/head (untrained head)"}) == 1  # the benchmark's stand-in
     assert views({}) == 1 and views({"network": {"tta": None}}) == 1 and views({"network": {"tta": "x"}}) == 1
+    from pyrocast.serving.bundles import tiles_per_call
+
+    assert tiles_per_call(Bundle(tmp_path, PreprocessSpec(), {"network": {"tta": 8}})) == 2
+    assert tiles_per_call(Bundle(tmp_path, PreprocessSpec(), {})) == 16
+    assert tiles_per_call(Bundle(tmp_path, PreprocessSpec(), {"network": {"tta": 32}})) == 1

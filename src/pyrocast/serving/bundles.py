@@ -56,6 +56,17 @@ def resolve_precision(bundle: Bundle, wanted: str | None) -> Precision:
     return wanted  # type: ignore[return-value]
 
 
+# Images per ONNX Runtime call. On these CPUs a call's cost per image is flat up to about 16 images and rises
+# beyond (the 8-view model, CPU-ms per tile: 79-80 at 1-2 tiles, 85 at 4-16, 110 at 32, FP32): a batch the
+# dispatcher formed is scored in chunks of this many images, so batching never makes a tile dearer.
+IMAGES_PER_CALL = 16
+
+
+def tiles_per_call(bundle: Bundle) -> int:
+    """How many tiles of this bundle the classifier scores per ONNX Runtime call."""
+    return max(1, IMAGES_PER_CALL // bundle.views)
+
+
 def batching_enabled() -> bool:
     """Adaptive batching is on unless PYROCAST_SERVE_BATCHING=0 (the benchmark's baseline)."""
     return os.environ.get(ENV_BATCHING, "1").strip().lower() not in ("0", "false", "no", "off")

@@ -40,15 +40,12 @@ from pyrocast.serving.bundles import (
     batching_enabled,
     resolve_bundle,
     resolve_precision,
+    tiles_per_call,
 )
 from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload
 from pyrocast.settings import get_settings
 
 LABELS = ("nowildfire", "wildfire")
-# Images per ONNX Runtime call. On these CPUs a call's cost per image is flat up to about 16 images and rises
-# beyond (the 8-view model, CPU-ms per tile: 79-80 at 1-2 tiles, 85 at 4-16, 110 at 32, FP32): a batch the
-# dispatcher formed is scored in chunks of this many images, so batching never makes a tile dearer.
-IMAGES_PER_CALL = 16
 # Multipart framing around a file is a few hundred bytes; the per-file limit is checked exactly later.
 MULTIPART_SLACK = 64 * 1024
 
@@ -126,7 +123,7 @@ class Classifier:
         threads = int(os.environ.get("PYROCAST_SERVE_THREADS", "2"))
         self.model = OnnxClassifier(self.bundle, self.precision, threads=threads, config=SERVING_ORT_CONFIG)
         self.threshold = float(self.bundle.meta.get("threshold", 0.5))
-        self.chunk = max(1, IMAGES_PER_CALL // self.bundle.views)  # tiles per ONNX Runtime call
+        self.chunk = tiles_per_call(self.bundle)
         global _SPEC
         _SPEC = self.bundle.spec
         # Warm-up: the first ONNX Runtime run allocates; no user request should pay for it.
