@@ -173,3 +173,26 @@ def test_unreachable_mlflow_fails_before_anything_starts(env: Settings) -> None:
         run_training(dead, profile="quick", overrides=TINY)
     assert time.monotonic() - t0 < 5
     assert set((env.root / "runs").glob("*")) == runs_before
+
+
+def test_a_ctrl_c_is_noticed_whatever_the_handlers_above_it_raise() -> None:
+    # What ZenML's step launchers do: chain to the handler they found, after failing with their own error.
+    import signal
+
+    from pyrocast.pipelines.training import _noticing_ctrl_c
+
+    with _noticing_ctrl_c() as seen:
+        below = signal.getsignal(signal.SIGINT)
+
+        def launcher(signum: int, frame: object) -> None:
+            try:
+                raise RuntimeError("database is locked")
+            finally:
+                below(signum, frame)  # type: ignore[operator]
+
+        signal.signal(signal.SIGINT, launcher)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here
+        assert seen
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
