@@ -10,8 +10,10 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.support.servers import ThreadedServer
 
 
 @dataclass
@@ -21,18 +23,12 @@ class Received:
     body: Any  # parsed JSON, or the raw text when it is not JSON
 
 
-class WebhookReceiver:
+class WebhookReceiver(ThreadedServer):
     def __init__(self, status: int = 200) -> None:
+        super().__init__()
         self.status = status
         self.received: list[Received] = []
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None
-        return self._httpd.server_address[1]
 
     def start(self) -> WebhookReceiver:
         receiver = self
@@ -53,26 +49,11 @@ class WebhookReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        self._launch(Handler)
         return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
 
     def wait_for(self, n: int = 1, timeout: float = 5.0) -> list[Received]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and len(self.received) < n:
             time.sleep(0.02)
         return list(self.received)
-
-    def __enter__(self) -> WebhookReceiver:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
