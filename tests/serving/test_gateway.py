@@ -283,6 +283,18 @@ def test_canary_ramps_on_schedule(gw: ServingStack, jpeg: bytes) -> None:
     assert "canary-step" in events or "canary-complete" in events
 
 
+def test_a_completed_canary_promotes_itself_and_moves_the_registry_aliases(gw: ServingStack) -> None:
+    from pyrocast.registry.models import aliases
+
+    lenient = {"max_disagreement": 1.0, "max_p95_ms": 60000}
+    gw.set_rollout("canary", {"steps": [1.0], "step_seconds": 1.0, "guardrails": lenient, "auto_promote": True})
+    view = wait_for(lambda: (v := httpx.get(f"{gw.url}/v1/rollout").json())["mode"] == "champion" and v, 15.0)
+    assert view, "the canary did not complete"
+    assert view["state"]["champion"]["version"] == "2"
+    assert view["events"][0]["action"] == "promote" and "registry aliases moved" in view["events"][0]["reason"]
+    assert aliases(gw.settings) == {"champion": "2", "challenger": "1"}  # as a manual promotion does
+
+
 def test_canary_stops_on_a_guardrail(gw: ServingStack, jpeg: bytes) -> None:
     guard = {"max_disagreement": 0.2, "min_requests": 5}
     gw.set_rollout("canary", {"steps": [0.5, 1.0], "step_seconds": 600, "guardrails": guard})

@@ -48,3 +48,42 @@ def test_a_replica_adopts_changes_and_keeps_its_canary_window_across_step_record
                 g.store.close()
 
     asyncio.run(scenario())
+
+
+def test_replicas_record_each_change_time_decides_once(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    settings.ensure_dirs()
+
+    async def scenario() -> None:
+        one, two = (Gateway(settings, PredictionStore(settings.store_database_url)) for _ in range(2))
+        try:
+            for g in (one, two):
+                g.controller.set_models(V1, V2)
+            plan = CanaryPlan(steps=[0.1, 0.5], step_seconds=60, auto_promote=True)
+            await one._after_change(one.controller.start_canary(plan))
+            assert await two.follow_store()
+            t0 = one.controller.state.canary_started_at
+            assert t0 is not None
+
+            # Both replicas see the ramp's next step at the same tick: one records it, the other adopts it.
+            recorded = await asyncio.gather(one.advance(t0 + 61), two.advance(t0 + 61))
+            assert sorted(len(r) for r in recorded) == [0, 1]
+            assert [e["action"] for e in one.store.events()].count("canary-step") == 1
+            for g in (one, two):
+                await g.follow_store()
+                assert g.controller.state.mode == "canary" and g.controller.state.canary_step == 1
+
+            # The canary completes for both at once: one promotion, and both end with v2 as the champion.
+            recorded = await asyncio.gather(one.advance(t0 + 121), two.advance(t0 + 121))
+            assert sorted(len(r) for r in recorded) == [0, 1]
+            assert [e["action"] for e in one.store.events()].count("promote") == 1
+            for g in (one, two):
+                await g.follow_store()
+                assert g.controller.state.mode == "champion" and g.controller.state.champion == V2
+            assert await one.advance(t0 + 200) == [] and await two.advance(t0 + 200) == []
+        finally:
+            for g in (one, two):
+                await g.client.aclose()
+                g.store.close()
+
+    asyncio.run(scenario())

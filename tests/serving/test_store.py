@@ -77,6 +77,19 @@ def test_events_keep_the_last_state(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_claimed_event_is_written_once_across_stores(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    one, two = PredictionStore(url), PredictionStore(url)  # two gateway replicas on one database
+    first = one.add_event("canary-step", "canary", {"step": 1}, claim="canary@1.0:canary-step:1")
+    assert first is not None
+    assert two.add_event("canary-step", "canary", {"step": 1}, claim="canary@1.0:canary-step:1") is None
+    assert two.add_event("promote", "champion", {"step": 1}, claim="canary@1.0:promote:1") == first + 1
+    assert [e["action"] for e in one.events()] == ["promote", "canary-step"]
+    assert two.written["rollout_events"] == 1
+    one.close()
+    two.close()
+
+
 def test_image_stats_describe_the_tile() -> None:
     red = Image.new("RGB", (350, 350), (255, 0, 0))
     s = image_stats(red)

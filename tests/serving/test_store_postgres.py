@@ -66,6 +66,26 @@ def test_concurrent_producers_and_readers_lose_nothing(store_url: str) -> None:
     store.close()
 
 
+def test_replicas_racing_for_one_claim_write_one_event(store_url: str) -> None:
+    stores = [PredictionStore(store_url) for _ in range(2)]  # two gateway replicas' stores
+    start = threading.Barrier(8)
+    won: list[int | None] = []
+
+    def race(i: int) -> None:
+        start.wait()
+        won.append(stores[i % 2].add_event("canary-step", "canary", {"i": i}, claim="canary@5.0:canary-step:2"))
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 8 and sum(w is not None for w in won) == 1
+    assert [e["action"] for e in stores[0].events()] == ["canary-step"]
+    for s in stores:
+        s.close()
+
+
 def test_close_drains_the_queue_and_a_restart_loses_nothing(store_url: str) -> None:
     store = PredictionStore(store_url, interval_s=5.0).start()  # a long batching window: rows still queued at close
     stats = {c: round(0.01 * k, 6) for k, c in enumerate(STAT_COLUMNS)}

@@ -61,6 +61,7 @@ Variant = Literal["champion", "challenger", "champion-fallback"]
 MULTIPART_SLACK = 64 * 1024
 PROBE_INTERVAL_S = 2.0
 DOWN_COOLDOWN_S = 2.0
+PROMOTE_RETRY_S = 30.0  # a canary's auto-promotion whose registry aliases could not be moved waits this long
 MAX_BACKGROUND = 256  # shadow/compare calls in flight; beyond this copies are dropped (and counted)
 PREDICT_TIMEOUT = aiohttp.ClientTimeout(total=30.0, sock_connect=2.0)
 RECENT_REQUESTS = 20_000  # request ids kept in memory for feedback (about 10 MB); older ones are looked up in the store
@@ -395,6 +396,7 @@ class Gateway:
         self._background: set[asyncio.Task] = set()
         self._ticker: asyncio.Task | None = None
         self._event_id = 0  # the newest rollout event this gateway has written or adopted
+        self._promote_retry_at = 0.0  # monotonic time before which a failed auto-promotion is not tried again
         self.session: aiohttp.ClientSession | None = None
         admin = settings.admin_token
         self.admin_token = admin.get_secret_value() if admin else None
@@ -443,8 +445,7 @@ class Gateway:
                 # Adopt what other gateways changed before judging the canary: a step one of them has recorded
                 # is then not recorded again.
                 await self.follow_store()
-                for ev in self.controller.tick():
-                    await self._after_change(ev)
+                await self.advance()
                 self._update_gauges()
             except Exception:  # the loop must survive anything (a store hiccup, a backend oddity)
                 log.exception("gateway tick failed")
@@ -716,8 +717,7 @@ class Gateway:
 
     async def _check_guardrails(self) -> None:
         if self.controller.state.mode == "canary":
-            for ev in self.controller.tick():
-                await self._after_change(ev)
+            await self.advance()
 
     def _spawn(self, coro: Any) -> None:
         if len(self._background) >= MAX_BACKGROUND:
@@ -820,17 +820,56 @@ class Gateway:
             f"challenger -> v{challenger.version}" if challenger else "no challenger"
         )
 
-    async def _after_change(self, ev: Event) -> None:
+    async def advance(self, now: float | None = None) -> list[Event]:
+        """Let time act on the rollout (canary steps, guardrail stops, completion) and record what changed.
+
+        Replicas on one store decide the same change at about the same time: each change is claimed under a key
+        naming the plan and the change, and only the replica that wins the claim records it (and, for a canary
+        that completes with auto-promotion, has moved the registry aliases like a manual promotion). The others
+        go back to the state they had and adopt the winner's from the store. Returns the events recorded here.
+        """
+        c = self.controller
+        before = c.state.model_copy(deep=True)
+        events = c.tick(now)
+        if not events:
+            return []
+        if any(ev.action == "promote" for ev in events):
+            if time.monotonic() < self._promote_retry_at:
+                c.state = before
+                return []
+            try:
+                note = await run_in_threadpool(self._move_aliases, c.state.champion, c.state.challenger)
+            except Exception as exc:  # the canary stays at its last step; tried again in PROMOTE_RETRY_S
+                c.state = before
+                self._promote_retry_at = time.monotonic() + PROMOTE_RETRY_S
+                log.warning("canary complete, promotion postponed: moving the registry aliases failed: %s", exc)
+                return []
+            if note:
+                events[-1].reason = f"{events[-1].reason}; {note}"
+        claim = f"{before.mode}@{before.updated_at!r}:{events[-1].action}:{c.state.canary_step}"
+        if not await self._after_change(events[0], claim=claim):
+            c.state = before  # another replica recorded this change; its state arrives through the store
+            self._assign_roles()
+            await self.follow_store()
+            return []
+        for ev in events[1:]:
+            await self._after_change(ev)
+        return events
+
+    async def _after_change(self, ev: Event, claim: str | None = None) -> bool:
+        """Record a change (and log it); False when `claim` was already taken by another replica."""
+        if not await self._record(ev, claim):
+            return False
         if ev.action in ("promote", "rollback"):
             self._assign_roles()
-        await self._record(ev)
         if ev.action in ("guardrail-stop", "champion-only") and ev.reason:
             log.warning("rollout: %s: %s", ev.action, ev.reason)
         else:
             log.info("rollout: %s%s", ev.action, f": {ev.reason}" if ev.reason else "")
         self._update_gauges()
+        return True
 
-    async def _record(self, ev: Event) -> None:
+    async def _record(self, ev: Event, claim: str | None = None) -> bool:
         st = self.controller.state
         event_id = await run_in_threadpool(
             self.store.add_event,
@@ -840,8 +879,12 @@ class Gateway:
             ev.reason,
             st.champion.version if st.champion else None,
             st.challenger.version if st.challenger else None,
+            claim,
         )
+        if event_id is None:
+            return False
         self._event_id = max(self._event_id, event_id)  # another gateway's newer change may be adopted already
+        return True
 
     def view(self) -> RolloutView:
         snap = self.controller.snapshot()

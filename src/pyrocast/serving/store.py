@@ -17,6 +17,8 @@ Tables (times are UTC):
   (from the served label), so accuracy can be computed for every variant that saw the request.
 - `rollout_events`: every rollout change (who/what/why) with a snapshot of the state; the last snapshot is the
   state a restarted gateway resumes.
+- `rollout_claims`: one row per change that time decides (a canary step, a guardrail stop, a completion), keyed
+  by the plan and the change, so that of several gateway replicas on one store exactly one records it.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    update,
 )
+from sqlalchemy.exc import IntegrityError
 
 from pyrocast.database import create_schema
 
@@ -139,6 +143,15 @@ rollout_events = Table(
     Column("challenger_version", String(64)),
     Column("state", Text),
     Index("ix_rollout_events_ts", "ts"),
+)
+
+# A change that time decides, claimed by the replica that records it (the key names the plan and the change).
+rollout_claims = Table(
+    "rollout_claims",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("event_id", Integer),
 )
 
 TABLES = {"predictions": predictions, "feedback": feedback, "rollout_events": rollout_events}
@@ -450,8 +463,13 @@ class PredictionStore:
         reason: str | None = None,
         champion_version: str | None = None,
         challenger_version: str | None = None,
-    ) -> int:
-        """Write a rollout event with its state snapshot; returns its id (ids grow with every event)."""
+        claim: str | None = None,
+    ) -> int | None:
+        """Write a rollout event with its state snapshot; returns its id (ids grow with every event).
+
+        claim: a key naming a change that time decides (several gateway replicas decide it at once). The event is
+        written only by the first to claim the key, in the same transaction; the others get None and write nothing.
+        """
         row = {
             "ts": utcnow(),
             "action": action,
@@ -461,8 +479,21 @@ class PredictionStore:
             "challenger_version": challenger_version,
             "state": json.dumps(state, default=_json_default),
         }
-        with self.engine.begin() as conn:
-            event_id = conn.execute(insert(rollout_events).values(**_fit(rollout_events, row))).inserted_primary_key[0]
+        try:
+            with self.engine.begin() as conn:
+                if claim is not None:
+                    conn.execute(insert(rollout_claims).values(key=claim[:200], ts=row["ts"]))
+                event_id = conn.execute(
+                    insert(rollout_events).values(**_fit(rollout_events, row))
+                ).inserted_primary_key[0]
+                if claim is not None:
+                    conn.execute(
+                        update(rollout_claims).where(rollout_claims.c.key == claim[:200]).values(event_id=event_id)
+                    )
+        except IntegrityError:
+            if claim is None:
+                raise
+            return None  # another replica claimed this change first (its event is, or will be, the record)
         self.written["rollout_events"] += 1
         return int(event_id)
 
