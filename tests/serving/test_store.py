@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import time
@@ -145,7 +146,9 @@ def test_a_full_disk_mid_spill_leaves_whole_lines_and_the_next_start_replays_the
     try:
         db = tmp_path / "p.db"
         spill = small / "spill.jsonl"
-        store = PredictionStore(f"sqlite:///{db}", spill_path=spill, retries=1, retry_delay_s=0.01)
+        shm = tmp_path / "shm"  # stands for /dev/shm
+        shm.mkdir()
+        store = PredictionStore(f"sqlite:///{db}", spill_path=spill, retries=1, retry_delay_s=0.01, emergency_dir=shm)
         _unwritable(store, db)
         for i in range(10):  # about 1 kB each: these fit
             store.put_prediction(row(i))
@@ -156,13 +159,35 @@ def test_a_full_disk_mid_spill_leaves_whole_lines_and_the_next_start_replays_the
         store.flush()
         assert store.held == 190
         assert spill.read_bytes() == spilled  # cut back to its last whole line
-        store.close()  # 190 rows cannot be kept anywhere: said loudly, counted
-        assert store.dropped == 190
-        again = PredictionStore(f"sqlite:///{db}", spill_path=spill)
-        assert again.count() == 10 and not spill.exists()
+        store.close()  # the 190 held rows go to the memory-backed emergency file
+        assert store.dropped == 0 and store.emergency_path is not None and store.emergency_path.parent == shm
+        assert len(store.emergency_path.read_bytes().splitlines()) == 190
+        again = PredictionStore(f"sqlite:///{db}", spill_path=spill, emergency_dir=shm)
+        assert again.count() == 200 and not spill.exists() and not list(shm.iterdir())
         again.close()
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_rows_nobody_takes_at_shutdown_are_counted_lost_only_without_an_emergency_file(tmp_path: Path) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full (Linux) to stand for a full disk")
+    db, shm = tmp_path / "p.db", tmp_path / "shm"
+    for emergency_dir, lost in ((None, 3), (tmp_path / "absent", 3), (shm, 0)):
+        shm.mkdir(exist_ok=True)
+        store = PredictionStore(
+            f"sqlite:///{db}", spill_path=Path("/dev/full"), retries=1, retry_delay_s=0.01, emergency_dir=emergency_dir
+        )
+        _unwritable(store, db)
+        for i in range(3):
+            store.put_prediction(row(i))
+        store.close()  # no writer thread: close() drains, the database and the disk refuse
+        assert store.dropped == lost and store.held == 0
+    assert store.emergency_path is not None
+    assert re.fullmatch(r"pyrocast-spill-[0-9a-f]{16}\.jsonl", store.emergency_path.name)  # a digest, no URL
+    again = PredictionStore(f"sqlite:///{db}", spill_path=Path("/dev/full"), emergency_dir=shm)
+    assert again.count() == 3 and not list(shm.iterdir())
+    again.close()
 
 
 def test_a_spill_file_torn_by_a_crash_is_replayed_up_to_its_last_whole_line(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ drains the queue, so a clean shutdown (SIGTERM) loses nothing. Rows that cannot 
 and stays down through the retries) are spilled to a JSON-lines file beside it and written on the next start.
 When the spill cannot be written either (a full disk), the rows are held in memory (up to `MAX_HELD`) and
 retried every few seconds, and the spill file is cut back to its last whole line: nothing half-written is left.
+Rows still held when the store closes go to a memory-backed file in /dev/shm, replayed by the next start.
 A spill file torn by a crash is replayed up to its last whole line; the torn rest is kept aside in a `.bad` file.
 
 Tables (times are UTC):
@@ -24,6 +25,7 @@ Tables (times are UTC):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -221,13 +223,26 @@ def create_tables(engine: Engine) -> None:
 
 
 MAX_HELD = 100_000  # rows kept in memory while neither the database nor the spill file takes them (~100 MB)
+# Where rows still held at shutdown go when the database and the disk refuse them: memory-backed, so a full disk
+# does not stop it; it outlives the process (not a reboot), and the next start on the same store replays it.
+EMERGENCY_DIR = Path("/dev/shm")
+
+
+def emergency_spill_path(url: str, spill_path: Path | None, directory: Path | None) -> Path | None:
+    """The store's last-resort spill file in `directory` (None where there is none), named by a digest of the
+    store's identity (never the URL itself: it may carry a password)."""
+    if directory is None or not directory.is_dir():
+        return None
+    identity = str(spill_path.resolve()) if spill_path is not None else url
+    return directory / f"pyrocast-spill-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.jsonl"
 
 
 class PredictionStore:
     """The store and its background writer. `put_*` never block; `flush()` waits until written.
 
     `retries` write attempts per batch, `retry_delay_s` doubling up to 5 s between them, then the spill file;
-    rows nobody took are retried every `held_retry_s`.
+    rows nobody took are retried every `held_retry_s`, and those still held at `close()` go to a spill file in
+    `emergency_dir` (memory-backed /dev/shm by default; None: none), which the next start replays too.
     """
 
     def __init__(
@@ -240,6 +255,7 @@ class PredictionStore:
         retries: int = 8,
         retry_delay_s: float = 0.2,
         held_retry_s: float = 5.0,
+        emergency_dir: Path | None = EMERGENCY_DIR,
     ) -> None:
         self.url = url
         self.engine = make_engine(url)
@@ -247,6 +263,7 @@ class PredictionStore:
         self.batch_size = batch_size
         self.interval_s = interval_s
         self.spill_path = spill_path
+        self.emergency_path = emergency_spill_path(url, spill_path, emergency_dir)
         self.retries = retries
         self.retry_delay_s = retry_delay_s
         self.held_retry_s = held_retry_s
@@ -310,6 +327,14 @@ class PredictionStore:
             self._thread.join(timeout)
             self._thread = None
         self._drain_sync()
+        if self._held and self._spill(self._held, self.emergency_path):
+            log.error(
+                "prediction store: the database and the spill file refused %d rows at shutdown; they are in %s "
+                "(memory: it survives this process, not a reboot) and the next start on this store writes them",
+                len(self._held),
+                self.emergency_path,
+            )
+            self._held = []
         if self._held:
             self.dropped += len(self._held)
             log.critical(
@@ -407,20 +432,21 @@ class PredictionStore:
         for name, rows in by_table.items():
             self.written[name] += len(rows)
 
-    def _spill(self, batch: list[tuple[str, dict[str, Any]]]) -> bool:
-        """Append the rows to the spill file, whole lines or nothing; False when it cannot be written."""
+    def _spill(self, batch: list[tuple[str, dict[str, Any]]], path: Path | None = None) -> bool:
+        """Append the rows to the spill file (or `path`), whole lines or nothing; False when it cannot be written."""
+        path = path or self.spill_path
         why = "no spill file is set"
-        if self.spill_path is not None:
+        if path is not None:
             data = "".join(
                 json.dumps({"table": table, "row": row}, default=_json_default) + "\n" for table, row in batch
             ).encode()
             try:
-                self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-                _append_whole(self.spill_path, data)
-                log.error("prediction store: %d rows spilled to %s", len(batch), self.spill_path)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _append_whole(path, data)
+                log.error("prediction store: %d rows spilled to %s", len(batch), path)
                 return True
             except OSError as exc:
-                why = f"the spill file {self.spill_path} cannot be written ({exc.strerror or exc})"
+                why = f"the spill file {path} cannot be written ({exc.strerror or exc})"
         log.error(
             "prediction store: %d rows could not be written to the database and %s: holding them in memory and "
             "retrying every %.0f s (free disk space, or bring the database back)",
@@ -431,10 +457,13 @@ class PredictionStore:
         return False
 
     def _replay_spill(self) -> None:
-        if self.spill_path is None or not self.spill_path.is_file():
-            return
+        for path in (self.spill_path, self.emergency_path):
+            if path is not None and path.is_file():
+                self._replay(path)
+
+    def _replay(self, path: Path) -> None:
         batch, torn = [], []
-        for line in self.spill_path.read_bytes().split(b"\n"):
+        for line in path.read_bytes().split(b"\n"):
             if not line.strip():
                 continue
             try:
@@ -448,11 +477,11 @@ class PredictionStore:
         if batch:
             self._write(batch)
         if torn:
-            aside = self.spill_path.with_name(f"{self.spill_path.name}.bad-{int(time.time())}")
+            aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
             aside.write_bytes(b"\n".join(torn) + b"\n")
             log.warning("prediction store: %d unreadable spill lines kept aside in %s", len(torn), aside)
-        self.spill_path.unlink()
-        log.info("prediction store: %d spilled rows written", len(batch))
+        path.unlink()
+        log.info("prediction store: %d spilled rows written (from %s)", len(batch), path)
 
     # --- rollout events (rare; written synchronously so the state survives a crash) -----------------------------
     def add_event(
