@@ -44,7 +44,7 @@ from pyrocast.model.preprocess import PreprocessSpec, preprocess
 from pyrocast.model.profiles import FULL
 from pyrocast.serving import procs
 from pyrocast.serving.bundles import SERVING_ORT_CONFIG, resolve_precision, tiles_per_call
-from pyrocast.settings import ServingSettings, Settings, get_settings
+from pyrocast.settings import Settings, get_settings
 
 SEED_SECONDS_PER_REQUEST = 2.63  # the seed project's figure for one image request
 N_SEQUENTIAL = 150
@@ -184,7 +184,9 @@ def _serving_settings(base: Settings, name: str, ports: list[int]) -> Settings:
     """Settings for one set of bench services (their own data folder and store; ports: classifier, gateway)."""
     settings = Settings(
         data_dir=base.root / "bench" / name,
-        serving=ServingSettings(champion_port=ports[0], challenger_port=procs.free_port(), gateway_port=ports[1]),
+        serving=base.serving.model_copy(
+            update={"champion_port": ports[0], "challenger_port": procs.free_port(), "gateway_port": ports[1]}
+        ),
     )
     settings.ensure_dirs()
     (settings.root / "predictions.db").unlink(missing_ok=True)
@@ -217,7 +219,7 @@ def _one_view_reference(base: Settings, img: Image.Image, jpeg: bytes) -> list[t
     precision = resolve_precision(bundle, base.serving.precision)
     ports = [procs.free_port(), procs.free_port()]
     settings = _serving_settings(base, "serving-one-view", ports)
-    clf = OnnxClassifier(bundle, precision, threads=2, config=SERVING_ORT_CONFIG)
+    clf = OnnxClassifier(bundle, precision, threads=2, config=SERVING_ORT_CONFIG, device=base.serving.device)
     x = preprocess(img, bundle.spec)[None]
     started = [procs.start_classifier(settings, port=ports[0], bundle_dir=bundle.root, precision=precision)]
     try:
@@ -246,16 +248,16 @@ def run() -> list[tuple[str, float | str, str]]:
     ports = [procs.free_port() for _ in range(3)]
     settings = _serving_settings(base, "serving", ports[:2])
     # The precision the bundle serves (export's choice), or PYROCAST_SERVING__PRECISION=fp32|int8.
-    precision = resolve_precision(bundle, base.serving.precision)
-    clf = OnnxClassifier(bundle, precision, threads=2, config=SERVING_ORT_CONFIG)  # as the classifier serves it
+    precision, device = resolve_precision(bundle, base.serving.precision), base.serving.device
+    clf = OnnxClassifier(bundle, precision, threads=2, config=SERVING_ORT_CONFIG, device=device)  # as served
     x = preprocess(img, bundle.spec)[None]
     results: list[tuple[str, float | str, str]] = [
-        ("model", f"{bundle.name} {bundle.version} ({bundle.spec.size} px, {precision})", ""),
+        ("model", f"{bundle.name} {bundle.version} ({bundle.spec.size} px, {precision}, {device})", ""),
         ("why this precision", str(bundle.meta.get("serve_precision_reason", "set by configuration")), ""),
         ("machine load average (1 min) at start", os.getloadavg()[0], "on 2 cores"),
     ]
     # What batching can save in compute at most: ONNX Runtime's CPU time per tile at batch 1 and at batch 32.
-    chunk = tiles_per_call(bundle)  # the classifier scores a formed batch in calls of this many tiles
+    chunk = tiles_per_call(bundle, device)  # the classifier scores a formed batch in calls of this many tiles
     cpu1, cpu32 = _cpu_per_tile(clf, x, 1), _cpu_per_tile(clf, x, 32)
     cpu_chunk = cpu1 if chunk == 1 else _cpu_per_tile(clf, x, chunk)
     results += [

@@ -92,6 +92,8 @@ class ServingSettings(BaseModel):
     challenger_port: int = 3001
     explainer_port: int = 3002
     precision: Literal["fp32", "int8", "auto"] = "auto"
+    # Where the classifiers run their model: cuda needs onnxruntime-gpu and an NVIDIA GPU (serve fp32 there).
+    device: Literal["cpu", "cuda"] = "cpu"
     max_upload_bytes: int = 10 * 1024 * 1024
     max_batch_size: int = 32
     # BentoML's max_latency_ms is a deadline, not the batching window (which adapts below it): a request

@@ -74,3 +74,18 @@ def test_views_come_from_the_networks_test_time_averaging(tmp_path: Path) -> Non
     assert tiles_per_call(Bundle(tmp_path, PreprocessSpec(), {"network": {"tta": 8}})) == 2
     assert tiles_per_call(Bundle(tmp_path, PreprocessSpec(), {})) == 16
     assert tiles_per_call(Bundle(tmp_path, PreprocessSpec(), {"network": {"tta": 32}})) == 1
+    assert tiles_per_call(Bundle(tmp_path, PreprocessSpec(), {"network": {"tta": 8}}), "cuda") == 64  # whole batches
+
+
+def test_a_device_this_machine_cannot_use_is_an_error_never_a_silent_cpu(folder: Path) -> None:
+    import onnxruntime as ort
+
+    bundle = load_bundle(folder)
+    assert OnnxClassifier(bundle, "fp32", device="cpu").device == "cpu"
+    with pytest.raises(PyrocastError, match="unknown device 'tpu'"):
+        OnnxClassifier(bundle, "fp32", device="tpu")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine's ONNX Runtime has CUDA: the refusal below cannot happen here")
+    with pytest.raises(PyrocastError, match="no CUDAExecutionProvider") as err:
+        OnnxClassifier(bundle, "fp32", device="cuda")
+    assert "onnxruntime-gpu" in (err.value.hint or "") and "PYROCAST_SERVING__DEVICE=cpu" in (err.value.hint or "")

@@ -57,7 +57,8 @@ def int8_bundle(bundle_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathF
 def services(
     int8_bundle: Path, bundle_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, procs.ServiceProcess | ServiceUnavailableError]]:
-    """FP32 and INT8 services on the same bundle, and an INT8 start on a bundle without INT8, all in parallel."""
+    """FP32 and INT8 services on the same bundle, an INT8 start on a bundle without INT8 and a start on a GPU
+    this machine does not have, all in parallel."""
     s = Settings(data_dir=tmp_path_factory.mktemp("int8-serving") / "data")
     s.ensure_dirs()
     started = {
@@ -69,6 +70,14 @@ def services(
         ),
         "no-int8": procs.start_classifier(
             s, port=procs.free_port(), bundle_dir=bundle_dirs["1"], precision="int8", name="no-int8", wait=False
+        ),
+        "cuda": procs.start_classifier(
+            s.model_copy(update={"serving": s.serving.model_copy(update={"device": "cuda"})}),
+            port=procs.free_port(),
+            bundle_dir=bundle_dirs["1"],
+            precision="fp32",
+            name="cuda",
+            wait=False,
         ),
     }
     out: dict[str, procs.ServiceProcess | ServiceUnavailableError] = {}
@@ -118,3 +127,14 @@ def test_int8_without_an_int8_graph_does_not_start(services: dict, bundle_dirs: 
     # Reported at once (BentoML would restart the failing worker forever), naming the missing graph and bundle.
     assert text.startswith("no-int8 failed to start:"), text
     assert "has no model.int8.onnx" in text.splitlines()[0] and str(bundle_dirs["1"]) in text, text
+
+
+def test_a_gpu_service_on_a_machine_without_one_does_not_start(services: dict) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine's ONNX Runtime has CUDA")
+    err = services["cuda"]
+    assert isinstance(err, ServiceUnavailableError), "a cuda service started on a machine without CUDA"
+    text = str(err)
+    assert text.startswith("cuda failed to start:") and "no CUDAExecutionProvider" in text, text

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from pyrocast.cli.main import app
+from pyrocast.errors import PyrocastError
 from pyrocast.settings import get_settings
 from tests.support.serving import ServingStack
 
@@ -56,3 +58,14 @@ def test_rollout_errors_are_one_clear_line(cli_env: ServingStack, monkeypatch: p
     assert result.exit_code != 0 and "admin token" in str(result.exception)
     result = runner.invoke(app, ["rollout", "status", "--url", "http://127.0.0.1:9"])
     assert result.exit_code != 0 and "does not answer" in str(result.exception)
+
+
+def test_serve_classifier_refuses_a_gpu_this_machine_lacks(bundle_dirs: dict, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine's ONNX Runtime has CUDA")
+    args = ["serve", "classifier", "--bundle", str(bundle_dirs["1"]), "--device", "cuda", "--data-dir", str(tmp_path)]
+    result = runner.invoke(app, args)  # before BentoML is started: the error is the command's own
+    assert result.exit_code != 0 and isinstance(result.exception, PyrocastError), result.output
+    assert "no CUDAExecutionProvider" in str(result.exception) and "onnxruntime-gpu" in str(result.exception)

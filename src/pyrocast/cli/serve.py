@@ -58,15 +58,19 @@ def serve_classifier(
     precision: str | None = typer.Option(None, "--precision", help="fp32, int8 or auto (default: serving.precision)."),
     port: int | None = typer.Option(None, "--port", help="Port (default: serving.champion_port/challenger_port)."),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="Adaptive batching (on by default)."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: serving.device)."),
     data_dir: Path | None = DATA_DIR,
 ) -> None:
     """Serve one model version with BentoML + ONNX Runtime (adaptive batching)."""
-    from pyrocast.model.bundle import load_bundle
+    from pyrocast.model.bundle import load_bundle, provider_for
     from pyrocast.serving import bundles, procs
 
     if role not in ("champion", "challenger"):
         raise PyrocastError(f"unknown role {role!r}", "use --role champion or --role challenger")
     s = settings(data_dir)
+    if device is not None:
+        provider_for(device)  # a clear error now rather than a traceback from the worker
+        s.serving.device = device  # type: ignore[assignment]  # checked just above
     env = procs.settings_env(s)
     if bundle is not None:
         b = load_bundle(bundle)  # a clear error now rather than a traceback from the worker
@@ -80,7 +84,7 @@ def serve_classifier(
     port = port or (s.serving.champion_port if role == "champion" else s.serving.challenger_port)
     # One BentoML home per service: BentoML wipes the Prometheus files in its home when a server starts.
     env["BENTOML_HOME"] = str(s.root / "bentoml" / f"classifier-{role}-{port}")
-    out.print(f"serving {b.name} v{b.version} ({p}) as {role} on http://{s.serving.host}:{port}")
+    out.print(f"serving {b.name} v{b.version} ({p}, {s.serving.device}) as {role} on http://{s.serving.host}:{port}")
     _exec([procs.bentoml_exe(), "serve", procs.CLASSIFIER, "--host", s.serving.host, "--port", str(port)], env)
 
 

@@ -110,25 +110,59 @@ def softmax_wildfire(logits: np.ndarray) -> np.ndarray:
 QUIET_ORT_CONFIG = {"session.intra_op.allow_spinning": "0"}
 
 
+# Where a session runs. `cuda` needs the onnxruntime-gpu package and an NVIDIA GPU (not on the project's CPU
+# machines): it is what the batching bar needs, since a CPU's cost per tile does not fall with the batch size.
+DEVICES: dict[str, str] = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def provider_for(device: str) -> str:
+    """ONNX Runtime's execution provider for `device`; an error saying what to do where it is not available."""
+    import onnxruntime as ort
+
+    if device not in DEVICES:
+        raise PyrocastError(f"unknown device {device!r}", f"use one of {', '.join(DEVICES)}")
+    provider, available = DEVICES[device], ort.get_available_providers()
+    if provider not in available:
+        raise PyrocastError(
+            f"device {device!r} asked, but this ONNX Runtime has no {provider} (it has {', '.join(available)})",
+            "on a machine with an NVIDIA GPU install onnxruntime-gpu in place of onnxruntime; "
+            "else set PYROCAST_SERVING__DEVICE=cpu",
+        )
+    return provider
+
+
 class OnnxClassifier:
     """An ONNX Runtime session for one bundle and precision: preprocessed batch in, P(wildfire) out."""
 
     def __init__(
-        self, bundle: Bundle, precision: Precision = "fp32", threads: int = 1, config: dict[str, str] | None = None
+        self,
+        bundle: Bundle,
+        precision: Precision = "fp32",
+        threads: int = 1,
+        config: dict[str, str] | None = None,
+        device: str = "cpu",
     ) -> None:
-        """`config`: ONNX Runtime session config entries (default `QUIET_ORT_CONFIG`: worker threads sleep)."""
+        """`config`: ONNX Runtime session config entries (default `QUIET_ORT_CONFIG`: worker threads sleep).
+        `device`: cpu or cuda; a device this machine's ONNX Runtime cannot use is an error, never a silent CPU."""
         import onnxruntime as ort
 
+        provider = provider_for(device)
         self.bundle = bundle
         self.precision = precision
+        self.device = device
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         for key, value in (QUIET_ORT_CONFIG if config is None else config).items():
             opts.add_session_config_entry(key, value)
-        self.session = ort.InferenceSession(
-            str(bundle.onnx_path(precision)), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        providers = [provider] if provider == DEVICES["cpu"] else [provider, DEVICES["cpu"]]
+        self.session = ort.InferenceSession(str(bundle.onnx_path(precision)), sess_options=opts, providers=providers)
+        if self.session.get_providers()[0] != provider:  # ONNX Runtime falls back to the CPU without a word
+            raise PyrocastError(
+                f"device {device!r} asked, but ONNX Runtime could not start {provider} (it runs on "
+                f"{', '.join(self.session.get_providers())})",
+                "check the GPU driver and CUDA libraries (its log says why), or set PYROCAST_SERVING__DEVICE=cpu",
+            )
         self.input_name = self.session.get_inputs()[0].name
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:

@@ -60,11 +60,13 @@ def resolve_precision(bundle: Bundle, wanted: str | None) -> Precision:
 # beyond (the 8-view model, CPU-ms per tile: 79-80 at 1-2 tiles, 85 at 4-16, 110 at 32, FP32): a batch the
 # dispatcher formed is scored in chunks of this many images, so batching never makes a tile dearer.
 IMAGES_PER_CALL = 16
+# A GPU's cost per image falls with the batch: there the formed batch goes whole (up to this many images).
+IMAGES_PER_CALL_GPU = 512
 
 
-def tiles_per_call(bundle: Bundle) -> int:
-    """How many tiles of this bundle the classifier scores per ONNX Runtime call."""
-    return max(1, IMAGES_PER_CALL // bundle.views)
+def tiles_per_call(bundle: Bundle, device: str = "cpu") -> int:
+    """How many tiles of this bundle the classifier scores per ONNX Runtime call on `device`."""
+    return max(1, (IMAGES_PER_CALL if device == "cpu" else IMAGES_PER_CALL_GPU) // bundle.views)
 
 
 def batching_enabled() -> bool:

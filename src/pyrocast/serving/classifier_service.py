@@ -121,9 +121,11 @@ class Classifier:
         self.source = "folder" if os.environ.get(ENV_BUNDLE) else "registry"
         self.precision = resolve_precision(self.bundle, os.environ.get(ENV_PRECISION) or _serving.precision)
         threads = int(os.environ.get("PYROCAST_SERVE_THREADS", "2"))
-        self.model = OnnxClassifier(self.bundle, self.precision, threads=threads, config=SERVING_ORT_CONFIG)
+        self.model = OnnxClassifier(
+            self.bundle, self.precision, threads=threads, config=SERVING_ORT_CONFIG, device=_serving.device
+        )
         self.threshold = float(self.bundle.meta.get("threshold", 0.5))
-        self.chunk = tiles_per_call(self.bundle)
+        self.chunk = tiles_per_call(self.bundle, _serving.device)
         global _SPEC
         _SPEC = self.bundle.spec
         # Warm-up: the first ONNX Runtime run allocates; no user request should pay for it.
@@ -161,6 +163,7 @@ class Classifier:
             "name": self.bundle.name,
             "version": self.bundle.version,
             "precision": self.precision,
+            "device": self.model.device,
             "input_size": self.bundle.spec.size,
             "threshold": self.threshold,
             "batching": BATCHING,
