@@ -4,6 +4,8 @@ guardrail windows they judge a running canary on (in-process gateways over a rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from pyrocast.serving.gateway import Gateway
@@ -14,15 +16,25 @@ from pyrocast.settings import Settings
 V1, V2 = ModelRef(name="m", version="1"), ModelRef(name="m", version="2")
 
 
-def test_a_replica_adopts_changes_and_keeps_its_canary_window_across_step_records(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def replicas(tmp_path: Path) -> AsyncIterator[tuple[Gateway, Gateway]]:
+    """Two gateways on one SQLite store, both serving v1 as champion and v2 as challenger."""
     settings = Settings(data_dir=tmp_path)
     settings.ensure_dirs()
+    one, two = (Gateway(settings, PredictionStore(settings.store_database_url)) for _ in range(2))
+    try:
+        for g in (one, two):
+            g.controller.set_models(V1, V2)
+        yield one, two
+    finally:
+        for g in (one, two):
+            await g.client.aclose()
+            g.store.close()
 
+
+def test_a_replica_adopts_changes_and_keeps_its_canary_window_across_step_records(tmp_path: Path) -> None:
     async def scenario() -> None:
-        one, two = (Gateway(settings, PredictionStore(settings.store_database_url)) for _ in range(2))
-        try:
-            for g in (one, two):
-                g.controller.set_models(V1, V2)
+        async with replicas(tmp_path) as (one, two):
             assert not await two.follow_store()  # nothing written yet
 
             await one._after_change(one.controller.start_canary(CanaryPlan(steps=[0.1, 0.5], step_seconds=60)))
@@ -42,23 +54,13 @@ def test_a_replica_adopts_changes_and_keeps_its_canary_window_across_step_record
             assert one.controller.state.mode == "champion"
             assert one.controller.state.stopped_reason == "stopped through replica two"
             assert one.controller.windows["challenger"].summary()["requests"] == 0  # a new mode starts a new window
-        finally:
-            for g in (one, two):
-                await g.client.aclose()
-                g.store.close()
 
     asyncio.run(scenario())
 
 
 def test_replicas_record_each_change_time_decides_once(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path)
-    settings.ensure_dirs()
-
     async def scenario() -> None:
-        one, two = (Gateway(settings, PredictionStore(settings.store_database_url)) for _ in range(2))
-        try:
-            for g in (one, two):
-                g.controller.set_models(V1, V2)
+        async with replicas(tmp_path) as (one, two):
             plan = CanaryPlan(steps=[0.1, 0.5], step_seconds=60, auto_promote=True)
             await one._after_change(one.controller.start_canary(plan))
             assert await two.follow_store()
@@ -81,9 +83,5 @@ def test_replicas_record_each_change_time_decides_once(tmp_path: Path) -> None:
                 await g.follow_store()
                 assert g.controller.state.mode == "champion" and g.controller.state.champion == V2
             assert await one.advance(t0 + 200) == [] and await two.advance(t0 + 200) == []
-        finally:
-            for g in (one, two):
-                await g.client.aclose()
-                g.store.close()
 
     asyncio.run(scenario())
