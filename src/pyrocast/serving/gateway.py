@@ -61,6 +61,7 @@ Variant = Literal["champion", "challenger", "champion-fallback"]
 MULTIPART_SLACK = 64 * 1024
 PROBE_INTERVAL_S = 2.0
 DOWN_COOLDOWN_S = 2.0
+STORE_WARN_EVERY_S = 30.0  # while the store refuses the changes the tick decides, say so this often
 PROMOTE_RETRY_S = 30.0  # a canary's auto-promotion whose registry aliases could not be moved waits this long
 MAX_BACKGROUND = 256  # shadow/compare calls in flight; beyond this copies are dropped (and counted)
 PREDICT_TIMEOUT = aiohttp.ClientTimeout(total=30.0, sock_connect=2.0)
@@ -397,6 +398,8 @@ class Gateway:
         self._ticker: asyncio.Task | None = None
         self._event_id = 0  # the newest rollout event this gateway has written or adopted
         self._promote_retry_at = 0.0  # monotonic time before which a failed auto-promotion is not tried again
+        self._store_warned_at = -STORE_WARN_EVERY_S  # when the tick last said that the store refused a change
+        self._unrecorded_stop: tuple[Event, str] | None = None  # a guardrail stop in effect, not yet recorded
         self.session: aiohttp.ClientSession | None = None
         admin = settings.admin_token
         self.admin_token = admin.get_secret_value() if admin else None
@@ -443,12 +446,22 @@ class Gateway:
                     last_probe = time.monotonic()
                     await self.refresh_backends()
                 # Adopt what other gateways changed before judging the canary: a step one of them has recorded
-                # is then not recorded again.
-                await self.follow_store()
+                # is then not recorded again. A store that cannot be read must not keep the guardrails from
+                # being judged: the canary still stops on them (see advance).
+                try:
+                    await self.follow_store()
+                except Exception as exc:
+                    self._store_trouble("other gateways' changes not read", exc)
                 await self.advance()
                 self._update_gauges()
             except Exception:  # the loop must survive anything (a store hiccup, a backend oddity)
                 log.exception("gateway tick failed")
+
+    def _store_trouble(self, what: str, exc: BaseException) -> None:
+        """Say that the store refused something, at most every STORE_WARN_EVERY_S (the tick runs twice a second)."""
+        if time.monotonic() - self._store_warned_at > STORE_WARN_EVERY_S:
+            self._store_warned_at = time.monotonic()
+            log.warning("rollout: %s: the store refused (%r); tried again every tick", what, exc)
 
     async def follow_store(self) -> bool:
         """Adopt a rollout change another gateway wrote to the shared store; True when the state was replaced.
@@ -769,8 +782,10 @@ class Gateway:
 
     # --- rollout changes ------------------------------------------------------------------------------------
     async def change(self, action: str, body: Any) -> Event:
+        """Apply an operator's rollout change and record it; a change the store does not take is undone (503)."""
         await self.refresh_backends()
         c = self.controller
+        before = c.state.model_copy(deep=True)
         if action == "champion":
             ev = c.champion_only(body.reason if body else None)
         elif action == "ab":
@@ -783,8 +798,28 @@ class Gateway:
             ev = await self._promote_or_rollback(action, body.reason if body else None)
         else:  # pragma: no cover - routes only pass known actions
             raise RolloutError(f"unknown rollout action {action!r}")
-        await self._after_change(ev)
+        try:
+            await self._after_change(ev)
+        except Exception as exc:
+            log.exception("rollout: %s not recorded in the store; undone", action)
+            await self._undo(before, ev)
+            raise ServiceUnavailableError(
+                f"{action} not done: the rollout store did not record it ({type(exc).__name__}; see the gateway log)",
+                "check the prediction store's database, then try again: nothing was changed",
+            ) from exc
         return ev
+
+    async def _undo(self, before: RolloutState, ev: Event) -> None:
+        """Back to `before` after a change the store did not record (other replicas never saw it): the registry
+        aliases too, when the change had moved them."""
+        moved = ev.action in ("promote", "rollback") and "aliases moved" in (ev.reason or "")
+        self.controller.state = before
+        self._assign_roles()
+        if moved:
+            try:
+                await run_in_threadpool(self._move_aliases, before.champion, before.challenger)
+            except Exception:  # the registry is down too: say so, the operator must set them by hand
+                log.exception("rollout: the registry aliases could not be moved back after an unrecorded %s", ev.action)
 
     async def _promote_or_rollback(self, action: str, reason: str | None) -> Event:
         c = self.controller
@@ -823,44 +858,67 @@ class Gateway:
     async def advance(self, now: float | None = None) -> list[Event]:
         """Let time act on the rollout (canary steps, guardrail stops, completion) and record what changed.
 
-        Replicas on one store decide the same change at about the same time: each change is claimed under a key
-        naming the plan and the change, and only the replica that wins the claim records it (and, for a canary
-        that completes with auto-promotion, has moved the registry aliases like a manual promotion). The others
-        go back to the state they had and adopt the winner's from the store. Returns the events recorded here.
+        A change takes effect (routing, `/v1/rollout`) only once it is recorded. Replicas on one store decide the
+        same change at about the same time: each change is claimed under a key naming the plan and the change,
+        and only the replica that wins the claim records it (and, for a canary that completes with
+        auto-promotion, has moved the registry aliases like a manual promotion); the others adopt the winner's
+        state from the store. Returns the events recorded here.
         """
         c = self.controller
+        if self._unrecorded_stop is not None:  # a guardrail stop made while the store was down: record it now
+            stop, claim = self._unrecorded_stop
+            try:
+                await self._after_change(stop, claim=claim)
+            except Exception as exc:
+                self._store_trouble("the guardrail stop in effect here not recorded yet", exc)
+                return []
+            self._unrecorded_stop = None
         before = c.state.model_copy(deep=True)
         events = c.tick(now)
         if not events:
             return []
+        after, c.state = c.state, before  # not in effect before it is recorded
         if any(ev.action == "promote" for ev in events):
             if time.monotonic() < self._promote_retry_at:
-                c.state = before
                 return []
             try:
-                note = await run_in_threadpool(self._move_aliases, c.state.champion, c.state.challenger)
+                note = await run_in_threadpool(self._move_aliases, after.champion, after.challenger)
             except Exception as exc:  # the canary stays at its last step; tried again in PROMOTE_RETRY_S
-                c.state = before
                 self._promote_retry_at = time.monotonic() + PROMOTE_RETRY_S
                 log.warning("canary complete, promotion postponed: moving the registry aliases failed: %s", exc)
                 return []
             if note:
                 events[-1].reason = f"{events[-1].reason}; {note}"
-        claim = f"{before.mode}@{before.updated_at!r}:{events[-1].action}:{c.state.canary_step}"
-        if not await self._after_change(events[0], claim=claim):
-            c.state = before  # another replica recorded this change; its state arrives through the store
-            self._assign_roles()
+        claim = f"{before.mode}@{before.updated_at!r}:{events[-1].action}:{after.canary_step}"
+        try:
+            recorded = await self._after_change(events[0], claim=claim, state=after)
+        except Exception as exc:  # the store is down
+            if events[-1].action == "guardrail-stop":  # safety first: stop here now, record it when it is back
+                c.state = after
+                self._assign_roles()
+                self._unrecorded_stop = (events[-1], claim)
+                log.error("rollout: %s (not recorded yet: the store refused: %r)", events[-1].reason, exc)
+                return []
+            await self._undo(before, events[-1])  # not made: the next tick decides it again
+            self._store_trouble(f"{events[-1].action} not recorded, so not made", exc)
+            return []
+        if not recorded:  # another replica recorded this change; its state arrives through the store
             await self.follow_store()
             return []
         for ev in events[1:]:
             await self._after_change(ev)
         return events
 
-    async def _after_change(self, ev: Event, claim: str | None = None) -> bool:
-        """Record a change (and log it); False when `claim` was already taken by another replica."""
-        if not await self._record(ev, claim):
+    async def _after_change(self, ev: Event, claim: str | None = None, state: RolloutState | None = None) -> bool:
+        """Record a change and log it; False when `claim` was already taken by another replica.
+
+        state: the state the change leads to, put in effect once recorded (default: the current state).
+        """
+        if not await self._record(ev, claim, state):
             return False
-        if ev.action in ("promote", "rollback"):
+        if state is not None:
+            self.controller.state = state
+        if ev.action in ("promote", "rollback") or state is not None:
             self._assign_roles()
         if ev.action in ("guardrail-stop", "champion-only") and ev.reason:
             log.warning("rollout: %s: %s", ev.action, ev.reason)
@@ -869,8 +927,8 @@ class Gateway:
         self._update_gauges()
         return True
 
-    async def _record(self, ev: Event, claim: str | None = None) -> bool:
-        st = self.controller.state
+    async def _record(self, ev: Event, claim: str | None = None, state: RolloutState | None = None) -> bool:
+        st = state or self.controller.state
         event_id = await run_in_threadpool(
             self.store.add_event,
             ev.action,

@@ -1,5 +1,7 @@
-"""Gateway replicas on one store: a change made through one is adopted by the others, without resetting the
-guardrail windows they judge a running canary on (in-process gateways over a real SQLite store)."""
+"""The gateway's rollout state in the store (in-process gateways over a real SQLite store): replicas on one
+store adopt each other's changes and record each change time decides once; a change the store refuses is
+undone, never half made.
+"""
 
 from __future__ import annotations
 
@@ -83,5 +85,71 @@ def test_replicas_record_each_change_time_decides_once(tmp_path: Path) -> None:
                 await g.follow_store()
                 assert g.controller.state.mode == "champion" and g.controller.state.champion == V2
             assert await one.advance(t0 + 200) == [] and await two.advance(t0 + 200) == []
+
+    asyncio.run(scenario())
+
+
+def _refusing(store: PredictionStore) -> None:
+    """The store's database refuses writes from now on (read-only, as in a PostgreSQL outage)."""
+    from sqlalchemy import create_engine
+
+    db = store.url.removeprefix("sqlite:///")
+    store.engine.dispose()
+    store.engine = create_engine(f"sqlite:///file:{db}?mode=ro&uri=true")
+
+
+def test_a_change_the_store_refuses_is_undone(tmp_path: Path) -> None:
+    from pyrocast.errors import ServiceUnavailableError
+    from pyrocast.serving.rollout import ABPlan
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            await one._after_change(one.controller.start_canary(CanaryPlan(steps=[0.1, 0.5], step_seconds=60)))
+            t0 = one.controller.state.canary_started_at
+            assert t0 is not None
+            _refusing(one.store)
+
+            # An operator's change: 503-worthy error, and the state is what it was (the canary goes on).
+            try:
+                await one.change("ab", ABPlan(champion=1, challenger=1))
+            except ServiceUnavailableError as exc:
+                assert "ab not done" in str(exc) and "nothing was changed" in str(exc)
+            else:
+                raise AssertionError("a change the store refused was reported as done")
+            assert one.controller.state.mode == "canary" and one.controller.state.ab is None
+
+            # A change time decides: not made until it is recorded, so it is made on a later tick.
+            assert await one.advance(t0 + 61) == []
+            assert one.controller.state.canary_step == 0
+            one.store.engine.dispose()
+            one.store.engine = two.store.engine  # the database is back
+            assert [e.action for e in await one.advance(t0 + 62)] == ["canary-step"]
+            assert one.controller.state.canary_step == 1
+            assert await two.follow_store() and two.controller.state.canary_step == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_guardrail_stop_holds_while_the_store_is_down_and_is_recorded_when_it_is_back(tmp_path: Path) -> None:
+    from pyrocast.serving.rollout import Guardrails
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            strict = Guardrails(max_error_rate=0.1, min_requests=5)
+            await one._after_change(one.controller.start_canary(CanaryPlan(steps=[0.5], guardrails=strict)))
+            assert await two.follow_store()
+            _refusing(one.store)
+            for _ in range(5):
+                one.controller.record("challenger", False, None)  # the challenger fails
+            assert await one.advance() == []  # not recorded...
+            assert one.controller.state.mode == "champion"  # ...but in effect: safety does not wait for the store
+            assert one.controller.share() == 0.0
+            assert not await two.follow_store()  # the other replica cannot know yet
+            one.store.engine.dispose()
+            one.store.engine = two.store.engine  # the database is back
+            await one.advance()
+            assert one.store.events(1)[0]["action"] == "guardrail-stop"
+            assert await two.follow_store() and two.controller.state.mode == "champion"
+            assert "error rate" in (two.controller.state.stopped_reason or "")
 
     asyncio.run(scenario())
