@@ -145,10 +145,14 @@ def test_a_guardrail_stop_holds_while_the_store_is_down_and_is_recorded_when_it_
             assert one.controller.state.mode == "champion"  # ...but in effect: safety does not wait for the store
             assert one.controller.share() == 0.0
             assert not await two.follow_store()  # the other replica cannot know yet
+            sample = one.metrics.registry.get_sample_value
+            assert sample("pyrocast_rollout_unrecorded_stop") == 1.0  # what to alert on
+            assert (sample("pyrocast_rollout_store_errors_total") or 0) >= 1
             one.store.engine.dispose()
             one.store.engine = two.store.engine  # the database is back
             await one.advance()
             assert one.store.events(1)[0]["action"] == "guardrail-stop"
+            assert sample("pyrocast_rollout_unrecorded_stop") == 0.0
             assert await two.follow_store() and two.controller.state.mode == "champion"
             assert "error rate" in (two.controller.state.stopped_reason or "")
 

@@ -339,6 +339,14 @@ class Metrics:
             "pyrocast_store_rows_held", "rows neither the database nor the spill file took, held in memory", registry=r
         )
         self.store_lost = Gauge("pyrocast_store_rows_lost", "rows given up (beyond the memory held)", registry=r)
+        self.rollout_store_errors = Counter(
+            "pyrocast_rollout_store_errors_total", "rollout reads or records the store refused", registry=r
+        )
+        self.rollout_unrecorded = Gauge(
+            "pyrocast_rollout_unrecorded_stop",
+            "1 while a guardrail stop is in effect here but not yet recorded",
+            registry=r,
+        )
 
 
 # --- the gateway -----------------------------------------------------------------------------------------------
@@ -459,6 +467,7 @@ class Gateway:
 
     def _store_trouble(self, what: str, exc: BaseException) -> None:
         """Say that the store refused something, at most every STORE_WARN_EVERY_S (the tick runs twice a second)."""
+        self.metrics.rollout_store_errors.inc()
         if time.monotonic() - self._store_warned_at > STORE_WARN_EVERY_S:
             self._store_warned_at = time.monotonic()
             log.warning("rollout: %s: the store refused (%r); tried again every tick", what, exc)
@@ -502,6 +511,7 @@ class Gateway:
         m.store_errors.set(self.store.write_errors)
         m.store_held.set(self.store.held)
         m.store_lost.set(self.store.dropped)
+        m.rollout_unrecorded.set(1 if self._unrecorded_stop is not None else 0)
 
     # --- backends and roles ---------------------------------------------------------------------------------
     def backend(self, role: str) -> Backend:
@@ -802,6 +812,7 @@ class Gateway:
             await self._after_change(ev)
         except Exception as exc:
             log.exception("rollout: %s not recorded in the store; undone", action)
+            self.metrics.rollout_store_errors.inc()
             await self._undo(before, ev)
             raise ServiceUnavailableError(
                 f"{action} not done: the rollout store did not record it ({type(exc).__name__}; see the gateway log)",
@@ -873,6 +884,7 @@ class Gateway:
                 self._store_trouble("the guardrail stop in effect here not recorded yet", exc)
                 return []
             self._unrecorded_stop = None
+            self._update_gauges()
         before = c.state.model_copy(deep=True)
         events = c.tick(now)
         if not events:
@@ -897,6 +909,8 @@ class Gateway:
                 c.state = after
                 self._assign_roles()
                 self._unrecorded_stop = (events[-1], claim)
+                self.metrics.rollout_store_errors.inc()
+                self._update_gauges()
                 log.error("rollout: %s (not recorded yet: the store refused: %r)", events[-1].reason, exc)
                 return []
             await self._undo(before, events[-1])  # not made: the next tick decides it again
