@@ -913,7 +913,9 @@ class Gateway:
                 self._update_gauges()
                 log.error("rollout: %s (not recorded yet: the store refused: %r)", events[-1].reason, exc)
                 return []
-            await self._undo(before, events[-1])  # not made: the next tick decides it again
+            await self._undo(before, events[-1])  # not made: a later tick decides it again
+            if events[-1].action == "promote":  # not every tick: each attempt moves the registry aliases
+                self._promote_retry_at = time.monotonic() + PROMOTE_RETRY_S
             self._store_trouble(f"{events[-1].action} not recorded, so not made", exc)
             return []
         if not recorded:  # another replica recorded this change; its state arrives through the store
