@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import pkgutil
 import sys
@@ -14,10 +15,25 @@ from rich.table import Table
 import benchmarks
 
 
+def _warnings_only() -> None:
+    """Warnings and errors on stderr, nothing below, whatever a library does to the root logger later.
+
+    ONNX Runtime's quantizer logs through the root logger, which makes Python add a handler on its own; with
+    the root level moved later (ZenML), bench_training then printed some 2,000 DEBUG lines of ZenML's pipeline
+    compilation. A handler of our own that drops everything under WARNING keeps the output to the table.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", handlers=[handler], force=True
+    )
+
+
 def main(argv: list[str]) -> int:
     os.environ.setdefault("PYROCAST_QUIET", "1")
+    _warnings_only()
     only = set(argv)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # a log file gets whole measure names
     table = Table(title="Pyrocast benchmarks (one run; machines are shared and noisy)")
     for col in ("benchmark", "measure", "value", "unit"):
         table.add_column(col)
