@@ -394,6 +394,17 @@ def test_gateway_replicas_on_one_store_follow_each_others_rollout_changes(gw: Se
         answer = gw.client().post("/v1/predict", files=upload(jpeg)).json()
         assert answer["variant"] == "champion"
         assert wait_for(lambda: any(row["variant"] == "shadow" for row in stored(gw, answer["request_id"])))
+        # A canary both replicas tick through: each step and the auto-promotion are recorded once, not twice.
+        lenient = {"max_disagreement": 1.0, "max_p95_ms": 60000}
+        plan = {"steps": [0.5, 1.0], "step_seconds": 1.0, "guardrails": lenient, "auto_promote": True}
+        gw.set_rollout("canary", plan)
+        for url in (gw.url, other.url):
+            assert wait_for(
+                lambda u=url: httpx.get(f"{u}/v1/rollout").json()["state"]["champion"]["version"] == "2", 15
+            )
+        actions = [e["action"] for e in httpx.get(f"{gw.url}/v1/rollout").json()["events"]]
+        assert actions[0] == "promote" and actions.count("promote") == 1, actions
+        assert actions[: actions.index("canary")].count("canary-step") == 1, actions
     finally:
         other.stop()
 
