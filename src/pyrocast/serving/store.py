@@ -327,7 +327,7 @@ class PredictionStore:
             self._thread.join(timeout)
             self._thread = None
         self._drain_sync()
-        if self._held and self._spill(self._held, self.emergency_path):
+        if self._held and self.emergency_path is not None and self._spill(self._held, self.emergency_path):
             log.error(
                 "prediction store: the database and the spill file refused %d rows at shutdown; they are in %s "
                 "(memory: it survives this process, not a reboot) and the next start on this store writes them",
