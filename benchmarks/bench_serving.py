@@ -88,7 +88,7 @@ def _standin(settings: Settings, network: dict) -> Bundle:
     from pyrocast.model.train import TrainedModel
     from pyrocast.progress import console
 
-    console.print(f"building the stand-in {cfg.describe()} once, into {root} (8 views: about 2 minutes on 2 cores)")
+    console.print(f"building the stand-in {cfg.describe()} once, into {root} (8 views take about 2 min on 2 cores)")
     torch.manual_seed(0)
     images, labels = _labelled_tiles(32)
     with torch_threads(2):
