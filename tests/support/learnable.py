@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tests.support.tiles import write_labelled
+
 PX = 350
 
 
@@ -27,17 +29,6 @@ def write_learnable_tiles(
     root: Path, per_split: dict[str, int], seed: int = 0, wildfire_share: float = 0.5
 ) -> list[Path]:
     """`per_split` tiles per split folder under root, `wildfire_share` of each wildfire; places ~10 km apart."""
-    rng = np.random.default_rng(seed)
-    out: list[Path] = []
-    k = 0
-    for split, n in per_split.items():
-        n_fire = round(n * wildfire_share)
-        for i in range(n):
-            label = int(i < n_fire)
-            lon, lat = -75.5 + (k % 30) * 0.13, 45.2 + (k // 30) * 0.1
-            k += 1
-            p = Path(root) / split / ("wildfire" if label else "nowildfire") / f"{lon:.4f},{lat:.4f}.jpg"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(learnable_jpeg(label, rng))
-            out.append(p)
-    return out
+    return write_labelled(
+        root, per_split, learnable_jpeg, seed=seed, wildfire_share=wildfire_share, columns=30, step_deg=0.13
+    )

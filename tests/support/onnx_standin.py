@@ -17,6 +17,7 @@ from PIL import Image
 
 from pyrocast.model.bundle import FP32, write_bundle_files
 from pyrocast.model.preprocess import PreprocessSpec
+from tests.support.tiles import write_labelled
 
 SIZE = 16
 
@@ -79,17 +80,4 @@ def tile_jpeg(label: int, rng: np.random.Generator, px: int = 32) -> bytes:
 
 def write_tiles(root: Path, per_split: dict[str, int], seed: int = 0, wildfire_share: float = 0.5) -> list[Path]:
     """Tiles in the Kaggle layout under root; each split gets its count, `wildfire_share` of them wildfire."""
-    rng = np.random.default_rng(seed)
-    out: list[Path] = []
-    k = 0
-    for split, n in per_split.items():
-        n_fire = round(n * wildfire_share)
-        for i in range(n):
-            label = 1 if i < n_fire else 0
-            lon, lat = -75.5 + (k % 40) * 0.1, 45.2 + (k // 40) * 0.1
-            k += 1
-            p = Path(root) / split / ("wildfire" if label else "nowildfire") / f"{lon:.4f},{lat:.4f}.jpg"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(tile_jpeg(label, rng))
-            out.append(p)
-    return out
+    return write_labelled(root, per_split, tile_jpeg, seed=seed, wildfire_share=wildfire_share)

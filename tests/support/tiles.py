@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,35 @@ def kaggle_folder(root: Path, per_class: int = 4, splits: tuple[str, ...] = ("tr
                 write(root, f"{split}/{label}/{name(i)}", jpeg_tile(seed * 10_000 + i))
                 i += 1
     return root
+
+
+def write_labelled(
+    root: Path,
+    per_split: dict[str, int],
+    make_jpeg: Callable[[int, np.random.Generator], bytes],
+    *,
+    seed: int = 0,
+    wildfire_share: float = 0.5,
+    columns: int = 40,
+    step_deg: float = 0.1,
+) -> list[Path]:
+    """Tiles in the Kaggle layout under root: each split gets its count, `wildfire_share` of them wildfire, each
+    a `make_jpeg(label, rng)` named by its place on a grid of `columns` places `step_deg` apart."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    out: list[Path] = []
+    k = 0
+    for split, n in per_split.items():
+        n_fire = round(n * wildfire_share)
+        for i in range(n):
+            label = int(i < n_fire)
+            lon, lat = -75.5 + (k % columns) * step_deg, 45.2 + (k // columns) * 0.1
+            k += 1
+            out.append(
+                write(
+                    root,
+                    f"{split}/{'wildfire' if label else 'nowildfire'}/{lon:.4f},{lat:.4f}.jpg",
+                    make_jpeg(label, rng),
+                )
+            )
+    return out
