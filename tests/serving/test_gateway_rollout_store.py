@@ -157,3 +157,21 @@ def test_a_guardrail_stop_holds_while_the_store_is_down_and_is_recorded_when_it_
             assert "error rate" in (two.controller.state.stopped_reason or "")
 
     asyncio.run(scenario())
+
+
+def test_a_replica_that_missed_a_recorded_step_does_not_record_it_again_with_the_completion(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            plan = CanaryPlan(steps=[0.1, 0.5], step_seconds=60, auto_promote=True)
+            await one._after_change(one.controller.start_canary(plan))
+            assert await two.follow_store()
+            t0 = one.controller.state.canary_started_at
+            assert t0 is not None
+            assert [e.action for e in await one.advance(t0 + 61)] == ["canary-step"]
+            # Replica two did not tick in between: at the end it decides the step and the completion at once.
+            assert await two.advance(t0 + 121) == []  # the step is replica one's: adopted, not recorded again
+            assert two.controller.state.canary_step == 1
+            assert [e.action for e in await two.advance(t0 + 121)] == ["promote"]
+            assert [e["action"] for e in one.store.events()] == ["promote", "canary-step", "canary"]
+
+    asyncio.run(scenario())

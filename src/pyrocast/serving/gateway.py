@@ -901,14 +901,16 @@ class Gateway:
                 return []
             if note:
                 events[-1].reason = f"{events[-1].reason}; {note}"
-        claim = f"{before.mode}@{before.updated_at!r}:{events[-1].action}:{after.canary_step}"
+        # One claim per change: a replica that missed a step another one recorded loses that claim and adopts the
+        # step instead of recording it again alongside the completion it decides in the same tick.
+        claims = [f"{before.mode}@{before.updated_at!r}:{ev.action}:{after.canary_step}" for ev in events]
         try:
-            recorded = await self._after_change(events[0], claim=claim, state=after)
+            recorded = await self._after_change(events[0], claim=claims[0], state=after)
         except Exception as exc:  # the store is down
             if events[-1].action == "guardrail-stop":  # safety first: stop here now, record it when it is back
                 c.state = after
                 self._assign_roles()
-                self._unrecorded_stop = (events[-1], claim)
+                self._unrecorded_stop = (events[-1], claims[-1])
                 self.metrics.rollout_store_errors.inc()
                 self._update_gauges()
                 log.error("rollout: %s (not recorded yet: the store refused: %r)", events[-1].reason, exc)
@@ -921,8 +923,10 @@ class Gateway:
         if not recorded:  # another replica recorded this change; its state arrives through the store
             await self.follow_store()
             return []
-        for ev in events[1:]:
-            await self._after_change(ev)
+        for i in range(1, len(events)):
+            if not await self._after_change(events[i], claim=claims[i]):
+                await self.follow_store()
+                return events[:i]
         return events
 
     async def _after_change(self, ev: Event, claim: str | None = None, state: RolloutState | None = None) -> bool:
