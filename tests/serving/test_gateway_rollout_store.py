@@ -34,6 +34,15 @@ async def replicas(tmp_path: Path) -> AsyncIterator[tuple[Gateway, Gateway]]:
             g.store.close()
 
 
+async def started_canary(one: Gateway, two: Gateway, plan: CanaryPlan) -> float:
+    """A canary started through replica one and adopted by replica two; returns its start time."""
+    await one._after_change(one.controller.start_canary(plan))
+    assert await two.follow_store()
+    t0 = one.controller.state.canary_started_at
+    assert t0 is not None
+    return t0
+
+
 def test_a_replica_adopts_changes_and_keeps_its_canary_window_across_step_records(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with replicas(tmp_path) as (one, two):
@@ -63,11 +72,7 @@ def test_a_replica_adopts_changes_and_keeps_its_canary_window_across_step_record
 def test_replicas_record_each_change_time_decides_once(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with replicas(tmp_path) as (one, two):
-            plan = CanaryPlan(steps=[0.1, 0.5], step_seconds=60, auto_promote=True)
-            await one._after_change(one.controller.start_canary(plan))
-            assert await two.follow_store()
-            t0 = one.controller.state.canary_started_at
-            assert t0 is not None
+            t0 = await started_canary(one, two, CanaryPlan(steps=[0.1, 0.5], step_seconds=60, auto_promote=True))
 
             # Both replicas see the ramp's next step at the same tick: one records it, the other adopts it.
             recorded = await asyncio.gather(one.advance(t0 + 61), two.advance(t0 + 61))
@@ -104,9 +109,7 @@ def test_a_change_the_store_refuses_is_undone(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         async with replicas(tmp_path) as (one, two):
-            await one._after_change(one.controller.start_canary(CanaryPlan(steps=[0.1, 0.5], step_seconds=60)))
-            t0 = one.controller.state.canary_started_at
-            assert t0 is not None
+            t0 = await started_canary(one, two, CanaryPlan(steps=[0.1, 0.5], step_seconds=60))
             _refusing(one.store)
 
             # An operator's change: 503-worthy error, and the state is what it was (the canary goes on).
@@ -162,11 +165,7 @@ def test_a_guardrail_stop_holds_while_the_store_is_down_and_is_recorded_when_it_
 def test_a_replica_that_missed_a_recorded_step_does_not_record_it_again_with_the_completion(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with replicas(tmp_path) as (one, two):
-            plan = CanaryPlan(steps=[0.1, 0.5], step_seconds=60, auto_promote=True)
-            await one._after_change(one.controller.start_canary(plan))
-            assert await two.follow_store()
-            t0 = one.controller.state.canary_started_at
-            assert t0 is not None
+            t0 = await started_canary(one, two, CanaryPlan(steps=[0.1, 0.5], step_seconds=60, auto_promote=True))
             assert [e.action for e in await one.advance(t0 + 61)] == ["canary-step"]
             # Replica two did not tick in between: at the end it decides the step and the completion at once.
             assert await two.advance(t0 + 121) == []  # the step is replica one's: adopted, not recorded again
