@@ -822,11 +822,10 @@ class Gateway:
 
     async def _undo(self, before: RolloutState, ev: Event) -> None:
         """Back to `before` after a change the store did not record (other replicas never saw it): the registry
-        aliases too, when the change had moved them."""
-        moved = ev.action in ("promote", "rollback") and "aliases moved" in (ev.reason or "")
+        aliases too, after a promotion or rollback (`_move_aliases` leaves bundle-folder models alone)."""
         self.controller.state = before
         self._assign_roles()
-        if moved:
+        if ev.action in ("promote", "rollback"):
             try:
                 await run_in_threadpool(self._move_aliases, before.champion, before.challenger)
             except Exception:  # the registry is down too: say so, the operator must set them by hand

@@ -55,7 +55,6 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    update,
 )
 from sqlalchemy.exc import IntegrityError
 
@@ -509,16 +508,12 @@ class PredictionStore:
             "state": json.dumps(state, default=_json_default),
         }
         try:
-            with self.engine.begin() as conn:
-                if claim is not None:
-                    conn.execute(insert(rollout_claims).values(key=claim[:200], ts=row["ts"]))
+            with self.engine.begin() as conn:  # the event and its claim together, or neither
                 event_id = conn.execute(
                     insert(rollout_events).values(**_fit(rollout_events, row))
                 ).inserted_primary_key[0]
                 if claim is not None:
-                    conn.execute(
-                        update(rollout_claims).where(rollout_claims.c.key == claim[:200]).values(event_id=event_id)
-                    )
+                    conn.execute(insert(rollout_claims).values(key=claim[:200], ts=row["ts"], event_id=event_id))
         except IntegrityError:
             if claim is None:
                 raise
