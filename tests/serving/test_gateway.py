@@ -394,6 +394,24 @@ def test_gateway_replicas_on_one_store_follow_each_others_rollout_changes(gw: Se
         answer = gw.client().post("/v1/predict", files=upload(jpeg)).json()
         assert answer["variant"] == "champion"
         assert wait_for(lambda: any(row["variant"] == "shadow" for row in stored(gw, answer["request_id"])))
+        # A canary judged on both replicas' traffic: 6 compared calls through each stay under min_requests on
+        # either one, the 12 through both break the disagreement limit (v2 never agrees with v1).
+        guard = {"max_disagreement": 0.2, "min_requests": 10, "max_p95_ms": 60000}
+        gw.set_rollout("canary", {"steps": [1.0], "step_seconds": 600, "guardrails": guard})
+        assert wait_for(lambda: httpx.get(f"{other.url}/v1/rollout", timeout=10).json()["mode"] == "canary", 10)
+        assert {a["variant"] for a in predict_many(gw, [f"fleet-{i}" for i in range(6)], jpeg)} == {"challenger"}
+        for i in range(6):
+            r = httpx.post(
+                f"{other.url}/v1/predict", files=upload(jpeg), headers={"X-Client-Id": f"f2-{i}"}, timeout=30
+            )
+            assert r.json()["variant"] == "challenger", r.text
+        view = wait_for(lambda: (v := httpx.get(f"{other.url}/v1/rollout").json())["mode"] == "champion" and v, 15)
+        assert view, "the canary was not stopped on both replicas' traffic"
+        assert "disagrees" in view["state"]["stopped_reason"], view["state"]["stopped_reason"]
+        assert "across all gateways" in view["state"]["stopped_reason"]
+        actions = [e["action"] for e in view["events"]]
+        assert actions[: actions.index("canary")] == ["guardrail-stop"], actions  # recorded once
+        assert wait_for(lambda: httpx.get(f"{gw.url}/v1/rollout").json()["mode"] == "champion", 10)
         # A canary both replicas tick through: each step and the auto-promotion are recorded once, not twice.
         lenient = {"max_disagreement": 1.0, "max_p95_ms": 60000}
         plan = {"steps": [0.5, 1.0], "step_seconds": 1.0, "guardrails": lenient, "auto_promote": True}

@@ -17,6 +17,7 @@ from pyrocast.serving.rollout import (
     canary_step_at,
     check_guardrails,
     route,
+    window_of_calls,
 )
 
 V1, V2 = ModelRef(name="m", version="1"), ModelRef(name="m", version="2")
@@ -115,6 +116,32 @@ def test_canary_stops_on_guardrail_back_to_champion_with_reason() -> None:
     assert [e.action for e in events] == ["guardrail-stop"]
     assert c.state.mode == "champion" and "disagrees" in (c.state.stopped_reason or "")
     assert c.route("anyone", 2.0).role == "champion"
+
+
+def test_canary_stops_on_what_all_gateways_saw_when_this_one_saw_too_little() -> None:
+    c = controller()
+    c.start_canary(CanaryPlan(guardrails=Guardrails(min_requests=10)), now=0.0)
+    for _ in range(4):  # this replica's share of the traffic: under min_requests
+        c.record("challenger", False, None)
+    assert c.tick(1.0) == []
+    # Newest first, as the store reads them: 12 calls through all gateways, 3 failed, 9 compared of which 8 differ.
+    calls = [{"error": "HTTP 503: down", "latency_ms": None, "label": None, "champion_label": None}] * 3 + [
+        {"error": None, "latency_ms": 5.0 + i, "label": "nowildfire", "champion_label": "wildfire" if i else None}
+        for i in range(9)
+    ]
+    c.fleet_stats = window_of_calls(calls, 200).summary()
+    assert c.fleet_stats["requests"] == 12 and c.fleet_stats["errors"] == 3 and c.fleet_stats["compared"] == 8
+    assert c.snapshot(1.0)["stats"]["challenger, all gateways"] == c.fleet_stats
+    events = c.tick(2.0)
+    assert [e.action for e in events] == ["guardrail-stop"]
+    assert "error rate 25.0%" in (c.state.stopped_reason or "") and "across all gateways" in c.state.stopped_reason
+    assert c.fleet_stats is None  # a new mode starts new windows
+
+
+def test_a_window_of_calls_keeps_the_newest() -> None:
+    calls = [{"error": None, "latency_ms": float(i), "label": "wildfire", "champion_label": None} for i in range(30)]
+    w = window_of_calls(calls, 10)  # newest first: latencies 0..9 are the newest ten
+    assert w.summary()["requests"] == 10 and w.summary()["p95_ms"] == 9.0
 
 
 def test_shadow_routes_to_champion_with_copies() -> None:

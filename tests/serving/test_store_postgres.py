@@ -196,3 +196,28 @@ def test_rows_spilled_during_an_outage_at_shutdown_are_written_on_the_next_start
     assert again.count() == 30 and again.count("feedback") == 1 and not spill.exists()
     assert again.predictions_for("r7")[0]["ts"] == datetime(2026, 6, 1, 12, 0, 7, tzinfo=UTC)
     again.close()
+
+
+def test_canary_calls_are_the_challengers_since_the_plan_with_the_champions_answers(store_url: str) -> None:
+    store = PredictionStore(store_url).start()
+    start = datetime.now(UTC)
+    canary = {"variant": "challenger", "model_version": "2", "rollout_mode": "canary", "label": "nowildfire"}
+    rows = [
+        row(0, **canary, ts=start - timedelta(seconds=5)),  # before the plan
+        row(1, **{**canary, "model_version": "3"}),  # another challenger
+        row(2, **{**canary, "rollout_mode": "ab"}),  # another experiment
+        row(3, **canary),
+        row(4, **canary),
+        row(4, variant="champion-compare", served=False, label="wildfire"),  # the champion's answer to r4
+        row(5, **{**canary, "model_version": None, "label": None, "error": "ConnectError: refused", "served": False}),
+        row(6, variant="champion"),
+    ]
+    for r in rows:
+        store.put_prediction(r)
+    assert store.flush()
+    calls = store.canary_calls("2", start, limit=10)
+    assert [c["request_id"] for c in calls] == ["r5", "r4", "r3"]  # newest first
+    assert [c["champion_label"] for c in calls] == [None, "wildfire", None]
+    assert calls[0]["error"] == "ConnectError: refused"
+    assert [c["request_id"] for c in store.canary_calls("2", start, limit=2)] == ["r5", "r4"]
+    store.close()

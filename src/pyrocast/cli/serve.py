@@ -13,6 +13,7 @@ import typer
 from pyrocast.cli.common import out, settings
 from pyrocast.errors import PyrocastError, ServiceUnavailableError
 from pyrocast.report import Report
+from pyrocast.serving.rollout import FLEET
 
 DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: PYROCAST_DATA_DIR or ./.pyrocast).")
 URL = typer.Option(None, "--url", help="Gateway URL (default: http://<serving.host>:<serving.gateway_port>).")
@@ -211,14 +212,15 @@ def _show(view: dict[str, Any], as_json: bool) -> None:
         rep.add("shadow sample", f"{st['shadow_sample']:.0%}")
     if st.get("stopped_reason"):
         rep.add("stopped", st["stopped_reason"])
-    ch = st.get("stats", {}).get("challenger", {})
-    if ch.get("requests") or ch.get("compared"):
-        p95 = ch.get("p95_ms")
-        rep.add(
-            "challenger (recent)",
-            f"{ch['requests']} calls, {ch['error_rate']:.1%} errors, p95 {p95 if p95 is not None else '-'} ms, "
-            f"{ch['disagreement']:.1%} disagreement over {ch['compared']} compared",
-        )
+    for key, title in (("challenger", "challenger (recent, here)"), (FLEET, "challenger (recent, all gateways)")):
+        ch = st.get("stats", {}).get(key, {})
+        if ch.get("requests") or ch.get("compared"):
+            p95 = ch.get("p95_ms")
+            rep.add(
+                title,
+                f"{ch['requests']} calls, {ch['error_rate']:.1%} errors, p95 {p95 if p95 is not None else '-'} ms, "
+                f"{ch['disagreement']:.1%} disagreement over {ch['compared']} compared",
+            )
     for e in view.get("events", [])[:5]:
         rep.add(f"event {e['ts'][:19]}", f"{e['action']}: {e.get('reason') or ''}")
     rep.render(out)

@@ -23,6 +23,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import aiohttp
@@ -48,6 +49,7 @@ from pyrocast.serving.rollout import (
     RolloutController,
     RolloutError,
     RolloutState,
+    window_of_calls,
 )
 from pyrocast.serving.store import LABELS, PredictionStore, image_stats
 from pyrocast.settings import Settings, get_settings
@@ -188,6 +190,11 @@ class BackendError(Exception):
         super().__init__(message)
         self.status = status
         self.client_error = client_error
+
+
+def _client_fault(stored_error: str | None) -> bool:
+    """Whether a stored failure was the request's fault (the text a BackendError gives a 4xx answer)."""
+    return stored_error is not None and stored_error.startswith("HTTP 4")
 
 
 @dataclass
@@ -460,6 +467,10 @@ class Gateway:
                     await self.follow_store()
                 except Exception as exc:
                     self._store_trouble("other gateways' changes not read", exc)
+                try:
+                    await self._read_fleet_calls()
+                except Exception as exc:  # judged on what this gateway sees (and the last reading) meanwhile
+                    self._store_trouble("the canary's calls through other gateways not read", exc)
                 await self.advance()
                 self._update_gauges()
             except Exception:  # the loop must survive anything (a store hiccup, a backend oddity)
@@ -476,8 +487,9 @@ class Gateway:
         """Adopt a rollout change another gateway wrote to the shared store; True when the state was replaced.
 
         Replicas behind a load balancer share one store: a change made through any of them (a mode, a promotion,
-        a guardrail stop) reaches the others within a tick. Each replica judges guardrails on the traffic it sees;
-        its windows restart only when the mode or plan changed, not when another replica recorded a canary step.
+        a guardrail stop) reaches the others within a tick. A replica's own windows restart only when the mode or
+        plan changed, not when another replica recorded a canary step (guardrails also see all replicas' calls:
+        `_read_fleet_calls`).
         """
         if await run_in_threadpool(self.store.latest_event_id) <= self._event_id:
             return False
@@ -499,6 +511,25 @@ class Gateway:
             log.info("rollout: following a change made through another gateway: mode %s", state.mode)
         self._assign_roles()
         return True
+
+    async def _read_fleet_calls(self) -> None:
+        """Give the canary's guardrails the challenger's recent calls through every gateway on the store.
+
+        Behind a load balancer each replica serves only part of a canary's traffic, so a challenger failing
+        on 1 call in 10 per replica may stay under a replica's `min_requests` while the fleet is well over it.
+        """
+        c = self.controller
+        st = c.state
+        if st.mode != "canary" or st.canary is None or st.challenger is None:
+            return
+        plan = (st.updated_at, st.challenger.version)
+        since = datetime.fromtimestamp(st.updated_at, UTC)
+        calls = await run_in_threadpool(self.store.canary_calls, plan[1], since, st.canary.guardrails.window)
+        now = c.state
+        if now.mode != "canary" or (now.updated_at, now.challenger.version if now.challenger else None) != plan:
+            return  # the plan changed while reading
+        counted = [call for call in calls if not _client_fault(call["error"])]
+        c.fleet_stats = window_of_calls(counted, st.canary.guardrails.window).summary()
 
     def _update_gauges(self) -> None:
         m = self.metrics

@@ -5,7 +5,8 @@ Modes:
 - `ab`: a fixed share of clients goes to the challenger (weights), sticky by client id.
 - `canary`: the challenger's share ramps through `steps` (e.g. 5% -> 25% -> 50% -> 100%), one step every
   `step_seconds`; guardrails (error rate, p95 latency, disagreement with the champion) stop it at any time,
-  which means back to champion only with the reason recorded.
+  which means back to champion only with the reason recorded. They are judged on the challenger's recent calls
+  through this gateway and, where gateways share a store, through all of them (`fleet_stats`).
 - `shadow`: the champion answers; a copy of (a sample of) the requests goes to the challenger in the
   background, for comparison only.
 
@@ -23,6 +24,7 @@ import math
 import secrets
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,6 +35,7 @@ from pyrocast.errors import PyrocastError
 Mode = Literal["champion", "ab", "canary", "shadow"]
 Role = Literal["champion", "challenger"]
 MODES: tuple[str, ...] = ("champion", "ab", "canary", "shadow")
+FLEET = "challenger, all gateways"  # the key of the store-wide window in `RolloutController.snapshot()["stats"]`
 
 
 class RolloutError(PyrocastError):
@@ -191,6 +194,17 @@ class Window:
         }
 
 
+def window_of_calls(calls: Iterable[dict[str, Any]], size: int) -> Window:
+    """A window over stored challenger calls given newest first (as `PredictionStore.canary_calls` reads them)."""
+    w = Window(size)
+    for call in reversed(list(calls)):
+        ok = call["error"] is None
+        w.add(ok, call["latency_ms"] if ok else None)
+        if ok and call.get("champion_label") is not None:
+            w.add_agreement(call["label"] == call["champion_label"])
+    return w
+
+
 def _quantile(sorted_values: list[float], q: float) -> float | None:
     if not sorted_values:
         return None
@@ -229,11 +243,15 @@ class RolloutController:
     def __init__(self, state: RolloutState | None = None) -> None:
         self.state = state or RolloutState()
         self.windows: dict[str, Window] = {}
+        # The challenger's recent calls through every gateway on the store (Window.summary), set from outside:
+        # each replica sees only its share of a canary's traffic.
+        self.fleet_stats: dict[str, Any] | None = None
         self._reset_windows()
 
     def _reset_windows(self) -> None:
         size = self.state.canary.guardrails.window if self.state.canary else Guardrails().window
         self.windows = {"champion": Window(size), "challenger": Window(size)}
+        self.fleet_stats = None
 
     def _changed(self, mode: Mode, reason: str | None = None) -> None:
         self.state.mode = mode
@@ -326,7 +344,10 @@ class RolloutController:
         st = self.state
         if st.mode != "canary" or st.canary is None or st.canary_started_at is None:
             return []
-        reason = check_guardrails(st.canary.guardrails, self.windows["challenger"].summary())
+        g = st.canary.guardrails
+        reason = check_guardrails(g, self.windows["challenger"].summary())
+        if reason is None and self.fleet_stats is not None and (fleet := check_guardrails(g, self.fleet_stats)):
+            reason = f"{fleet}, across all gateways"
         if reason:
             stop = self.champion_only(f"canary stopped: {reason}")
             return [Event("guardrail-stop", stop.reason)]
@@ -355,4 +376,6 @@ class RolloutController:
             nxt = st.canary_started_at + (step + 1) * st.canary.step_seconds
             out["canary_next_step_at"] = nxt if step + 1 < len(st.canary.steps) else None
         out["stats"] = {role: w.summary() for role, w in self.windows.items()}
+        if self.fleet_stats is not None:
+            out["stats"][FLEET] = self.fleet_stats
         return out

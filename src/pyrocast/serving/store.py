@@ -54,6 +54,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
 )
 from sqlalchemy.exc import IntegrityError
@@ -556,6 +557,37 @@ class PredictionStore:
                 select(predictions).where(predictions.c.request_id == request_id).order_by(predictions.c.id)
             ).mappings()
             return [_read(r) for r in rows]
+
+    def canary_calls(self, version: str, since: datetime, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` challenger calls of a canary since `since`, from every gateway on this store.
+
+        Each: error (None when it answered), latency_ms, label, and champion_label (the champion's answer to the
+        same request, where it was compared). Calls that failed before the challenger's version was known count
+        as its own.
+        """
+        p = predictions.c
+        calls = (
+            select(p.request_id, p.error, p.latency_ms, p.label)
+            .where(
+                p.variant == "challenger",
+                p.rollout_mode == "canary",
+                p.ts >= _utc(since),
+                or_(p.model_version == version, p.model_version.is_(None)),
+            )
+            .order_by(p.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(calls).mappings()]
+            answered = [r["request_id"] for r in rows if r["error"] is None]
+            compared: dict[str, str] = {}
+            for i in range(0, len(answered), 500):  # bound the IN list for every backend
+                chunk = answered[i : i + 500]
+                q = select(p.request_id, p.label).where(p.variant == "champion-compare", p.request_id.in_(chunk))
+                compared.update({r.request_id: r.label for r in conn.execute(q) if r.label is not None})
+        for r in rows:
+            r["champion_label"] = compared.get(r["request_id"])
+        return rows
 
     def feedback_for(self, request_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
