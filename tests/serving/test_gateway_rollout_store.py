@@ -174,3 +174,38 @@ def test_a_replica_that_missed_a_recorded_step_does_not_record_it_again_with_the
             assert [e["action"] for e in one.store.events()] == ["promote", "canary-step", "canary"]
 
     asyncio.run(scenario())
+
+
+def test_a_guardrail_stop_not_yet_recorded_is_not_undone_by_a_step_another_replica_records(tmp_path: Path) -> None:
+    from pyrocast.serving.rollout import Guardrails
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            strict = Guardrails(max_error_rate=0.1, min_requests=5)
+            t0 = await started_canary(one, two, CanaryPlan(steps=[0.1, 0.5], step_seconds=60, guardrails=strict))
+            _refusing(one.store)  # replica one can read the store but not write to it (a partition)
+            for _ in range(5):
+                one.controller.record("challenger", False, None)  # only replica one sees the challenger fail
+            assert await one.advance(t0 + 1) == [] and one.controller.state.mode == "champion"
+            assert [e.action for e in await two.advance(t0 + 61)] == ["canary-step"]
+            assert not await one.follow_store()  # the step of the plan it stopped: the stop holds
+            assert one.controller.state.mode == "champion" and one.controller.share(t0 + 62) == 0.0
+            one.store.engine.dispose()
+            one.store.engine = two.store.engine  # writable again: the stop is recorded and reaches replica two
+            await one.advance(t0 + 63)
+            assert one.store.events(1)[0]["action"] == "guardrail-stop"
+            assert await two.follow_store() and two.controller.state.mode == "champion"
+
+            # A newer decision made through another replica replaces a stopped plan that could not be recorded.
+            await two._after_change(two.controller.start_canary(CanaryPlan(steps=[0.1], guardrails=strict)))
+            _refusing(one.store)
+            assert await one.follow_store() and one.controller.state.mode == "canary"
+            for _ in range(5):
+                one.controller.record("challenger", False, None)
+            await one.advance()
+            assert one.controller.state.mode == "champion"
+            await two._after_change(two.controller.start_shadow(1.0))
+            assert await one.follow_store() and one.controller.state.mode == "shadow"
+            assert one.metrics.registry.get_sample_value("pyrocast_rollout_unrecorded_stop") == 0.0
+
+    asyncio.run(scenario())

@@ -414,7 +414,8 @@ class Gateway:
         self._event_id = 0  # the newest rollout event this gateway has written or adopted
         self._promote_retry_at = 0.0  # monotonic time before which a failed auto-promotion is not tried again
         self._store_warned_at = -STORE_WARN_EVERY_S  # when the tick last said that the store refused a change
-        self._unrecorded_stop: tuple[Event, str] | None = None  # a guardrail stop in effect, not yet recorded
+        # A guardrail stop in effect here, not yet recorded: the stop, its claim, and the plan it stopped.
+        self._unrecorded_stop: tuple[Event, str, tuple[str, float]] | None = None
         self.session: aiohttp.ClientSession | None = None
         admin = settings.admin_token
         self.admin_token = admin.get_secret_value() if admin else None
@@ -503,6 +504,13 @@ class Gateway:
         except ValidationError as exc:
             log.warning("rollout event %d has an unreadable state (%s); keeping mine", event_id, exc)
             return False
+        if self._unrecorded_stop is not None:
+            if (state.mode, state.updated_at) == self._unrecorded_stop[2]:
+                # Another replica moved the canary this one has stopped (a step) while this one cannot write: the
+                # stop holds here until it is recorded, and then reaches the others.
+                return False
+            self._unrecorded_stop = None  # a newer decision (an operator's) replaces the stopped plan
+            self._update_gauges()
         mine = self.controller.state
         restarted = (state.mode, state.updated_at) != (mine.mode, mine.updated_at)
         self.controller.state = state
@@ -907,7 +915,7 @@ class Gateway:
         """
         c = self.controller
         if self._unrecorded_stop is not None:  # a guardrail stop made while the store was down: record it now
-            stop, claim = self._unrecorded_stop
+            stop, claim, _ = self._unrecorded_stop
             try:
                 await self._after_change(stop, claim=claim)
             except Exception as exc:
@@ -940,7 +948,7 @@ class Gateway:
             if events[-1].action == "guardrail-stop":  # safety first: stop here now, record it when it is back
                 c.state = after
                 self._assign_roles()
-                self._unrecorded_stop = (events[-1], claims[-1])
+                self._unrecorded_stop = (events[-1], claims[-1], (before.mode, before.updated_at))
                 self.metrics.rollout_store_errors.inc()
                 self._update_gauges()
                 log.error("rollout: %s (not recorded yet: the store refused: %r)", events[-1].reason, exc)
