@@ -67,3 +67,12 @@ def test_a_busy_port_is_refused_before_starting(tmp_path: Path) -> None:
             procs.start_process(
                 "late", [sys.executable, "-c", "pass"], url=f"http://127.0.0.1:{port}", log_path=tmp_path / "l.log"
             )
+
+
+def test_free_ports_are_outside_the_range_outgoing_connections_take() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [procs.free_port() for _ in range(50)]
+    assert len(set(ports)) == 50  # never the same one twice in a process
+    assert all(procs.LOWEST_FREE_PORT <= p < low for p in ports)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[0]))  # really free
