@@ -42,6 +42,7 @@ from pyrocast.model.export import interleaved_median_ms, torch_threads
 from pyrocast.model.networks import NetworkConfig
 from pyrocast.model.preprocess import PreprocessSpec, preprocess
 from pyrocast.model.profiles import FULL
+from pyrocast.ports import free_port
 from pyrocast.serving import procs
 from pyrocast.serving.bundles import SERVING_ORT_CONFIG, resolve_precision, tiles_per_call
 from pyrocast.settings import Settings, get_settings
@@ -188,7 +189,7 @@ def _serving_settings(base: Settings, name: str, ports: list[int]) -> Settings:
     settings = Settings(
         data_dir=base.root / "bench" / name,
         serving=base.serving.model_copy(
-            update={"champion_port": ports[0], "challenger_port": procs.free_port(), "gateway_port": ports[1]}
+            update={"champion_port": ports[0], "challenger_port": free_port(), "gateway_port": ports[1]}
         ),
     )
     settings.ensure_dirs()
@@ -220,7 +221,7 @@ def _one_view_reference(base: Settings, img: Image.Image, jpeg: bytes) -> list[t
     """The latency ratio for a one-view EfficientNet-Lite0 (not what production ships: see the module doc)."""
     bundle = _standin(base, {**PRODUCTION_NETWORK, "tta": 1})
     precision = resolve_precision(bundle, base.serving.precision)
-    ports = [procs.free_port(), procs.free_port()]
+    ports = [free_port(), free_port()]
     settings = _serving_settings(base, "serving-one-view", ports)
     clf = OnnxClassifier(bundle, precision, threads=2, config=SERVING_ORT_CONFIG, device=base.serving.device)
     x = preprocess(img, bundle.spec)[None]
@@ -248,7 +249,7 @@ def run() -> list[tuple[str, float | str, str]]:
     base = get_settings()
     bundle = _bundle(base)
     img, jpeg = _tile()
-    ports = [procs.free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
     settings = _serving_settings(base, "serving", ports[:2])
     # The precision the bundle serves (export's choice), or PYROCAST_SERVING__PRECISION=fp32|int8.
     precision, device = resolve_precision(bundle, base.serving.precision), base.serving.device

@@ -8,8 +8,8 @@ import pytest
 from pydantic import SecretStr
 
 from pyrocast.notify import notify_urls, send, training_message
+from pyrocast.ports import free_port
 from pyrocast.settings import Settings
-from tests.support.mlflow_db import free_port_for_tests
 from tests.support.webhook import WebhookReceiver
 
 
@@ -67,7 +67,7 @@ def test_failures_never_raise_and_never_show_urls(
     settings: Settings, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    dead = free_port_for_tests()
+    dead = free_port()
     secret_path = "hook-with-secret-token-123"
     with WebhookReceiver(status=500) as failing, WebhookReceiver() as ok:
         urls = ",".join(

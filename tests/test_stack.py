@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from pyrocast.errors import PyrocastError, ServiceUnavailableError
+from pyrocast.ports import free_port, port_in_use
 from pyrocast.serving import procs
 from pyrocast.settings import Settings
 from pyrocast.stack import STATE_FILE, Service, Stack, claim_state, group_members
@@ -47,7 +48,7 @@ def _register(settings: Settings, bundles_root: Path, challenger: bool = True) -
 
 def _http_server(settings: Settings, name: str, port: int | None = None) -> Service:
     """A stand-in service: Python's http.server (answers 200 on /), started in its own process group."""
-    port = port or procs.free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
 
@@ -60,7 +61,7 @@ def _http_server(settings: Settings, name: str, port: int | None = None) -> Serv
 
 
 def _failing(settings: Settings, name: str) -> Service:
-    port = procs.free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-c", "import sys; print('cannot load the model'); sys.exit(3)"]
 
@@ -92,7 +93,7 @@ def test_a_service_that_fails_to_start_stops_the_others(settings: Settings) -> N
     assert "cannot load the model" in str(exc.value)  # the end of its log is shown
     assert good.proc is not None and not good.proc.alive()
     assert group_members([good.proc.pid, bad.proc.pid]) == []  # type: ignore[union-attr]
-    assert not procs.port_in_use("127.0.0.1", good.port)
+    assert not port_in_use("127.0.0.1", good.port)
     assert not (settings.root / STATE_FILE).exists()
 
 
@@ -171,12 +172,12 @@ def test_plan_needs_a_champion_and_follows_the_registry_and_settings(settings: S
 def test_up_starts_everything_and_ctrl_c_leaves_nothing_behind(settings: Settings, tmp_path: Path) -> None:
     _register(settings, tmp_path / "bundles")
     ports = {
-        "PYROCAST_SERVING__CHAMPION_PORT": procs.free_port(),
-        "PYROCAST_SERVING__CHALLENGER_PORT": procs.free_port(),
-        "PYROCAST_SERVING__EXPLAINER_PORT": procs.free_port(),
-        "PYROCAST_SERVING__GATEWAY_PORT": procs.free_port(),
-        "PYROCAST_SERVING__WEBAPP_PORT": procs.free_port(),
-        "PYROCAST_MLFLOW__PORT": procs.free_port(),
+        "PYROCAST_SERVING__CHAMPION_PORT": free_port(),
+        "PYROCAST_SERVING__CHALLENGER_PORT": free_port(),
+        "PYROCAST_SERVING__EXPLAINER_PORT": free_port(),
+        "PYROCAST_SERVING__GATEWAY_PORT": free_port(),
+        "PYROCAST_SERVING__WEBAPP_PORT": free_port(),
+        "PYROCAST_MLFLOW__PORT": free_port(),
     }
     env = {**os.environ, "PYROCAST_DATA_DIR": str(settings.root), **{k: str(v) for k, v in ports.items()}}
     env["PYROCAST_ADMIN_TOKEN"] = "stack-test-token"
@@ -226,7 +227,7 @@ def test_up_starts_everything_and_ctrl_c_leaves_nothing_behind(settings: Setting
         output = "".join(lines)
         assert "no process left behind" in output, output
         assert group_members(groups) == []
-        assert [p for p in ports.values() if procs.port_in_use("127.0.0.1", p)] == []
+        assert [p for p in ports.values() if port_in_use("127.0.0.1", p)] == []
         assert not (settings.root / STATE_FILE).exists()
     finally:
         if up.poll() is None:
@@ -251,5 +252,5 @@ def test_sigterm_stops_run_up_like_ctrl_c(settings: Settings) -> None:
     )
     assert code == 0
     assert svc.proc is not None and not svc.proc.alive()
-    assert group_members([svc.proc.pid]) == [] and not procs.port_in_use("127.0.0.1", svc.port)
+    assert group_members([svc.proc.pid]) == [] and not port_in_use("127.0.0.1", svc.port)
     assert signal.getsignal(signal.SIGTERM) is before  # handlers restored

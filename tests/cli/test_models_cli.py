@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from pyrocast.ports import free_port
 from pyrocast.registry import models as registry
 from pyrocast.registry.mlflow_store import ensure_experiment, get_client
 from pyrocast.settings import Settings
-from tests.support.mlflow_db import free_port_for_tests, seed_mlflow_db
+from tests.support.mlflow_db import seed_mlflow_db
 from tests.support.onnx_standin import make_standin_bundle, write_tiles
 
 PYROCAST = Path(sys.executable).parent / "pyrocast"
@@ -100,7 +101,7 @@ def test_evaluate_bad_input_is_clear(registered: Settings, tmp_path: Path) -> No
 
 def test_evaluate_with_a_dead_tracking_server(settings: Settings, tmp_path: Path) -> None:
     write_tiles(tmp_path / "k", {"test": 2})
-    port = free_port_for_tests()
+    port = free_port()
     t0 = time.monotonic()
     r = cli(
         "evaluate",

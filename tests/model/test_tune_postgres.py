@@ -98,7 +98,7 @@ def test_two_worker_processes_share_one_study(tiny_root: Path, settings: Setting
 
 
 def test_an_unreachable_postgresql_is_a_clear_error(tiny_root: Path, settings: Settings) -> None:
-    from tests.support.postgres import free_port
+    from pyrocast.ports import free_port
 
     url = f"postgresql+psycopg://pyrocast:secret-pw@127.0.0.1:{free_port()}/optuna"  # nobody listens there
     s = settings.model_copy(update={"optuna_storage": url})

@@ -22,11 +22,12 @@ from pyrocast.data.layout import Dataset
 from pyrocast.errors import PyrocastError, ServiceUnavailableError
 from pyrocast.monitoring.reference import read_reference
 from pyrocast.pipelines.training import run_training
+from pyrocast.ports import free_port
 from pyrocast.registry import models
 from pyrocast.registry.mlflow_store import ensure_experiment, get_client
 from pyrocast.serving.store import STAT_COLUMNS
 from pyrocast.settings import MlflowSettings, Settings, get_settings
-from tests.support.mlflow_db import free_port_for_tests, seed_mlflow_db
+from tests.support.mlflow_db import seed_mlflow_db
 from tests.support.onnx_standin import make_standin_bundle, write_tiles
 from tests.support.webhook import WebhookReceiver
 
@@ -166,7 +167,7 @@ def test_one_class_and_empty_data_fail_clearly(env: Settings, tmp_path: Path) ->
 
 
 def test_unreachable_mlflow_fails_before_anything_starts(env: Settings) -> None:
-    dead = env.model_copy(update={"mlflow": MlflowSettings(tracking_uri=f"http://127.0.0.1:{free_port_for_tests()}")})
+    dead = env.model_copy(update={"mlflow": MlflowSettings(tracking_uri=f"http://127.0.0.1:{free_port()}")})
     runs_before = set((env.root / "runs").glob("*"))
     t0 = time.monotonic()
     with pytest.raises(ServiceUnavailableError, match="does not answer"):

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from pyrocast.errors import ServiceUnavailableError
+from pyrocast.ports import free_port
 from pyrocast.registry import models
 from pyrocast.registry.mlflow_store import (
     artifact_location,
@@ -19,7 +20,6 @@ from pyrocast.registry.mlflow_store import (
     start_server,
 )
 from pyrocast.settings import MlflowSettings, Settings
-from tests.support.mlflow_db import free_port_for_tests
 from tests.support.onnx_standin import make_standin_bundle
 
 
@@ -28,7 +28,7 @@ def _remote(settings: Settings, uri: str) -> Settings:
 
 
 def test_dead_server_fails_fast_with_a_clear_message(settings: Settings) -> None:
-    port = free_port_for_tests()
+    port = free_port()
     s = _remote(settings, f"http://user:hunter2@127.0.0.1:{port}")
     t0 = time.monotonic()
     with pytest.raises(ServiceUnavailableError) as err:
@@ -48,7 +48,7 @@ def test_redact() -> None:
 
 
 def test_unreachable_database_is_clear(settings: Settings) -> None:
-    port = free_port_for_tests()
+    port = free_port()
     s = _remote(settings, f"postgresql://u:pw@127.0.0.1:{port}/mlflow")
     # The settings give a plain postgresql:// URL the installed driver (psycopg 3).
     with pytest.raises(ServiceUnavailableError, match=r"database at postgresql\+psycopg://\*\*\*@127\.0\.0\.1"):

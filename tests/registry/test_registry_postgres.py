@@ -10,11 +10,11 @@ from mlflow import MlflowClient
 
 from pyrocast.errors import ServiceUnavailableError
 from pyrocast.model.bundle import missing_files
+from pyrocast.ports import free_port
 from pyrocast.registry import models
 from pyrocast.registry.mlflow_store import check_reachable, ensure_experiment, get_client, start_server
 from pyrocast.settings import Settings
 from tests.support.onnx_standin import make_standin_bundle
-from tests.support.postgres import free_port
 
 
 def on_postgresql(settings: Settings, url: str) -> Settings:

@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pyrocast import ports
 from pyrocast.errors import ServiceUnavailableError
 from pyrocast.serving import procs
 
@@ -29,7 +30,7 @@ LEADER = textwrap.dedent(
 
 
 def test_stop_sweeps_workers_outside_the_process_group(tmp_path: Path) -> None:
-    port = procs.free_port()
+    port = ports.free_port()
     svc = procs.start_process(
         "toy",
         [sys.executable, "-c", LEADER, str(port)],
@@ -42,11 +43,11 @@ def test_stop_sweeps_workers_outside_the_process_group(tmp_path: Path) -> None:
     assert len(tree) == 2 and svc.healthy()
     svc.stop(timeout=5)
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in tree)
-    assert not procs.port_in_use("127.0.0.1", port)
+    assert not ports.port_in_use("127.0.0.1", port)
 
 
 def test_a_service_that_dies_reports_its_log(tmp_path: Path) -> None:
-    port = procs.free_port()
+    port = ports.free_port()
     with pytest.raises(ServiceUnavailableError, match="exited with code 3") as info:
         procs.start_process(
             "broken",
@@ -67,12 +68,3 @@ def test_a_busy_port_is_refused_before_starting(tmp_path: Path) -> None:
             procs.start_process(
                 "late", [sys.executable, "-c", "pass"], url=f"http://127.0.0.1:{port}", log_path=tmp_path / "l.log"
             )
-
-
-def test_free_ports_are_outside_the_range_outgoing_connections_take() -> None:
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    ports = [procs.free_port() for _ in range(50)]
-    assert len(set(ports)) == 50  # never the same one twice in a process
-    assert all(procs.LOWEST_FREE_PORT <= p < low for p in ports)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", ports[0]))  # really free

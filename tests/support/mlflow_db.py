@@ -37,12 +37,3 @@ def seed_mlflow_db(settings: Settings) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_template(), target)
     return target
-
-
-def free_port_for_tests() -> int:
-    """A loopback port nobody listens on (bound then released)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

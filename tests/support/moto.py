@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,18 +23,14 @@ from typing import IO
 import httpx
 import pytest
 
+from pyrocast.ports import free_port
+
 MOTO_BIN = Path(sys.executable).with_name("moto_server")
 DUMMY_ENV = {
     "AWS_ACCESS_KEY_ID": "pyrocast-test-key",
     "AWS_SECRET_ACCESS_KEY": "pyrocast-test-secret",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MotoServer:

@@ -23,7 +23,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
@@ -32,6 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from pyrocast.ports import free_port
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, postgres) not found on PATH, in $PYROCAST_PG_BIN or in "
@@ -64,12 +65,6 @@ def find_bin_dir() -> Path | None:
         if (d / "initdb").is_file() and (d / "postgres").is_file():
             return d
     return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_as() -> pwd.struct_passwd | None:

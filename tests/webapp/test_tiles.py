@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pyrocast.errors import InvalidInputError
-from pyrocast.serving.procs import free_port
+from pyrocast.ports import free_port
 from pyrocast.settings import Region, Settings
 from pyrocast.webapp.app import create_app
 from pyrocast.webapp.tiles import TileRenderer, cache_key, tile_in_region

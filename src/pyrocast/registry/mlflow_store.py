@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from pyrocast.errors import PyrocastError, ServiceUnavailableError
+from pyrocast.ports import free_port
 from pyrocast.settings import Settings
 
 if TYPE_CHECKING:
@@ -140,12 +140,6 @@ def ensure_experiment(settings: Settings, client: MlflowClient | None = None) ->
 
 
 # --- a local tracking server ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +28,7 @@ import httpx
 import psutil
 
 from pyrocast.errors import ServiceUnavailableError
+from pyrocast.ports import port_in_use
 from pyrocast.serving.bundles import ENV_BATCHING, ENV_BUNDLE, ENV_MODEL, ENV_PRECISION
 from pyrocast.settings import Settings
 
@@ -163,48 +162,6 @@ def _signal_all(processes: list[psutil.Process], sig: int) -> None:
     for p in processes:
         with contextlib.suppress(psutil.Error):
             p.send_signal(sig)
-
-
-LOWEST_FREE_PORT = 20_000
-_handed_out: set[int] = set()
-
-
-def _ephemeral_low() -> int:
-    """The lowest port the kernel gives outgoing connections (Linux's ip_local_port_range; 32768 elsewhere)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32_768
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on `host`, below the kernel's range for outgoing connections.
-
-    A port the kernel picks itself (bind to 0) comes from that range, where any outgoing connection made before
-    the service binds it may take it as its local port ("Address already in use" at start, seen in CI).
-    """
-    low = _ephemeral_low()
-    rng = random.SystemRandom()
-    for _ in range(200) if low - LOWEST_FREE_PORT >= 1000 else ():
-        port = rng.randrange(LOWEST_FREE_PORT, low)
-        if port in _handed_out:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.3)
-        return s.connect_ex((host, port)) == 0
 
 
 def start_process(

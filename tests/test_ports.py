@@ -1,0 +1,17 @@
+"""Free loopback ports for services and test servers."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pyrocast.ports import LOWEST_FREE_PORT, free_port
+
+
+def test_free_ports_are_outside_the_range_outgoing_connections_take() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50  # never the same one twice in a process
+    assert all(LOWEST_FREE_PORT <= p < low for p in ports)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[0]))  # really free
