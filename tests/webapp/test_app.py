@@ -18,7 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pyrocast.errors import InvalidInputError
-from pyrocast.serving.procs import free_port, start_process
+from pyrocast.ports import free_port
+from pyrocast.serving.procs import start_process
 from pyrocast.serving.store import PredictionStore
 from pyrocast.settings import ImagerySettings, Settings
 from pyrocast.webapp.app import COOKIE, check_place, create_app

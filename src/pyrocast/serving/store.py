@@ -574,7 +574,7 @@ class PredictionStore:
                 p.ts >= _utc(since),
                 or_(p.model_version == version, p.model_version.is_(None)),
             )
-            .order_by(p.id.desc())
+            .order_by(p.ts.desc(), p.id.desc())  # newest first along ix_predictions_variant_ts: O(limit) reads
             .limit(limit)
         )
         with self.engine.connect() as conn:
