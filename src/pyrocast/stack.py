@@ -42,9 +42,9 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from pyrocast import ports
 from pyrocast.data.layout import atomic_write
 from pyrocast.errors import PyrocastError, ServiceUnavailableError
+from pyrocast.ports import port_in_use
 from pyrocast.serving import procs
 from pyrocast.settings import Settings
 
@@ -175,7 +175,7 @@ class Stack:
     # --- starting -----------------------------------------------------------------------------------------
     def check_ports(self) -> None:
         """Refuse to start anything when a port is taken (naming each one and the setting that moves it)."""
-        busy = [s for s in self.services if not s.external and ports.port_in_use(self.settings.serving.host, s.port)]
+        busy = [s for s in self.services if not s.external and port_in_use(self.settings.serving.host, s.port)]
         if busy:
             names = ", ".join(f"{s.name} ({s.port})" for s in busy)
             envs = ", ".join(f"PYROCAST_{s.setting.upper().replace('.', '__')}" for s in busy if s.setting)

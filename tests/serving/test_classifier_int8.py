@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pyrocast import ports
 from pyrocast.errors import ServiceUnavailableError
 from pyrocast.model.bundle import FP32, INT8, load_bundle
 from pyrocast.model.export import quantize_int8
 from pyrocast.model.preprocess import preprocess_batch
+from pyrocast.ports import free_port
 from pyrocast.serving import procs
 from pyrocast.settings import Settings
 from tests.conftest import REAL_TILES
@@ -64,17 +64,17 @@ def services(
     s.ensure_dirs()
     started = {
         "fp32": procs.start_classifier(
-            s, port=ports.free_port(), bundle_dir=int8_bundle, precision="fp32", name="fp32", wait=False
+            s, port=free_port(), bundle_dir=int8_bundle, precision="fp32", name="fp32", wait=False
         ),
         "int8": procs.start_classifier(
-            s, port=ports.free_port(), bundle_dir=int8_bundle, precision="int8", name="int8", wait=False
+            s, port=free_port(), bundle_dir=int8_bundle, precision="int8", name="int8", wait=False
         ),
         "no-int8": procs.start_classifier(
-            s, port=ports.free_port(), bundle_dir=bundle_dirs["1"], precision="int8", name="no-int8", wait=False
+            s, port=free_port(), bundle_dir=bundle_dirs["1"], precision="int8", name="no-int8", wait=False
         ),
         "cuda": procs.start_classifier(
             s.model_copy(update={"serving": s.serving.model_copy(update={"device": "cuda"})}),
-            port=ports.free_port(),
+            port=free_port(),
             bundle_dir=bundle_dirs["1"],
             precision="fp32",
             name="cuda",

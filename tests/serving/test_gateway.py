@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pyrocast import ports
+from pyrocast.ports import free_port
 from pyrocast.serving import procs
 from pyrocast.serving.store import PredictionStore
 from tests.serving.conftest import encode, tile_image
@@ -376,7 +376,7 @@ def test_nothing_is_lost_across_a_gateway_restart(gw: ServingStack, jpeg: bytes)
 def test_gateway_replicas_on_one_store_follow_each_others_rollout_changes(gw: ServingStack, jpeg: bytes) -> None:
     # Two gateways behind a load balancer: a change made through either one reaches the other within a tick,
     # and a client is routed to the same variant whichever replica answers.
-    other = procs.start_gateway(gw.settings, port=ports.free_port(), env={"PYROCAST_ADMIN_TOKEN": gw.token})
+    other = procs.start_gateway(gw.settings, port=free_port(), env={"PYROCAST_ADMIN_TOKEN": gw.token})
     try:
         gw.set_rollout("ab", {"champion": 1, "challenger": 1})
         assert wait_for(lambda: httpx.get(f"{other.url}/v1/rollout", timeout=10).json()["mode"] == "ab", 10)

@@ -9,7 +9,7 @@ import uuid
 import httpx
 import pytest
 
-from pyrocast import ports
+from pyrocast.ports import free_port
 from pyrocast.serving import procs
 from pyrocast.serving.store import PredictionStore
 from tests.support.serving import ServingStack
@@ -35,7 +35,7 @@ def test_a_gateway_on_postgresql_stores_everything_and_a_restart_keeps_it(
     # A second gateway beside the session's one, on the same model services, storing into PostgreSQL.
     plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")  # as an operator would write it
     settings = stack.settings.model_copy(update={"store_url": plain})
-    port = ports.free_port()
+    port = free_port()
     env = {"PYROCAST_ADMIN_TOKEN": stack.token}
     gw = procs.start_gateway(settings, port=port, env=env)
     try:

@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pyrocast import ports
 from pyrocast.errors import ServiceUnavailableError
+from pyrocast.ports import free_port, port_in_use
 from pyrocast.serving import procs
 
 pytestmark = pytest.mark.integration  # real processes on 127.0.0.1
@@ -30,7 +30,7 @@ LEADER = textwrap.dedent(
 
 
 def test_stop_sweeps_workers_outside_the_process_group(tmp_path: Path) -> None:
-    port = ports.free_port()
+    port = free_port()
     svc = procs.start_process(
         "toy",
         [sys.executable, "-c", LEADER, str(port)],
@@ -43,11 +43,11 @@ def test_stop_sweeps_workers_outside_the_process_group(tmp_path: Path) -> None:
     assert len(tree) == 2 and svc.healthy()
     svc.stop(timeout=5)
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in tree)
-    assert not ports.port_in_use("127.0.0.1", port)
+    assert not port_in_use("127.0.0.1", port)
 
 
 def test_a_service_that_dies_reports_its_log(tmp_path: Path) -> None:
-    port = ports.free_port()
+    port = free_port()
     with pytest.raises(ServiceUnavailableError, match="exited with code 3") as info:
         procs.start_process(
             "broken",

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from pyrocast import ports
+from pyrocast.ports import free_port
 from pyrocast.serving import procs
 from pyrocast.settings import Settings
 from tests.serving.conftest import encode, tile_image
@@ -64,7 +64,7 @@ def test_stopped_and_killed_services_leave_no_temp_files(
         ("images", b"\xff\xd8" + b"\0" * (settings.serving.max_upload_bytes + 1000)),  # 413 before reading
     ]
     services = {
-        how: procs.start_classifier(settings, port=ports.free_port(), bundle_dir=bundle, name=how, wait=False)
+        how: procs.start_classifier(settings, port=free_port(), bundle_dir=bundle, name=how, wait=False)
         for how in ("stopped", "killed")
     }
     try:
@@ -92,7 +92,7 @@ def test_stopped_and_killed_services_leave_no_temp_files(
 
 def test_a_crash_leftover_is_cleared_on_the_next_start(settings: Settings, tmp_path: Path) -> None:
     """A folder left by a parent that died before stopping its service is emptied when that service restarts."""
-    port = ports.free_port()
+    port = free_port()
     tmp = procs.service_tmp_dir(settings, "toy", port)
     log = tmp_path / "toy.log"
     (tmp / "bentoml-request-old").mkdir(parents=True)

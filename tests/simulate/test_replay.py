@@ -8,9 +8,9 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from pyrocast import ports
 from pyrocast.cli.main import app
 from pyrocast.errors import InvalidInputError, ServiceUnavailableError
+from pyrocast.ports import free_port
 from pyrocast.serving.store import PredictionStore
 from pyrocast.simulate.replay import Outcome, run_replay
 from tests.simulate.conftest import N_TEST
@@ -95,7 +95,7 @@ def test_replay_refuses_what_it_cannot_do(stack: ServingStack, tmp_path) -> None
     with pytest.raises(InvalidInputError, match="has no tiles"):
         run_replay(empty)
     with pytest.raises(ServiceUnavailableError, match="does not answer"):
-        run_replay(s, gateway=f"http://127.0.0.1:{ports.free_port()}")
+        run_replay(s, gateway=f"http://127.0.0.1:{free_port()}")
 
 
 def test_replay_command_prints_json(stack: ServingStack) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from pyrocast import ports
+from pyrocast.ports import free_port
 from pyrocast.serving import procs
 from pyrocast.settings import ServingSettings, Settings
 from tests.support.bundles import make_tiny_bundle, rebias_bundle
@@ -93,7 +93,7 @@ class ServingStack:
 
 
 def stack_settings(root: Path) -> Settings:
-    ports = [ports.free_port() for _ in range(5)]
+    ports = [free_port() for _ in range(5)]
     s = Settings(
         data_dir=root / "data",
         serving=ServingSettings(

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pyrocast import ports
+from pyrocast.ports import free_port
 from pyrocast.serving import procs
 from pyrocast.settings import Settings
 
@@ -36,7 +36,7 @@ def start_webapp(
     """Start the web app for `settings` (optionally calling a gateway on another port); `wait` until it answers."""
     sv = settings.serving.model_copy(
         update={
-            "webapp_port": port or ports.free_port(),
+            "webapp_port": port or free_port(),
             **({"gateway_port": gateway_port} if gateway_port is not None else {}),
         }
     )

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from pyrocast import ports
+from pyrocast.ports import free_port
 from pyrocast.serving import procs
 from pyrocast.serving.store import PredictionStore
 from pyrocast.settings import ServingSettings, Settings
@@ -286,7 +286,7 @@ def test_clear_messages_when_the_model_service_or_the_gateway_is_down(
     live: Live, tab: Tab, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     # A gateway whose model services are not running, and a web app in front of it.
-    ports = [ports.free_port() for _ in range(4)]
+    ports = [free_port() for _ in range(4)]
     root = tmp_path_factory.mktemp("down")
     s = Settings(
         data_dir=root / "data",
