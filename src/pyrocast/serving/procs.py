@@ -267,7 +267,6 @@ def start_classifier(
     wait: bool = True,
 ) -> ServiceProcess:
     """Start the BentoML classifier for a bundle folder or a registry ref (alias or version)."""
-    host = settings.serving.host
     port = port or settings.serving.champion_port
     child_env = settings_env(settings)
     if bundle_dir is not None:
@@ -277,20 +276,7 @@ def start_classifier(
     if precision is not None:
         child_env[ENV_PRECISION] = precision
     child_env[ENV_BATCHING] = "1" if batching else "0"
-    child_env["BENTOML_HOME"] = bentoml_home(settings, name, port)
-    child_env.update(env or {})
-    cmd = [bentoml_exe(), "serve", CLASSIFIER, "--host", host, "--port", str(port)]
-    return start_process(
-        name,
-        cmd,
-        url=f"http://{host}:{port}",
-        log_path=settings.root / "logs" / f"{name}-{port}.log",
-        env=child_env,
-        cwd=settings.root,
-        timeout=timeout,
-        wait=wait,
-        tmp_dir=service_tmp_dir(settings, name, port),
-    )
+    return _start_bento(settings, name, CLASSIFIER, port, child_env, env, timeout, wait)
 
 
 def start_explainer(
@@ -303,24 +289,37 @@ def start_explainer(
     wait: bool = True,
 ) -> ServiceProcess:
     """Start the BentoML explainer. `bundle_dirs` maps model versions to bundle folders (else the registry)."""
-    host = settings.serving.host
     port = port or settings.serving.explainer_port
     child_env = settings_env(settings)
     if bundle_dirs:
         child_env["PYROCAST_EXPLAIN_BUNDLES"] = os.pathsep.join(f"{v}={p}" for v, p in bundle_dirs.items())
-    child_env["BENTOML_HOME"] = bentoml_home(settings, "explainer", port)
+    return _start_bento(settings, "explainer", EXPLAINER, port, child_env, env, timeout, wait)
+
+
+def _start_bento(
+    settings: Settings,
+    name: str,
+    service: str,
+    port: int,
+    child_env: dict[str, str],
+    env: Mapping[str, str] | None,
+    timeout: float,
+    wait: bool,
+) -> ServiceProcess:
+    """`bentoml serve` a service as `name` on `port`, with a BentoML home and TMPDIR of its own."""
+    host = settings.serving.host
+    child_env["BENTOML_HOME"] = bentoml_home(settings, name, port)
     child_env.update(env or {})
-    cmd = [bentoml_exe(), "serve", EXPLAINER, "--host", host, "--port", str(port)]
     return start_process(
-        "explainer",
-        cmd,
+        name,
+        [bentoml_exe(), "serve", service, "--host", host, "--port", str(port)],
         url=f"http://{host}:{port}",
-        log_path=settings.root / "logs" / f"explainer-{port}.log",
+        log_path=settings.root / "logs" / f"{name}-{port}.log",
         env=child_env,
         cwd=settings.root,
         timeout=timeout,
         wait=wait,
-        tmp_dir=service_tmp_dir(settings, "explainer", port),
+        tmp_dir=service_tmp_dir(settings, name, port),
     )
 
 
