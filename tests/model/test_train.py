@@ -14,12 +14,12 @@ import torch
 
 from pyrocast.data.access import forbid_test_reads
 from pyrocast.errors import PyrocastError
-from pyrocast.model.data import clear_cache, prepare_dataset
+from pyrocast.model.data import prepare_dataset
 from pyrocast.model.preprocess import normalize
 from pyrocast.model.profiles import QUICK, Profile
 from pyrocast.model.train import TrainedModel, normalize_params, train_model
 from pyrocast.settings import Settings
-from tests.support.learnable import write_learnable_tiles
+from tests.support.learnable import prepared_learnable, write_learnable_tiles
 
 TINY = replace(QUICK, max_epochs=6, patience=6, tune_epochs=2, sizes=(32,), batch_size=8)
 SMALL = {"net": {"kind": "small_cnn", "width": 8}, "lr": 5e-3, "weight_decay": 1e-4, "aug_strength": 0.3, "size": 32}
@@ -38,10 +38,7 @@ sys.addaudithook(_record)
 
 @pytest.fixture
 def tiny_root(settings: Settings, tmp_path: Path) -> Path:
-    src = tmp_path / "tiles"
-    write_learnable_tiles(src, {"train": 24, "valid": 10, "test": 10})
-    clear_cache()
-    return prepare_dataset(settings, src)
+    return prepared_learnable(settings, tmp_path / "tiles", {"train": 24, "valid": 10, "test": 10})
 
 
 def test_trains_without_opening_a_single_test_file(tiny_root: Path, settings: Settings) -> None:

@@ -9,12 +9,11 @@ import optuna
 import pytest
 
 from pyrocast.errors import PyrocastError
-from pyrocast.model.data import clear_cache, prepare_dataset
 from pyrocast.model.profiles import QUICK
 from pyrocast.model.train import train_model
 from pyrocast.model.tune import network_choices, study_name_for, suggest_params, tune
 from pyrocast.settings import Settings
-from tests.support.learnable import write_learnable_tiles
+from tests.support.learnable import prepared_learnable
 
 MICRO = replace(
     QUICK,
@@ -33,10 +32,7 @@ MICRO = replace(
 
 @pytest.fixture
 def tiny_root(settings: Settings, tmp_path: Path) -> Path:
-    src = tmp_path / "tiles"
-    write_learnable_tiles(src, {"train": 16, "valid": 8, "test": 6})
-    clear_cache()
-    return prepare_dataset(settings, src)
+    return prepared_learnable(settings, tmp_path / "tiles", {"train": 16, "valid": 8, "test": 6})
 
 
 def test_tune_searches_the_profile_space_and_stores_the_study(tiny_root: Path, settings: Settings) -> None:

@@ -12,12 +12,11 @@ import optuna
 import pytest
 
 from pyrocast.errors import PyrocastError
-from pyrocast.model.data import clear_cache, prepare_dataset
 from pyrocast.model.profiles import QUICK
 from pyrocast.model.tune import tune
 from pyrocast.settings import Settings
 from tests.conftest import REPO
-from tests.support.learnable import write_learnable_tiles
+from tests.support.learnable import prepared_learnable
 
 # Two cheap trials of a tiny CNN: the storage is under test here, not the search (tests/model/test_tune.py).
 NANO = replace(
@@ -37,10 +36,7 @@ NANO = replace(
 
 @pytest.fixture
 def tiny_root(settings: Settings, tmp_path: Path) -> Path:
-    src = tmp_path / "tiles"
-    write_learnable_tiles(src, {"train": 12, "valid": 6, "test": 4})
-    clear_cache()
-    return prepare_dataset(settings, src)
+    return prepared_learnable(settings, tmp_path / "tiles", {"train": 12, "valid": 6, "test": 4})
 
 
 def test_the_study_lives_in_postgresql_and_a_second_run_continues_it(

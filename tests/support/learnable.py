@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pyrocast.model.data import clear_cache, prepare_dataset
+from pyrocast.settings import Settings
 from tests.support.tiles import write_labelled
 
 PX = 350
@@ -32,3 +34,10 @@ def write_learnable_tiles(
     return write_labelled(
         root, per_split, learnable_jpeg, seed=seed, wildfire_share=wildfire_share, columns=30, step_deg=0.13
     )
+
+
+def prepared_learnable(settings: Settings, folder: Path, per_split: dict[str, int]) -> Path:
+    """Learnable tiles written to `folder` and prepared as a training dataset (decoded-array cache cleared)."""
+    write_learnable_tiles(folder, per_split)
+    clear_cache()
+    return prepare_dataset(settings, folder)
