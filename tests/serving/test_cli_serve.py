@@ -47,6 +47,10 @@ def test_rollout_commands_drive_the_gateway(cli_env: ServingStack) -> None:
     assert rollout(cli_env, "champion")["mode"] == "champion"
     table = runner.invoke(app, ["rollout", "status", "--url", cli_env.url])
     assert table.exit_code == 0 and "champion" in table.output and f"{cli_env.model_name} v1" in table.output
+    # The changes above were recorded within a second or two: each is listed, none replaces another.
+    assert all(f"{action}:" in table.output for action in ("champion-only", "rollback", "promote", "shadow")), (
+        table.output
+    )
 
 
 def test_rollout_errors_are_one_clear_line(cli_env: ServingStack, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -221,8 +221,12 @@ def _show(view: dict[str, Any], as_json: bool) -> None:
                 f"{ch['requests']} calls, {ch['error_rate']:.1%} errors, p95 {p95 if p95 is not None else '-'} ms, "
                 f"{ch['disagreement']:.1%} disagreement over {ch['compared']} compared",
             )
-    for e in view.get("events", [])[:5]:
-        rep.add(f"event {e['ts'][:19]}", f"{e['action']}: {e.get('reason') or ''}")
+    events = view.get("events", [])[:5]
+    if events:  # one fact: events recorded in the same second must not replace each other
+        rep.add(
+            "recent events",
+            "\n".join(f"{(e['ts'] or '')[:19]}  {e['action']}: {e.get('reason') or ''}" for e in events),
+        )
     rep.render(out)
 
 
