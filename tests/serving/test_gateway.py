@@ -269,8 +269,11 @@ def test_shadow_stores_both_and_the_user_gets_the_champion(gw: ServingStack, jpe
         assert by_variant["champion"]["served"] and by_variant["champion"]["model_version"] == "1"
         assert not by_variant["shadow"]["served"] and by_variant["shadow"]["model_version"] == "2"
         assert by_variant["shadow"]["label"] == "nowildfire"
-    stats = httpx.get(f"{gw.url}/v1/rollout").json()["state"]["stats"]["challenger"]
-    assert stats["compared"] >= 10 and stats["disagreement"] == 1.0
+    stats = httpx.get(f"{gw.url}/v1/rollout").json()["state"]["stats"]
+    assert stats["challenger"]["compared"] >= 10 and stats["challenger"]["disagreement"] == 1.0
+    assert (
+        stats["champion"]["requests"] >= 10 and stats["champion"]["p95_ms"] > 0
+    )  # what the challenger is read against
 
 
 def test_canary_ramps_on_schedule(gw: ServingStack, jpeg: bytes) -> None:

@@ -741,8 +741,12 @@ class Gateway:
                     "error": str(exc)[:1000],
                 }
             )
+            if role == "champion" and served and not exc.client_error:
+                self.controller.record("champion", False, None)  # the baseline the challenger's window is read against
             raise
         be.up = True
+        if role == "champion" and served:
+            self.controller.record("champion", True, answer.latency_ms)
         self.metrics.predictions.labels(variant, answer.model.version, "ok").inc()
         self.metrics.model_latency.labels(variant, answer.model.version).observe(answer.latency_ms / 1000)
         self.store.put_prediction(
