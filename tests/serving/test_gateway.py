@@ -17,6 +17,7 @@ from pyrocast.serving import procs
 from pyrocast.serving.store import PredictionStore
 from tests.serving.conftest import encode, tile_image
 from tests.support.serving import ServingStack
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration  # real processes on 127.0.0.1
 
@@ -50,15 +51,6 @@ def stored(stack: ServingStack, request_id: str) -> list[dict[str, Any]]:
     r = httpx.get(f"{stack.url}/v1/predictions/{request_id}", timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def wait_for(check: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 # --- predictions ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pyrocast.ports import free_port
 from pyrocast.serving import procs
 from pyrocast.serving.store import PredictionStore
 from tests.support.serving import ServingStack
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration  # real processes on 127.0.0.1
 
@@ -60,5 +61,24 @@ def test_a_gateway_on_postgresql_stores_everything_and_a_restart_keeps_it(
 
         gw = procs.start_gateway(settings, port=port, env=env)  # the state comes back from PostgreSQL
         assert httpx.get(f"{gw.url}/v1/rollout", timeout=30).json()["mode"] == "shadow"
+
+        # A replica on the same PostgreSQL store: a canary's guardrails see the calls through both (6 compared
+        # calls through each, min_requests 10; v2 never agrees with v1).
+        replica = procs.start_gateway(settings, port=free_port(), env=env)
+        try:
+            guard = {"max_disagreement": 0.2, "min_requests": 10, "max_p95_ms": 60000}
+            plan = {"steps": [1.0], "step_seconds": 600, "guardrails": guard}
+            r = httpx.post(f"{gw.url}/v1/rollout/canary", json=plan, headers=stack.admin, timeout=30)
+            assert r.status_code == 200, r.text
+            assert wait_for(lambda: httpx.get(f"{replica.url}/v1/rollout", timeout=10).json()["mode"] == "canary")
+            for url in (gw.url, replica.url):
+                answers = asyncio.run(_predict(url, f"{tag}-canary", jpeg, 6))
+                assert all(a.json()["variant"] == "challenger" for a in answers), answers[0].text
+            view = wait_for(
+                lambda: (v := httpx.get(f"{replica.url}/v1/rollout", timeout=10).json())["mode"] == "champion" and v
+            )
+            assert view and "across all gateways" in view["state"]["stopped_reason"], view
+        finally:
+            replica.stop()
     finally:
         gw.stop()

@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from pyrocast.serving.store import PredictionStore
-from tests.serving.test_gateway import predict_many, wait_for
+from tests.serving.test_gateway import predict_many
 from tests.support.serving import ServingStack
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration  # real processes on 127.0.0.1
 

@@ -9,7 +9,6 @@ and the console must stay free of errors. Screenshots go to /tmp/pyrocast-webapp
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from pyrocast.serving.store import PredictionStore
 from pyrocast.settings import ServingSettings, Settings
 from pyrocast.webapp.app import COOKIE
 from tests.support.serving import ServingStack, start_stack
+from tests.support.waiting import wait_for
 from tests.support.webapp import browser, start_webapp
 
 pytestmark = pytest.mark.integration
@@ -100,16 +100,6 @@ def tab(chromium: Any) -> Iterator[Tab]:
     page.on("pageerror", lambda e: t.errors.append(f"page error: {e}"))
     yield t
     context.close()
-
-
-def wait_for(fn: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_js(page: Any, expression: str, timeout: float) -> None:
