@@ -258,7 +258,7 @@ def run() -> list[tuple[str, float | str, str]]:
     results: list[tuple[str, float | str, str]] = [
         ("model", f"{bundle.name} {bundle.version} ({bundle.spec.size} px, {precision}, {device})", ""),
         ("why this precision", str(bundle.meta.get("serve_precision_reason", "set by configuration")), ""),
-        ("machine load average (1 min) at start", os.getloadavg()[0], "on 2 cores"),
+        ("machine load average (1 min) at start", os.getloadavg()[0], f"on {CORES} cores"),
     ]
     # What batching can save in compute at most: ONNX Runtime's CPU time per tile at batch 1 and at batch 32.
     # (On a GPU the model's work is not CPU time: the bound below is a CPU's.)
@@ -344,7 +344,7 @@ def run() -> list[tuple[str, float | str, str]]:
         # beat this throughput, nor this ratio to the unbatched one.
         (
             f"model-only throughput ceiling: {CORES} cores / cheapest model CPU per tile",
-            1000 * CORES / cheapest,
+            1000 * CORES / cheapest if device == "cpu" else "not a CPU's bound (GPU)",
             "req/s",
         ),
         (

@@ -30,13 +30,14 @@ def _wait_count(store: PredictionStore, table: str, n: int, timeout: float = 20.
 def test_ab_replay_measures_each_version_and_stores_ground_truth(stack: ServingStack) -> None:
     stack.set_rollout("ab", {"champion": 1, "challenger": 1})
     seen: list[int] = []
-    result = run_replay(stack.settings, rate=50, duration_s=60, users=8, concurrency=4, on_start=seen.append)
+    # 16 users (each sends at least one of the 24 tiles): all on one side has odds 1 in 32768 (8 users: 1 in 128).
+    result = run_replay(stack.settings, rate=50, duration_s=60, users=16, concurrency=4, on_start=seen.append)
     assert seen == [N_TEST] and result.sent == N_TEST and result.stopped == "all tiles sent"
     assert result.errors == 0 and result.feedback_stored == N_TEST
     # Sticky assignment: no simulated user is answered by both models.
     assert result.switching_clients() == 0
     clients = {o.client_id for o in result.outcomes}
-    assert clients == {f"replay-user-{k}" for k in range(8)}
+    assert clients == {f"replay-user-{k}" for k in range(16)}
     # v1 says wildfire to everything, v2 nowildfire: each one's accuracy is its share of such tiles.
     by_version = {g.model_version: g for g in result.versions}
     assert set(by_version) == {"1", "2"}
