@@ -209,7 +209,11 @@ def test_sticky_ab_and_feedback_through_the_api(live: Live) -> None:
     live.stack.set_rollout("ab", {"champion": 1, "challenger": 1})
     try:
         seen: dict[str, set[str]] = {}
-        for _ in range(12):  # twelve browsers, two requests each: all on one side has odds 1 in 2048
+        # At least twelve browsers, two requests each, until both sides were seen (random cookies and salt:
+        # all of forty on one side has odds 1 in 2**39).
+        for n in range(40):
+            if n >= 12 and len(set().union(*seen.values())) == 2:
+                break
             with httpx.Client(base_url=live.url, timeout=30) as c:
                 for i in range(2):
                     r = c.post("/api/predict", json={"lat": 46.0 + i / 50, "lon": -73.0 - i / 50})
