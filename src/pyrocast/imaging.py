@@ -34,7 +34,8 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, what: str = "imag
     except InvalidInputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidInputError(f"{what} is a decompression bomb: {exc}") from exc
+        # Pillow's message quotes Pillow's own (higher) limit: say ours.
+        raise InvalidInputError(f"{what} has more pixels than the limit of {max_pixels} (decompression bomb?)") from exc
     except UnidentifiedImageError as exc:
         raise InvalidInputError(f"{what} is not an image (unrecognised format)") from exc
     except (OSError, SyntaxError, ValueError) as exc:

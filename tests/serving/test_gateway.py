@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
+import re
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -122,10 +125,36 @@ def test_feedback_is_stored_with_the_true_label(gw: ServingStack, jpeg: bytes) -
 
 
 # --- malformed requests: always a 4xx, never a 500 -----------------------------------------------------------
+def _chunks(data: bytes, size: int = 1 << 20) -> Iterator[bytes]:
+    """`data` sent chunked (no Content-Length): the body limit must count it as it arrives."""
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
 def _bad_requests(stack: ServingStack, jpeg: bytes) -> list[tuple[str, str, dict[str, Any], int]]:
     big = b"\xff\xd8" + b"\0" * (stack.settings.serving.max_upload_bytes + 10)
+    multipart_big = (
+        b'--b\r\nContent-Disposition: form-data; name="image"; filename="t.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+        + big
+        + b"\r\n--b--\r\n"
+    )
+    nested = {"content": b"[" * 5000 + b"]" * 5000, "headers": {"content-type": "application/json"}}
     auth = stack.admin
     return [
+        ("nested json", "/v1/predict", nested, 400),
+        ("explain nested json", "/v1/explain", nested, 400),
+        ("explain version a/b", "/v1/explain", {"json": {**INSIDE, "version": "a/b"}}, 422),
+        ("explain 40-digit version", "/v1/explain", {"json": {**INSIDE, "version": "9" * 40}}, 422),
+        ("explain version 1;2 upload", "/v1/explain", {"files": upload(jpeg), "data": {"version": "1;2"}}, 422),
+        ("multipart lat nan", "/v1/predict", {"files": upload(jpeg), "data": {"lat": "nan", "lon": "-73"}}, 422),
+        (
+            "chunked huge upload",
+            "/v1/predict",
+            {"content": _chunks(multipart_big), "headers": {"content-type": "multipart/form-data; boundary=b"}},
+            413,
+        ),
+        ("feedback correct 'yes'", "/v1/feedback", {"json": {"request_id": "x", "correct": "yes"}}, 422),
+        ("feedback correct 0", "/v1/feedback", {"json": {"request_id": "x", "correct": 0}}, 422),
         ("bad json", "/v1/predict", {"content": b"{lat: 1", "headers": {"content-type": "application/json"}}, 400),
         ("empty json body", "/v1/predict", {"content": b"", "headers": {"content-type": "application/json"}}, 422),
         ("json list", "/v1/predict", {"json": [1, 2]}, 422),
@@ -210,9 +239,41 @@ def test_malformed_requests_get_a_4xx_never_a_500(gw: ServingStack, jpeg: bytes)
             r = c.request(method, path, **kw)
             if r.status_code != status:
                 failures.append(f"{name}: {r.status_code} (expected {status}) {r.text[:200]}")
-            elif "error" not in r.text and "detail" not in r.text:
+            elif "detail" not in r.json():  # the one error shape of the OpenAPI document, 413s included
                 failures.append(f"{name}: no error message in {r.text[:200]}")
     assert not failures, "\n".join(failures)
+    # Refused before routing (Content-Length over the limit) or while read (chunked): counted for the route.
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    refused = re.search(r'pyrocast_gateway_http_requests_total\{endpoint="/v1/predict",status="413"\} (\S+)', metrics)
+    assert refused is not None and float(refused.group(1)) >= 2, metrics
+
+
+def test_error_messages_say_what_was_wrong(gw: ServingStack, jpeg: bytes) -> None:
+    with gw.client() as c:
+        r = c.post("/v1/predict", files=upload(jpeg), data={"lat": "nan", "lon": "-73"})
+        assert "finite" in r.text, r.text
+        r = c.post("/v1/explain", json={**INSIDE, "version": "1;2"})
+        assert "'1;2' is not a model version or alias" in r.json()["detail"]["error"]
+        r = c.post("/v1/predict", content=b"[" * 5000 + b"]" * 5000, headers={"content-type": "application/json"})
+        assert r.json()["detail"]["error"] == "body is not valid JSON: nested too deeply"
+
+
+def test_a_client_id_in_a_utf8_header_is_the_same_client_as_in_the_body(gw: ServingStack) -> None:
+    cid = "Zoë-火災"
+    with gw.client() as c:
+        r = c.post("/v1/predict", files=upload(encode(tile_image(3))), headers={"X-Client-Id": cid.encode()})
+        assert r.status_code == 200, r.text
+        assert stored(gw, r.json()["request_id"])[0]["client_id"] == cid
+
+
+def test_a_large_upload_is_explained_at_tile_scale(gw: ServingStack) -> None:
+    """Colouring and encoding a 2000-pixel heatmap costs seconds: the heatmap comes back at most 512 wide."""
+    from PIL import Image
+
+    with gw.client() as c:
+        r = c.post("/v1/explain", files=upload(encode(tile_image(4, size=2000))))
+    assert r.status_code == 200, r.text
+    assert max(Image.open(io.BytesIO(r.content)).size) == 512
 
 
 def test_a_refused_upload_stores_nothing_though_its_model_call_had_started(gw: ServingStack, jpeg: bytes) -> None:
@@ -320,10 +381,32 @@ def test_promote_then_rollback(gw: ServingStack, jpeg: bytes) -> None:
     assert (a["variant"], a["model"]["version"]) == ("champion", "1")
 
 
+def test_a_version_its_training_rejected_is_promoted_only_with_force(gw: ServingStack) -> None:
+    from pyrocast.registry.mlflow_store import get_client
+    from pyrocast.registry.models import TAG_DECISION, TAG_REASON, aliases
+
+    client, name = get_client(gw.settings), gw.model_name
+    client.set_model_version_tag(name, "2", TAG_DECISION, "rejected")
+    client.set_model_version_tag(name, "2", TAG_REASON, "worse than v1 on the test split")
+    try:
+        r = httpx.post(f"{gw.url}/v1/rollout/promote", json={"reason": "try"}, headers=gw.admin, timeout=30)
+        assert r.status_code == 409, r.text
+        assert r.json()["detail"]["error"] == "v2 was rejected when it was trained (worse than v1 on the test split)"
+        assert aliases(gw.settings) == {"champion": "1", "challenger": "2"}  # nothing moved
+        view = gw.set_rollout("promote", {"reason": "the test split is stale", "force": True})
+        assert view["state"]["champion"]["version"] == "2"
+        assert "forced: v2 was rejected" in view["events"][0]["reason"]
+        gw.set_rollout("rollback")
+    finally:
+        client.delete_model_version_tag(name, "2", TAG_DECISION)
+        client.delete_model_version_tag(name, "2", TAG_REASON)
+
+
 def test_killed_challenger_gives_fallback_answers_not_errors(gw: ServingStack, jpeg: bytes) -> None:
     gw.set_rollout("ab", {"champion": 0, "challenger": 1})
     assert predict_many(gw, ["k0"], jpeg)[0]["variant"] == "challenger"
-    assert gw.challenger is not None
+    assert gw.challenger is not None and gw.gateway is not None
+    logged = len(gw.gateway.log_path.read_text())
     gw.challenger.kill()
     answers = predict_many(gw, [f"k{i}" for i in range(30)], jpeg)  # no error reaches the user
     assert all(a["variant"] == "champion-fallback" and a["model"]["version"] == "1" for a in answers), [
@@ -333,8 +416,14 @@ def test_killed_challenger_gives_fallback_answers_not_errors(gw: ServingStack, j
     assert any(r["variant"] == "champion-fallback" and r["served"] for r in rows)
     health = httpx.get(f"{gw.url}/healthz").json()
     assert health["status"] == "ok" and health["backends"]["challenger"]["up"] is False
+    assert any("does not answer during the ab" in w for w in health["warnings"]), health
+    assert httpx.head(f"{gw.url}/healthz").status_code == 200
     metrics = httpx.get(f"{gw.url}/metrics").text
     assert "pyrocast_fallbacks_total" in metrics
+    # On call reads it in the gateway's log: the challenger went, and its calls fail (said once, not 30 times).
+    log = gw.gateway.log_path.read_text()[logged:]
+    assert f"classifier at {gw.challenger.url}" in log and "stopped answering" in log, log
+    assert log.count("challenger call (challenger) failed") == 1, log
     gw.start_challenger()  # for the tests that follow
 
 

@@ -51,9 +51,27 @@ def test_new_experiment_draws_new_clients() -> None:
     c = controller()
     c.start_ab(ABPlan(champion=1, challenger=1))
     a = [c.route(f"k{i}").role for i in range(200)]
+    c.champion_only("done")
     c.start_ab(ABPlan(champion=1, challenger=1))
     b = [c.route(f"k{i}").role for i in range(200)]
     assert a != b  # a fresh salt reshuffles who is in which arm
+
+
+def test_resizing_a_running_ab_test_moves_clients_one_way_only() -> None:
+    """Raising the challenger's share only adds clients to it, lowering it only takes some back, and setting
+    the same weights again changes nobody's side."""
+    c = controller()
+    keys = [f"k{i}" for i in range(400)]
+    c.start_ab(ABPlan(champion=8, challenger=2))
+    at20 = {k for k in keys if c.route(k).role == "challenger"}
+    ev = c.start_ab(ABPlan(champion=7, challenger=3))
+    at30 = {k for k in keys if c.route(k).role == "challenger"}
+    assert at20 < at30 and len(at30) > len(at20)  # nobody left the challenger, some joined
+    assert ev.reason is not None and "was 20.0%" in ev.reason
+    c.start_ab(ABPlan(champion=7, challenger=3))
+    assert {k for k in keys if c.route(k).role == "challenger"} == at30
+    c.start_ab(ABPlan(champion=9, challenger=1))
+    assert {k for k in keys if c.route(k).role == "challenger"} < at20
 
 
 def test_canary_ramps_on_schedule_and_only_adds_clients() -> None:

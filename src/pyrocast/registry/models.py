@@ -24,6 +24,7 @@ from pyrocast.data.layout import atomic_write
 from pyrocast.errors import InvalidInputError, PyrocastError
 from pyrocast.model.bundle import META, Bundle, load_bundle, missing_files
 from pyrocast.registry.mlflow_store import get_client
+from pyrocast.registry.refs import check_model_ref
 from pyrocast.settings import Settings
 
 if TYPE_CHECKING:
@@ -182,9 +183,9 @@ def resolve_version(settings: Settings, ref: str, client: MlflowClient | None = 
     """A model version from a reference: an alias (`champion`, `challenger`), `latest`, or a number."""
     from mlflow.exceptions import MlflowException
 
+    ref = check_model_ref(ref)
     client = client or get_client(settings)
     name = settings.mlflow.model_name
-    ref = str(ref).strip()
     try:
         if ref.isdigit() or (ref[:1] in "vV" and ref[1:].isdigit()):
             return client.get_model_version(name, ref.lstrip("vV"))
@@ -269,6 +270,12 @@ def aliases(settings: Settings, client: MlflowClient | None = None) -> dict[str,
             return {}
         raise
     return {str(k): str(v) for k, v in (rm.aliases or {}).items()}
+
+
+def decision_of(settings: Settings, version: str) -> tuple[str | None, str | None]:
+    """The training decision recorded on a version (champion | challenger | rejected) and its reason."""
+    tags = dict(get_client(settings).get_model_version(settings.mlflow.model_name, str(version)).tags or {})
+    return tags.get(TAG_DECISION), tags.get(TAG_REASON)
 
 
 def list_models(settings: Settings) -> list[dict[str, Any]]:

@@ -39,7 +39,8 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
 from pyrocast.imaging import encode_jpeg
-from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload
+from pyrocast.registry.refs import check_model_ref
+from pyrocast.serving.guards import BodyLimit, BodyTooLarge, UploadRejected, load_upload
 from pyrocast.serving.rollout import (
     ABPlan,
     CanaryPlan,
@@ -63,7 +64,8 @@ Variant = Literal["champion", "challenger", "champion-fallback"]
 MULTIPART_SLACK = 64 * 1024
 PROBE_INTERVAL_S = 2.0
 DOWN_COOLDOWN_S = 2.0
-STORE_WARN_EVERY_S = 30.0  # while the store refuses the changes the tick decides, say so this often
+BACKLOG_WARNING = 5000  # rows waiting to be written: the PyrocastStoreBacklog alert's threshold too
+WARN_EVERY_S = 30.0  # a trouble that repeats (the store refusing, a model failing) is logged this often
 PROMOTE_RETRY_S = 30.0  # a canary's auto-promotion whose registry aliases could not be moved waits this long
 MAX_BACKGROUND = 256  # shadow/compare calls in flight; beyond this copies are dropped (and counted)
 PREDICT_TIMEOUT = aiohttp.ClientTimeout(total=30.0, sock_connect=2.0)
@@ -109,8 +111,8 @@ class UploadForm(BaseModel):
     image: bytes = Field(..., description="a JPEG or PNG tile", json_schema_extra={"format": "binary"})
     client_id: str | None = Field(None, max_length=128)
     source: Source = "api"
-    lat: float | None = Field(None, ge=-90.0, le=90.0, description="where the tile is from, if known")
-    lon: float | None = Field(None, ge=-180.0, le=180.0)
+    lat: float | None = Field(None, ge=-90.0, le=90.0, allow_inf_nan=False, description="where the tile is from")
+    lon: float | None = Field(None, ge=-180.0, le=180.0, allow_inf_nan=False)
 
 
 class ExplainCoordinates(CoordinatesRequest):
@@ -121,7 +123,7 @@ class FeedbackRequest(BaseModel):
     """A verdict on an answer (`correct`), the true label, or both (they must agree)."""
 
     request_id: str = Field(..., min_length=1, max_length=64)
-    correct: bool | None = None
+    correct: bool | None = Field(None, strict=True, description="true or false (JSON booleans only)")
     label: Label | None = Field(None, description="the true label, when known (e.g. delayed ground truth)")
     source: Literal["user", "replay", "feed"] = "user"
     client_id: str | None = Field(None, max_length=128)
@@ -153,9 +155,10 @@ class BackendStatus(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded"] = Field(description="degraded when the champion does not answer")
     backends: dict[str, BackendStatus]
     store_queue: int
+    warnings: list[str] = Field(default_factory=list, description="what is wrong short of the champion being down")
 
 
 class RolloutView(BaseModel):
@@ -166,11 +169,18 @@ class RolloutView(BaseModel):
     state: dict[str, Any]
     backends: dict[str, BackendStatus]
     events: list[dict[str, Any]]
+    warnings: list[str] = Field(default_factory=list, description="e.g. an experiment whose challenger is down")
 
 
 class ReasonBody(BaseModel):
     reason: str | None = Field(None, max_length=500)
     model_config = {"extra": "forbid"}
+
+
+class PromoteBody(ReasonBody):
+    force: bool = Field(
+        False, strict=True, description="promote even a version its training run rejected (the reason is recorded)"
+    )
 
 
 class ShadowBody(BaseModel):
@@ -215,8 +225,28 @@ class Backend:
         self.client = client
         self.session: aiohttp.ClientSession | None = None  # set by Gateway.startup (needs the running loop)
         self.info: dict[str, Any] | None = None
-        self.up = False
+        self._up = False
+        self._went_down = False
         self.down_until = 0.0
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    @up.setter
+    def up(self, value: bool) -> None:
+        # Said once per change (not per failed call), so that on call can read when a service went and came back.
+        if value != self._up:
+            ref = self.ref
+            what = f"classifier at {self.url}" + (f" ({ref.name} v{ref.version})" if ref else "")
+            if not value:
+                self._went_down = True
+                log.warning("%s stopped answering", what)
+            elif self._went_down:
+                log.warning("%s answers again", what)
+            else:
+                log.info("%s answers", what)
+        self._up = value
 
     @property
     def ref(self) -> ModelRef | None:
@@ -356,6 +386,26 @@ class Metrics:
         )
 
 
+class WarnEvery:
+    """Warnings about one kind of trouble at most every `seconds`; the next one says how many were held back."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def __call__(self, key: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if key in self._last and now - self._last[key] < self.seconds:
+            self._held[key] = self._held.get(key, 0) + 1
+            return
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            message, args = message + " (%d more like it since the last warning)", (*args, held)
+        log.warning(message, *args)
+
+
 # --- the gateway -----------------------------------------------------------------------------------------------
 @dataclass
 class Prepared:
@@ -413,7 +463,7 @@ class Gateway:
         self._ticker: asyncio.Task | None = None
         self._event_id = 0  # the newest rollout event this gateway has written or adopted
         self._promote_retry_at = 0.0  # monotonic time before which a failed auto-promotion is not tried again
-        self._store_warned_at = -STORE_WARN_EVERY_S  # when the tick last said that the store refused a change
+        self._warn = WarnEvery(WARN_EVERY_S)
         # A guardrail stop in effect here, not yet recorded: the stop, its claim, and the plan it stopped.
         self._unrecorded_stop: tuple[Event, str, tuple[str, float]] | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -436,6 +486,9 @@ class Gateway:
         await asyncio.gather(*(b.probe() for b in self.backends.values()))
         note = await self._follow_registry()
         self._assign_roles()
+        for role, say in (("champion", log.warning), ("challenger", log.info)):
+            if not self.backend(role).up:
+                say("%s classifier at %s does not answer yet", role, self.backend(role).url)
         if not saved or note:
             await self._record(Event("start", note or "gateway started with a fresh rollout state"))
         self._ticker = asyncio.create_task(self._tick_loop())
@@ -478,11 +531,9 @@ class Gateway:
                 log.exception("gateway tick failed")
 
     def _store_trouble(self, what: str, exc: BaseException) -> None:
-        """Say that the store refused something, at most every STORE_WARN_EVERY_S (the tick runs twice a second)."""
+        """Say that the store refused something, at most every WARN_EVERY_S (the tick runs twice a second)."""
         self.metrics.rollout_store_errors.inc()
-        if time.monotonic() - self._store_warned_at > STORE_WARN_EVERY_S:
-            self._store_warned_at = time.monotonic()
-            log.warning("rollout: %s: the store refused (%r); tried again every tick", what, exc)
+        self._warn("store", "rollout: %s: the store refused (%r); tried again every tick", what, exc)
 
     async def follow_store(self) -> bool:
         """Adopt a rollout change another gateway wrote to the shared store; True when the state was replaced.
@@ -729,6 +780,9 @@ class Gateway:
         except BackendError as exc:
             if exc.status is None:  # no answer at all (refused, reset, timeout): the process is gone or stuck
                 be.mark_down()
+            if not exc.client_error:
+                after = "the champion answers in its place" if role == "challenger" and served else "no answer"
+                self._warn(f"call-{role}", "%s call (%s) failed: %s; %s", role, variant, exc, after)
             version = ref.version if ref else None
             self.metrics.predictions.labels(variant, version or "unknown", "error").inc()
             self.store.put_prediction(
@@ -848,7 +902,15 @@ class Gateway:
         elif action == "shadow":
             ev = c.start_shadow(body.sample)
         elif action in ("promote", "rollback"):
+            rejected = await self._rejected() if action == "promote" else None
+            if rejected and not (body and body.force):
+                raise RolloutError(
+                    rejected,
+                    'promote it anyway with force (API: {"force": true}; CLI: --force); your reason is recorded',
+                )
             ev = await self._promote_or_rollback(action, body.reason if body else None)
+            if rejected:
+                ev.reason = f"{ev.reason}; forced: {rejected}"
         else:  # pragma: no cover - routes only pass known actions
             raise RolloutError(f"unknown rollout action {action!r}")
         try:
@@ -873,6 +935,21 @@ class Gateway:
                 await run_in_threadpool(self._move_aliases, before.champion, before.challenger)
             except Exception:  # the registry is down too: say so, the operator must set them by hand
                 log.exception("rollout: the registry aliases could not be moved back after an unrecorded %s", ev.action)
+
+    async def _rejected(self) -> str | None:
+        """Why the challenger's training run rejected it, or None (promoting a rejected version takes `force`)."""
+        ch = self.controller.state.challenger
+        if ch is None or (self.backend("challenger").info or {}).get("source") != "registry":
+            return None  # nothing to promote (promote says so), or a bundle folder: no recorded decision
+        from pyrocast.registry.models import decision_of
+
+        try:
+            decision, why = await run_in_threadpool(decision_of, self.settings, ch.version)
+        except Exception as exc:  # the registry is down: the promotion would fail on the aliases anyway
+            raise ServiceUnavailableError(f"promote not done: the registry does not answer: {exc}") from exc
+        if decision != "rejected":
+            return None
+        return f"v{ch.version} was rejected when it was trained" + (f" ({why})" if why else "")
 
     async def _promote_or_rollback(self, action: str, reason: str | None) -> Event:
         c = self.controller
@@ -1006,13 +1083,26 @@ class Gateway:
         self._event_id = max(self._event_id, event_id)  # another gateway's newer change may be adopted already
         return True
 
+    def warnings(self, statuses: dict[str, BackendStatus]) -> list[str]:
+        """What is wrong short of the champion being down (in /healthz and /v1/rollout)."""
+        out = []
+        mode = self.controller.state.mode
+        if mode != "champion" and not statuses["challenger"].up:
+            lost = "shadow copies fail" if mode == "shadow" else "its clients get the champion's answers"
+            out.append(f"the challenger ({statuses['challenger'].url}) does not answer during the {mode}: {lost}")
+        if self.store.queue_depth > BACKLOG_WARNING:
+            out.append(f"{self.store.queue_depth} predictions wait to be written: the store is slower than traffic")
+        return out
+
     def view(self) -> RolloutView:
         snap = self.controller.snapshot()
+        statuses = self.backend_statuses()
         return RolloutView(
             mode=snap["mode"],
             challenger_share=snap["challenger_share"],
             state=snap,
-            backends=self.backend_statuses(),
+            warnings=self.warnings(statuses),
+            backends=statuses,
             events=[{**e, "ts": e["ts"].isoformat() if e.get("ts") else None} for e in self.store.events(20)],
         )
 
@@ -1022,6 +1112,27 @@ def _bad_request(status: int, message: str, hint: str | None = None) -> HTTPExce
     return HTTPException(status, detail={"error": message, **({"hint": hint} if hint else {})})
 
 
+def _utf8(header: str | None) -> str | None:
+    """A header value as the client meant it: clients send UTF-8, the server decodes headers as Latin-1, so a
+    client id "Zoë" in a header would otherwise land in another sticky bucket than the same id in the body."""
+    if header is None:
+        return None
+    try:
+        return header.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return header
+
+
+def _model_ref(version: str | None) -> str | None:
+    """The model version an explain request names (None: the champion), or a 422 when it names none."""
+    if version is None or not version.strip():
+        return None
+    try:
+        return check_model_ref(version)
+    except InvalidInputError as exc:
+        raise _bad_request(422, exc.message, exc.hint) from exc
+
+
 async def _read_input(request: Request, gw: Gateway, explain: bool = False) -> tuple[Prepared | Upload, dict[str, Any]]:
     """The tile of a predict/explain request (multipart image, checked in the background, or JSON coordinates)
     and its other fields."""
@@ -1029,7 +1140,7 @@ async def _read_input(request: Request, gw: Gateway, explain: bool = False) -> t
     if ctype == "multipart/form-data":
         try:
             form = await request.form(max_files=1, max_fields=20)
-        except HTTPException:
+        except (HTTPException, BodyTooLarge):  # BodyLimit answers 413 for a chunked body over the limit
             raise
         except Exception as exc:
             raise _bad_request(400, f"malformed multipart body: {exc}") from exc
@@ -1051,26 +1162,31 @@ async def _read_input(request: Request, gw: Gateway, explain: bool = False) -> t
         if (meta["lat"] is None) != (meta["lon"] is None):
             raise _bad_request(422, "give both lat and lon for an uploaded tile, or neither")
         data = await upload.read()
-        meta["version"] = fields.get("version")
+        meta["version"] = _model_ref(fields.get("version"))
         return gw.check_upload(data, upload.content_type or "application/octet-stream", meta["lon"], meta["lat"]), meta
     if ctype in ("application/json", ""):
         raw = await request.body()
         if not raw:
-            raise _bad_request(
-                422, "empty request body", "send JSON {'lat': .., 'lon': ..} or a multipart 'image' file"
-            )
+            raise _bad_request(422, "empty request body", JSON_HINT)
         try:
             payload = json.loads(raw, parse_constant=_no_constants)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _bad_request(400, f"body is not valid JSON: {exc}") from exc
+        except RecursionError as exc:  # a 2 kB body of nested brackets
+            raise _bad_request(400, "body is not valid JSON: nested too deeply", JSON_HINT) from exc
         model = ExplainCoordinates if explain else CoordinatesRequest
         try:
             req = model.model_validate(payload)
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from exc
-        tile = await gw.tile_for(req.lon, req.lat)
-        return tile, req.model_dump()
+        meta = req.model_dump()
+        if explain:
+            meta["version"] = _model_ref(meta["version"])
+        return await gw.tile_for(req.lon, req.lat), meta
     raise _bad_request(415, f"unsupported content type {ctype!r}", "use multipart/form-data or application/json")
+
+
+JSON_HINT = "send JSON {'lat': .., 'lon': ..} or a multipart 'image' file"
 
 
 def _no_constants(name: str) -> Any:
@@ -1101,18 +1217,26 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "upload too large"},
     415: {"model": ErrorResponse, "description": "not a JPEG/PNG, or wrong content type"},
     422: {"model": ErrorResponse, "description": "invalid fields or unusable image"},
-    503: {"model": ErrorResponse, "description": "the champion model service does not answer"},
+    502: {"model": ErrorResponse, "description": "a service behind the gateway failed (imagery, explainer)"},
+    503: {"model": ErrorResponse, "description": "the champion model service (or the explainer) does not answer"},
 }
 
 _bearer = HTTPBearer(auto_error=False)
+# Where a request can be refused before routing (its body is over the limit): counted under these paths.
+PUBLIC_PATHS = ("/v1/predict", "/v1/explain", "/v1/feedback")
 
 
 class CountRequests:
-    """ASGI middleware counting responses per route template and status (cheaper than BaseHTTPMiddleware)."""
+    """ASGI middleware counting responses per route template and status (cheaper than BaseHTTPMiddleware).
 
-    def __init__(self, app: Any, counter: Counter) -> None:
+    A response given before routing (BodyLimit's 413) is counted under its path when that is one of the app's
+    fixed paths, so that a refused upload counts for /v1/predict; any other path is "unmatched" (bounded labels).
+    """
+
+    def __init__(self, app: Any, counter: Counter, paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.counter = counter
+        self.paths = paths
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -1130,7 +1254,9 @@ class CountRequests:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            self.counter.labels(getattr(route, "path", "unmatched"), str(status)).inc()
+            path = scope.get("path", "")
+            label = getattr(route, "path", None) or (path if path in self.paths else "unmatched")
+            self.counter.labels(label, str(status)).inc()
 
 
 # --- the app ---------------------------------------------------------------------------------------------------
@@ -1155,9 +1281,9 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         lifespan=lifespan,
     )
     app.state.gateway = gw
-    app.add_middleware(BodyLimit, max_bytes=settings.serving.max_upload_bytes + MULTIPART_SLACK)
+    app.add_middleware(BodyLimit, max_bytes=settings.serving.max_upload_bytes + MULTIPART_SLACK, envelope="detail")
 
-    app.add_middleware(CountRequests, counter=gw.metrics.http)
+    app.add_middleware(CountRequests, counter=gw.metrics.http, paths=frozenset(PUBLIC_PATHS))
 
     @app.exception_handler(UploadRejected)
     async def _upload_rejected(_: Request, exc: UploadRejected) -> JSONResponse:
@@ -1226,7 +1352,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         request: Request, x_client_id: Annotated[str | None, Header(max_length=128)] = None
     ) -> PredictResponse:
         tile, meta = await _read_input(request, gw)
-        return await gw.predict(tile, meta.get("client_id") or x_client_id, meta.get("source") or "api")
+        return await gw.predict(tile, meta.get("client_id") or _utf8(x_client_id), meta.get("source") or "api")
 
     @app.get(
         "/v1/tile",
@@ -1265,9 +1391,13 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
                 timeout=120.0,
             )
         except httpx.HTTPError as exc:
+            gw._warn("explainer", "explainer at %s does not answer: %r", gw.explainer_url, exc)
             raise _bad_request(503, f"the explainer at {gw.explainer_url} does not answer: {exc}") from exc
         if r.status_code != 200:
             status = r.status_code if 400 <= r.status_code < 500 else 502
+            if status == 502:
+                msg = "explainer failed (HTTP %d): %s; its log has the cause"
+                gw._warn("explainer", msg, r.status_code, _backend_message(r))
             raise _bad_request(status, f"explainer: {_backend_message(r)}")
         headers = {k: v for k, v in r.headers.items() if k.lower().startswith("x-")}
         return Response(r.content, media_type="image/png", headers=headers)
@@ -1340,6 +1470,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         403: {"model": ErrorResponse, "description": "no admin token configured"},
         409: {"model": ErrorResponse, "description": "not possible now (no challenger, nothing to roll back)"},
         422: _ERRORS[422],
+        503: {"model": ErrorResponse, "description": "the store or the registry refused the change: nothing changed"},
     }
 
     @app.post(
@@ -1371,8 +1502,10 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     @app.post(
         "/v1/rollout/promote", response_model=RolloutView, responses=_admin_responses, dependencies=[Depends(admin)]
     )
-    async def rollout_promote(body: ReasonBody | None = None) -> RolloutView:
-        """The challenger becomes the champion (registry aliases move too); the old champion is kept for rollback."""
+    async def rollout_promote(body: PromoteBody | None = None) -> RolloutView:
+        """The challenger becomes the champion (registry aliases move too); the old champion is kept for rollback.
+
+        A version its training run rejected is promoted only with `force`."""
         return await _change("promote", body)
 
     @app.post(
@@ -1382,13 +1515,28 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         """Restore the previous champion (or, without one, stop a running experiment)."""
         return await _change("rollback", body)
 
-    @app.get("/healthz", response_model=HealthResponse, summary="Liveness, and which backends answer")
+    @app.api_route(
+        "/healthz",
+        methods=["GET", "HEAD"],
+        response_model=HealthResponse,
+        summary="Liveness, and which backends answer",
+    )
     async def healthz() -> HealthResponse:
         statuses = gw.backend_statuses()
         ok = statuses["champion"].up
-        return HealthResponse(status="ok" if ok else "degraded", backends=statuses, store_queue=gw.store.queue_depth)
+        return HealthResponse(
+            status="ok" if ok else "degraded",
+            backends=statuses,
+            store_queue=gw.store.queue_depth,
+            warnings=gw.warnings(statuses),
+        )
 
-    @app.get("/readyz", summary="200 when the champion answers, else 503")
+    @app.api_route(
+        "/readyz",
+        methods=["GET", "HEAD"],
+        summary="200 when the champion answers, else 503",
+        responses={503: {"description": "the champion does not answer"}},
+    )
     async def readyz() -> JSONResponse:
         up = gw.backend("champion").up
         return JSONResponse({"ready": up}, status_code=200 if up else 503)

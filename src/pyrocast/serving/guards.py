@@ -72,9 +72,13 @@ class BodyLimit:
     is refused without being buffered in memory or written to a temporary file.
     """
 
-    def __init__(self, app, max_bytes: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app, max_bytes: int, envelope: str | None = None) -> None:  # type: ignore[no-untyped-def]
         self.app = app
         self.max_bytes = max_bytes
+        self.envelope = envelope  # the gateway's errors are {"detail": {...}}; the BentoML services' are bare
+
+    def _error(self, payload: dict) -> dict:
+        return {self.envelope: payload} if self.envelope else payload
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] != "http":
@@ -85,13 +89,13 @@ class BodyLimit:
             try:
                 too_big = int(length) > self.max_bytes
             except ValueError:
-                await _send_json(send, 400, {"error": "invalid Content-Length header"})
+                await _send_json(send, 400, self._error({"error": "invalid Content-Length header"}))
                 return
             if too_big:
                 # Read and discard the body (without keeping it) so the client sees the 413 instead of a reset
                 # connection; a body beyond DRAIN_LIMIT is cut off.
                 await _drain(receive, DRAIN_LIMIT)
-                await _send_json(send, 413, _too_big(int(length), self.max_bytes))
+                await _send_json(send, 413, self._error(_too_big(int(length), self.max_bytes)))
                 return
         seen = 0
         started = False
@@ -102,7 +106,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge(seen)
+                    raise BodyTooLarge(seen)
             return message
 
         async def tracking_send(message):  # type: ignore[no-untyped-def]
@@ -113,9 +117,9 @@ class BodyLimit:
 
         try:
             await self.app(scope, guarded_receive, tracking_send)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             if not started:
-                await _send_json(send, 413, _too_big(None, self.max_bytes))
+                await _send_json(send, 413, self._error(_too_big(None, self.max_bytes)))
 
 
 DRAIN_LIMIT = 256 * 1024 * 1024
@@ -132,7 +136,9 @@ async def _drain(receive, limit: int) -> None:  # type: ignore[no-untyped-def]
             return
 
 
-class _BodyTooLarge(Exception):
+class BodyTooLarge(Exception):
+    """A chunked body passed the limit while being read (BodyLimit answers 413; parsers must let it through)."""
+
     def __init__(self, seen: int) -> None:
         super().__init__(seen)
         self.seen = seen

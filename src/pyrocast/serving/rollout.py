@@ -287,11 +287,18 @@ class RolloutController:
         return Event("champion-only", reason)
 
     def start_ab(self, plan: ABPlan) -> Event:
+        """Start an A/B test, or resize the running one: then the salt stays, so raising the challenger's share
+        only adds clients to it and lowering it only takes some back (nobody else switches sides)."""
         self._need_challenger("an A/B test")
+        running = self.state.ab if self.state.mode == "ab" else None
         self.state.ab, self.state.canary = plan, None
-        self.state.salt = secrets.token_hex(4)
+        if running is None:
+            self.state.salt = secrets.token_hex(4)
         self._changed("ab")
-        return Event("ab", f"challenger share {plan.challenger_share:.1%}")
+        share = f"challenger share {plan.challenger_share:.1%}"
+        if running is None:
+            return Event("ab", share)
+        return Event("ab", f"{share} (was {running.challenger_share:.1%}; same test, clients kept where they were)")
 
     def start_canary(self, plan: CanaryPlan, now: float | None = None) -> Event:
         self._need_challenger("a canary")
