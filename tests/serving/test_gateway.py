@@ -25,6 +25,7 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.integration  # real processes on 127.0.0.1
 
 INSIDE = {"lat": 46.2, "lon": -73.4}  # inside the default synthetic region
+JSON = {"content-type": "application/json"}
 
 
 def upload(data: bytes, name: str = "tile.jpg", ctype: str = "image/jpeg") -> dict[str, Any]:
@@ -162,6 +163,8 @@ def _bad_requests(stack: ServingStack, jpeg: bytes) -> list[tuple[str, str, dict
         ("lat 200", "/v1/predict", {"json": {"lat": 200, "lon": -73}}, 422),
         ("lon -500", "/v1/predict", {"json": {"lat": 46, "lon": -500}}, 422),
         ("lat not a number", "/v1/predict", {"json": {"lat": "north", "lon": -73}}, 422),
+        ("lat true", "/v1/predict", {"json": {"lat": True, "lon": -73}}, 422),
+        ("lat a string of digits", "/v1/predict", {"json": {"lat": "46.2", "lon": -73.4}}, 422),
         (
             "lat NaN",
             "/v1/predict",
@@ -256,6 +259,10 @@ def test_error_messages_say_what_was_wrong(gw: ServingStack, jpeg: bytes) -> Non
         assert "'1;2' is not a model version or alias" in r.json()["detail"]["error"]
         r = c.post("/v1/predict", content=b"[" * 5000 + b"]" * 5000, headers={"content-type": "application/json"})
         assert r.json()["detail"]["error"] == "body is not valid JSON: nested too deeply"
+        r = c.post("/v1/predict", content=b'{"lat": ' + b"9" * 5000 + b', "lon": 1}', headers=JSON)
+        assert r.json()["detail"]["error"] == "body is not valid JSON: a number in it has more than 4300 digits"
+        r = c.post("/v1/predict", json={"lat": 10.0, "lon": 10.0})  # no imagery there
+        assert r.status_code == 404 and r.json()["detail"].get("hint", "absent") is not None, r.text  # no null
 
 
 def test_a_client_id_in_a_utf8_header_is_the_same_client_as_in_the_body(gw: ServingStack) -> None:

@@ -97,8 +97,9 @@ class PredictResponse(BaseModel):
 class CoordinatesRequest(BaseModel):
     """Predict for a place: the gateway fetches its tile from the configured imagery provider."""
 
-    lat: float = Field(..., ge=-90.0, le=90.0, allow_inf_nan=False, examples=[45.5])
-    lon: float = Field(..., ge=-180.0, le=180.0, allow_inf_nan=False, examples=[-73.6])
+    # Strict: JSON numbers only (true would be read as 1, "46.2" as a number).
+    lat: float = Field(..., ge=-90.0, le=90.0, allow_inf_nan=False, strict=True, examples=[45.5])
+    lon: float = Field(..., ge=-180.0, le=180.0, allow_inf_nan=False, strict=True, examples=[-73.6])
     client_id: str | None = Field(None, max_length=128, description="sticky A/B assignment (or X-Client-Id)")
     source: Source = Field("api", description="who sends the request: api, web, replay or load")
 
@@ -1108,8 +1109,17 @@ class Gateway:
 
 
 # --- request parsing -------------------------------------------------------------------------------------------
+def _detail(message: str, hint: str | None) -> dict[str, str]:
+    """The body of every error: the message, and a hint only where there is one (never "hint": null)."""
+    return {"error": message, **({"hint": hint} if hint else {})}
+
+
 def _bad_request(status: int, message: str, hint: str | None = None) -> HTTPException:
-    return HTTPException(status, detail={"error": message, **({"hint": hint} if hint else {})})
+    return HTTPException(status, detail=_detail(message, hint))
+
+
+def _error(status: int, message: str, hint: str | None = None) -> JSONResponse:
+    return JSONResponse({"detail": _detail(message, hint)}, status_code=status)
 
 
 def _utf8(header: str | None) -> str | None:
@@ -1171,7 +1181,10 @@ async def _read_input(request: Request, gw: Gateway, explain: bool = False) -> t
         try:
             payload = json.loads(raw, parse_constant=_no_constants)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise _bad_request(400, f"body is not valid JSON: {exc}") from exc
+            why = str(exc)
+            if "int_max_str_digits" in why:  # Python's advice is for the server's programmer, not the client
+                why = "a number in it has more than 4300 digits"
+            raise _bad_request(400, f"body is not valid JSON: {why}") from exc
         except RecursionError as exc:  # a 2 kB body of nested brackets
             raise _bad_request(400, "body is not valid JSON: nested too deeply", JSON_HINT) from exc
         model = ExplainCoordinates if explain else CoordinatesRequest
@@ -1287,7 +1300,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
 
     @app.exception_handler(UploadRejected)
     async def _upload_rejected(_: Request, exc: UploadRejected) -> JSONResponse:
-        return JSONResponse({"detail": {"error": exc.message, "hint": exc.hint}}, status_code=exc.status)
+        return _error(exc.status, exc.message, exc.hint)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -1306,7 +1319,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
 
     @app.exception_handler(RolloutError)
     async def _rollout_error(_: Request, exc: RolloutError) -> JSONResponse:
-        return JSONResponse({"detail": {"error": exc.message, "hint": exc.hint}}, status_code=409)
+        return _error(409, exc.message, exc.hint)
 
     @app.exception_handler(PyrocastError)
     async def _pyrocast_error(_: Request, exc: PyrocastError) -> JSONResponse:
@@ -1320,7 +1333,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             status = 503
         else:
             status = 502
-        return JSONResponse({"detail": {"error": exc.message, "hint": exc.hint}}, status_code=status)
+        return _error(status, exc.message, exc.hint)
 
     def admin(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
         if gw.admin_token is None:
