@@ -124,6 +124,16 @@ def test_models_table_and_json(registered: Settings) -> None:
     assert [(x["version"], x["aliases"]) for x in rows] == [("2", ["challenger"]), ("1", ["champion"])]
 
 
+def test_models_reads_at_80_columns_when_piped(registered: Settings) -> None:
+    r = cli("models", settings=registered, env={"COLUMNS": "80"})  # captured: not a terminal, as `| cat` is
+    assert r.returncode == 0, r.stderr
+    assert "…" not in r.stdout and max(map(len, r.stdout.splitlines())) <= 80, r.stdout
+    for whole in ("v2  challenger", "v1  champion", "accuracy 0.9000", "accuracy 0.5000", "test n 40", "created 20"):
+        assert whole in r.stdout, r.stdout
+    rows = json.loads(cli("models", "--json", settings=registered, env={"COLUMNS": "80"}).stdout)
+    assert [x["n_test"] for x in rows] == [40, 40] and all(type(x["n_test"]) is int for x in rows)
+
+
 def test_models_when_nothing_is_registered(settings: Settings) -> None:
     seed_mlflow_db(settings)
     r = run("models")

@@ -12,6 +12,7 @@ from pyrocast.cli.main import app
 from pyrocast.errors import PyrocastError
 from pyrocast.settings import get_settings
 from tests.support.serving import ServingStack
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration  # real processes on 127.0.0.1
 
@@ -51,6 +52,37 @@ def test_rollout_commands_drive_the_gateway(cli_env: ServingStack) -> None:
     assert all(f"{action}:" in table.output for action in ("champion-only", "rollback", "promote", "shadow")), (
         table.output
     )
+
+
+def test_promoting_a_rejected_version_takes_force(cli_env: ServingStack) -> None:
+    from pyrocast.registry.mlflow_store import get_client
+    from pyrocast.registry.models import TAG_DECISION
+
+    client = get_client(cli_env.settings)
+    client.set_model_version_tag(cli_env.model_name, "2", TAG_DECISION, "rejected")
+    try:
+        result = runner.invoke(app, ["rollout", "promote", "--url", cli_env.url])
+        assert result.exit_code != 0 and "v2 was rejected when it was trained" in str(result.exception)
+        assert "--force" in str(result.exception)
+        view = rollout(cli_env, "promote", "--force", "--reason", "its test split is stale")
+        assert view["state"]["champion"]["version"] == "2" and "forced" in view["events"][0]["reason"]
+        rollout(cli_env, "rollback")
+    finally:
+        client.delete_model_version_tag(cli_env.model_name, "2", TAG_DECISION)
+
+
+def test_status_shows_the_gateways_warnings(cli_env: ServingStack) -> None:
+    rollout(cli_env, "ab", "0", "1")
+    assert cli_env.challenger is not None
+    cli_env.challenger.kill()
+    try:
+        # The gateway notices at its next probe or failed call.
+        wait_for(lambda: rollout(cli_env, "status")["warnings"], timeout=30, what="a warning in the rollout view")
+        table = runner.invoke(app, ["rollout", "status", "--url", cli_env.url])
+        assert table.exit_code == 0 and "warnings" in table.output and "does not answer" in table.output
+    finally:
+        cli_env.start_challenger()
+        rollout(cli_env, "champion")
 
 
 def test_rollout_errors_are_one_clear_line(cli_env: ServingStack, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,7 @@ from tests.support.serving import ServingStack, start_stack
 from tests.support.tiles import jpeg_tile
 
 N_TEST = 24
+TRAIN_LAT = 46.5  # every train tile's latitude, which no test tile has
 
 
 def write_test_split(stack: ServingStack, n: int = N_TEST) -> Dataset:
@@ -25,7 +26,7 @@ def write_test_split(stack: ServingStack, n: int = N_TEST) -> Dataset:
         label = "wildfire" if i % 3 else "nowildfire"
         ds.add(jpeg_tile(i, size=96), LonLat(-75.0 + i * 0.05, 45.5 + i * 0.03), label, "test", "synthetic")
     for i in range(4):
-        ds.add(jpeg_tile(1000 + i, size=96), LonLat(-73.0 + i * 0.05, 46.5), "wildfire", "train", "synthetic")
+        ds.add(jpeg_tile(1000 + i, size=96), LonLat(-73.0 + i * 0.05, TRAIN_LAT), "wildfire", "train", "synthetic")
     ds.save()
     return ds
 

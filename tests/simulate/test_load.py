@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from pyrocast.errors import InvalidInputError
+from pyrocast.cli.main import app
+from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
+from pyrocast.ports import free_port
+from pyrocast.serving import procs
 from pyrocast.settings import Settings
 from pyrocast.simulate.load import gateway_url, run_load, summarize
 from pyrocast.simulate.shapes import build_stages
-from tests.support.serving import ServingStack
+from tests.support.serving import ServingStack, stack_settings
 
 
 def test_samples_are_split_by_the_stage_they_started_in() -> None:
@@ -39,6 +46,17 @@ def test_a_run_cut_short_reports_the_time_it_really_had() -> None:
     per, total = summarize(stages, [[0.1, 5.0, True, "image", "champion", "1"]] * 6, end_s=3.0)
     assert [s.seconds for s in per] == [2.0, 1.0, 0.0, 0.0]
     assert total.seconds == 3.0 and total.throughput_rps == 2.0
+
+
+def test_an_interrupted_run_reports_the_users_it_reached() -> None:
+    stages = build_stages("ramp", 4, 8)  # 1, 2, 3, 4 users, 2 s each
+    reached = [[0.5, 5.0, True, "image", "champion", "1", 1], [2.5, 5.0, True, "image", "champion", "1", 2]]
+    _, total = summarize(stages, reached, end_s=3.0)
+    assert total.users == 2  # Locust's own count, not the 4 the shape planned
+    _, total = summarize(stages, [s[:6] for s in reached], end_s=3.0)  # samples without a count
+    assert total.users == 2  # the most of any stage that began
+    _, total = summarize(stages, reached, end_s=None)
+    assert total.users == 2
 
 
 def test_only_this_machine_is_targeted(settings: Settings) -> None:
@@ -114,4 +132,46 @@ def test_load_command_prints_json_per_stage(stack: ServingStack) -> None:
     assert [s["name"] for s in out["stages"]] == ["baseline", "spike", "recovery"]
     assert [s["users"] for s in out["stages"]] == [1, 3, 1]
     assert out["total"]["requests"] > 0 and out["total"]["failures"] == 0
+    assert 1 <= out["total"]["users"] <= 3  # as many as Locust ran (`--host`, the old name of --gateway, works)
     assert set(out["by_kind"]) <= {"image", "coordinates"}
+
+
+def _load(*args: str) -> tuple[int, object, str]:
+    res = CliRunner().invoke(app, ["load", *args])
+    return res.exit_code, res.exception, res.stdout
+
+
+def test_load_against_a_dead_gateway_fails_at_once(stack: ServingStack) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    with pytest.raises(ServiceUnavailableError, match="does not answer"):
+        run_load(stack.settings, "constant", 2, 5, dead)
+    code, exc, _ = _load("--gateway", dead, "--duration", "5", "--data-dir", str(stack.settings.root))
+    assert code == 1 and isinstance(exc, ServiceUnavailableError) and f"gateway at {dead} does not answer" in str(exc)
+    assert time.monotonic() - t0 < 5  # not the 2 x 5 s the runs would have lasted
+
+
+@pytest.fixture(scope="module")
+def bare_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.ServiceProcess]:
+    """A live gateway without classifiers: /healthz answers, every prediction is a 503."""
+    gateway = procs.start_gateway(stack_settings(tmp_path_factory.mktemp("bare")))
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def test_a_load_run_where_every_request_failed_exits_non_zero(
+    stack: ServingStack, bare_gateway: procs.ServiceProcess
+) -> None:
+    args = ["--gateway", bare_gateway.url, "--duration", "2", "--users", "2", "--json"]
+    code, exc, stdout = _load(*args, "--data-dir", str(stack.settings.root))
+    total = json.loads(stdout[stdout.index("{") :])["total"]
+    assert total["requests"] > 0 and total["failures"] == total["requests"]
+    assert code == 1 and isinstance(exc, PyrocastError), stdout
+    assert f"none of the {total['requests']} requests was answered" in str(exc)
+
+
+def test_gateway_and_its_old_name_must_agree(stack: ServingStack, tmp_path: Path) -> None:
+    code, exc, _ = _load("--host", stack.url, "--gateway", "http://127.0.0.1:9", "--data-dir", str(tmp_path))
+    assert code == 1 and "--gateway and --host name different gateways" in str(exc)

@@ -13,7 +13,7 @@ from pyrocast.errors import InvalidInputError, ServiceUnavailableError
 from pyrocast.ports import free_port
 from pyrocast.serving.store import PredictionStore
 from pyrocast.simulate.replay import Outcome, run_replay
-from tests.simulate.conftest import N_TEST
+from tests.simulate.conftest import N_TEST, TRAIN_LAT
 from tests.support.serving import ServingStack
 
 
@@ -73,6 +73,29 @@ def test_replay_is_paced_and_bounded_in_time(stack: ServingStack) -> None:
     assert 1 <= result.sent <= 4  # 4 per second for one second, never the whole split
     assert result.feedback_stored == 0
     assert time.monotonic() - t0 < 30
+
+
+def test_replay_reports_the_rate_it_sent_at(stack: ServingStack) -> None:
+    result = run_replay(stack.settings, rate=4, limit=4, duration_s=60, feedback=False)
+    # 4 requests due at 0, 0.25, 0.5 and 0.75 s: three intervals of 0.25 s, whatever the answers took.
+    assert result.sent == 4 and result.achieved_rate == pytest.approx(4.0, rel=0.1)
+    assert result.as_dict()["achieved_rate"] == pytest.approx(4.0, rel=0.1)
+    one = run_replay(stack.settings, rate=4, limit=1, duration_s=60, feedback=False)
+    assert one.sent == 1 and one.achieved_rate is None  # one send has no interval to measure
+
+
+def test_replay_refuses_the_training_split(stack: ServingStack) -> None:
+    with pytest.raises(InvalidInputError, match="does not send the train split") as err:
+        run_replay(stack.settings, split="train", gateway=stack.url)
+    assert "--split test or --split valid" in str(err.value)
+    res = CliRunner().invoke(app, ["replay", "--split", "train", "--data-dir", str(stack.settings.root)])
+    assert res.exit_code == 1 and "fitted on those tiles" in str(res.exception)
+    store = PredictionStore(stack.settings.store_database_url)
+    try:
+        time.sleep(0.5)  # the gateway's writer flushes every 100 ms: anything sent would be there by now
+        assert store.count("predictions", lat=TRAIN_LAT) == 0  # no train tile reached the gateway
+    finally:
+        store.engine.dispose()
 
 
 def test_replay_by_coordinates_lets_the_gateway_fetch_the_tile(stack: ServingStack) -> None:

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import typer
+from rich.measure import Measurement
 from rich.table import Table
 
 from pyrocast.cli.common import out, settings, show
@@ -128,7 +129,10 @@ def models(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     data_dir: Path | None = DATA_DIR,
 ) -> None:
-    """List registered model versions with their aliases, test metrics and decisions."""
+    """List registered model versions with their aliases, test metrics and decisions.
+
+    A table where the terminal is wide enough, else one block per version (80 columns, or piped).
+    """
     from pyrocast.registry.models import list_models
 
     s = settings(data_dir)
@@ -136,16 +140,39 @@ def models(
     if as_json:
         import json
 
+        # MLflow stores every metric as a float; a count reads better as one.
+        for r in rows:
+            if isinstance(r["n_test"], float) and r["n_test"].is_integer():
+                r["n_test"] = int(r["n_test"])
         print(json.dumps(rows, indent=2, default=str))
         return
     if not rows:
         out.print(f"No versions of {s.mlflow.model_name} yet: run `pyrocast train`.")
         return
-    table = Table(title=f"{s.mlflow.model_name} (tracking: {_where(s)})", title_justify="left")
-    for col in ("version", "aliases", "accuracy", "f1", "roc_auc", "ece", "test n", "decision", "artifacts", "created"):
-        table.add_column(col, justify="right" if col in ("accuracy", "f1", "roc_auc", "ece", "test n") else "left")
+    title = f"{s.mlflow.model_name} (tracking: {_where(s)})"
+    table = _models_table(rows, title)
+    # Measured unbounded: a measurement within the console's width would always fit it.
+    if Measurement.get(out, out.options.update_width(10_000), table).maximum <= out.width:
+        out.print(table)
+        return
+    out.print(title, highlight=False)
     for r in rows:
-        style = "bold green" if "champion" in r["aliases"] else ("yellow" if "challenger" in r["aliases"] else None)
+        out.print(
+            f"v{r['version']}  {', '.join(r['aliases']) or 'no alias'}  decision {r['decision'] or '-'}\n"
+            f"    accuracy {_fmt(r['accuracy'])}  f1 {_fmt(r['f1'])}  roc_auc {_fmt(r['roc_auc'])}  "
+            f"ece {_fmt(r['ece'])}  test n {_count(r['n_test'])}\n"
+            f"    artifacts {r['artifacts']}  created {_created(r['created'])}",
+            style=_style(r),
+            highlight=False,
+        )
+
+
+def _models_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("version", "aliases", "accuracy", "f1", "roc_auc", "ece", "test n", "decision", "artifacts", "created"):
+        right = col in ("accuracy", "f1", "roc_auc", "ece", "test n")
+        table.add_column(col, justify="right" if right else "left", overflow="fold")
+    for r in rows:
         table.add_row(
             r["version"],
             ", ".join(r["aliases"]) or "-",
@@ -153,13 +180,26 @@ def models(
             _fmt(r["f1"]),
             _fmt(r["roc_auc"]),
             _fmt(r["ece"]),
-            _fmt(int(r["n_test"]) if r["n_test"] is not None else None),
+            _count(r["n_test"]),
             r["decision"] or "-",
             r["artifacts"],
-            r["created"],
-            style=style,
+            _created(r["created"]),
+            style=_style(r),
         )
-    out.print(table)
+    return table
+
+
+def _style(row: dict) -> str | None:
+    return "bold green" if "champion" in row["aliases"] else ("yellow" if "challenger" in row["aliases"] else None)
+
+
+def _count(v: float | None) -> str:
+    return _fmt(int(v) if v is not None else None)
+
+
+def _created(iso: str) -> str:
+    """'2026-11-27T17:57:03+00:00' as '2026-11-27 17:57 UTC': the seconds and offset only cost width."""
+    return f"{iso[:10]} {iso[11:16]} UTC" if iso.endswith("+00:00") else iso
 
 
 def _where(s: object) -> str:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
+from rich.progress import TaskID
 
-from pyrocast.cli.common import out, settings
+from pyrocast.cli.common import GATEWAY, old_gateway_name, out, pick_gateway, settings
+from pyrocast.errors import PyrocastError
 from pyrocast.progress import progress
 
 DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: PYROCAST_DATA_DIR or ./.pyrocast).")
-GATEWAY = typer.Option(
-    None, "--gateway", help="Gateway base URL on this machine (default: http://127.0.0.1:<serving.gateway_port>)."
-)
 
 
 def register(app: typer.Typer) -> None:
@@ -44,7 +42,7 @@ def up(
 
 
 def replay(
-    split: str = typer.Option("test", "--split", help="Which split to replay (the held-back test split by default)."),
+    split: str = typer.Option("test", "--split", help="test (held back, the default) or valid; never train."),
     rate: float = typer.Option(5.0, "--rate", "-r", help="Requests per second."),
     duration: float = typer.Option(60.0, "--duration", "-d", help="Stop after this many seconds."),
     by: str = typer.Option("image", "--by", help="image (upload the tile) or coordinates (the gateway fetches it)."),
@@ -62,7 +60,7 @@ def replay(
 
     s = settings(data_dir)
     with progress() as bar:
-        task = bar.add_task("replaying", total=None)
+        tasks: list[TaskID] = []  # added once the run starts, so that a refused argument draws no bar
         result = run_replay(
             s,
             split=split,
@@ -75,24 +73,28 @@ def replay(
             gateway=gateway,
             feedback=not no_feedback,
             seed=seed,
-            on_start=lambda n: bar.update(task, total=n),
-            on_done=lambda o: bar.advance(task),
+            on_start=lambda n: tasks.append(bar.add_task("replaying", total=n)),
+            on_done=lambda o: bar.advance(tasks[0]),
         )
     if as_json:
         print(json.dumps(result.as_dict(), indent=2, default=str))
     else:
         result.render(out)
-    if result.sent and result.errors == result.sent:
-        sys.exit(1)  # nothing answered: say so to scripts too
+    _fail_if_unanswered(result.sent, result.errors)
+
+
+def _fail_if_unanswered(sent: int, failed: int) -> None:
+    """Exit 1 when every request failed: a run that measured nothing must not look like a success to scripts."""
+    if sent and failed == sent:
+        raise PyrocastError(f"none of the {sent} requests was answered", "see the errors above")
 
 
 def load(
     shape: str = typer.Option("constant", "--shape", "-s", help="constant, ramp, spike or diurnal."),
     users: int = typer.Option(10, "--users", "-u", help="Most simulated users at once."),
     duration: float = typer.Option(30.0, "--duration", "-d", help="Length of the whole shape, in seconds."),
-    host: str | None = typer.Option(
-        None, "--host", help="Gateway base URL on this machine (default: http://127.0.0.1:<serving.gateway_port>)."
-    ),
+    gateway: str | None = GATEWAY,
+    host: str | None = old_gateway_name("--host"),
     coordinates: float = typer.Option(
         0.25, "--coordinates", help="Share of requests that send coordinates instead of an image."
     ),
@@ -107,28 +109,33 @@ def load(
     from pyrocast.simulate.load import run_load
     from pyrocast.simulate.shapes import build_stages
 
+    url = pick_gateway(gateway, host, "--host")
     build_stages(shape, users, duration)  # a bad shape fails before any progress bar
     s = settings(data_dir)
     with progress() as bar:
-        task = bar.add_task(f"load ({shape})", total=duration)
+        tasks: list[TaskID] = []  # added once Locust runs, so that a refused argument or gateway draws no bar
 
         def tick(elapsed: float, stage: str) -> None:
-            bar.update(task, completed=elapsed, description=f"load ({shape}): {stage}")
+            if not tasks:
+                tasks.append(bar.add_task(f"load ({shape})", total=duration))
+            bar.update(tasks[0], completed=elapsed, description=f"load ({shape}): {stage}")
 
         result = run_load(
             s,
             shape,
             users,
             duration,
-            host,
+            url,
             split=split,
             tiles=tiles,
             coordinates_share=coordinates,
             wait_s=(wait_min, wait_max),
             on_progress=tick,
         )
-        bar.update(task, completed=duration)
+        if tasks:
+            bar.update(tasks[0], completed=duration)
     if as_json:
         print(json.dumps(result.as_dict(), indent=2, default=str))
     else:
         result.render(out)
+    _fail_if_unanswered(result.total.requests, result.total.failures)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -10,13 +11,14 @@ from typing import Any
 import httpx
 import typer
 
-from pyrocast.cli.common import out, settings
-from pyrocast.errors import PyrocastError, ServiceUnavailableError
+from pyrocast.cli.common import GATEWAY, old_gateway_name, out, pick_gateway, settings
+from pyrocast.errors import InvalidInputError, PyrocastError
 from pyrocast.report import Report
 from pyrocast.serving.rollout import FLEET
+from pyrocast.simulate.gateway import transport_error
 
 DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: PYROCAST_DATA_DIR or ./.pyrocast).")
-URL = typer.Option(None, "--url", help="Gateway URL (default: http://<serving.host>:<serving.gateway_port>).")
+URL = old_gateway_name("--url")
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 REASON = typer.Option(None, "--reason", help="Why (recorded with the rollout event).")
 
@@ -137,10 +139,45 @@ def serve_webapp(
 
 
 # --- rollout --------------------------------------------------------------------------------------------------
-def _gateway(url: str | None, data_dir: Path | None) -> tuple[str, str | None]:
+# The API's field names, as the CLI's options: a refused value is named the way the user typed it.
+FLAGS = {
+    "steps": "--steps",
+    "step_seconds": "--every",
+    "guardrails.max_error_rate": "--max-error-rate",
+    "guardrails.max_p95_ms": "--max-p95-ms",
+    "guardrails.max_disagreement": "--max-disagreement",
+    "guardrails.min_requests": "--min-requests",
+    "sample": "--sample",
+    "champion": "the champion's weight",
+    "challenger": "the challenger's weight",
+    "reason": "--reason",
+}
+
+
+def _gateway(gateway: str | None, url: str | None, data_dir: Path | None) -> tuple[str, str | None]:
     s = settings(data_dir)
     token = s.admin_token.get_secret_value() if s.admin_token else None
-    return (url or f"http://{s.serving.host}:{s.serving.gateway_port}").rstrip("/"), token
+    base = pick_gateway(gateway, url, "--url") or f"http://{s.serving.host}:{s.serving.gateway_port}"
+    return base.rstrip("/"), token
+
+
+def check_token(token: str | None) -> str:
+    """The admin token, or a clear error naming what is wrong with it (never the token itself)."""
+    if not token:
+        raise PyrocastError("rollout changes need the admin token", "export PYROCAST_ADMIN_TOKEN=<the gateway's token>")
+    problems = []
+    if token != token.strip():
+        problems.append("starts or ends with whitespace (a space or a newline, e.g. from a file)")
+    if not token.isascii():
+        problems.append("holds non-ASCII characters")
+    elif not token.strip().isprintable():
+        problems.append("holds control characters")
+    if problems:
+        raise PyrocastError(
+            f"PYROCAST_ADMIN_TOKEN {' and '.join(problems)}: an HTTP header cannot carry it",
+            "set it to the gateway's token exactly: printable ASCII, no surrounding whitespace",
+        )
+    return token
 
 
 def _call(method: str, url: str, path: str, token: str | None = None, body: dict[str, Any] | None = None) -> dict:
@@ -148,37 +185,92 @@ def _call(method: str, url: str, path: str, token: str | None = None, body: dict
     try:
         r = httpx.request(method, url + path, json=body, headers=headers, timeout=60.0)
     except httpx.HTTPError as exc:
-        raise ServiceUnavailableError(
-            f"the gateway at {url} does not answer ({type(exc).__name__})",
-            "start it with `pyrocast up` or `pyrocast serve gateway`, or pass --url",
-        ) from exc
+        raise transport_error(url, exc) from None
     if r.status_code >= 400:
         raise PyrocastError(*_error_of(r))
-    return r.json()
+    try:
+        return r.json()
+    except ValueError:
+        raise PyrocastError(
+            f"{url} answered {r.status_code} without JSON", "is this the Pyrocast gateway's address?"
+        ) from None
 
 
 def _error_of(r: httpx.Response) -> tuple[str, str | None]:
     try:
         detail = r.json().get("detail")
-    except ValueError:
-        return f"gateway answered {r.status_code}: {r.text[:200]}", None
+    except (ValueError, AttributeError):
+        # Not the gateway's JSON (another server's HTML page, say): its body says nothing useful here.
+        return f"{r.url.copy_with(query=None)} answered {r.status_code}, not as the gateway does", (
+            "is this the Pyrocast gateway's address? (--gateway)"
+        )
     if isinstance(detail, dict):
         return f"gateway answered {r.status_code}: {detail.get('error')}", detail.get("hint")
     if isinstance(detail, list):  # validation errors
-        msgs = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail)
-        return f"gateway refused the request ({r.status_code}): {msgs}", None
+        return f"gateway refused the request ({r.status_code}): {'; '.join(map(_invalid, detail))}", None
     return f"gateway answered {r.status_code}: {detail}", None
 
 
-def _change(action: str, body: dict[str, Any] | None, url: str | None, data_dir: Path | None, as_json: bool) -> None:
-    base, token = _gateway(url, data_dir)
-    if token is None:
-        raise PyrocastError("rollout changes need the admin token", "export PYROCAST_ADMIN_TOKEN=<the gateway's token>")
-    _show(_call("POST", base, f"/v1/rollout/{action}", token, body), as_json)
+def _invalid(d: dict[str, Any]) -> str:
+    field = ".".join(str(p) for p in d.get("loc", [])[1:])
+    msg = str(d.get("msg", "")).removeprefix("Value error, ")
+    return f"{FLAGS.get(field, field)}: {msg}" if field else msg
+
+
+def _change(
+    action: str, body: dict[str, Any] | None, gateway: str | None, url: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    base, token = _gateway(gateway, url, data_dir)
+    _show(_call("POST", base, f"/v1/rollout/{action}", check_token(token), body), as_json)
+
+
+def parse_shares(text: str, flag: str, example: str) -> tuple[list[float], str]:
+    """Shares in (0, 1] from "5%,25%", "0.05,0.25" or "5,25", and how they were read.
+
+    With a % sign, or any value above 1, every value is a percent; otherwise every value is a fraction.
+    """
+    parts = [p.strip() for p in text.split(",")]
+    marked = [p.endswith("%") for p in parts]
+    if any(marked) and not all(marked):
+        raise InvalidInputError(f"{flag} {text!r} mixes values with and without %", f"e.g. {example}")
+    try:
+        values = [float(p.removesuffix("%")) for p in parts]
+    except ValueError:
+        raise InvalidInputError(f"{flag} wants percents or fractions, got {text!r}", f"e.g. {example}") from None
+    percent = all(marked) or any(v > 1 for v in values)
+    shares = [v / 100 if percent else v for v in values]
+    for raw, share in zip(parts, shares, strict=True):
+        if not 0 < share <= 1:  # also false for NaN
+            unit = "percent" if percent else "a fraction"
+            raise InvalidInputError(
+                f"{flag}: each share must be above 0% and at most 100%, got {raw} (read as {unit})", f"e.g. {example}"
+            )
+    return shares, f"{flag} {text} read as {'percent' if percent else 'fractions'}: " + " -> ".join(
+        map(share_text, shares)
+    )
+
+
+def share_text(x: float) -> str:
+    """A share as a percent with what precision it needs: 0.05% stays 0.05%, not 0%."""
+    return f"{100 * x:.3g}%"
 
 
 def _model(ref: dict | None) -> str:
     return f"{ref['name']} v{ref['version']}" if ref else "-"
+
+
+def _window(w: dict[str, Any]) -> str:
+    """One statistics window in words; calls and comparisons are counted apart (a comparison may outlive a reset)."""
+    n, m = w.get("requests", 0), w.get("compared", 0)
+    if n:
+        p95 = w.get("p95_ms")
+        text = f"{n} calls, {w['errors']} failed ({w['error_rate']:.1%})"
+        text += f", p95 {p95:.1f} ms" if p95 is not None else ""
+    else:
+        text = "no calls since the last change"
+    if m:
+        text += f"; disagrees with the champion on {w['disagreement']:.1%} of {m} compared"
+    return text
 
 
 def _show(view: dict[str, Any], as_json: bool) -> None:
@@ -190,7 +282,7 @@ def _show(view: dict[str, Any], as_json: bool) -> None:
     st = view["state"]
     rep = Report("Rollout")
     rep.add("mode", view["mode"])
-    rep.add("challenger share", f"{view['challenger_share']:.0%}")
+    rep.add("challenger share", share_text(view["challenger_share"]))
     for role in ("champion", "challenger"):
         b = view["backends"].get(role) or {}
         up = "up" if b.get("up") else "DOWN"
@@ -201,7 +293,7 @@ def _show(view: dict[str, Any], as_json: bool) -> None:
         rep.add("weights", f"champion {st['ab']['champion']:g} / challenger {st['ab']['challenger']:g}")
     if view["mode"] == "canary" and st.get("canary"):
         c = st["canary"]
-        rep.add("canary steps", " -> ".join(f"{x:.0%}" for x in c["steps"]) + f", every {c['step_seconds']:g} s")
+        rep.add("canary steps", " -> ".join(map(share_text, c["steps"])) + f", every {c['step_seconds']:g} s")
         g = c["guardrails"]
         rep.add(
             "guardrails",
@@ -209,18 +301,19 @@ def _show(view: dict[str, Any], as_json: bool) -> None:
             f"disagreement <= {g['max_disagreement']:.0%} (after {g['min_requests']} requests)",
         )
     if view["mode"] == "shadow":
-        rep.add("shadow sample", f"{st['shadow_sample']:.0%}")
+        rep.add("shadow sample", share_text(st["shadow_sample"]))
     if st.get("stopped_reason"):
-        rep.add("stopped", st["stopped_reason"])
-    for key, title in (("challenger", "challenger (recent, here)"), (FLEET, "challenger (recent, all gateways)")):
-        ch = st.get("stats", {}).get(key, {})
-        if ch.get("requests") or ch.get("compared"):
-            p95 = ch.get("p95_ms")
-            rep.add(
-                title,
-                f"{ch['requests']} calls, {ch['error_rate']:.1%} errors, p95 {p95 if p95 is not None else '-'} ms, "
-                f"{ch['disagreement']:.1%} disagreement over {ch['compared']} compared",
-            )
+        rep.add("reason", st["stopped_reason"])
+    stats = st.get("stats", {})
+    for key, title in (
+        ("champion", "champion (recent, this gateway)"),
+        ("challenger", "challenger (recent, this gateway)"),
+        (FLEET, "challenger (recent, all gateways)"),
+    ):
+        if key in stats:
+            rep.add(title, _window(stats[key]))
+    if view.get("warnings"):
+        rep.add("warnings", "\n".join(view["warnings"]))
     events = view.get("events", [])[:5]
     if events:  # one fact: events recorded in the same second must not replace each other
         rep.add(
@@ -230,47 +323,69 @@ def _show(view: dict[str, Any], as_json: bool) -> None:
     rep.render(out)
 
 
-def status(url: str | None = URL, as_json: bool = JSON, data_dir: Path | None = DATA_DIR) -> None:
-    """Show the rollout: mode, who serves what, live share, guardrail statistics, recent events."""
-    base, _ = _gateway(url, data_dir)
+def status(
+    gateway: str | None = GATEWAY, url: str | None = URL, as_json: bool = JSON, data_dir: Path | None = DATA_DIR
+) -> None:
+    """Show the rollout: mode, who serves what, live share, both statistics windows, recent events."""
+    base, _ = _gateway(gateway, url, data_dir)
     _show(_call("GET", base, "/v1/rollout"), as_json)
 
 
 def champion(
-    reason: str | None = REASON, url: str | None = URL, as_json: bool = JSON, data_dir: Path | None = DATA_DIR
+    reason: str | None = REASON,
+    gateway: str | None = GATEWAY,
+    url: str | None = URL,
+    as_json: bool = JSON,
+    data_dir: Path | None = DATA_DIR,
 ) -> None:
     """Champion only: stop any A/B test, canary or shadow traffic."""
-    _change("champion", {"reason": reason}, url, data_dir, as_json)
+    _change("champion", {"reason": reason}, gateway, url, data_dir, as_json)
 
 
 def ab(
-    champion_weight: float = typer.Argument(50.0, min=0.0, help="Champion's weight."),
-    challenger_weight: float = typer.Argument(50.0, min=0.0, help="Challenger's weight."),
+    champion_weight: float | None = typer.Argument(None, min=0.0, help="Champion's weight (default 50)."),
+    challenger_weight: float | None = typer.Argument(None, min=0.0, help="Challenger's weight (default 50)."),
+    gateway: str | None = GATEWAY,
     url: str | None = URL,
     as_json: bool = JSON,
     data_dir: Path | None = DATA_DIR,
 ) -> None:
     """A/B test with weights (e.g. `ab 90 10`); a client keeps its variant (sticky by client id)."""
-    _change("ab", {"champion": champion_weight, "challenger": challenger_weight}, url, data_dir, as_json)
+    if challenger_weight is None:
+        if champion_weight is not None:
+            raise InvalidInputError("give both weights, the champion's and the challenger's", "e.g. `ab 90 10`")
+        champion_weight = challenger_weight = 50.0
+        if not as_json:
+            out.print("no weights given: an even split, champion 50 / challenger 50")
+    body = {"champion": champion_weight, "challenger": challenger_weight}
+    _change("ab", body, gateway, url, data_dir, as_json)
 
 
 def canary(
-    steps: str = typer.Option("5,25,50,100", "--steps", help="Challenger share per step, in percent."),
+    steps: str = typer.Option(
+        "5%,25%,50%,100%",
+        "--steps",
+        help="Challenger share per step: percents (5%,25%,100% or 5,25,100) or fractions (0.05,0.25,1).",
+    ),
     every: float = typer.Option(60.0, "--every", help="Seconds per step."),
     max_error_rate: float = typer.Option(0.05, "--max-error-rate", help="Stop above this challenger error rate."),
     max_p95_ms: float = typer.Option(1000.0, "--max-p95-ms", help="Stop above this challenger p95 latency."),
     max_disagreement: float = typer.Option(0.25, "--max-disagreement", help="Stop above this disagreement."),
     min_requests: int = typer.Option(20, "--min-requests", help="Observations before a guardrail may stop it."),
     auto_promote: bool = typer.Option(False, "--auto-promote", help="Promote when the last step has passed."),
+    gateway: str | None = GATEWAY,
     url: str | None = URL,
     as_json: bool = JSON,
     data_dir: Path | None = DATA_DIR,
 ) -> None:
     """Canary: the challenger's share ramps on a schedule; a broken guardrail returns to the champion."""
-    try:
-        shares = [float(x) / 100.0 for x in steps.split(",") if x.strip()]
-    except ValueError as exc:
-        raise PyrocastError(f"--steps wants percentages like 5,25,50,100, got {steps!r}") from exc
+    shares, read_as = parse_shares(steps, "--steps", "--steps 5%,25%,100%, or 0.05,0.25,1, or 5,25,100")
+    if any(b <= a for a, b in itertools.pairwise(shares)):
+        raise InvalidInputError(f"--steps must increase, got {' -> '.join(map(share_text, shares))}")
+    if not 0 < every < float("inf"):
+        raise InvalidInputError(f"--every must be a positive number of seconds, got {every:g}")
+    if not as_json:
+        out.print(read_as, highlight=False)
     body = {
         "steps": shares,
         "step_seconds": every,
@@ -282,28 +397,45 @@ def canary(
             "min_requests": min_requests,
         },
     }
-    _change("canary", body, url, data_dir, as_json)
+    _change("canary", body, gateway, url, data_dir, as_json)
 
 
 def shadow(
-    sample: float = typer.Option(1.0, "--sample", help="Share of requests copied to the challenger (0-1]."),
+    sample: str = typer.Option("100%", "--sample", help="Share of requests copied to the challenger (10% or 0.1)."),
+    gateway: str | None = GATEWAY,
     url: str | None = URL,
     as_json: bool = JSON,
     data_dir: Path | None = DATA_DIR,
 ) -> None:
     """Shadow: the champion answers; the challenger gets a copy in the background, both are stored."""
-    _change("shadow", {"sample": sample}, url, data_dir, as_json)
+    shares, read_as = parse_shares(sample, "--sample", "--sample 10%, or 0.1")
+    if len(shares) != 1:
+        raise InvalidInputError(f"--sample wants one share, got {sample!r}", "e.g. --sample 10%")
+    if not as_json:
+        out.print(read_as, highlight=False)
+    _change("shadow", {"sample": shares[0]}, gateway, url, data_dir, as_json)
 
 
 def promote(
-    reason: str | None = REASON, url: str | None = URL, as_json: bool = JSON, data_dir: Path | None = DATA_DIR
+    reason: str | None = REASON,
+    force: bool = typer.Option(
+        False, "--force", help="Promote even a version its training run rejected (say why with --reason)."
+    ),
+    gateway: str | None = GATEWAY,
+    url: str | None = URL,
+    as_json: bool = JSON,
+    data_dir: Path | None = DATA_DIR,
 ) -> None:
     """Make the challenger the champion (moves the registry aliases); the old champion is kept for rollback."""
-    _change("promote", {"reason": reason}, url, data_dir, as_json)
+    _change("promote", {"reason": reason, "force": force}, gateway, url, data_dir, as_json)
 
 
 def rollback(
-    reason: str | None = REASON, url: str | None = URL, as_json: bool = JSON, data_dir: Path | None = DATA_DIR
+    reason: str | None = REASON,
+    gateway: str | None = GATEWAY,
+    url: str | None = URL,
+    as_json: bool = JSON,
+    data_dir: Path | None = DATA_DIR,
 ) -> None:
     """Restore the previous champion (or, without one, stop the running experiment)."""
-    _change("rollback", {"reason": reason}, url, data_dir, as_json)
+    _change("rollback", {"reason": reason}, gateway, url, data_dir, as_json)

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 from rich.console import Console
@@ -32,26 +31,12 @@ from rich.table import Table
 
 from pyrocast.errors import InvalidInputError, PyrocastError
 from pyrocast.settings import Settings
+from pyrocast.simulate.gateway import check_gateway, gateway_url
 from pyrocast.simulate.shapes import Stage, build_stages, stage_index, total_duration
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 PLAN_ENV = "PYROCAST_LOAD_PLAN"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 GRACE_S = 30.0  # start-up (imports, tile bodies) plus stop of a run, beyond the shape's own duration
-
-
-def gateway_url(settings: Settings, url: str | None = None) -> str:
-    """The gateway's base URL (default from Settings.serving); anything but a loopback address is refused."""
-    url = (url or f"http://{settings.serving.host}:{settings.serving.gateway_port}").rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInputError(f"{url!r} is not an http(s) URL", "e.g. http://127.0.0.1:8000")
-    if parts.hostname not in LOOPBACK_HOSTS:
-        raise InvalidInputError(
-            f"refusing to send traffic to {parts.hostname}: replay and load only target this machine",
-            "use http://127.0.0.1:<port>, where `pyrocast up` runs the gateway",
-        )
-    return url
 
 
 def pick_tiles(
@@ -128,10 +113,11 @@ def _stats(name: str, users: int | None, seconds: float, samples: list[list[Any]
 def summarize(
     stages: list[Stage], samples: list[list[Any]], end_s: float | None
 ) -> tuple[list[StageStats], StageStats]:
-    """Per-stage and overall statistics of samples `[start s, ms, ok, kind, variant|error, version]`.
+    """Per-stage and overall statistics of samples `[start s, ms, ok, kind, variant|error, version, users]`.
 
     A request belongs to the stage in which it started; a stage's time is cut at the run's end (`end_s`), so a
-    run stopped early reports the throughput it really had.
+    run stopped early reports the throughput it really had. The total's users are the most that were running
+    (the 7th field, Locust's count when the request started), else the most of any stage that began.
     """
     end = total_duration(stages) if end_s is None else min(end_s, total_duration(stages))
     by_stage: dict[int, list[list[Any]]] = {i: [] for i in range(len(stages))}
@@ -141,7 +127,9 @@ def summarize(
     per = [
         _stats(st.name, st.users, max(min(st.end_s, end) - st.start_s, 0.0), by_stage[i]) for i, st in enumerate(stages)
     ]
-    total = _stats("total", max((st.users for st in stages), default=None), end, samples)
+    running = [int(s[6]) for s in samples if len(s) > 6 and s[6] is not None]
+    begun = [st.users for st in stages if st.start_s < end] or [st.users for st in stages[:1]]
+    total = _stats("total", max(running) if running else max(begun, default=None), end, samples)
     return per, total
 
 
@@ -186,10 +174,11 @@ class LoadResult:
         for s in [*self.stages, self.total]:
             style = "bold" if s is self.total else None
             err = f"{s.failures} ({100 * s.error_rate:.1f}%)" if s.failures else "0"
+            unreached = self.stopped_early and s is not self.total and s.seconds == 0 and not s.requests
             t.add_row(
-                s.name,
+                f"{s.name} (not reached)" if unreached else s.name,
                 str(s.users or "-"),
-                f"{s.seconds:g}",
+                "-" if unreached else f"{s.seconds:g}",
                 str(s.requests),
                 f"{s.throughput_rps:.1f}",
                 *(f"{v:.1f}" if v is not None else "-" for v in (s.p50_ms, s.p95_ms, s.p99_ms)),
@@ -251,6 +240,7 @@ def run_load(
     if not 0.0 <= lo <= hi:
         raise InvalidInputError(f"think time must satisfy 0 <= min <= max, got {lo}..{hi}")
     chosen = pick_tiles(settings, split, tiles, seed)
+    check_gateway(url)  # a dead gateway would otherwise cost the whole duration and report 100% errors
 
     run_dir = settings.root / "load"
     run_dir.mkdir(parents=True, exist_ok=True)

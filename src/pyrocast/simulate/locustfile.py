@@ -59,7 +59,7 @@ def _bodies() -> list[tuple[bytes, str, dict[str, float]]]:
 
 
 TILES = _bodies()
-SAMPLES: list[list[Any]] = []  # [start s into the test, ms, ok, kind, variant or error, model version]
+SAMPLES: list[list[Any]] = []  # [start s into the test, ms, ok, kind, variant or error, model version, users]
 _state: dict[str, Any] = {"env": None, "end_s": None}
 
 
@@ -69,10 +69,17 @@ def _now_s() -> float:
     return shape.get_run_time() if shape is not None else 0.0
 
 
+def _users() -> int | None:
+    """Users running now: an interrupted run reports what it reached, not what the shape planned."""
+    runner = getattr(_state["env"], "runner", None)
+    return getattr(runner, "user_count", None)
+
+
 def _send(user: GatewayUser, kind: str) -> None:
     body, ctype, coords = random.choice(TILES)
     headers = {"X-Client-Id": user.client_id}
     t_start = _now_s()
+    users = _users()
     t0 = time.perf_counter()
     if kind == "image":
         r = user.client.post("/v1/predict", data=body, headers={**headers, "Content-Type": ctype}, name="image")
@@ -92,7 +99,7 @@ def _send(user: GatewayUser, kind: str) -> None:
         err = getattr(r, "error", None)
         text = (r.content or b"")[:160].decode("utf-8", "replace") if r.status_code else ""
         variant = f"HTTP {r.status_code}: {text}" if r.status_code else f"{type(err).__name__}: {err}"
-    SAMPLES.append([round(t_start, 4), round(ms, 3), ok, kind, variant, version])
+    SAMPLES.append([round(t_start, 4), round(ms, 3), ok, kind, variant, version, users])
 
 
 def _image(user: GatewayUser) -> None:

@@ -6,7 +6,8 @@ flight, for at most `duration` seconds. After each answer the tile's true label 
 delayed ground truth (`POST /v1/feedback` with `source: "replay"`, stored apart from users' verdicts). The
 run ends with live accuracy per model version and variant, errors and latency percentiles.
 
-Only 127.0.0.1 is ever contacted (see `load.gateway_url`).
+Only 127.0.0.1 is ever contacted (see `gateway.gateway_url`), and never with training tiles: the labels
+replay sends back feed live accuracy, which tiles the model was fitted on would inflate.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from pyrocast.errors import InvalidInputError, ServiceUnavailableError
+from pyrocast.errors import InvalidInputError
 from pyrocast.settings import Settings
-from pyrocast.simulate.load import gateway_url, pick_tiles
+from pyrocast.simulate.gateway import check_gateway, gateway_url
+from pyrocast.simulate.load import pick_tiles
 
 By = Literal["image", "coordinates"]
 SOURCE = "replay"
+SPLITS = ("test", "valid")  # never "train": see the module's docstring
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Outcome:
     latency_ms: float | None = None  # measured here, the HTTP hop included
     error: str | None = None
     feedback_stored: bool = False
+    sent_s: float | None = None  # when the request left, in seconds after the replay started
 
     @property
     def correct(self) -> bool:
@@ -95,6 +99,14 @@ class ReplayResult:
     def feedback_stored(self) -> int:
         return sum(o.feedback_stored for o in self.outcomes)
 
+    @property
+    def achieved_rate(self) -> float | None:
+        """Requests sent per second: n sends span n - 1 intervals (None below two sends)."""
+        sent = sorted(o.sent_s for o in self.outcomes if o.sent_s is not None)
+        if len(sent) < 2 or sent[-1] <= sent[0]:
+            return None
+        return (len(sent) - 1) / (sent[-1] - sent[0])
+
     def latency(self, q: float) -> float | None:
         ms = [o.latency_ms for o in self.outcomes if o.latency_ms is not None]
         return round(float(np.percentile(ms, q)), 2) if ms else None
@@ -126,7 +138,7 @@ class ReplayResult:
             "error_kinds": self.error_kinds(),
             "feedback_stored": self.feedback_stored,
             "elapsed_s": round(self.elapsed_s, 2),
-            "achieved_rate": round(self.sent / self.elapsed_s, 2) if self.elapsed_s > 0 else 0.0,
+            "achieved_rate": None if self.achieved_rate is None else round(self.achieved_rate, 2),
             "target_rate": self.rate,
             "stopped": self.stopped,
             "latency_ms": {"p50": self.latency(50), "p95": self.latency(95)},
@@ -148,9 +160,9 @@ class ReplayResult:
             for g in self.versions:
                 t.add_row(*_row(g), style="bold")
         console.print(t)
-        rate = self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        rate = "-" if self.achieved_rate is None else f"{self.achieved_rate:.1f}"
         console.print(
-            f"sent {self.sent} of {self.planned} planned in {self.elapsed_s:.1f} s ({rate:.1f}/s, target "
+            f"sent {self.sent} of {self.planned} planned in {self.elapsed_s:.1f} s ({rate}/s, target "
             f"{self.rate:g}/s; {self.stopped}); errors {self.errors}; ground truth stored for "
             f"{self.feedback_stored}; latency p50 {_ms(self.latency(50))} ms, p95 {_ms(self.latency(95))} ms",
             highlight=False,
@@ -278,16 +290,8 @@ async def _replay(
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     # trust_env=False: no proxy from the environment may carry test tiles off this machine.
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits, trust_env=False) as client:
-        try:
-            r = await client.get("/healthz", timeout=5.0)
-        except httpx.HTTPError as exc:
-            raise ServiceUnavailableError(
-                f"the gateway at {url} does not answer ({type(exc).__name__})", "start it with `pyrocast up`"
-            ) from None
-        if r.status_code != 200:
-            raise ServiceUnavailableError(f"the gateway at {url} is not healthy (HTTP {r.status_code})")
 
-        async def run(i: int, tile: dict[str, Any]) -> None:
+        async def run(i: int, tile: dict[str, Any], sent_s: float) -> None:
             client_id = f"replay-user-{i % users}"
             try:
                 o = await _one(client, tile, client_id, by, feedback)
@@ -295,6 +299,7 @@ async def _replay(
                 o = Outcome(tile["rel"], client_id, tile["label"], ok=False, error=f"{type(exc).__name__}: {exc}")
             finally:
                 sem.release()
+            o.sent_s = sent_s
             outcomes.append(o)
             if on_done is not None:
                 on_done(o)
@@ -316,7 +321,7 @@ async def _replay(
                 sem.release()
                 stopped = "duration reached"
                 break
-            tasks.append(asyncio.create_task(run(i, tile)))
+            tasks.append(asyncio.create_task(run(i, tile, time.monotonic() - t0)))
         if tasks:
             await asyncio.gather(*tasks)
         return time.monotonic() - t0, stopped
@@ -353,8 +358,18 @@ def run_replay(
         raise InvalidInputError("--users and --concurrency must be at least 1")
     if limit is not None and limit < 1:
         raise InvalidInputError(f"--limit must be at least 1, got {limit}")
+    if split not in SPLITS:
+        use = f"use --split {' or --split '.join(SPLITS)}"
+        if split == "train":
+            raise InvalidInputError(
+                "replay does not send the train split: the model was fitted on those tiles, and their labels "
+                "would inflate the live accuracy replay stores",
+                use,
+            )
+        raise InvalidInputError(f"unknown split {split!r}", use)
     url = gateway_url(settings, gateway)
     tiles = pick_tiles(settings, split, limit, seed)
+    check_gateway(url)
     planned = min(len(tiles), max(1, int(rate * duration_s + 0.999)))
     tiles = tiles[:planned]
     if on_start is not None:

@@ -1,0 +1,71 @@
+"""Reaching the gateway from the command line: where it is, whether it answers, and why a call failed.
+
+Shared by `pyrocast replay`, `pyrocast load` and `pyrocast rollout`, so that each reports a dead or
+misconfigured gateway the same way before doing any work.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import httpx
+
+from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
+from pyrocast.settings import Settings
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+START_HINT = "start it with `pyrocast up` or `pyrocast serve gateway`, or pass --gateway"
+
+
+def gateway_url(settings: Settings, url: str | None = None) -> str:
+    """The gateway's base URL (default from Settings.serving); anything but a loopback address is refused."""
+    url = (url or f"http://{settings.serving.host}:{settings.serving.gateway_port}").rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInputError(f"{url!r} is not an http(s) URL", "e.g. http://127.0.0.1:8000")
+    if parts.hostname not in LOOPBACK_HOSTS:
+        raise InvalidInputError(
+            f"refusing to send traffic to {parts.hostname}: replay and load only target this machine",
+            "use http://127.0.0.1:<port>, where `pyrocast up` runs the gateway",
+        )
+    return url
+
+
+def transport_error(url: str, exc: httpx.HTTPError) -> PyrocastError:
+    """A user-facing error naming what went wrong on the way to the gateway.
+
+    The exception's own text is never shown: httpx quotes header values in it, and one is the admin token.
+    """
+    kind = type(exc).__name__
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return InvalidInputError(f"{url!r} is not an http(s) URL", "e.g. --gateway http://127.0.0.1:8000")
+    if isinstance(exc, httpx.LocalProtocolError):
+        return PyrocastError(
+            f"the request to {url} could not be sent: it is not valid HTTP ({kind})",
+            "a header this command sends holds characters HTTP forbids",
+        )
+    if isinstance(exc, httpx.ConnectTimeout):
+        return ServiceUnavailableError(f"the gateway at {url} does not answer (connecting timed out)", START_HINT)
+    if isinstance(exc, httpx.ConnectError):
+        return ServiceUnavailableError(f"the gateway at {url} does not answer ({kind})", START_HINT)
+    if isinstance(exc, httpx.TimeoutException):
+        return ServiceUnavailableError(f"the gateway at {url} accepted the connection but did not answer in time")
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return ServiceUnavailableError(
+            f"{url} did not answer with valid HTTP ({kind})", "is this the Pyrocast gateway's address?"
+        )
+    return ServiceUnavailableError(f"the connection to the gateway at {url} failed ({kind})")
+
+
+def check_gateway(url: str, timeout_s: float = 5.0) -> None:
+    """Raise unless the gateway at `url` answers `/healthz` with 200: before a run, not after it failed."""
+    try:
+        # trust_env=False: no proxy from the environment may see where test traffic goes.
+        r = httpx.get(url + "/healthz", timeout=timeout_s, trust_env=False)
+    except httpx.HTTPError as exc:
+        raise transport_error(url, exc) from None
+    if r.status_code != 200:
+        raise ServiceUnavailableError(
+            f"the gateway at {url} is not healthy (HTTP {r.status_code} from /healthz)",
+            "is this the Pyrocast gateway's address?",
+        )
