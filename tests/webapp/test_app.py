@@ -6,8 +6,10 @@ nothing listens, which is exactly what a user sees when the services are not sta
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -265,3 +267,53 @@ def test_unreadable_prediction_store_is_reported_not_crashed(settings: Settings)
         api = c.get("/api/monitoring")
         assert api.status_code == 503 and "PYROCAST_STORE_URL" in api.json()["hint"]
         assert c.get("/").status_code == 200  # the map does not need the store
+
+
+def test_framework_validation_messages_are_plain_words(client: TestClient) -> None:
+    """What FastAPI/pydantic say ('Input should be a valid integer', '0 JSON decode error') never reaches people."""
+    r = client.get("/feedback", params={"limit": "abc"})
+    assert r.status_code == 400 and "Limit must be a whole number." in r.text
+    assert "Input should be" not in r.text
+    assert "Limit must be at most 500." in client.get("/feedback", params={"limit": 501}).text
+    assert client.get("/api/feedback", params={"limit": 0}).json() == {"error": "Limit must be at least 1."}
+    r = client.post("/api/predict", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json() == {"error": "The request body is not valid JSON."}
+    r = client.post("/api/predict", json={**INSIDE, "x": 1})
+    assert r.json() == {"error": "'x' is not an expected field."}
+    # A boolean is not a latitude (lax parsing would read `true` as 1).
+    r = client.post("/api/predict", json={"lat": True, "lon": -73.5})
+    assert r.status_code == 422 and r.json()["error"] == "Latitude must be a number, like 46.25."
+    r = client.post("/api/feedback", json={"request_id": "abc", "label": "maybe"})
+    assert r.json()["error"] == "Label must be 'wildfire' or 'nowildfire'."
+
+
+def test_map_page_config_and_help_line(client: TestClient, settings: Settings) -> None:
+    """The map's tile bounds come from the server's own margin, and the help line writes numbers like the errors."""
+    from pyrocast.webapp.tiles import MARGIN_DEG
+
+    html = client.get("/").text
+    config = json.loads(re.search(r'<script id="map-config" type="application/json">(.*?)</script>', html, re.S)[1])
+    r = settings.region
+    assert config["tile_margin_deg"] == MARGIN_DEG
+    assert config["tile_region"] == {
+        "lat_min": r.lat_min,
+        "lat_max": r.lat_max,
+        "lon_min": r.lon_min,
+        "lon_max": r.lon_max,
+    }
+    assert "Latitude 45 to 47.5, longitude -76 to -71." in html
+    assert 'id="fb-label"' not in html  # the verdict alone says the true label (two labels)
+
+
+def test_running_the_module_gives_no_runpy_warning(tmp_path: Path) -> None:
+    """`python -m pyrocast.webapp.app` (how `pyrocast up` starts it): the package must not import the module
+    first, or runpy warns at the top of the web app's log."""
+    out = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", "pyrocast.webapp.app", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "RuntimeWarning" not in out.stderr and "--port" in out.stdout

@@ -1,118 +1,28 @@
 """The web app end to end: real classifiers, explainer, gateway and web app processes, driven by a real chromium.
 
-One serving stack for the module (champion v1 always says wildfire, challenger v2 never does) and the web app in
-front of it. The browser clicks the map, reads the answer, asks for the heatmap, sends feedback, and the test
-checks the rows in the prediction store. Every request the pages make is watched: none may leave 127.0.0.1,
+One serving stack for the package (conftest.py: champion v1 always says wildfire, challenger v2 never does) and
+the web app in front of it. The browser clicks the map, reads the answer, asks for the heatmap, sends feedback,
+and the test checks the rows in the prediction store. Every request the pages make is watched: none may leave 127.0.0.1,
 and the console must stay free of errors. Screenshots go to /tmp/pyrocast-webapp-*.png.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 import pytest
 
 from pyrocast.ports import free_port
 from pyrocast.serving import procs
-from pyrocast.serving.store import PredictionStore
 from pyrocast.settings import ServingSettings, Settings
 from pyrocast.webapp.app import COOKIE
-from tests.support.serving import ServingStack, start_stack
+from tests.support.browser_pages import Live, Tab, served_row, wait_js
 from tests.support.waiting import wait_for
-from tests.support.webapp import browser, start_webapp
+from tests.support.webapp import start_webapp
 
 pytestmark = pytest.mark.integration
 SHOTS = "/tmp/pyrocast-webapp-{}.png"
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
-
-
-@dataclass
-class Live:
-    stack: ServingStack
-    web: procs.ServiceProcess
-    store: PredictionStore
-
-    @property
-    def url(self) -> str:
-        return self.web.url
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    stack = start_stack(tmp_path_factory.mktemp("webapp"))
-    web = None
-    try:
-        web = start_webapp(stack.settings, port=stack.settings.serving.webapp_port)
-        store = PredictionStore(stack.settings.store_database_url)  # a reader; the gateway writes
-        yield Live(stack, web, store)
-        store.engine.dispose()
-    finally:
-        if web is not None:
-            web.stop()
-        stack.stop()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    with browser() as b:
-        yield b
-
-
-@dataclass
-class Tab:
-    """A browser page with everything it asked for and every console error recorded."""
-
-    page: Any
-    context: Any
-    requests: list[str] = field(default_factory=list)
-    outside: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def assert_clean(self, allow: Callable[[str], bool] = lambda _: False) -> None:
-        assert self.outside == [], f"requests left 127.0.0.1: {self.outside}"
-        bad = [e for e in self.errors if not allow(e)]
-        assert bad == [], f"console errors: {bad}"
-
-
-@pytest.fixture
-def tab(chromium: Any) -> Iterator[Tab]:
-    context = chromium.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    t = Tab(page, context)
-
-    def guard(route: Any) -> None:
-        url = route.request.url
-        t.requests.append(url)
-        host = urlparse(url).hostname or ""
-        if url.startswith(("data:", "blob:")) or host in LOCAL_HOSTS:
-            route.continue_()
-        else:  # recorded, and never sent
-            t.outside.append(url)
-            route.abort()
-
-    page.route("**/*", guard)
-    page.on("console", lambda m: t.errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: t.errors.append(f"page error: {e}"))
-    yield t
-    context.close()
-
-
-def wait_js(page: Any, expression: str, timeout: float) -> None:
-    """Poll a JavaScript expression from Python (CDP evaluation: Playwright's in-page polling would need
-    `eval`, which the app's Content-Security-Policy rightly forbids)."""
-    wait_for(lambda: page.evaluate(expression), timeout=timeout, what=expression)
-
-
-def served_row(live: Live, request_id: str) -> dict[str, Any]:
-    rows = wait_for(lambda: live.store.predictions_for(request_id), what=f"prediction {request_id} in the store")
-    served = [r for r in rows if r["served"]]
-    assert len(served) == 1
-    return served[0]
 
 
 # --- the map ---------------------------------------------------------------------------------------------------
@@ -154,18 +64,20 @@ def test_click_the_map_read_the_answer_send_feedback(live: Live, tab: Tab) -> No
     assert page.evaluate("document.getElementById('heat-img').naturalWidth") > 0
     page.screenshot(path=SHOTS.format("map"))
 
-    # Wrong, with the true label: stored as feedback on that request.
-    page.select_option("#fb-label", "nowildfire")
+    # Wrong: with two labels that says the place is nowildfire, which the page explains before the click and
+    # the gateway stores as the true label (there is no label to pick, so none can contradict the verdict).
+    assert page.locator("#fb-label").count() == 0
+    assert "Wrong: the place is nowildfire" in page.inner_text("#fb-explain")
     page.click("#fb-wrong")
     page.wait_for_selector("#fb-message.ok-text", timeout=15_000)
     assert "wrong" in page.inner_text("#fb-message") and "nowildfire" in page.inner_text("#fb-message")
     fb = wait_for(lambda: live.store.feedback_for(request_id), what="feedback in the store")
     assert len(fb) == 1
     assert fb[0]["correct"] is False
-    assert fb[0]["true_label"] == "nowildfire" and fb[0]["label"] == "nowildfire"
+    assert fb[0]["true_label"] == "nowildfire" and fb[0]["served_label"] == "wildfire" and fb[0]["label"] is None
     assert fb[0]["model_version"] == "1" and fb[0]["source"] == "user" and fb[0]["client_id"] == cookie
     assert page.is_disabled("#fb-right") and page.is_disabled("#fb-wrong")
-    assert page.inner_text("#gateway-status").strip().startswith("Live")
+    assert page.inner_text("#gateway-status").strip() == "Live · champion v1"
     tab.assert_clean()
 
 
@@ -271,6 +183,60 @@ def test_feedback_models_and_monitoring_pages(live: Live, tab: Tab) -> None:
     assert page.locator("#accuracy-table tbody tr").count() >= 1
     assert "v1" in page.inner_text("#accuracy-table")
     page.screenshot(path=SHOTS.format("monitoring"), full_page=True)
+    tab.assert_clean()
+
+
+@pytest.mark.browser
+def test_monitoring_says_utc_and_labels_what_it_draws(live: Live, tab: Tab) -> None:
+    """One time zone (UTC, as on the feedback and models pages), readable bucket widths, hover text on the rollout
+    lines, and a request rate averaged over the time the data covers."""
+    live.stack.set_rollout("champion", {"reason": "monitoring labels test"})
+    wait_for(
+        lambda: httpx.get(live.url + "/api/monitoring", params={"window": "1h"}, timeout=30).json()["events"],
+        timeout=15,
+        what="the rollout event in the monitoring data",
+    )
+    page = tab.page
+    page.goto(live.url + "/monitoring?window=1h")
+    wait_js(page, "document.querySelectorAll('.js-plotly-plot').length === 4", 20)
+    data = page.evaluate("JSON.parse(document.getElementById('monitoring-data').textContent)")
+    assert data["bucket_s"] == 60
+    layout = "document.getElementById('chart-{}').layout"
+    for chart in ("requests", "latency", "traffic", "accuracy"):
+        assert page.evaluate(layout.format(chart) + ".xaxis.title.text") == "time (UTC)"
+    assert page.evaluate(layout.format("traffic") + ".yaxis.title.text") == "answers per minute"
+    hover = page.evaluate(
+        "document.getElementById('chart-requests').data.filter(t => t.name === 'rollout').map(t => t.hovertext)"
+    )
+    assert hover and any("rollout champion" in h and "monitoring labels test" in h for h in hover[0])
+    assert page.inner_text("#updated").strip() == f"Updated {data['until'][11:19]} UTC."
+    assert re.fullmatch(
+        r"[\d.]+ per (second|minute|hour) over the last \d+(\.\d)? (s|min|h)", page.inner_text("#kpi-rate")
+    )
+    tab.assert_clean()
+
+
+@pytest.mark.browser
+def test_monitoring_charts_say_when_they_are_empty(live: Live, tab: Tab, settings: Settings) -> None:
+    """An empty store: every chart says so inside it (the page is rendered by an app over an empty store)."""
+    from fastapi.testclient import TestClient
+
+    from pyrocast.webapp.app import create_app
+
+    with TestClient(create_app(settings, gateway=live.stack.url)) as c:
+        html = c.get("/monitoring", params={"window": "15m"}).text
+    page = tab.page
+    page.route(
+        live.url + "/monitoring?window=15m", lambda r: r.fulfill(status=200, content_type="text/html", body=html)
+    )
+    page.goto(live.url + "/monitoring?window=15m")
+    wait_js(page, "document.querySelectorAll('.js-plotly-plot').length === 4", 20)
+    for chart in ("requests", "latency", "traffic", "accuracy"):
+        notes = page.evaluate(f"document.getElementById('chart-{chart}').layout.annotations.map(a => a.text)")
+        assert notes == ["No data yet in this window"], chart
+        assert "No data yet" in page.inner_text(f"#chart-{chart}")
+    assert page.evaluate("document.getElementById('chart-traffic').layout.yaxis.title.text") == "answers per 15 s"
+    assert page.inner_text("#kpi-rate") == "no requests in this window"
     tab.assert_clean()
 
 

@@ -34,7 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictFloat
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
 from pyrocast.settings import Region, Settings, get_settings
 from pyrocast.webapp.proxy import EXPLAIN_TIMEOUT_S, GatewayClient, GatewayError, gateway_url
-from pyrocast.webapp.tiles import MAX_ZOOM, MIN_ZOOM, TileRenderer
+from pyrocast.webapp.tiles import MARGIN_DEG, MAX_ZOOM, MIN_ZOOM, TileRenderer
 
 log = logging.getLogger("pyrocast.webapp")
 
@@ -60,8 +60,9 @@ NAV += (("monitoring", "/monitoring", "Monitoring"),)
 
 # --- input validation (the browser checks the same rules; this is the one that counts) -------------------------
 class Place(BaseModel):
-    lat: float
-    lon: float
+    # Strict: JSON `true` is not latitude 1 (lax floats accept booleans and numeric strings).
+    lat: StrictFloat
+    lon: StrictFloat
 
     model_config = {"extra": "forbid"}
 
@@ -198,6 +199,7 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
     templates.env.filters["pct"] = _pct
     templates.env.filters["num"] = _num
     templates.env.filters["when"] = _when
+    templates.env.filters["g"] = _g
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -305,18 +307,16 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def map_page(request: Request) -> HTMLResponse:
         area = service_area(settings)
+        synthetic = not settings.imagery.xyz_url
         config = {
             "tiles": settings.imagery.xyz_url or "/tiles/{z}/{x}/{y}.jpg",
-            "synthetic_tiles": not settings.imagery.xyz_url,
+            "synthetic_tiles": synthetic,
+            # The map asks only for tiles /tiles serves: the rendered region plus the server's margin.
+            "tile_region": _bounds(settings.region) if synthetic else None,
+            "tile_margin_deg": MARGIN_DEG,
             "min_zoom": MIN_ZOOM,
             "max_zoom": MAX_ZOOM if not settings.imagery.xyz_url else 18,
-            "area": {
-                "name": area.name,
-                "lat_min": area.lat_min,
-                "lat_max": area.lat_max,
-                "lon_min": area.lon_min,
-                "lon_max": area.lon_max,
-            },
+            "area": {"name": area.name, **_bounds(area)},
         }
         return render(request, "map.html", "map", config=config)
 
@@ -506,22 +506,68 @@ def _warm(state: WebState) -> None:
         log.exception("warming the web app failed")
 
 
+_FIELD_NAMES = {
+    "lat": "Latitude",
+    "lon": "Longitude",
+    "request_id": "Request id",
+    "correct": "Verdict",
+    "label": "Label",
+    "version": "Version",
+    "limit": "Limit",
+    "window": "Window",
+}
+
+
 def _validation_message(errors: Any) -> str:
-    names = {"lat": "Latitude", "lon": "Longitude", "request_id": "Request id", "correct": "Verdict"}
+    """Plain words for pydantic's errors: people read these, so no 'Input should be a valid integer'."""
     parts = []
     for e in list(errors)[:3]:
-        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")]
-        field_name = names.get(loc[-1], loc[-1]) if loc else "Request"
-        msg = str(e.get("msg", "is invalid"))
-        if e.get("type") in ("float_parsing", "float_type"):
-            msg = "must be a number" + {"lat": ", like 46.25", "lon": ", like -73.5"}.get(loc[-1] if loc else "", "")
-        elif e.get("type") == "missing":
+        kind = str(e.get("type", ""))
+        if kind == "json_invalid":
+            parts.append("The request body is not valid JSON")
+            continue
+        # Integer parts are list indexes (a JSON body that is not an object): they name nothing useful.
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path") and not isinstance(p, int)]
+        key = loc[-1] if loc else ""
+        field_name = _FIELD_NAMES.get(key, key) if key else "The request"
+        ctx = e.get("ctx") or {}
+        if kind in ("float_parsing", "float_type"):
+            msg = "must be a number" + {"lat": ", like 46.25", "lon": ", like -73.5"}.get(key, "")
+        elif kind in ("int_parsing", "int_type", "int_from_float"):
+            msg = "must be a whole number"
+        elif kind in ("bool_parsing", "bool_type"):
+            msg = "must be true or false"
+        elif kind == "missing":
             msg = "is missing"
+        elif kind == "extra_forbidden":
+            msg = "is not an expected field"
+            field_name = f"'{key}'"
+        elif kind in ("greater_than_equal", "greater_than"):
+            msg = f"must be at least {ctx.get('ge', ctx.get('gt'))}"
+        elif kind in ("less_than_equal", "less_than"):
+            msg = f"must be at most {ctx.get('le', ctx.get('lt'))}"
+        elif kind == "string_too_short":
+            msg = "must not be empty"
+        elif kind == "string_too_long":
+            msg = f"is too long (at most {ctx.get('max_length')} characters)"
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            msg = "must be a JSON object"
+        else:
+            msg = str(e.get("msg", "is invalid")).replace("Input should be", "must be")
         parts.append(f"{field_name} {msg}".strip())
     return ("; ".join(parts) + ".") if parts else "The request is invalid."
 
 
+def _bounds(region: Region) -> dict[str, float]:
+    return {"lat_min": region.lat_min, "lat_max": region.lat_max, "lon_min": region.lon_min, "lon_max": region.lon_max}
+
+
 # --- template filters ------------------------------------------------------------------------------------------
+def _g(x: float) -> str:
+    """A number as the error messages write it (45, 47.5), not 45.0."""
+    return f"{x:g}"
+
+
 def _pct(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{100 * x:.{digits}f}%"
 

@@ -56,7 +56,7 @@ window.Pyrocast = (function () {
     const champ = r.data.backends && r.data.backends.champion;
     if (r.data.gateway === "ok") {
       box.classList.add("up");
-      text.textContent = champ && champ.model ? "Live · model v" + champ.model.version : "Live";
+      text.textContent = champ && champ.model ? "Live · champion v" + champ.model.version : "Live";
       box.title = "The gateway and the champion model answer";
     } else {
       box.classList.add("degraded");

@@ -6,40 +6,60 @@
   const area = cfg.area;
   const $ = (id) => document.getElementById(id);
   const form = $("place-form"), latIn = $("lat"), lonIn = $("lon");
-  const errBox = $("predict-error"), busy = $("busy"), result = $("result");
-  let seq = 0; // answers to an older request are ignored
-  let current = null; // {request_id, label, ...} of the answer on screen
+  const errBox = $("predict-error"), busy = $("busy"), result = $("result"), panel = $("panel");
+  const tileImg = $("tile-img"), tileMissing = $("tile-missing");
+  const fbRight = $("fb-right"), fbWrong = $("fb-wrong"), fbMessage = $("fb-message");
+  const OUTSIDE_HINT = "Click on the map inside the outlined region, or type coordinates inside it.";
+  let seq = 0; // every new choice of place bumps it: answers to an older request are ignored
+  let current = null; // the answer on screen ({request_id, label, ...}); null while none or while a new one loads
   let heatUrl = null;
+  let lastClick = null; // {t, p} of the previous map click, to tell a double tap from two choices
 
   // --- the map ---------------------------------------------------------------------------------------------
-  const bounds = L.latLngBounds([area.lat_min, area.lon_min], [area.lat_max, area.lon_max]);
-  const padded = bounds.pad(0.15);
+  function box(r, pad) {
+    return L.latLngBounds([r.lat_min - pad, r.lon_min - pad], [r.lat_max + pad, r.lon_max + pad]);
+  }
+  const bounds = box(area, 0);
+  // The server renders tiles within tile_margin_deg of the region and refuses the rest (404). Asking a hair
+  // less keeps a tile whose edge lands on the limit (rounding differs between Leaflet and the server) out.
+  const tileBounds = cfg.tile_region ? box(cfg.tile_region, cfg.tile_margin_deg - 1e-6) : null;
+  const viewBounds = tileBounds || box(area, cfg.tile_margin_deg);
   const map = L.map("map", {
     minZoom: cfg.min_zoom,
     maxZoom: cfg.max_zoom,
-    maxBounds: padded,
+    maxBounds: viewBounds,
     maxBoundsViscosity: 0.9,
     zoomSnap: 1,
   });
-  L.tileLayer(cfg.tiles, {
+  const tileOptions = {
     minZoom: cfg.min_zoom,
     maxZoom: cfg.max_zoom,
-    bounds: padded,
     attribution: cfg.synthetic_tiles ? "Synthetic imagery · Pyrocast" : "Imagery: configured tile server",
-  }).addTo(map);
+  };
+  if (tileBounds) tileOptions.bounds = tileBounds;
+  L.tileLayer(cfg.tiles, tileOptions).addTo(map);
   L.rectangle(bounds, { color: "#f97316", weight: 2, fill: false, dashArray: "6 6", interactive: false }).addTo(map);
   map.fitBounds(bounds);
   let marker = null;
 
   map.on("click", function (e) {
+    // A double-click zooms; it is not a second choice of place. The browser numbers the clicks of one gesture
+    // (detail 2, 3, ...), so the first click still answers at once, without waiting to see if a second follows.
+    const ev = e.originalEvent || {};
+    const now = Date.now();
+    const again = lastClick && now - lastClick.t < 400 && e.containerPoint.distanceTo(lastClick.p) < 12;
+    lastClick = { t: now, p: e.containerPoint };
+    // Some touch browsers report every tap as detail 1 (Leaflet then simulates the double tap): a second tap
+    // at the same spot right after the first is the same gesture.
+    if (ev.detail > 1 || again) return;
     latIn.value = e.latlng.lat.toFixed(5);
     lonIn.value = e.latlng.lng.toFixed(5);
-    predict();
+    predict(false);
   });
 
   form.addEventListener("submit", function (e) {
     e.preventDefault();
-    predict();
+    predict(true);
   });
 
   // --- validation (the server checks the same rules) -------------------------------------------------------
@@ -91,36 +111,78 @@
   }
 
   // --- prediction ------------------------------------------------------------------------------------------
-  async function predict() {
+  function setBusy(on) {
+    // The Predict button stays enabled: a new place (typed + Enter, or a click) replaces the pending request.
+    busy.hidden = !on;
+    panel.setAttribute("aria-busy", on ? "true" : "false");
+  }
+
+  function hideAnswer() {
+    current = null;
+    result.hidden = true;
+    result.classList.remove("stale");
+  }
+
+  function placeMarker(lat, lon) {
+    if (marker) marker.setLatLng([lat, lon]);
+    else marker = L.circleMarker([lat, lon], { radius: 8, color: "#111827", weight: 2, fillColor: "#f97316", fillOpacity: 0.9 }).addTo(map);
+  }
+
+  async function predict(typed) {
     clearError();
     const v = validate();
     if (v.error) {
+      // This place replaces whatever was asked before: drop the pending answer and the one on screen, so an
+      // answer for an older place never sits next to (or arrives under) the error for the newer one.
+      ++seq;
+      setBusy(false);
+      hideAnswer();
+      if (marker) {
+        marker.remove();
+        marker = null;
+      }
       v.field.setAttribute("aria-invalid", "true");
-      showError(v.error, "Click on the map inside the outlined region, or type coordinates inside it.");
+      showError(v.error, OUTSIDE_HINT);
+      // Typed input: take the person to the field to fix. A map click outside the region has nothing to type
+      // (and focusing an input would open the keyboard on a phone).
+      if (typed) v.field.focus();
       return;
     }
     const mine = ++seq;
-    if (marker) marker.setLatLng([v.lat, v.lon]);
-    else marker = L.circleMarker([v.lat, v.lon], { radius: 8, color: "#111827", weight: 2, fillColor: "#f97316", fillOpacity: 0.9 }).addTo(map);
-    busy.hidden = false;
-    $("predict-btn").disabled = true;
+    placeMarker(v.lat, v.lon);
+    if (typed && !map.getBounds().contains([v.lat, v.lon])) map.panTo([v.lat, v.lon]);
+    setBusy(true);
+    if (!result.hidden) {
+      // The old answer stays visible but greyed, and cannot be judged any more: feedback would go to it
+      // while the person is looking at the new place.
+      current = null;
+      result.classList.add("stale");
+      fbRight.disabled = true;
+      fbWrong.disabled = true;
+    }
     const r = await Pyrocast.api("POST", "/api/predict", { lat: v.lat, lon: v.lon });
     if (mine !== seq) return;
-    busy.hidden = true;
-    $("predict-btn").disabled = false;
+    setBusy(false);
     if (!r.ok) {
-      result.hidden = true;
+      hideAnswer();
       showError(r.error, r.hint);
       Pyrocast.refreshStatus();
       return;
     }
-    show(r.data, v.lat, v.lon);
+    try {
+      show(r.data, v.lat, v.lon);
+    } catch (e) {
+      // A 200 of an unexpected shape (a proxy in the way, a newer gateway): say so rather than fail silently.
+      hideAnswer();
+      showError("The prediction service gave an answer this page cannot read.", "Try again; if it persists, check the gateway's version.");
+      return;
+    }
     explain(mine, v.lat, v.lon, r.data.model.version);
   }
 
   function show(d, lat, lon) {
-    current = d;
     const fire = d.label === "wildfire";
+    const other = fire ? "nowildfire" : "wildfire";
     const badge = $("label-badge");
     badge.textContent = fire ? "wildfire" : "nowildfire";
     badge.className = "badge " + (fire ? "fire" : "safe");
@@ -133,7 +195,9 @@
     $("latency").textContent = Pyrocast.fmtMs(d.latency_ms);
     $("place").textContent = lat.toFixed(5) + ", " + lon.toFixed(5);
     $("request-id").textContent = d.request_id;
-    $("tile-img").src = "/api/tile?lat=" + encodeURIComponent(lat) + "&lon=" + encodeURIComponent(lon);
+    tileImg.hidden = false;
+    tileMissing.hidden = true;
+    tileImg.src = "/api/tile?lat=" + encodeURIComponent(lat) + "&lon=" + encodeURIComponent(lon);
     // A fresh answer: reset the heatmap and the feedback controls.
     const heat = $("heat-img");
     heat.hidden = true;
@@ -142,14 +206,34 @@
     heatUrl = null;
     $("heat-toggle").checked = false;
     $("heat-toggle").disabled = true;
+    $("heat-legend").hidden = true;
     $("heat-state").textContent = "computing heatmap…";
-    $("fb-right").disabled = false;
-    $("fb-wrong").disabled = false;
-    $("fb-label").value = "";
-    $("fb-message").textContent = "";
-    $("fb-message").className = "small";
+    // The labels are two: "wrong" says which one the place is, so there is nothing else to ask.
+    $("fb-explain").textContent = "Right: the place is " + d.label + ". Wrong: the place is " + other + ".";
+    fbRight.disabled = false;
+    fbWrong.disabled = false;
+    fbMessage.textContent = "";
+    fbMessage.className = "small";
+    current = d;
+    result.classList.remove("stale");
     result.hidden = false;
+    revealOnPhone();
   }
+
+  function revealOnPhone() {
+    // One column below 900 px: the answer starts under the map, out of sight after a tap.
+    if (!window.matchMedia("(max-width: 900px)").matches) return;
+    if (result.getBoundingClientRect().top < window.innerHeight * 0.6) return;
+    const still = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+    result.scrollIntoView({ block: "start", behavior: still ? "auto" : "smooth" });
+  }
+
+  // A tile the gateway cannot give becomes a short note, as on the feedback page, not a broken image.
+  tileImg.addEventListener("error", function () {
+    if (!tileImg.getAttribute("src")) return;
+    tileImg.hidden = true;
+    tileMissing.hidden = false;
+  });
 
   async function explain(mine, lat, lon, version) {
     let resp;
@@ -183,32 +267,33 @@
 
   $("heat-toggle").addEventListener("change", function () {
     $("heat-img").hidden = !this.checked;
+    $("heat-legend").hidden = !this.checked;
   });
 
   // --- feedback --------------------------------------------------------------------------------------------
   async function sendFeedback(correct) {
-    if (!current) return;
-    const body = { request_id: current.request_id, correct: correct };
-    const label = $("fb-label").value;
-    if (label) body.label = label;
-    const msg = $("fb-message");
-    $("fb-right").disabled = true;
-    $("fb-wrong").disabled = true;
-    msg.className = "small";
-    msg.textContent = "Saving…";
-    const r = await Pyrocast.api("POST", "/api/feedback", body);
+    const answer = current;
+    if (!answer) return;
+    fbRight.disabled = true;
+    fbWrong.disabled = true;
+    fbMessage.className = "small";
+    fbMessage.textContent = "Saving…";
+    // Only the verdict: with two labels the gateway derives the true label from it, so the two cannot disagree.
+    const r = await Pyrocast.api("POST", "/api/feedback", { request_id: answer.request_id, correct: correct });
+    // Another answer (or none) is on screen now: this confirmation belongs to the one it was sent for.
+    if (current !== answer) return;
     if (!r.ok) {
-      msg.className = "small error-text";
-      msg.textContent = r.error + (r.hint ? " " + r.hint : "");
-      $("fb-right").disabled = false;
-      $("fb-wrong").disabled = false;
+      fbMessage.className = "small error-text";
+      fbMessage.textContent = r.error + (r.hint ? " " + r.hint : "");
+      fbRight.disabled = false;
+      fbWrong.disabled = false;
       return;
     }
-    msg.className = "small ok-text";
-    msg.textContent = "Thanks, saved: the answer was " + (r.data.correct ? "right" : "wrong") +
-      " (true label: " + r.data.true_label + ").";
+    fbMessage.className = "small ok-text";
+    fbMessage.textContent = "Thanks, saved: the answer was " + (r.data.correct ? "right" : "wrong") +
+      ", so this place is recorded as " + r.data.true_label + ".";
   }
 
-  $("fb-right").addEventListener("click", function () { sendFeedback(true); });
-  $("fb-wrong").addEventListener("click", function () { sendFeedback(false); });
+  fbRight.addEventListener("click", function () { sendFeedback(true); });
+  fbWrong.addEventListener("click", function () { sendFeedback(false); });
 })();
