@@ -122,6 +122,24 @@ def test_replay_refuses_what_it_cannot_do(stack: ServingStack, tmp_path) -> None
         run_replay(s, gateway=f"http://127.0.0.1:{free_port()}")
 
 
+def test_shadow_replay_reports_the_challengers_accuracy_on_the_copies(stack: ServingStack) -> None:
+    stack.set_rollout("shadow", {"sample": 1.0})
+    try:
+        result = run_replay(stack.settings, rate=50, duration_s=60, users=4, concurrency=4)
+    finally:
+        stack.set_rollout("champion", {"reason": "shadow replay done"})
+    assert result.errors == 0 and {o.variant for o in result.outcomes} == {"champion"}
+    groups = {(g.model_version, g.variant): g for g in result.groups}
+    assert set(groups) == {("1", "champion"), ("2", "shadow")}
+    # v2 says nowildfire to everything: its shadow accuracy is the share of such tiles among those it answered.
+    shadow = groups[("2", "shadow")]
+    assert shadow.n >= N_TEST - 2, shadow  # a copy still in flight at the end may be missing
+    truth = [o.true_label for o in result.outcomes]
+    assert shadow.accuracy == pytest.approx(truth.count("nowildfire") / len(truth), abs=2 / N_TEST)
+    assert shadow.p50_ms is None  # no client round trip to report
+    assert [g.variant for g in result.versions] == ["all"] and result.versions[0].model_version == "1"
+
+
 def test_replay_command_prints_json(stack: ServingStack) -> None:
     res = CliRunner().invoke(
         app,

@@ -4,7 +4,8 @@ Each tile is a request from one of `users` simulated clients (client ids `replay
 test or canary assigns them stickily), paced at `rate` requests per second with at most `concurrency` in
 flight, for at most `duration` seconds. After each answer the tile's true label goes back to the gateway as
 delayed ground truth (`POST /v1/feedback` with `source: "replay"`, stored apart from users' verdicts). The
-run ends with live accuracy per model version and variant, errors and latency percentiles.
+run ends with live accuracy per model version and variant, errors and latency percentiles; under shadow
+traffic, also the challenger's accuracy on the copies it answered (read back from the prediction store).
 
 Only 127.0.0.1 is ever contacted (see `gateway.gateway_url`), and never with training tiles: the labels
 replay sends back feed live accuracy, which tiles the model was fitted on would inflate.
@@ -156,7 +157,7 @@ class ReplayResult:
             t.add_column(col, justify="left" if col in ("model version", "variant") else "right")
         for g in self.groups:
             t.add_row(*_row(g))
-        if len(self.groups) > len(self.versions):
+        if sum(g.variant != "shadow" for g in self.groups) > len(self.versions):  # a version answered as several
             for g in self.versions:
                 t.add_row(*_row(g), style="bold")
         console.print(t)
@@ -370,6 +371,7 @@ def run_replay(
     url = gateway_url(settings, gateway)
     tiles = pick_tiles(settings, split, limit, seed)
     check_gateway(url)
+    mode = rollout_mode(url)
     planned = min(len(tiles), max(1, int(rate * duration_s + 0.999)))
     tiles = tiles[:planned]
     if on_start is not None:
@@ -396,6 +398,49 @@ def run_replay(
     except KeyboardInterrupt:
         elapsed = time.monotonic() - t0
     result = ReplayResult(url, split, by, planned, outcomes, elapsed, rate, stopped)
-    result.groups = accuracy_groups(outcomes, by_variant=True)
+    # In shadow mode the challenger answered copies nobody saw: their accuracy is what shadow traffic is for.
+    shadow = shadow_outcomes(url, outcomes, timeout_s) if mode == "shadow" else []
+    result.groups = accuracy_groups(outcomes + shadow, by_variant=True)
     result.versions = accuracy_groups(outcomes, by_variant=False)
     return result
+
+
+def rollout_mode(url: str, timeout_s: float = 10.0) -> str | None:
+    """The gateway's rollout mode (champion, ab, canary, shadow), or None when it cannot be read."""
+    try:
+        return str(httpx.get(f"{url}/v1/rollout", timeout=timeout_s, trust_env=False).json()["mode"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
+def shadow_outcomes(url: str, outcomes: list[Outcome], timeout_s: float = 30.0) -> list[Outcome]:
+    """The challenger's shadow answers to the replayed requests, read back from the prediction store.
+
+    Their latency is left out: it is the model call's, not a client's round trip like the served answers'.
+    Copies still in flight or dropped under load are simply missing (n says how many were compared).
+    """
+    out = []
+    with httpx.Client(base_url=url, timeout=timeout_s, trust_env=False) as client:
+        for o in outcomes:
+            if not (o.ok and o.request_id):
+                continue
+            try:
+                rows = client.get(f"/v1/predictions/{o.request_id}").json()
+            except (httpx.HTTPError, ValueError):
+                continue
+            for row in rows if isinstance(rows, list) else []:
+                if row.get("variant") == "shadow" and row.get("label") and row.get("model_version"):
+                    out.append(
+                        Outcome(
+                            tile=o.tile,
+                            client_id=o.client_id,
+                            true_label=o.true_label,
+                            ok=True,
+                            label=str(row["label"]),
+                            probability=row.get("probability"),
+                            request_id=o.request_id,
+                            variant="shadow",
+                            model_version=str(row["model_version"]),
+                        )
+                    )
+    return out
