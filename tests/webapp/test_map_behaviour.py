@@ -334,3 +334,21 @@ def test_missing_tile_shows_a_note_not_a_broken_image(live: Live, tab: Tab) -> N
     wait_js(page, "document.getElementById('tile-img').naturalWidth > 0", 15)
     assert page.locator("#tile-img").is_visible() and page.locator("#tile-missing").is_hidden()
     tab.assert_clean(allow=lambda e: "status of 503" in e)
+
+
+def test_the_address_names_the_place_so_a_reload_or_a_link_shows_it_again(live: Live, tab: Tab) -> None:
+    page = tab.page
+    page.goto(live.url + f"/?lat={B[0]}&lon={B[1]}")
+    until(page, lambda: page.locator("#result").is_visible(), 30, "the linked place's answer")
+    assert page.inner_text("#place").strip() == f"{B[0]:.5f}, {B[1]:.5f}"
+    ask(page, *A)
+    assert page.url.endswith(f"/?lat={A[0]:.5f}&lon={A[1]:.5f}"), page.url
+    page.reload()
+    until(page, lambda: page.locator("#result").is_visible(), 30, "the answer after a reload")
+    assert page.inner_text("#place").strip() == f"{A[0]:.5f}, {A[1]:.5f}"
+    # The link, the typed place, the reload: one prediction each (the store writes in the background).
+    wait_for(lambda: len(web_rows(live, tab)) >= 3, timeout=20, what="three stored predictions")
+    assert len(web_rows(live, tab)) == 3
+    page.goto(live.url + "/?lat=91&lon=-73")  # a bad link is an error like a bad typed place
+    until(page, lambda: page.locator("#predict-error").is_visible(), 10, "the error for latitude 91")
+    assert "not on Earth" in page.inner_text("#predict-error")

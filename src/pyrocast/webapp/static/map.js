@@ -171,6 +171,8 @@
     }
     try {
       show(r.data, v.lat, v.lon);
+      // The place in the address: a reload shows it again and the link can be shared.
+      history.replaceState(null, "", "?lat=" + v.lat.toFixed(5) + "&lon=" + v.lon.toFixed(5));
     } catch (e) {
       // A 200 of an unexpected shape (a proxy in the way, a newer gateway): say so rather than fail silently.
       hideAnswer();
@@ -292,6 +294,14 @@
     fbMessage.className = "small ok-text";
     fbMessage.textContent = "Thanks, saved: the answer was " + (r.data.correct ? "right" : "wrong") +
       ", so this place is recorded as " + r.data.true_label + ".";
+  }
+
+  // A link to a place (/?lat=..&lon=..) opens with its answer, checked like typed coordinates.
+  const linked = new URLSearchParams(window.location.search);
+  if (linked.has("lat") || linked.has("lon")) {
+    latIn.value = linked.get("lat") || "";
+    lonIn.value = linked.get("lon") || "";
+    predict(true);
   }
 
   fbRight.addEventListener("click", function () { sendFeedback(true); });
