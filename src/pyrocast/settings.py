@@ -82,6 +82,9 @@ class MlflowSettings(BaseModel):
     model_name: str = "pyrocast-wildfire"
     experiment: str = "pyrocast"
     port: int = 5000
+    # Where people open the MLflow UI from their browsers (a proxy, another host name); None: the tracking
+    # server when it is one, else the UI `pyrocast up` starts on serving.host.
+    ui_url: str | None = None
 
 
 class ServingSettings(BaseModel):

@@ -254,6 +254,12 @@ def test_models_page_lists_registry_versions_with_metrics_and_mlflow_links(setti
     assert "challenger" in rows[0] and "94.0%" in rows[0] and "0.930" in rows[0]
     assert "champion" in rows[1] and "91.0%" in rows[1] and ">120<" in rows[1]
     assert f"http://127.0.0.1:{settings.mlflow.port}/#/models/{settings.mlflow.model_name}/versions/1" in rows[1]
+    # Seen from other machines: the links follow mlflow.ui_url.
+    settings.mlflow.ui_url = "https://mlflow.example.org/"
+    with TestClient(create_app(settings, gateway=f"http://127.0.0.1:{free_port()}")) as c:
+        page = c.get("/models").text
+    assert f"https://mlflow.example.org/#/models/{settings.mlflow.model_name}/versions/1" in page
+    assert f"127.0.0.1:{settings.mlflow.port}" not in page
 
 
 def test_unreadable_prediction_store_is_reported_not_crashed(settings: Settings) -> None:

@@ -162,13 +162,16 @@ def store_error(settings: Settings, exc: BaseException) -> ServiceUnavailableErr
 
 
 def mlflow_ui_url(settings: Settings) -> str:
-    """Where people open MLflow: the tracking server itself, or the UI `pyrocast up` starts."""
+    """Where people open MLflow: `mlflow.ui_url` if set, else the tracking server, else the UI `pyrocast up`
+    starts (on serving.host: a link to 127.0.0.1 only works on this machine, hence the setting)."""
+    if settings.mlflow.ui_url:
+        return settings.mlflow.ui_url.rstrip("/")
     uri = settings.mlflow_tracking_uri
     if uri.startswith(("http://", "https://")):
         from pyrocast.registry.mlflow_store import redact
 
         return redact(uri).rstrip("/")
-    return f"http://127.0.0.1:{settings.mlflow.port}"
+    return f"http://{settings.serving.host}:{settings.mlflow.port}"
 
 
 def registry_snapshot(settings: Settings) -> dict[str, Any]:
