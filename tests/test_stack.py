@@ -7,6 +7,7 @@ and checks that no process of any service group survives and that every port is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -148,6 +149,39 @@ def test_a_second_up_is_refused_and_leftovers_of_a_killed_one_are_stopped(settin
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_the_next_up_stops_workers_whose_leader_died_with_the_killed_up(settings: Settings) -> None:
+    """`pyrocast up` and a service's leader both SIGKILLed: the service's worker (a session of its own, now a child
+    of init) kept its port, and every later `up` refused to start. The next `up` finds it by its tag."""
+    from tests.serving.test_procs import LEADER
+
+    port = free_port()
+    svc = procs.start_process(
+        "champion",
+        [sys.executable, "-c", LEADER, str(port)],
+        url=f"http://127.0.0.1:{port}",
+        health_path="/",
+        log_path=settings.root / "logs" / "champion.log",
+        timeout=30,
+    )
+    worker = svc.descendants()[0]
+    os.kill(svc.pid, signal.SIGKILL)
+    svc.proc.wait(5)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    path = settings.root / STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    leader = {"pid": svc.pid, "tag": svc.tag, "create_time": 0.0}
+    path.write_text(json.dumps({"pid": gone.pid, "create_time": 0.0, "services": {"champion": leader}}))
+    try:
+        assert port_in_use("127.0.0.1", port)
+        claim_state(settings)
+        assert not worker.is_running() and not port_in_use("127.0.0.1", port)
+        assert not path.exists()
+    finally:
+        with contextlib.suppress(psutil.Error):
+            worker.kill()
 
 
 def test_plan_needs_a_champion_and_follows_the_registry_and_settings(settings: Settings, tmp_path: Path) -> None:

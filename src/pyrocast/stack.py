@@ -49,6 +49,7 @@ from pyrocast.serving import procs
 from pyrocast.settings import Settings
 
 STATE_FILE = Path("run") / "stack.json"
+LEFTOVER_GRACE_S = 20.0  # for a killed `up`'s services to stop on SIGTERM (the gateway drains its store queue)
 START_TIMEOUT_S = 180.0  # BentoML + ONNX Runtime + a registry download, on a busy 2-core machine
 POLL_S = 0.5
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -254,6 +255,8 @@ class Stack:
                     list(pool.map(_stop_quietly, batch))
         groups = [s.proc.pid for s in self.services if s.proc is not None]
         killed = kill_groups(groups)
+        # Workers whose leader died before the stop (a crash, SIGKILL) are outside every group and tree.
+        killed += procs.stop_tagged([s.proc.tag for s in self.services if s.proc is not None], grace=5)
         clear_state(self.settings)
         return killed
 
@@ -282,6 +285,7 @@ class Stack:
             with contextlib.suppress(psutil.Error):
                 services[s.name] = {
                     "pid": s.proc.pid,
+                    "tag": s.proc.tag,  # finds its workers even once the leader is gone (procs.tagged)
                     "create_time": psutil.Process(s.proc.pid).create_time(),
                     "url": s.url,
                     "log": str(s.proc.log_path),
@@ -419,11 +423,15 @@ def claim_state(settings: Settings) -> None:
             f"pyrocast up is already running on {settings.root} (pid {owner})",
             "stop it with Ctrl-C in its terminal (or `kill -INT <pid>`), or use another --data-dir",
         )
-    stale = [int(s["pid"]) for s in state.get("services", {}).values() if _alive(int(s["pid"]), s.get("create_time"))]
-    if stale:
-        killed = kill_groups(stale)
+    services = state.get("services", {}).values()
+    # SIGTERM first, with time to act on it: a gateway left running writes (or spills) the predictions it holds.
+    stopped = procs.stop_tagged([str(s.get("tag", "")) for s in services], grace=LEFTOVER_GRACE_S)
+    stale = [int(s["pid"]) for s in services if _alive(int(s["pid"]), s.get("create_time"))]
+    stopped += kill_groups(stale)  # a state file written before services were tagged
+    if stopped:
         Console(stderr=True).print(
-            f"[yellow]stopped {len(killed)} process(es) left by an earlier `pyrocast up` that did not stop cleanly[/]"
+            f"[yellow]stopped {len(set(stopped))} process(es) left by an earlier `pyrocast up` that did not stop "
+            "cleanly[/]"
         )
     path.unlink(missing_ok=True)
 

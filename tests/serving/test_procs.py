@@ -46,6 +46,60 @@ def test_stop_sweeps_workers_outside_the_process_group(tmp_path: Path) -> None:
     assert not port_in_use("127.0.0.1", port)
 
 
+def _gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_stop_finds_workers_whose_leader_was_killed(tmp_path: Path) -> None:
+    """A crashed (SIGKILLed) leader leaves its worker re-parented to init, in a session of its own: neither
+    the tree nor the group finds it any more; the tag in its environment does."""
+    import os
+    import signal
+
+    port = free_port()
+    svc = procs.start_process(
+        "toy",
+        [sys.executable, "-c", LEADER, str(port)],
+        url=f"http://127.0.0.1:{port}",
+        health_path="/",
+        log_path=tmp_path / "toy.log",
+        timeout=30,
+    )
+    worker = svc.descendants()[0].pid
+    os.kill(svc.pid, signal.SIGKILL)
+    svc.proc.wait(5)
+    assert not _gone(worker) and port_in_use("127.0.0.1", port)  # the leftover the review found
+    assert [p.pid for p in procs.tagged([svc.tag])] == [worker]
+    svc.stop(timeout=5)
+    assert _gone(worker) and not port_in_use("127.0.0.1", port)
+
+
+def test_leftovers_get_sigterm_and_time_before_sigkill(tmp_path: Path) -> None:
+    """What a killed `pyrocast up` left is asked to stop first: a gateway then writes what it holds."""
+    port = free_port()
+    done = tmp_path / "drained"
+    trap = textwrap.dedent(
+        f"""
+        import signal, sys, time, http.server, threading
+        def bye(*_):
+            time.sleep(0.5)  # draining takes a moment
+            open({str(done)!r}, "w").write("ok")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, bye)
+        srv = http.server.HTTPServer(("127.0.0.1", {port}), http.server.SimpleHTTPRequestHandler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        while True:
+            time.sleep(0.1)
+        """
+    )
+    svc = procs.start_process(
+        "gw", [sys.executable, "-c", trap], url=f"http://127.0.0.1:{port}", health_path="/", log_path=tmp_path / "g.log"
+    )
+    assert procs.stop_tagged([svc.tag], grace=10) == [svc.pid]
+    assert done.read_text() == "ok" and not port_in_use("127.0.0.1", port)
+    svc.proc.wait(5)
+
+
 def test_a_service_that_dies_reports_its_log(tmp_path: Path) -> None:
     port = free_port()
     with pytest.raises(ServiceUnavailableError, match="exited with code 3") as info:

@@ -2,7 +2,8 @@
 
 Used by the tests, the benchmark and `pyrocast up`. Each service runs in its own session (process group);
 stopping it signals the group and then sweeps every process of its tree, because BentoML's arbiter starts its
-workers in sessions of their own: nothing is left behind. Output goes to a log file under the data directory
+workers in sessions of their own, and every process carrying the service's tag (an environment variable its
+workers inherit), because a worker whose leader was killed has left the tree: nothing is left behind. Output goes to a log file under the data directory
 (`logs/<name>.log`), shown in the error when a service does not come up.
 
 Each service we start gets a temporary directory of its own under the data directory (`tmp/<name>-<port>`, as
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,7 @@ class ServiceProcess:
     cmd: list[str] = field(default_factory=list)
     tmp_dir: Path | None = None  # the service's TMPDIR, removed by stop()
     log_offset: int = 0  # where this run's output starts in the (appended) log
+    tag: str = ""  # PROCESS_TAG in the environment of every process of this service (see tagged)
 
     @property
     def pid(self) -> int:
@@ -72,11 +75,15 @@ class ServiceProcess:
             return False
 
     def descendants(self) -> list[psutil.Process]:
-        """Every process the service forked, however deep (BentoML workers live in sessions of their own)."""
+        """Every process the service forked, however deep (BentoML workers live in sessions of their own),
+        found by its tree and by its tag: a worker whose leader was killed (SIGKILL, a crash) has left the tree
+        (it belongs to init now) but still carries the tag in its environment."""
         try:
-            return psutil.Process(self.proc.pid).children(recursive=True)
+            tree = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.Error:
-            return []
+            tree = []
+        pids = {p.pid for p in tree} | {self.proc.pid}
+        return tree + [p for p in tagged([self.tag]) if p.pid not in pids]
 
     def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int | None:
         """Signal the process group, wait, then SIGKILL every process of the tree still alive; returns the exit code.
@@ -97,6 +104,7 @@ class ServiceProcess:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         # Workers the leader did not take down with it: ask, then insist.
+        tree += [p for p in tagged([self.tag]) if p not in tree]  # forked while we were stopping
         _, alive = psutil.wait_procs(tree, timeout=0.5)
         _signal_all(alive, sig)
         _, alive = psutil.wait_procs(alive, timeout=5 if sig != signal.SIGKILL else 1)
@@ -158,6 +166,43 @@ class ServiceProcess:
         self.stop()
 
 
+PROCESS_TAG = "PYROCAST_PROCESS_TAG"
+
+
+def tagged(tags: list[str]) -> list[psutil.Process]:
+    """Live processes (zombies aside) whose environment carries one of `tags` as PROCESS_TAG.
+
+    Every service starts with a tag of its own that its workers inherit, wherever they are re-parented: the one
+    handle on them that survives the death of the process that started them (or of `pyrocast up` itself).
+    """
+    wanted = {t for t in tags if t}
+    found: list[psutil.Process] = []
+    if not wanted:
+        return found
+    me = os.getpid()
+    for p in psutil.process_iter(["pid", "status"]):
+        if p.pid == me or p.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        with contextlib.suppress(psutil.Error, OSError):
+            if p.environ().get(PROCESS_TAG) in wanted:
+                found.append(p)
+    return found
+
+
+def stop_tagged(tags: list[str], grace: float = 20.0) -> list[int]:
+    """SIGTERM every process carrying one of `tags`, SIGKILL those still there after `grace` seconds.
+
+    The grace matters for a gateway left running by a killed `pyrocast up`: on SIGTERM it writes (or spills)
+    the predictions it still holds; SIGKILL alone lost them. Returns the pids that were found.
+    """
+    found = tagged(tags)
+    _signal_all(found, signal.SIGTERM)
+    _, alive = psutil.wait_procs(found, timeout=grace)
+    _signal_all(alive, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=5)
+    return [p.pid for p in found]
+
+
 def _signal_all(processes: list[psutil.Process], sig: int) -> None:
     for p in processes:
         with contextlib.suppress(psutil.Error):
@@ -195,7 +240,8 @@ def start_process(
     log_offset = log_path.stat().st_size if log_path.exists() else 0
     # Inherited PYROCAST_<SECTION>__* variables would override the JSON sections that settings_env passes.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(_NESTED_PREFIXES)}
-    full_env = {**inherited, **(env or {})}
+    tag = f"{name}-{uuid.uuid4().hex}"
+    full_env = {**inherited, **(env or {}), PROCESS_TAG: tag}
     if tmp_dir is not None:
         # The port was free, so no live service of this name and port still uses a folder left by a crash.
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -211,7 +257,7 @@ def start_process(
             cwd=str(cwd) if cwd else None,
             start_new_session=True,
         )
-    svc = ServiceProcess(name, proc, url, log_path, health_path, list(cmd), tmp_dir, log_offset)
+    svc = ServiceProcess(name, proc, url, log_path, health_path, list(cmd), tmp_dir, log_offset, tag)
     if wait:
         svc.wait_healthy(timeout)
     return svc
