@@ -22,3 +22,22 @@ class HeldOutAccessError(PyrocastError):
 
 class ServiceUnavailableError(PyrocastError):
     """A server we depend on (MLflow, a model service, a tile server) does not answer."""
+
+
+# What to do when the file system refuses a write, by errno (the message names the path).
+_DISK_HINTS = {
+    30: "the file system is read-only: choose a writable data directory (--data-dir or PYROCAST_DATA_DIR)",
+    13: "no permission to write there: choose a data directory you own (--data-dir or PYROCAST_DATA_DIR)",
+    1: "no permission to write there: choose a data directory you own (--data-dir or PYROCAST_DATA_DIR)",
+    28: "the disk is full: free some space (or choose a data directory on another disk), then run it again",
+    122: "the disk quota is used up: free some space, then run it again",
+}
+
+
+def disk_error(exc: OSError) -> PyrocastError | None:
+    """A clear error for a write the file system refused (read-only, no permission, full), else None."""
+    hint = _DISK_HINTS.get(exc.errno or 0)
+    if hint is None:
+        return None
+    where = f" {exc.filename}" if exc.filename else ""
+    return PyrocastError(f"cannot write{where}: {exc.strerror or exc}", hint)

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from pyrocast.cli import data as data_cli
-from pyrocast.errors import PyrocastError
+from pyrocast.errors import PyrocastError, disk_error
 
 app = typer.Typer(
     name="pyrocast",
@@ -31,11 +31,17 @@ err = Console(stderr=True)
 
 
 def main() -> None:
-    """Run the CLI; a PyrocastError becomes one red line and exit code 1."""
+    """Run the CLI; a PyrocastError (or a write the disk refused) becomes one red line and exit code 1."""
     try:
         app()
     except PyrocastError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except OSError as exc:  # a read-only or full disk is the machine's state, not a bug: say what to do
+        clear = disk_error(exc)
+        if clear is None:
+            raise
+        err.print(f"[red]error:[/red] {clear}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")
