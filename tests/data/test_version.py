@@ -97,6 +97,19 @@ def test_local_remote_round_trip_and_history(settings: Settings) -> None:
     assert v1 != v2
 
 
+def test_a_data_directory_named_in_any_language_versions_and_pulls(tmp_path: Path) -> None:
+    """DVC writes its config as ASCII: a remote under "données" failed at `remote add` (demo and `data version`)."""
+    settings = Settings(data_dir=tmp_path / "données incendie")
+    settings.ensure_dirs()
+    make_dataset(settings, 6)
+    first = record_version(settings, push=True).details["version"]
+    assert first["pushed"] and first["remote"] == str(settings.root / "dvc-remote")
+    v1 = snapshot(settings.dataset_dir)
+    forget_local_data(settings)
+    pull_version(settings, first["id"])
+    assert snapshot(settings.dataset_dir) == v1
+
+
 def test_s3_remote_round_trip_on_moto(settings: Settings, moto_server, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     for k, v in moto_server.env.items():
         monkeypatch.setenv(k, v)

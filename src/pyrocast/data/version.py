@@ -132,12 +132,28 @@ def _configure_remote(settings: Settings) -> str:
     if "://" not in url:
         Path(url).mkdir(parents=True, exist_ok=True)
     endpoint = settings.dvc.s3_endpoint_url if url.startswith("s3://") else None
-    if _configured_remote(settings) == (url, endpoint):
+    given, stored = _as_configured(settings, url)
+    if _configured_remote(settings) == (stored, endpoint):
         return url  # each DVC call costs about a second: skip the ones that would change nothing
-    _dvc(settings, "remote", "add", "--force", "--default", REMOTE_NAME, url, what="remote add")
+    _dvc(settings, "remote", "add", "--force", "--default", REMOTE_NAME, given, what="remote add")
     if endpoint:
         _dvc(settings, "remote", "modify", REMOTE_NAME, "endpointurl", endpoint, what="remote modify")
     return url
+
+
+def _as_configured(settings: Settings, url: str) -> tuple[str, str]:
+    """How to give DVC the remote, and how its config then records it.
+
+    A local remote inside the data directory is given relative to it (DVC records it relative to .dvc/): DVC
+    writes its config as ASCII, so an absolute path through a directory named "données" failed, and a relative
+    one also survives moving the data directory.
+    """
+    if "://" in url:
+        return url, url
+    path, root = Path(url).resolve(), settings.root.resolve()
+    if not path.is_relative_to(root):
+        return url, url
+    return os.path.relpath(path, root), os.path.relpath(path, root / ".dvc")
 
 
 def _configured_remote(settings: Settings) -> tuple[str, str | None] | None:
