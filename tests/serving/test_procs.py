@@ -113,6 +113,22 @@ def test_a_service_that_dies_reports_its_log(tmp_path: Path) -> None:
     assert "model bundle is missing" in str(info.value)
 
 
+def test_the_log_shown_is_this_runs_own(tmp_path: Path) -> None:
+    """Logs are appended to: the end shown when a service fails must not be an earlier run's."""
+    log = tmp_path / "broken.log"
+    log.write_text("an earlier run: all fine\n")
+    port = free_port()
+    with pytest.raises(ServiceUnavailableError) as info:
+        procs.start_process(
+            "broken",
+            [sys.executable, "-c", "import sys; print('this run failed'); sys.exit(3)"],
+            url=f"http://127.0.0.1:{port}",
+            log_path=log,
+            timeout=30,
+        )
+    assert "this run failed" in str(info.value) and "earlier run" not in str(info.value)
+
+
 def test_a_busy_port_is_refused_before_starting(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

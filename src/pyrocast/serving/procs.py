@@ -154,10 +154,14 @@ class ServiceProcess:
         return errors[-1].strip() if errors else "its application startup failed"
 
     def log_tail(self, lines: int = 30) -> str:
+        """The last lines this run wrote (the log is appended to: earlier runs' lines would mislead)."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                text = f.read().decode(errors="replace")
         except OSError:
             return ""
+        return "\n".join(text.splitlines()[-lines:])
 
     def __enter__(self) -> ServiceProcess:
         return self
