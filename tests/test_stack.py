@@ -116,6 +116,8 @@ def test_supervision_reports_deaths_and_stops_on_a_required_one(settings: Settin
     finally:
         assert stack.stop() == []
     assert not (settings.root / STATE_FILE).exists()
+    up_log = (settings.root / "logs" / "up.log").read_text()
+    assert "explainer exited with code -9 (not restarted)" in up_log and "gateway is required" in up_log
 
 
 def test_a_second_up_is_refused_and_leftovers_of_a_killed_one_are_stopped(settings: Settings) -> None:
@@ -288,3 +290,7 @@ def test_sigterm_stops_run_up_like_ctrl_c(settings: Settings) -> None:
     assert svc.proc is not None and not svc.proc.alive()
     assert group_members([svc.proc.pid]) == [] and not port_in_use("127.0.0.1", svc.port)
     assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    # What happened, for whoever reads it after the terminal is gone.
+    events = [ln.split(" ", 1)[1] for ln in (settings.root / "logs" / "up.log").read_text().splitlines()]
+    assert events[0].startswith("pyrocast up (pid") and events[1] == f"running: explainer {svc.url}"
+    assert events[2:] == ["stop asked (Ctrl-C, SIGTERM or SIGHUP)", "stopped: no process left behind"]

@@ -232,6 +232,7 @@ class Stack:
                     f"end of {s.proc.log_path}:\n{s.proc.log_tail(15)}",
                     highlight=False,
                 )
+                record(self.settings, f"{s.name} exited with code {s.proc.proc.returncode} (not restarted)")
         return newly
 
     def supervise(self, until: Callable[[], bool] | None = None) -> int:
@@ -240,6 +241,7 @@ class Stack:
             for s in self.dead():
                 if s.critical:
                     self.console.print(f"[red]{s.name} is required: stopping everything[/red]")
+                    record(self.settings, f"{s.name} is required: stopping everything")
                     return 1
             time.sleep(POLL_S)
         return 0
@@ -489,22 +491,40 @@ def run_up(
     Returns the exit code: 0 after Ctrl-C/SIGTERM or `until()`, 1 when a required service died.
     """
     code = 0
+    settings = stack.settings
     try:
         with stop_signals_interrupt():
             t0 = time.monotonic()
+            record(settings, f"pyrocast up (pid {os.getpid()}) starting")
             with console.status("starting " + ", ".join(s.name for s in stack.services if not s.external)):
                 stack.start()
             console.print(f"[green]everything answers after {time.monotonic() - t0:.1f} s[/green]")
+            record(settings, "running: " + ", ".join(f"{s.name} {s.url}" for s in stack.services))
             stack.render(console)
             if after_start is not None:
                 after_start(stack)
             code = stack.supervise(until)
     except KeyboardInterrupt:
         console.print("stopping ...")
+        record(settings, "stop asked (Ctrl-C, SIGTERM or SIGHUP)")
+    except Exception as exc:
+        record(settings, f"failed: {exc}")
+        raise
     finally:
         with signals_ignored():
             left = stack.stop()
         if left:
             console.print(f"[yellow]killed {len(left)} process(es) that outlived their service: {left}[/yellow]")
         console.print("[green]stopped: no process left behind[/green]" if not left else "stopped")
+        record(settings, "stopped: no process left behind" if not left else f"stopped; killed leftovers {left}")
     return code
+
+
+def record(settings: Settings, message: str) -> None:
+    """One line in <data dir>/logs/up.log: what `pyrocast up` did and when, for whoever reads it after the
+    terminal is gone (which service died, when everything stopped). Never fails the caller."""
+    path = settings.root / "logs" / "up.log"
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{datetime.now(UTC).isoformat(timespec='seconds')} {message}\n")
