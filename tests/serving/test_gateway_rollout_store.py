@@ -209,3 +209,42 @@ def test_a_guardrail_stop_not_yet_recorded_is_not_undone_by_a_step_another_repli
             assert one.metrics.registry.get_sample_value("pyrocast_rollout_unrecorded_stop") == 0.0
 
     asyncio.run(scenario())
+
+
+def _unreadable(store: PredictionStore, tmp_path: Path) -> None:
+    """The store's database cannot even be opened from now on (its server down, its file gone)."""
+    from sqlalchemy import create_engine
+
+    store.engine.dispose()
+    store.engine = create_engine(f"sqlite:///file:{tmp_path / 'gone' / 'p.db'}?mode=ro&uri=true")
+
+
+def test_during_a_store_outage_the_rollout_is_shown_and_health_warns(tmp_path: Path) -> None:
+    from tests.support.store_rows import row
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            await one._after_change(one.controller.start_shadow(0.5))
+            statuses = one.backend_statuses()
+            assert not any("prediction store" in w for w in one.warnings(statuses))
+            _unreadable(one.store, tmp_path)
+
+            view = one.view()  # what GET /v1/rollout answers: the state is in memory
+            assert view.mode == "shadow" and view.state["shadow_sample"] == 0.5 and view.events == []
+            assert any("cannot be read" in w and "events are left out" in w for w in view.warnings)
+
+            one.store.retries, one.store.retry_delay_s = 1, 0.01
+            one.store.put_prediction(row(1))
+            one.store.flush()
+            assert one.store.held == 1  # refused, and with no spill file held in memory
+            (refusing,) = [w for w in one.warnings(statuses) if "refuses writes" in w]
+            assert "1 rows held in memory" in refusing and "sqlite:///" in refusing
+            assert refusing in one.view().warnings
+
+            one.store.engine.dispose()
+            one.store.engine = two.store.engine  # the database is back
+            one.store.flush()
+            assert one.store.held == 0 and not any("prediction store" in w for w in one.warnings(statuses))
+            assert [e["action"] for e in one.view().events] == ["shadow"]
+
+    asyncio.run(scenario())

@@ -52,7 +52,8 @@ from pyrocast.serving.rollout import (
     RolloutState,
     window_of_calls,
 )
-from pyrocast.serving.store import LABELS, PredictionStore, image_stats
+from pyrocast.serving.store import LABELS, PredictionStore, brief_error, image_stats
+from pyrocast.serving.warn_every import WarnEvery
 from pyrocast.settings import Settings, get_settings
 
 log = logging.getLogger("pyrocast.gateway")
@@ -387,26 +388,6 @@ class Metrics:
         )
 
 
-class WarnEvery:
-    """Warnings about one kind of trouble at most every `seconds`; the next one says how many were held back."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def __call__(self, key: str, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if key in self._last and now - self._last[key] < self.seconds:
-            self._held[key] = self._held.get(key, 0) + 1
-            return
-        self._last[key] = now
-        held = self._held.pop(key, 0)
-        if held:
-            message, args = message + " (%d more like it since the last warning)", (*args, held)
-        log.warning(message, *args)
-
-
 # --- the gateway -----------------------------------------------------------------------------------------------
 @dataclass
 class Prepared:
@@ -463,8 +444,11 @@ class Gateway:
         self._background: set[asyncio.Task] = set()
         self._ticker: asyncio.Task | None = None
         self._event_id = 0  # the newest rollout event this gateway has written or adopted
+        self._resumed = False  # the saved rollout state has been read from the store (or found to be none)
+        self._state_unread = False  # the start could not read it: this gateway routes to the champion meanwhile
+        self._start_note: str | None = None  # a "start" event to record (the store refused it so far)
         self._promote_retry_at = 0.0  # monotonic time before which a failed auto-promotion is not tried again
-        self._warn = WarnEvery(WARN_EVERY_S)
+        self._warn = WarnEvery(WARN_EVERY_S, log)
         # A guardrail stop in effect here, not yet recorded: the stop, its claim, and the plan it stopped.
         self._unrecorded_stop: tuple[Event, str, tuple[str, float]] | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -477,22 +461,52 @@ class Gateway:
         for b in self.backends.values():
             b.session = self.session
         self.store.start()
-        latest = await run_in_threadpool(self.store.latest_event)
-        saved = latest[1] if latest else None
-        self._event_id = latest[0] if latest else 0
-        if saved:
-            with contextlib.suppress(ValidationError):
-                self.controller.state = RolloutState.model_validate(saved)
-                self.controller._reset_windows()
         await asyncio.gather(*(b.probe() for b in self.backends.values()))
-        note = await self._follow_registry()
+        try:
+            await self._resume()
+        except Exception as exc:  # the store's database is down: serve anyway, the tick reads the state later
+            if self._resumed:  # read, but the start event was refused: the tick records it
+                self._store_trouble("the gateway's start not recorded yet", exc)
+            else:
+                self._state_unread = True
+                self.metrics.rollout_store_errors.inc()
+                log.warning(
+                    "rollout: the saved rollout state cannot be read from the prediction store at %s (%s): routing "
+                    "to the champion only until it can; it is then taken up within a second",
+                    self.store.shown_url,
+                    type(exc).__name__,
+                )
         self._assign_roles()
         for role, say in (("champion", log.warning), ("challenger", log.info)):
             if not self.backend(role).up:
                 say("%s classifier at %s does not answer yet", role, self.backend(role).url)
-        if not saved or note:
-            await self._record(Event("start", note or "gateway started with a fresh rollout state"))
         self._ticker = asyncio.create_task(self._tick_loop())
+
+    async def _resume(self) -> None:
+        """Take up the rollout state saved in the store (the last event's snapshot), let the registry's
+        `champion` alias correct it, and record a start where there was none. Raises when the store refuses."""
+        if not self._resumed:
+            latest = await run_in_threadpool(self.store.latest_event)
+            saved = latest[1] if latest else None
+            if latest and latest[0] > self._event_id:
+                self._event_id = latest[0]
+                if saved:
+                    with contextlib.suppress(ValidationError):
+                        self.controller.state = RolloutState.model_validate(saved)
+                        self.controller._reset_windows()
+            note = await self._follow_registry()
+            self._assign_roles()
+            self._resumed = True
+            if self._state_unread:
+                self._state_unread = False
+                log.warning(
+                    "rollout: the saved rollout state is read from the store now: mode %s", self.controller.state.mode
+                )
+            if not saved or note:
+                self._start_note = note or "gateway started with a fresh rollout state"
+        if self._start_note is not None:
+            await self._record(Event("start", self._start_note))
+            self._start_note = None
 
     async def shutdown(self) -> None:
         if self._ticker:
@@ -519,9 +533,18 @@ class Gateway:
                 # is then not recorded again. A store that cannot be read must not keep the guardrails from
                 # being judged: the canary still stops on them (see advance).
                 try:
-                    await self.follow_store()
+                    if self._resumed and self._start_note is None:
+                        await self.follow_store()
+                    else:
+                        await self._resume()
                 except Exception as exc:
-                    self._store_trouble("other gateways' changes not read", exc)
+                    if not self._resumed:
+                        what = "the saved rollout state not read"
+                    elif self._start_note is not None:
+                        what = "the gateway's start not recorded"
+                    else:
+                        what = "other gateways' changes not read"
+                    self._store_trouble(what, exc)
                 try:
                     await self._read_fleet_calls()
                 except Exception as exc:  # judged on what this gateway sees (and the last reading) meanwhile
@@ -534,7 +557,7 @@ class Gateway:
     def _store_trouble(self, what: str, exc: BaseException) -> None:
         """Say that the store refused something, at most every WARN_EVERY_S (the tick runs twice a second)."""
         self.metrics.rollout_store_errors.inc()
-        self._warn("store", "rollout: %s: the store refused (%r); tried again every tick", what, exc)
+        self._warn("store", "rollout: %s: the store refused (%s); tried again every tick", what, brief_error(exc))
 
     async def follow_store(self) -> bool:
         """Adopt a rollout change another gateway wrote to the shared store; True when the state was replaced.
@@ -1091,20 +1114,38 @@ class Gateway:
         if mode != "champion" and not statuses["challenger"].up:
             lost = "shadow copies fail" if mode == "shadow" else "its clients get the champion's answers"
             out.append(f"the challenger ({statuses['challenger'].url}) does not answer during the {mode}: {lost}")
-        if self.store.queue_depth > BACKLOG_WARNING:
+        if trouble := self.store.trouble():
+            out.append(trouble)
+        elif self.store.queue_depth > BACKLOG_WARNING:
             out.append(f"{self.store.queue_depth} predictions wait to be written: the store is slower than traffic")
+        if self._state_unread:
+            out.append(
+                "the saved rollout state has not been read from the prediction store yet: the champion answers "
+                "everyone until it is"
+            )
         return out
 
     def view(self) -> RolloutView:
+        """The rollout as this gateway runs it; a store that cannot be read leaves out only its recent events."""
         snap = self.controller.snapshot()
         statuses = self.backend_statuses()
+        warnings = self.warnings(statuses)
+        try:
+            events = self.store.events(20)
+        except Exception as exc:  # the state is in memory: the store's outage must not hide it
+            self._store_trouble("recent events not read for /v1/rollout", exc)
+            events = []
+            warnings.append(
+                f"the prediction store ({self.store.shown_url}) cannot be read ({type(exc).__name__}): its recent "
+                "rollout events are left out; the state shown is this gateway's"
+            )
         return RolloutView(
             mode=snap["mode"],
             challenger_share=snap["challenger_share"],
             state=snap,
-            warnings=self.warnings(statuses),
+            warnings=warnings,
             backends=statuses,
-            events=[{**e, "ts": e["ts"].isoformat() if e.get("ts") else None} for e in self.store.events(20)],
+            events=[{**e, "ts": e["ts"].isoformat() if e.get("ts") else None} for e in events],
         )
 
 

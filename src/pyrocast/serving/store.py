@@ -3,7 +3,9 @@
 SQLite in WAL mode under the data directory by default, PostgreSQL by URL (`PYROCAST_STORE_URL`). The gateway
 never waits for the database: rows go to a queue that a background thread writes in batches, and `close()`
 drains the queue, so a clean shutdown (SIGTERM) loses nothing. Rows that cannot be written (the database is down
-and stays down through the retries) are spilled to a JSON-lines file beside it and written on the next start.
+and stays down through the retries) are spilled to a JSON-lines file beside it and written once the database takes rows again (the writer looks
+every few seconds), or at the next start. A store whose database cannot be reached when it opens still opens:
+it is an outage like any other, and the tables are created once the database answers.
 When the spill cannot be written either (a full disk), the rows are held in memory (up to `MAX_HELD`) and
 retried every few seconds, and the spill file is cut back to its last whole line: nothing half-written is left.
 Rows still held when the store closes go to a memory-backed file in /dev/shm, replayed by the next start.
@@ -57,9 +59,11 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from pyrocast.database import create_schema
+from pyrocast.registry.mlflow_store import redact
+from pyrocast.serving.warn_every import WarnEvery
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +160,16 @@ rollout_claims = Table(
     Column("event_id", Integer),
 )
 
+# One row per spill file written to the database, keyed by the digest of its bytes and committed with its rows:
+# a process that dies after the commit but before removing the file does not write the file's rows again.
+spill_replays = Table(
+    "spill_replays",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("rows", Integer),
+)
+
 TABLES = {"predictions": predictions, "feedback": feedback, "rollout_events": rollout_events}
 
 
@@ -222,6 +236,7 @@ def create_tables(engine: Engine) -> None:
     create_schema(lambda: metadata.create_all(engine))
 
 
+WARN_EVERY_S = 30.0  # store trouble that repeats (every write attempt of an outage) is logged this often
 MAX_HELD = 100_000  # rows kept in memory while neither the database nor the spill file takes them (~100 MB)
 # Where rows still held at shutdown go when the database and the disk refuse them: memory-backed, so a full disk
 # does not stop it; it outlives the process (not a reboot), and the next start on the same store replays it.
@@ -243,6 +258,9 @@ class PredictionStore:
     `retries` write attempts per batch, `retry_delay_s` doubling up to 5 s between them, then the spill file;
     rows nobody took are retried every `held_retry_s`, and those still held at `close()` go to a spill file in
     `emergency_dir` (memory-backed /dev/shm by default; None: none), which the next start replays too.
+    Once a batch has gone through all its retries the store is in an outage: later batches get one attempt each
+    before the spill file (the writer would otherwise fall 20 s behind per batch), and the writer tries the
+    database every `held_retry_s` while rows wait in a spill file, writing them there and then.
     """
 
     def __init__(
@@ -258,8 +276,8 @@ class PredictionStore:
         emergency_dir: Path | None = EMERGENCY_DIR,
     ) -> None:
         self.url = url
+        self.shown_url = redact(url)  # the only form of the URL that reaches a log or an answer: no password
         self.engine = make_engine(url)
-        create_tables(self.engine)
         self.batch_size = batch_size
         self.interval_s = interval_s
         self.spill_path = spill_path
@@ -276,7 +294,29 @@ class PredictionStore:
         self._thread: threading.Thread | None = None
         self.written = {name: 0 for name in TABLES}
         self.write_errors = 0
-        self._replay_spill()
+        self._warn = WarnEvery(WARN_EVERY_S, log)
+        self._ready = False  # the tables are known to exist
+        self._outage_since: float | None = None  # monotonic time of the first failure since the last success
+        self._outage_failures = 0
+        self._traced = False  # a traceback was logged in this outage (one is enough)
+        self._last_error = ""
+        self._spilled_since_ok = 0
+        try:
+            create_tables(self.engine)
+            self._ready = True
+            self._replay_spill()
+        except OperationalError as exc:  # unreachable, not broken: serve meanwhile (a corrupt file still raises)
+            self._outage_since = time.monotonic()
+            self._last_error = brief_error(exc)
+            log.warning(
+                "prediction store at %s cannot be reached (%s): check PYROCAST_STORE_URL and the database. "
+                "Predictions are answered meanwhile: their rows go to %s and are written once the database "
+                "takes rows (tried every %.0f s)",
+                self.shown_url,
+                self._last_error,
+                f"the spill file {spill_path}" if spill_path is not None else "memory",
+                held_retry_s,
+            )
 
     # --- writing ------------------------------------------------------------------------------------------------
     def start(self) -> PredictionStore:
@@ -327,6 +367,12 @@ class PredictionStore:
             self._thread.join(timeout)
             self._thread = None
         self._drain_sync()
+        if self._outage_since is not None and self._spill_waiting():  # the rate-limited lines may have skipped it
+            log.error(
+                "prediction store at %s refuses rows at shutdown: rows wait in %s; the next start writes them",
+                self.shown_url,
+                self.spill_path,
+            )
         if self._held and self.emergency_path is not None and self._spill(self._held, self.emergency_path):
             log.error(
                 "prediction store: the database and the spill file refused %d rows at shutdown; they are in %s "
@@ -347,10 +393,11 @@ class PredictionStore:
 
     def _run(self) -> None:
         while True:
+            waiting = bool(self._held) or not self._ready or self._spill_waiting()
             try:
-                item = self._queue.get(timeout=self.held_retry_s) if self._held else self._queue.get()
+                item = self._queue.get(timeout=self.held_retry_s) if waiting else self._queue.get()
             except queue.Empty:
-                self._write_with_retry([], final=False)  # only the held rows: has the database come back?
+                self._write_with_retry([], final=False)  # only what waits: has the database come back?
                 continue
             if item is None:
                 return
@@ -384,53 +431,130 @@ class PredictionStore:
         self._write_with_retry(batch, final=True)  # with the held rows, if any
 
     def _write_with_retry(self, batch: list[tuple[str, dict[str, Any]]], final: bool) -> None:
-        """Write held rows and `batch`; retry, then spill, then hold. Never raises (the writer thread must live)."""
+        """Write what waits in spill files, then held rows and `batch`; retry, then spill, then hold.
+
+        Never raises (the writer thread must live). Spilled rows go first, so rows reach the database in the
+        order they came."""
         batch, self._held = self._held + batch, []
-        if not batch:
+        waiting = self._spill_waiting()
+        if not batch and not waiting and self._ready:
             return
         delay = self.retry_delay_s
-        attempts = min(3, self.retries) if final else self.retries
+        if self._outage_since is not None:
+            attempts = 1
+        else:
+            attempts = min(3, self.retries) if final else self.retries
         for attempt in range(attempts):
             try:
-                self._write(batch)
+                if not self._ready:
+                    create_tables(self.engine)
+                    self._ready = True
+                if waiting:
+                    self._replay_spill()
+                    waiting = False
+                if batch:
+                    self._write(batch)
                 break
             except Exception as exc:  # the database may be locked or down: retry, never lose the rows
-                self.write_errors += 1
-                log.warning("prediction store write failed (attempt %d): %s", attempt + 1, exc)
+                self._failed(exc, attempt + 1)
                 if attempt + 1 < attempts:
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
         else:
+            if not batch:
+                return
             if not self._spill(batch):
                 self._hold(batch)
                 return
+            self._spilled_since_ok += len(batch)
+            self._warn(
+                "spill",
+                "prediction store: %d rows spilled to %s (%d since the database last took rows); they are written "
+                "once it takes rows again",
+                len(batch),
+                self.spill_path,
+                self._spilled_since_ok,
+                level=logging.ERROR,
+            )
+            self._done(len(batch))
+            return
+        self._recovered()
+        self._done(len(batch))
+
+    def _done(self, n: int) -> None:
         with self._idle:
-            self._pending -= len(batch)
+            self._pending -= n
             self._idle.notify_all()
+
+    def _failed(self, exc: BaseException, attempt: int) -> None:
+        """Count and (rate-limited) log a failed attempt; the outage's first logged line carries the traceback."""
+        self.write_errors += 1
+        self._last_error = brief_error(exc)
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+        self._outage_failures += 1
+        logged = self._warn(
+            "write",
+            "prediction store at %s refuses writes (attempt %d: %s); rows are retried, then spilled",
+            self.shown_url,
+            attempt,
+            self._last_error,
+            exc_info=None if self._traced else exc,
+        )
+        self._traced = self._traced or logged
+
+    def _recovered(self) -> None:
+        if self._outage_since is not None:
+            log.warning(
+                "prediction store at %s takes rows again after %.0f s (%d failed attempts)",
+                self.shown_url,
+                time.monotonic() - self._outage_since,
+                self._outage_failures,
+            )
+        self._outage_since = None
+        self._outage_failures = 0
+        self._traced = False
+        self._spilled_since_ok = 0
+
+    def trouble(self) -> str | None:
+        """What is wrong while the store refuses writes (its last attempt failed, or rows were spilled or held
+        since its last successful write); None while it takes them."""
+        if self._outage_since is None and not self._spilled_since_ok and not self._held:
+            return None
+        parts = []
+        if self._spilled_since_ok:
+            parts.append(f"{self._spilled_since_ok} rows spilled to {self.spill_path}")
+        if self._held:
+            parts.append(f"{len(self._held)} rows held in memory")
+        if self._spill_waiting() and not self._spilled_since_ok:
+            parts.append("rows wait in the spill file")
+        held = ", ".join(parts) or "rows wait in the queue"
+        return (
+            f"the prediction store ({self.shown_url}) refuses writes ({self._last_error}): {held}; they are written "
+            "once it takes rows again"
+        )
 
     def _hold(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
         over = len(batch) - MAX_HELD
         if over > 0:  # memory is the last resort: beyond it the oldest rows go, loudly
             self.dropped += over
-            log.critical("prediction store: %d rows LOST (more than %d held in memory)", over, MAX_HELD)
-            with self._idle:
-                self._pending -= over
-                self._idle.notify_all()
+            self._warn(
+                "lost",
+                "prediction store: %d rows LOST (more than %d held in memory; %d lost since start)",
+                over,
+                MAX_HELD,
+                self.dropped,
+                level=logging.CRITICAL,
+            )
+            self._done(over)
             batch = batch[over:]
         self._held = batch
 
     def _write(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
-        by_table: dict[str, list[dict[str, Any]]] = {}
-        for table, row in batch:
-            by_table.setdefault(table, []).append(row)
         with self.engine.begin() as conn:
-            # Predictions first: a feedback row in the same batch refers to one of them.
-            for name in ("predictions", "feedback", "rollout_events"):
-                rows = by_table.get(name)
-                if rows:
-                    conn.execute(insert(TABLES[name]), [_fit(TABLES[name], r) for r in rows])
-        for name, rows in by_table.items():
-            self.written[name] += len(rows)
+            counts = _insert(conn, batch)
+        for name, n in counts.items():
+            self.written[name] += n
 
     def _spill(self, batch: list[tuple[str, dict[str, Any]]], path: Path | None = None) -> bool:
         """Append the rows to the spill file (or `path`), whole lines or nothing; False when it cannot be written."""
@@ -443,27 +567,57 @@ class PredictionStore:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 _append_whole(path, data)
-                log.error("prediction store: %d rows spilled to %s", len(batch), path)
                 return True
             except OSError as exc:
                 why = f"the spill file {path} cannot be written ({exc.strerror or exc})"
-        log.error(
-            "prediction store: %d rows could not be written to the database and %s: holding them in memory and "
-            "retrying every %.0f s (free disk space, or bring the database back)",
+        self._warn(
+            "hold",
+            "prediction store: %d rows could not be written to the database and %s: holding them in memory "
+            "(%d in all) and retrying every %.0f s (free disk space, or bring the database back)",
             len(batch),
             why,
+            len(self._held) + len(batch),
             self.held_retry_s,
+            level=logging.ERROR,
         )
         return False
 
-    def _replay_spill(self) -> None:
-        for path in (self.spill_path, self.emergency_path):
-            if path is not None and path.is_file():
-                self._replay(path)
+    # --- spill files: one code path for the start and for a database that comes back ----------------------------
+    def _spill_files(self) -> list[Path]:
+        return [p for p in (self.spill_path, self.emergency_path) if p is not None]
 
-    def _replay(self, path: Path) -> None:
+    def _spill_waiting(self) -> bool:
+        return any(p.is_file() or _claimed(p).is_file() for p in self._spill_files())
+
+    def _replay_spill(self) -> int:
+        """Write every spill file's rows (oldest first); raises when the database refuses (nothing is lost)."""
+        n = 0
+        for path in self._spill_files():
+            n += self._replay(path)
+        return n
+
+    def _replay(self, path: Path) -> int:
+        """Write the rows of the spill file `path`; the number written.
+
+        The file is first renamed aside (`.replaying`), so rows spilled meanwhile start a new file and the one
+        being written never changes: its digest, committed with its rows, says that it was written. A replay
+        cut short by a crash is finished first, and never written twice; one the database refuses is put back."""
+        claimed = _claimed(path)
+        n = self._replay_claimed(claimed, path) if claimed.is_file() else 0
+        if path.is_file():
+            os.replace(path, claimed)
+            try:
+                n += self._replay_claimed(claimed, path)
+            except BaseException:
+                if not path.exists():  # refused: back where operators look for it (nothing spilled meanwhile)
+                    os.replace(claimed, path)
+                raise
+        return n
+
+    def _replay_claimed(self, claimed: Path, path: Path) -> int:
+        data = claimed.read_bytes()
         batch, torn = [], []
-        for line in path.read_bytes().split(b"\n"):
+        for line in data.split(b"\n"):
             if not line.strip():
                 continue
             try:
@@ -474,14 +628,37 @@ class PredictionStore:
                 batch.append((str(rec["table"]), row))
             except (ValueError, KeyError, TypeError):  # a line torn by a crash or a full disk mid-write
                 torn.append(line)
-        if batch:
-            self._write(batch)
+        key = f"spill:{hashlib.sha256(data).hexdigest()}"
+        written: dict[str, int] | None = None  # None: written before (a replay the process did not finish)
+        try:
+            with self.engine.begin() as conn:
+                done = conn.execute(select(spill_replays.c.key).where(spill_replays.c.key == key)).first()
+                if done is None:
+                    conn.execute(insert(spill_replays).values(key=key, ts=utcnow(), rows=len(batch)))
+                    written = _insert(conn, batch)
+        except (DataError, IntegrityError) as exc:
+            # The database answers but refuses these rows whatever we do: set them aside rather than let them
+            # block every later row (they would be tried before each batch).
+            aside = path.with_name(f"{path.name}.refused-{int(time.time())}")
+            os.replace(claimed, aside)
+            log.critical(
+                "prediction store: the database refuses the spilled rows (%s); kept in %s", brief_error(exc), aside
+            )
+            return 0
+        if written is None:
+            claimed.unlink()
+            log.warning("prediction store: the spilled rows in %s were written before; file removed", claimed)
+            return 0
+        for name, k in written.items():
+            self.written[name] += k
         if torn:
             aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
             aside.write_bytes(b"\n".join(torn) + b"\n")
             log.warning("prediction store: %d unreadable spill lines kept aside in %s", len(torn), aside)
-        path.unlink()
-        log.info("prediction store: %d spilled rows written (from %s)", len(batch), path)
+        claimed.unlink()
+        n = sum(written.values())
+        log.warning("prediction store: wrote %d spilled rows (from %s)", n, path)
+        return n
 
     # --- rollout events (rare; written synchronously so the state survives a crash) -----------------------------
     def add_event(
@@ -614,6 +791,32 @@ class PredictionStore:
             q = q.limit(limit)
         with self.engine.connect() as conn:
             return [_read(r) for r in conn.execute(q).mappings()]
+
+
+def _insert(conn: Any, batch: list[tuple[str, dict[str, Any]]]) -> dict[str, int]:
+    """Insert the rows in the connection's transaction; rows per table."""
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    for table, row in batch:
+        by_table.setdefault(table, []).append(row)
+    # Predictions first: a feedback row in the same batch refers to one of them.
+    for name in ("predictions", "feedback", "rollout_events"):
+        rows = by_table.get(name)
+        if rows:
+            conn.execute(insert(TABLES[name]), [_fit(TABLES[name], r) for r in rows])
+    return {name: len(rows) for name, rows in by_table.items()}
+
+
+def _claimed(path: Path) -> Path:
+    """Where a spill file is while it is written to the database."""
+    return path.with_name(f"{path.name}.replaying")
+
+
+def brief_error(exc: BaseException) -> str:
+    """An exception in one line: the driver's first line, without SQLAlchemy's statement, parameters (row data)
+    and link, or psycopg's second and third lines."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
 
 
 def _fit(table: Table, row: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,90 @@
+"""A gateway process whose prediction store (a real PostgreSQL server) is down when it starts: it starts, answers,
+says so in /healthz and /v1/rollout, and catches up by itself once the database is back."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pyrocast.ports import free_port
+from pyrocast.serving import procs
+from pyrocast.serving.rollout import ModelRef, RolloutController
+from pyrocast.serving.store import PredictionStore
+from tests.support.postgres import PostgresServer
+from tests.support.serving import ServingStack
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.integration  # real processes on 127.0.0.1
+
+PASSWORD = "S3cretPassw0rd"  # the test server trusts everyone; it stands for a real store's password
+
+
+def _get(url: str) -> Any:
+    r = httpx.get(url, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_a_gateway_started_while_its_store_is_down_answers_and_catches_up(
+    stack: ServingStack, jpeg: bytes, postgres_server: PostgresServer, postgres_url: str, tmp_path: Path
+) -> None:
+    # The state a gateway saved before the outage: shadow traffic.
+    saved = RolloutController()
+    saved.set_models(ModelRef(name=stack.model_name, version="1"), ModelRef(name=stack.model_name, version="2"))
+    saved.start_shadow(1.0)
+    seed = PredictionStore(postgres_url, emergency_dir=None)
+    seed.add_event("shadow", "shadow", saved.state.model_dump(mode="json"))
+    seed.close()
+
+    # A data directory of its own (its spill file is not the session gateway's), the session's registry.
+    mlflow = stack.settings.mlflow.model_copy(update={"tracking_uri": stack.settings.mlflow_tracking_uri})
+    url = postgres_url.replace("postgresql+psycopg://postgres@", f"postgresql://postgres:{PASSWORD}@")
+    settings = stack.settings.model_copy(update={"data_dir": tmp_path / "data", "store_url": url, "mlflow": mlflow})
+    settings.ensure_dirs()
+    port = free_port()
+    tag = f"down-{uuid.uuid4().hex[:8]}"
+    gw: procs.ServiceProcess | None = None
+    try:
+        with postgres_server.down():
+            gw = procs.start_gateway(settings, port=port, env={"PYROCAST_ADMIN_TOKEN": stack.token})
+            health = _get(f"{gw.url}/healthz")
+            assert health["status"] == "ok"
+            assert any("saved rollout state has not been read" in w for w in health["warnings"]), health
+            view = _get(f"{gw.url}/v1/rollout")  # answered from memory, not a 500
+            assert view["mode"] == "champion" and view["events"] == []
+            assert any("cannot be read" in w for w in view["warnings"]), view["warnings"]
+
+            files = {"image": ("tile.jpg", jpeg, "image/jpeg")}
+            answers = [
+                httpx.post(f"{gw.url}/v1/predict", files=files, headers={"X-Client-Id": tag}, timeout=30)
+                for _ in range(5)
+            ]
+            assert [a.status_code for a in answers] == [200] * 5, answers[0].text
+            spill = settings.root / "predictions-spill.jsonl"
+            assert wait_for(lambda: spill.is_file() and len(spill.read_text().splitlines()) == 5, 10), gw.log_tail()
+            health = _get(f"{gw.url}/healthz")
+            (refusing,) = [w for w in health["warnings"] if "refuses writes" in w]
+            assert "5 rows spilled" in refusing and PASSWORD not in refusing
+
+        # The database is back: no restart, no new request.
+        rid = answers[0].json()["request_id"]
+        got = wait_for(lambda: httpx.get(f"{gw.url}/v1/predictions/{rid}", timeout=30).status_code == 200, 20)
+        assert got, gw.log_tail()
+        assert wait_for(lambda: _get(f"{gw.url}/v1/rollout")["mode"] == "shadow", 10), "saved state not taken up"
+        assert wait_for(lambda: _get(f"{gw.url}/healthz")["warnings"] == [], 10), _get(f"{gw.url}/healthz")
+        assert not spill.exists()
+    finally:
+        if gw is not None:
+            gw.stop()
+    log = (settings.root / "logs" / f"gateway-{port}.log").read_text()
+    assert PASSWORD not in log
+    assert log.count("cannot be reached") == 1 and "PYROCAST_STORE_URL" in log
+    assert "wrote 5 spilled rows" in log
+    assert log.count("The above exception was the direct cause") <= 1  # one (chained) traceback at most
+    store = PredictionStore(postgres_url, emergency_dir=None)
+    assert store.count(client_id=tag, served=True) == 5  # each answer stored once
+    store.close()

@@ -1,0 +1,158 @@
+"""The prediction store through database outages, on real databases that refuse (a stopped PostgreSQL server, a
+SQLite file opened read-only): it opens while the database is down, writes spilled rows once the database takes
+rows again (in order, never twice, without a restart), and logs an outage in a few lines, not one per attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine
+
+from pyrocast.serving.store import PredictionStore
+from tests.support.postgres import PostgresServer
+from tests.support.store_rows import row
+
+PASSWORD = "S3cretPassw0rd"  # the test server trusts everyone; it stands for a real store's password
+
+
+def _eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """`check()` once it is truthy without raising (the store's tables may not exist yet while it comes back)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if value := check():
+                return value
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
+
+
+def _store_lines(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "pyrocast.serving.store" and r.levelno >= level]
+
+
+def _unwritable(store: PredictionStore, db: Path) -> None:
+    """The database refuses writes from now on (a read-only file system, a PostgreSQL outage)."""
+    store.engine.dispose()
+    store.engine = create_engine(f"sqlite:///file:{db}?mode=ro&uri=true")
+
+
+def _writable(store: PredictionStore, db: Path) -> None:
+    store.engine.dispose()
+    store.engine = create_engine(f"sqlite:///{db}")
+
+
+def test_a_store_opened_while_postgresql_is_down_answers_and_catches_up_when_it_is_back(
+    postgres_server: PostgresServer, postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    url = postgres_url.replace("://postgres@", f"://postgres:{PASSWORD}@")
+    spill = tmp_path / "spill.jsonl"
+    with postgres_server.down():  # e.g. a reboot where PostgreSQL comes up after the gateway
+        store = PredictionStore(url, spill_path=spill, held_retry_s=0.2, emergency_dir=None).start()
+        for i in range(5):
+            store.put_prediction(row(i))
+        t0 = time.monotonic()
+        assert store.flush(10)
+        assert time.monotonic() - t0 < 5  # an outage known from the start: spilled at once, not after 20 s of retries
+        assert len(spill.read_text().splitlines()) == 5
+        trouble = store.trouble()
+        assert trouble is not None and "refuses writes" in trouble and "5 rows spilled" in trouble
+        (opened,) = [r for r in _store_lines(caplog) if "cannot be reached" in r.getMessage()]
+        assert (
+            "PYROCAST_STORE_URL" in opened.getMessage() and f"127.0.0.1:{postgres_server.port}" in opened.getMessage()
+        )
+    # Back: the writer creates the tables and writes the spilled rows by itself (no new row, no restart).
+    assert _eventually(lambda: store.count() == 5), "the spilled rows were not written once PostgreSQL was back"
+    assert [r["request_id"] for r in store.rows()] == [f"r{i}" for i in range(5)]
+    assert not spill.exists() and store.trouble() is None
+    store.put_prediction(row(5))
+    assert store.flush(10) and store.count() == 5 + 1
+    store.close()
+    assert "wrote 5 spilled rows" in caplog.text and "takes rows again" in caplog.text
+    assert PASSWORD not in caplog.text  # nor anywhere the URL is shown
+    assert trouble is not None and PASSWORD not in trouble
+
+
+def test_spilled_rows_are_written_before_new_ones_once_the_database_takes_rows_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    db, spill = tmp_path / "p.db", tmp_path / "spill.jsonl"
+    store = PredictionStore(f"sqlite:///{db}", spill_path=spill, retries=2, retry_delay_s=0.01, held_retry_s=60)
+    store.start()
+    store.put_prediction(row(0))
+    assert store.flush(10)
+    _unwritable(store, db)
+    for i in range(1, 6):
+        store.put_prediction(row(i))
+    assert store.flush(10) and len(spill.read_text().splitlines()) == 5
+    assert store.count() == 1
+    _writable(store, db)  # the database is back, and the next row comes before the writer's periodic look
+    store.put_prediction(row(6))
+    assert store.flush(10)
+    assert [r["request_id"] for r in store.rows()] == [f"r{i}" for i in range(7)]  # in the order they came
+    assert not spill.exists() and "wrote 5 spilled rows" in caplog.text
+    store.close()
+
+
+def test_a_spill_file_written_before_a_crash_is_never_written_twice(tmp_path: Path) -> None:
+    db, spill = tmp_path / "p.db", tmp_path / "spill.jsonl"
+    url = f"sqlite:///{db}"
+    store = PredictionStore(url, spill_path=spill, retries=1, retry_delay_s=0.01, emergency_dir=None)
+    _unwritable(store, db)
+    for i in range(3):
+        store.put_prediction(row(i))
+    store.close()
+    spilled = spill.read_bytes()
+    PredictionStore(url, spill_path=spill, emergency_dir=None).close()  # the next start writes them
+    # What a process that died after committing the rows, before removing the file, leaves behind.
+    spill.write_bytes(spilled)
+    again = PredictionStore(url, spill_path=spill, emergency_dir=None)
+    assert again.count() == 3 and not spill.exists()
+    # Cut short after the commit with the file renamed aside, while a later run spilled new rows: the new rows only.
+    (tmp_path / "spill.jsonl.replaying").write_bytes(spilled)
+    _unwritable(again, db)
+    again.put_prediction(row(3))
+    again.close()
+    third = PredictionStore(url, spill_path=spill, emergency_dir=None)
+    assert [r["request_id"] for r in third.rows()] == ["r0", "r1", "r2", "r3"]
+    assert not list(tmp_path.glob("spill.jsonl*"))
+    third.close()
+
+
+def test_an_outage_is_logged_in_a_few_lines_with_one_traceback(
+    postgres_server: PostgresServer, postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    spill = tmp_path / "spill.jsonl"
+    store = PredictionStore(
+        postgres_url, spill_path=spill, retries=3, retry_delay_s=0.01, held_retry_s=0.05, emergency_dir=None
+    ).start()
+    store.put_prediction(row(0))
+    assert store.flush(10)
+    caplog.clear()
+    with postgres_server.down():
+        for batch in range(10):  # ten batches, each retried then spilled, and the writer looking every 50 ms
+            for i in range(5):
+                store.put_prediction(row(1 + batch * 5 + i))
+            assert store.flush(10)
+        time.sleep(0.5)
+        assert store.write_errors >= 15
+        during = _store_lines(caplog)
+    assert len(during) <= 2, [r.getMessage() for r in during]  # one line per kind of trouble: refused, spilled
+    assert sum(r.exc_info is not None for r in during) == 1  # the traceback once
+    assert "(attempt 1: OperationalError" in during[0].getMessage()
+    assert _eventually(lambda: store.count() == 51), "the spilled rows were not written once PostgreSQL was back"
+    after = [r.getMessage() for r in _store_lines(caplog)[len(during) :]]
+    assert len(after) == 2 and "wrote 50 spilled rows" in after[0] and "takes rows again" in after[1], after
+    store.close()
