@@ -156,17 +156,10 @@ def test_a_second_up_is_refused_and_leftovers_of_a_killed_one_are_stopped(settin
 def test_the_next_up_stops_workers_whose_leader_died_with_the_killed_up(settings: Settings) -> None:
     """`pyrocast up` and a service's leader both SIGKILLed: the service's worker (a session of its own, now a child
     of init) kept its port, and every later `up` refused to start. The next `up` finds it by its tag."""
-    from tests.serving.test_procs import LEADER
+    from tests.serving.test_procs import start_toy
 
-    port = free_port()
-    svc = procs.start_process(
-        "champion",
-        [sys.executable, "-c", LEADER, str(port)],
-        url=f"http://127.0.0.1:{port}",
-        health_path="/",
-        log_path=settings.root / "logs" / "champion.log",
-        timeout=30,
-    )
+    svc = start_toy("champion", settings.root / "logs" / "champion.log")
+    port = svc.port
     worker = svc.descendants()[0]
     os.kill(svc.pid, signal.SIGKILL)
     svc.proc.wait(5)

@@ -29,16 +29,22 @@ LEADER = textwrap.dedent(
 )
 
 
-def test_stop_sweeps_workers_outside_the_process_group(tmp_path: Path) -> None:
+def start_toy(name: str, log_path: Path) -> procs.ServiceProcess:
+    """The BentoML-shaped service (LEADER) on a free port, healthy."""
     port = free_port()
-    svc = procs.start_process(
-        "toy",
+    return procs.start_process(
+        name,
         [sys.executable, "-c", LEADER, str(port)],
         url=f"http://127.0.0.1:{port}",
         health_path="/",
-        log_path=tmp_path / "toy.log",
+        log_path=log_path,
         timeout=30,
     )
+
+
+def test_stop_sweeps_workers_outside_the_process_group(tmp_path: Path) -> None:
+    svc = start_toy("toy", tmp_path / "toy.log")
+    port = svc.port
     tree = [svc.pid, *(p.pid for p in svc.descendants())]
     assert len(tree) == 2 and svc.healthy()
     svc.stop(timeout=5)
@@ -56,15 +62,8 @@ def test_stop_finds_workers_whose_leader_was_killed(tmp_path: Path) -> None:
     import os
     import signal
 
-    port = free_port()
-    svc = procs.start_process(
-        "toy",
-        [sys.executable, "-c", LEADER, str(port)],
-        url=f"http://127.0.0.1:{port}",
-        health_path="/",
-        log_path=tmp_path / "toy.log",
-        timeout=30,
-    )
+    svc = start_toy("toy", tmp_path / "toy.log")
+    port = svc.port
     worker = svc.descendants()[0].pid
     os.kill(svc.pid, signal.SIGKILL)
     svc.proc.wait(5)
