@@ -3,9 +3,10 @@
 SQLite in WAL mode under the data directory by default, PostgreSQL by URL (`PYROCAST_STORE_URL`). The gateway
 never waits for the database: rows go to a queue that a background thread writes in batches, and `close()`
 drains the queue, so a clean shutdown (SIGTERM) loses nothing. Rows that cannot be written (the database is down
-and stays down through the retries) are spilled to a JSON-lines file beside it and written once the database takes rows again (the writer looks
-every few seconds), or at the next start. A store whose database cannot be reached when it opens still opens:
-it is an outage like any other, and the tables are created once the database answers.
+and stays down through the retries) are spilled to a JSON-lines file beside it and written once the database
+takes rows again (the writer looks every few seconds), or at the next start. A store whose database cannot be
+reached when it opens still opens: it is an outage like any other, and the tables are created once the database
+answers.
 When the spill cannot be written either (a full disk), the rows are held in memory (up to `MAX_HELD`) and
 retried every few seconds, and the spill file is cut back to its last whole line: nothing half-written is left.
 Rows still held when the store closes go to a memory-backed file in /dev/shm, replayed by the next start.
