@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pyrocast.errors import disk_error
+from tests.support.disks import tmpfs
 
 
 @pytest.mark.parametrize(
@@ -30,11 +31,7 @@ def test_other_os_errors_stay_errors_of_ours() -> None:
 @pytest.mark.integration
 def test_the_cli_on_a_read_only_data_directory_says_so_in_one_line(tmp_path: Path) -> None:
     """A real read-only file system (a tmpfs mounted ro), where the review got a traceback."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a read-only tmpfs here (needs root and mount rights)")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mnt:
         env = {**os.environ, "PYROCAST_DATA_DIR": str(mnt / "data")}
         done = subprocess.run(
             [sys.executable, "-m", "pyrocast.cli.main", "data", "synth", "--tiles", "4"],
@@ -43,8 +40,6 @@ def test_the_cli_on_a_read_only_data_directory_says_so_in_one_line(tmp_path: Pat
             text=True,
             timeout=120,
         )
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr and "Read-only file system" in done.stderr, done.stderr
     assert "choose a writable data directory" in done.stderr

@@ -26,7 +26,7 @@ from pyrocast.errors import PyrocastError, ServiceUnavailableError
 from pyrocast.ports import free_port, port_in_use
 from pyrocast.serving import procs
 from pyrocast.settings import Settings
-from pyrocast.stack import STATE_FILE, Service, Stack, claim_state, group_members
+from pyrocast.stack import STATE_FILE, Service, Stack, claim_state, group_members, release_claim
 from tests.support.mlflow_db import seed_mlflow_db
 from tests.support.serving import tiny_bundles
 
@@ -179,6 +179,81 @@ def test_the_next_up_stops_workers_whose_leader_died_with_the_killed_up(settings
             worker.kill()
 
 
+# One `pyrocast up` as its own process: a stand-in service on a given port, started once the file `go` appears.
+RACER = """
+import sys, time
+from pathlib import Path
+from pyrocast.errors import PyrocastError
+from pyrocast.settings import Settings
+from pyrocast.stack import Stack
+from tests.test_stack import _http_server
+
+root, go, name, port = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+settings = Settings(data_dir=root)
+stack = Stack(settings, [_http_server(settings, name, port)])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+try:
+    stack.start(timeout=30)
+except PyrocastError as exc:
+    print("refused:", exc, flush=True)
+    sys.exit(3)
+print("running", stack.services[0].proc.pid, flush=True)
+time.sleep(60)  # until the test kills it
+"""
+
+
+def test_two_ups_started_in_the_same_instant_one_runs_and_a_killed_one_is_cleaned_up(settings: Settings) -> None:
+    """Both passed the "already running" check (neither had written its state file yet) and both ran. The claim is
+    a lock now: exactly one runs; once it is SIGKILLed the kernel drops its lock and the next `up` stops what it
+    left running."""
+    go = settings.root / "go"
+    ports = {"racer-a": free_port(), "racer-b": free_port()}
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(settings.root), str(go), name, str(port)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for name, port in ports.items()
+    ]
+    port_of = {r.pid: port for r, port in zip(racers, ports.values(), strict=True)}
+    services: list[int] = []
+    try:
+        assert [r.stdout.readline().strip() for r in racers] == ["ready", "ready"]  # type: ignore[union-attr]
+        go.touch()
+        said = {r.pid: r.stdout.readline().strip() for r in racers}  # type: ignore[union-attr]
+        services = [int(line.split()[1]) for line in said.values() if line.startswith("running")]
+        (winner,) = [r for r in racers if said[r.pid].startswith("running")]
+        (loser,) = [r for r in racers if said[r.pid].startswith("refused")]
+        assert loser.wait(30) == 3
+        assert f"pyrocast up is already running on {settings.root} (pid {winner.pid})" in said[loser.pid]
+        with pytest.raises(ServiceUnavailableError, match=f"pid {winner.pid}"):  # held for the life of `up`
+            claim_state(settings)
+
+        winner.kill()  # SIGKILL: it cannot stop its service, which lives in a session of its own
+        winner.wait(10)
+        (service,) = services
+        assert psutil.pid_exists(service) and port_in_use("127.0.0.1", port_of[winner.pid])
+        claim_state(settings)  # the lock is free: the leftovers are stopped by tag
+        assert not psutil.pid_exists(service) or psutil.Process(service).status() == psutil.STATUS_ZOMBIE
+        assert not any(port_in_use("127.0.0.1", p) for p in ports.values())
+        assert not (settings.root / STATE_FILE).exists()
+        release_claim(settings)
+    finally:
+        for r in racers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(r.pid, signal.SIGKILL)
+            r.wait(10)
+        for pid in services:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+
+
 def test_plan_needs_a_champion_and_follows_the_registry_and_settings(settings: Settings, tmp_path: Path) -> None:
     seed_mlflow_db(settings)
     with pytest.raises(PyrocastError, match="no champion model is registered"):
@@ -195,6 +270,14 @@ def test_plan_needs_a_champion_and_follows_the_registry_and_settings(settings: S
     assert [s.name for s in stack.services if s.critical] == ["champion", "gateway"]
     assert any("no challenger" in n for n in stack.notes)
     assert any("PYROCAST_ADMIN_TOKEN" in n for n in stack.notes)
+    # --no-explainer: the gateway is told, so it neither warns nor exposes a down explainer (no alert).
+    settings.serving.gateway_port = free_port()
+    gateway = Stack.plan(settings, mlflow=False, webapp=False, explainer=False).get("gateway")
+    assert gateway is not None and gateway.start is not None
+    with gateway.start().wait_healthy(60) as proc:
+        health = httpx.get(f"{proc.url}/healthz", timeout=10).json()
+        assert health["explainer"] is None and not [w for w in health["warnings"] if "explainer" in w], health
+        assert 'role="explainer"' not in httpx.get(f"{proc.url}/metrics", timeout=10).text
 
 
 @pytest.mark.integration

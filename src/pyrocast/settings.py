@@ -94,6 +94,8 @@ class ServingSettings(BaseModel):
     champion_port: int = 3000
     challenger_port: int = 3001
     explainer_port: int = 3002
+    # False where no explainer runs (`pyrocast up --no-explainer`): the gateway then neither probes nor reports it.
+    explainer: bool = True
     precision: Literal["fp32", "int8", "auto"] = "auto"
     # Where the classifiers run their model: cuda needs onnxruntime-gpu and an NVIDIA GPU (serve fp32 there).
     device: Literal["cpu", "cuda"] = "cpu"

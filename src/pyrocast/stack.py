@@ -16,14 +16,16 @@ then check that no process of those groups is left. Nothing is restarted silentl
 reported with the end of its log; the champion's or the gateway's death stops everything (exit code 1), the
 others' is reported and the rest keeps running (the gateway falls back to the champion without a challenger).
 
-A state file (`Settings.root/run/stack.json`) names the running processes, so a second `pyrocast up` on the
-same data directory refuses to start, and the leftovers of an `up` that was killed with SIGKILL are stopped
-by the next one.
+A state file (`Settings.root/run/stack.json`) names the running processes, and an exclusive lock on
+`run/stack.lock`, held for the life of `up`, claims the data directory: a second `pyrocast up` on it refuses to
+start (of two started in the same instant, exactly one runs), and the leftovers of an `up` that was killed with
+SIGKILL (the kernel drops its lock) are stopped by the next one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -49,6 +51,7 @@ from pyrocast.serving import procs
 from pyrocast.settings import Settings
 
 STATE_FILE = Path("run") / "stack.json"
+LOCK_FILE = Path("run") / "stack.lock"  # never removed: a lock on a file that can be unlinked protects nothing
 LEFTOVER_GRACE_S = 20.0  # for a killed `up`'s services to stop on SIGTERM (the gateway drains its store queue)
 START_TIMEOUT_S = 180.0  # BentoML + ONNX Runtime + a registry download, on a busy 2-core machine
 POLL_S = 0.5
@@ -147,12 +150,15 @@ class Stack:
                     setting="serving.explainer_port",
                 )
             )
+        # A gateway told that no explainer runs does not warn (or raise an alert) about it.
+        no_explainer = {"serving": sv.model_copy(update={"explainer": False})}
+        gw_settings = settings if explainer else settings.model_copy(update=no_explainer)
         add(
             Service(
                 "gateway",
                 f"http://{host}:{sv.gateway_port}",
                 sv.gateway_port,
-                lambda: procs.start_gateway(settings, wait=False),
+                lambda: procs.start_gateway(gw_settings, wait=False),
                 critical=True,
                 what="public API, OpenAPI at /docs",
                 setting="serving.gateway_port",
@@ -192,10 +198,10 @@ class Stack:
         and shows the end of its log.
         """
         claim_state(self.settings)
-        self.check_ports()
         first = [s for s in self.services if s.name not in ("gateway", "webapp") and not s.external]
         then = [s for s in self.services if s.name in ("gateway", "webapp")]
         try:
+            self.check_ports()
             for group in (first, then):
                 for s in group:
                     assert s.start is not None
@@ -409,8 +415,59 @@ def _alive(pid: int, create_time: float | None) -> bool:
         return False
 
 
+# The claims this process holds: lock file -> its open descriptor (closing it releases the lock).
+_claims: dict[Path, int] = {}
+
+
 def claim_state(settings: Settings) -> None:
-    """Refuse when another `pyrocast up` runs on this data directory; stop the leftovers of a killed one."""
+    """Claim the data directory for this `pyrocast up`, or refuse when another one runs there; then stop the
+    leftovers of a killed one.
+
+    The claim is an exclusive lock on `run/stack.lock`, kept until `clear_state` or the end of this process: the
+    kernel drops it however the process ends (SIGKILL too), so of two `up` started in the same instant exactly one
+    gets it, and a lock that is free means that no `up` runs. (Checking the state file's pid alone let both pass:
+    neither had written it yet.) The descriptor is not inherited by the services (Python opens it close-on-exec).
+    """
+    lock = (settings.root / LOCK_FILE).resolve()
+    if lock not in _claims:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            for _ in range(20):  # the holder writes its pid just after locking: wait for it a moment
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                if holder:
+                    break
+                time.sleep(0.01)
+            os.close(fd)
+            raise ServiceUnavailableError(
+                f"pyrocast up is already running on {settings.root} (pid {holder or 'unknown'})",
+                "stop it with Ctrl-C in its terminal (or `kill -INT <pid>`), or use another --data-dir",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message of the `up` that is refused
+        _claims[lock] = fd
+    try:
+        _take_over_state(settings)
+    except BaseException:
+        release_claim(settings)
+        raise
+
+
+def release_claim(settings: Settings) -> None:
+    """Give up this process's claim on the data directory (nothing when it holds none)."""
+    fd = _claims.pop((settings.root / LOCK_FILE).resolve(), None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)
+
+
+def _take_over_state(settings: Settings) -> None:
+    """With the claim held: refuse when the state file names a live `up` (one started before claims were locks),
+    else stop what a killed one left running and remove its state file."""
     path = settings.root / STATE_FILE
     if not path.exists():
         return
@@ -439,14 +496,15 @@ def claim_state(settings: Settings) -> None:
 
 
 def clear_state(settings: Settings) -> None:
-    """Remove the state file if this process wrote it (never another running `up`'s)."""
+    """Remove the state file if this process wrote it (never another running `up`'s), then release the claim."""
     path = settings.root / STATE_FILE
     try:
         owner = int(json.loads(path.read_text()).get("pid", 0))
     except (OSError, ValueError):
-        return
+        owner = 0
     if owner == os.getpid():
         path.unlink(missing_ok=True)
+    release_claim(settings)
 
 
 @contextlib.contextmanager

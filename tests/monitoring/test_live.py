@@ -79,6 +79,45 @@ def test_parse_window_and_buckets() -> None:
     assert odd.index(odd.since) == 0
 
 
+def test_buckets_are_cut_at_the_window_so_the_last_one_ends_now() -> None:
+    """Every chart places a bucket over [start, end): the first starts at the window's start, the last ends at
+    `until` (now, whole seconds), never at the next grid edge in the future; rates use the seconds covered."""
+    span = live.make_span("1h", now=NOW + timedelta(seconds=29, microseconds=300_000))
+    assert span.until == NOW + timedelta(seconds=30)  # whole seconds (rounded up): the JSON's times are exact
+    axis = span.axis()
+    assert len(axis["start"]) == len(axis["end"]) == len(axis["seconds"]) == len(axis["t"]) == 61
+    assert axis["start"][0] == "2026-06-01T11:00:30Z" == live._iso(span.since)  # not 11:00:00, before the window
+    assert axis["t"][0] == "2026-06-01T11:00:00Z"  # the grid start, for older readers
+    assert axis["start"][1:] == axis["end"][:-1]  # buckets touch: no gaps, no overlaps
+    assert axis["end"][-1] == "2026-06-01T12:00:30Z" == live._iso(span.until)  # not 12:01:00, in the future
+    assert axis["seconds"][0] == 30 and axis["seconds"][-1] == 30 and set(axis["seconds"][1:-1]) == {60}
+    aligned = live.make_span("15m", now=NOW).axis()
+    assert aligned["start"] == aligned["t"] and aligned["end"][-1] == live._iso(NOW)
+    assert set(aligned["seconds"]) == {15}
+
+
+def test_a_partial_bucket_rate_is_over_the_time_it_covers(store: PredictionStore) -> None:
+    """Six requests in the 30 s of the minute that is running: 0.2 per second, not 0.1 (a whole minute's worth),
+    which drew every live chart's last point as a drop in traffic."""
+    now = NOW + timedelta(seconds=30)
+    for i in range(6):
+        store.put_prediction(pred(f"p{i}", -(i * 5 + 1) / 60))  # 1 to 26 s after NOW: the last 30 s
+    store.put_prediction(pred("w", 0.5))  # a whole bucket earlier: 1 request in 60 s
+    data = live.request_rate(engine_of(store), live.make_span("1h", now=now))
+    assert data["requests"][-1] == 6 and data["rate_per_s"][-1] == pytest.approx(0.2)
+    assert data["requests"][-2] == 1 and data["rate_per_s"][-2] == pytest.approx(1 / 60, rel=1e-3)
+    assert data["errors_per_s"][-1] == 0
+    for part in ("latency", "traffic", "accuracy"):
+        assert live.overview(store.engine, "1h", now=now)[part]["end"][-1] == "2026-06-01T12:00:30Z"
+
+
+def test_small_rates_keep_their_digits(store: PredictionStore) -> None:
+    """One request in a 3-hour bucket is 0.0000926 per second; four decimals made it 0.0001 (8% too high)."""
+    store.put_prediction(pred("one", 2 * 24 * 60))
+    data = live.request_rate(engine_of(store), live.make_span("7d", now=NOW))
+    assert data["rate_per_s"][data["requests"].index(1)] == pytest.approx(1 / 10800, rel=1e-3)
+
+
 def test_empty_store_reads_as_no_traffic(settings) -> None:
     engine = live.open_engine(settings)  # creates the tables: the gateway may never have run
     data = live.overview(engine, "1h", now=NOW)
@@ -184,6 +223,46 @@ def test_live_accuracy_per_version_uses_latest_label_and_shadow_answers(store: P
     # r0 was predicted 30 minutes ago (bucket -30): correct under its latest label.
     assert v1["accuracy_series"][-30] == 1.0
     assert v1["accuracy_series"][0] is None
+
+
+def test_ground_truth_outranks_a_users_verdict_and_a_user_may_change_theirs(store: PredictionStore) -> None:
+    # Version 1 says wildfire to four requests. g1: replay says nowildfire, then a user insists it was right.
+    # g2: a user says wrong, then the feed says wildfire. u1: a user says wrong, then changes to right.
+    # u2: a user says right, then wrong. Ground truth wins whenever there is some; else the newest verdict.
+    for rid in ("g1", "g2", "u1", "u2"):
+        store.put_prediction(pred(rid, 10))
+    store.put_feedback(label("g1", "nowildfire", minutes_ago=5, source="replay"))
+    store.put_feedback(label("g1", "wildfire", minutes_ago=4))
+    store.put_feedback(label("g2", "nowildfire", minutes_ago=5))
+    store.put_feedback(label("g2", "wildfire", minutes_ago=4, source="feed"))
+    store.put_feedback(label("u1", "nowildfire", minutes_ago=5))
+    store.put_feedback(label("u1", "wildfire", minutes_ago=4))
+    store.put_feedback(label("u2", "wildfire", minutes_ago=5))
+    store.put_feedback(label("u2", "nowildfire", minutes_ago=4))
+    v1 = live.live_accuracy(engine_of(store), live.make_span("1h", now=NOW))["versions"]["1"]
+    # Right on g2 (feed) and u1 (changed to right); wrong on g1 (replay) and u2 (changed to wrong).
+    assert (v1["n"], v1["correct"]) == (4, 2)
+    assert v1["by_source"] == {"feed": 1, "replay": 1, "user": 2}
+    # The store answers "the label of this request" by the same rule.
+    labelled = {rid: store.label_of(rid) for rid in ("g1", "g2", "u1", "u2")}
+    assert {rid: (r["true_label"], r["source"]) for rid, r in labelled.items() if r} == {
+        "g1": ("nowildfire", "replay"),
+        "g2": ("wildfire", "feed"),
+        "u1": ("wildfire", "user"),
+        "u2": ("nowildfire", "user"),
+    }
+    assert store.label_of("nobody") is None
+    # Every row stays (history); the feedback page says which one is the request's label now.
+    rows = live.recent_feedback(store.engine, limit=10)
+    assert len(rows) == 8
+    counted = {(r["request_id"], r["source"], r["true_label"]) for r in rows if r["counts"]}
+    assert counted == {
+        ("g1", "replay", "nowildfire"),
+        ("g2", "feed", "wildfire"),
+        ("u1", "user", "wildfire"),
+        ("u2", "user", "nowildfire"),
+    }
+    assert {r["id"] for r in rows if r["counts"]} == {labelled[rid]["id"] for rid in labelled}
 
 
 def test_recent_feedback_joins_the_served_answer(store: PredictionStore) -> None:

@@ -123,8 +123,9 @@ def alerts(prometheus_url: str) -> dict[tuple[str, str], str]:
 @pytest.mark.integration
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed: `make test` installs Debian's as root")
 def test_a_real_prometheus_alerts_on_a_gateway_whose_champion_is_dead(tmp_path: Path) -> None:
-    """The shipped configuration, scraping every second: a gateway whose classifiers never started (its
-    predictions end in 503) and a gateway address nobody answers raise exactly the alerts the runbook expects."""
+    """The shipped configuration, scraping every second: a gateway whose classifiers and explainer never started
+    (its predictions end in 503) and a gateway address nobody answers raise exactly the alerts the runbook expects
+    (the explainer's pending: it waits 5 minutes)."""
     assert PROMETHEUS is not None
     settings = stack_settings(tmp_path)  # ports for classifiers that are never started
     gateway = procs.start_gateway(settings)
@@ -152,6 +153,7 @@ def test_a_real_prometheus_alerts_on_a_gateway_whose_champion_is_dead(tmp_path: 
     expected = {
         ("PyrocastChampionDown", live),
         ("PyrocastPredictionErrors", live),
+        ("PyrocastExplainerDown", live),
         ("PyrocastGatewayDown", dead),
     }
     tile = jpeg_tile(7, size=64)

@@ -114,7 +114,9 @@ def test_feedback_is_stored_with_the_true_label(gw: ServingStack, jpeg: bytes) -
         "served_label": "wildfire",
         "model": {"name": gw.model_name, "version": "1"},
     }
-    r = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": rid, "label": "wildfire", "source": "replay"})
+    # Ground truth from replay: the gateway has an admin token, so it needs it (tests/serving/test_feedback_trust.py).
+    replay = {"request_id": rid, "label": "wildfire", "source": "replay"}
+    r = httpx.post(f"{gw.url}/v1/feedback", json=replay, headers=gw.admin)
     assert r.status_code == 200 and r.json()["correct"] is True
     store = PredictionStore(gw.settings.store_database_url)
     rows = wait_for(lambda: len(store.feedback_for(rid)) == 2 and store.feedback_for(rid))

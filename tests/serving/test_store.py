@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from PIL import Image
 from sqlalchemy import create_engine
 
 from pyrocast.serving.store import STAT_COLUMNS, PredictionStore, image_stats
+from tests.support.disks import tmpfs
 from tests.support.store_rows import row
 
 
@@ -137,13 +136,7 @@ def test_database_down_and_disk_full_hold_the_rows_until_the_database_is_back(tm
 
 
 def test_a_full_disk_mid_spill_leaves_whole_lines_and_the_next_start_replays_them(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tiny file system for the full disk needs root")
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(small)], check=False).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tmpfs(tmp_path / "small") as small:
         db = tmp_path / "p.db"
         spill = small / "spill.jsonl"
         shm = tmp_path / "shm"  # stands for /dev/shm
@@ -165,8 +158,6 @@ def test_a_full_disk_mid_spill_leaves_whole_lines_and_the_next_start_replays_the
         again = PredictionStore(f"sqlite:///{db}", spill_path=spill, emergency_dir=shm)
         assert again.count() == 200 and not spill.exists() and not list(shm.iterdir())
         again.close()
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
 
 
 def test_rows_nobody_takes_at_shutdown_are_counted_lost_only_without_an_emergency_file(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +13,7 @@ from pyrocast.cli.main import app
 from pyrocast.errors import InvalidInputError, ServiceUnavailableError
 from pyrocast.ports import free_port
 from pyrocast.serving.store import PredictionStore
+from pyrocast.settings import get_settings
 from pyrocast.simulate.replay import Outcome, run_replay
 from tests.simulate.conftest import N_TEST, TRAIN_LAT
 from tests.support.serving import ServingStack
@@ -140,6 +142,17 @@ def test_shadow_replay_reports_the_challengers_accuracy_on_the_copies(stack: Ser
     assert [g.variant for g in result.versions] == ["all"] and result.versions[0].model_version == "1"
 
 
+@pytest.fixture
+def operator_env(stack: ServingStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The gateway's token exported as an operator would; settings read afresh (a command reads its environment
+    once per process: this test's, not an earlier test's)."""
+    monkeypatch.setenv("PYROCAST_ADMIN_TOKEN", stack.token)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.mark.usefixtures("operator_env")
 def test_replay_command_prints_json(stack: ServingStack) -> None:
     res = CliRunner().invoke(
         app,
@@ -159,6 +172,7 @@ def test_replay_command_prints_json(stack: ServingStack) -> None:
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout[res.stdout.index("{") :])
     assert out["sent"] == 3 and out["errors"] == 0 and out["by_version"][0]["model_version"] == "1"
+    assert (out["feedback_stored"], out["feedback_error_kinds"]) == (3, {})
 
 
 @pytest.mark.integration
@@ -200,3 +214,38 @@ def test_a_tile_that_vanished_is_an_error_and_the_replay_goes_on(stack: ServingS
     result = run_replay(s, rate=20, gateway=stack.url)
     assert result.sent == 3 and result.errors == 1
     assert "FileNotFoundError" in next(iter(result.error_kinds()))
+
+
+def test_replay_sends_the_admin_token_the_gateway_needs_for_ground_truth(stack: ServingStack) -> None:
+    from io import StringIO
+
+    from pydantic import SecretStr
+    from rich.console import Console
+
+    from pyrocast.errors import PyrocastError
+
+    # The gateway has an admin token; the operator's PYROCAST_ADMIN_TOKEN (stack.settings) is sent with the labels.
+    sent = run_replay(stack.settings, limit=3, rate=20, duration_s=60)
+    assert sent.errors == 0 and sent.feedback_stored == 3 and sent.feedback_error_kinds() == {}
+    # Without it the answers still come, but the gateway refuses the ground truth, and the report says why.
+    unset = run_replay(stack.settings.model_copy(update={"admin_token": None}), limit=3, rate=20, duration_s=60)
+    assert unset.errors == 0 and unset.feedback_stored == 0
+    ((why, n),) = unset.feedback_error_kinds().items()
+    assert n == 3 and why.startswith("HTTP 401: ") and "admin token" in why and "PYROCAST_ADMIN_TOKEN" in why
+    assert unset.as_dict()["feedback_error_kinds"] == {why: 3}
+    shown = StringIO()
+    unset.render(Console(file=shown, width=300))
+    assert f"3 x ground truth not stored: {why}" in shown.getvalue()
+    # A token no HTTP header can carry is refused before anything is sent (and never echoed).
+    store = PredictionStore(stack.settings.store_database_url)
+    try:
+        time.sleep(1.0)  # the gateway writes in the background: the runs above are in by now
+        before = store.count("predictions")
+        torn = stack.settings.model_copy(update={"admin_token": SecretStr(stack.token + "\n")})
+        with pytest.raises(PyrocastError, match="whitespace") as err:
+            run_replay(torn, limit=3, rate=20, duration_s=60)
+        assert stack.token not in str(err.value.message) + str(err.value.hint)
+        time.sleep(0.5)
+        assert store.count("predictions") == before
+    finally:
+        store.engine.dispose()

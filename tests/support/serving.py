@@ -2,7 +2,8 @@
 
 `start_stack(root)` builds two tiny bundles (champion v1 says "wildfire" to everything, challenger v2 says
 "nowildfire": they always disagree, which the canary guardrail tests need), starts the BentoML services in
-parallel on free ports, then the gateway with an admin token. `stack.stop()` stops every process group.
+parallel on free ports, then the gateway with an admin token (also in `stack.settings`, as an operator's
+environment has it for `pyrocast replay`). `stack.stop()` stops every process group.
 With `registry=True` the bundles are registered in a fresh MLflow store (SQLite) as versions 1 and 2 with
 the aliases champion -> 1 and challenger -> 2, and the classifiers serve the aliases (as `pyrocast up` does),
 so promote/rollback move real aliases. Reused by the gateway tests and by anything built on the gateway.
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from pyrocast.ports import free_port
 from pyrocast.serving import procs
@@ -96,6 +98,8 @@ def stack_settings(root: Path) -> Settings:
     ports = [free_port() for _ in range(5)]
     s = Settings(
         data_dir=root / "data",
+        # The gateway's token, as an operator exports it where they run replay or rollout commands too.
+        admin_token=SecretStr(TOKEN),
         serving=ServingSettings(
             champion_port=ports[0],
             challenger_port=ports[1],
@@ -137,6 +141,7 @@ def start_stack(
     `bundles` reuses tiny bundles built earlier (`tiny_bundles`); by default they are built under `root`.
     """
     settings = stack_settings(root)
+    settings.serving.explainer = explainer  # as `pyrocast up --no-explainer` tells its gateway
     stack = ServingStack(settings, bundles or tiny_bundles(root / "bundles"), registry=registry)
     sv = settings.serving
     if registry:

@@ -209,6 +209,43 @@ def test_feedback_and_monitoring_pages_show_the_store(settings: Settings, client
     assert 'aria-current="true" class="active">6h<' in mon
 
 
+def test_feedback_page_marks_the_rows_that_no_longer_give_the_label(settings: Settings, client: TestClient) -> None:
+    store = PredictionStore(settings.store_database_url).start()
+    now = datetime.now(UTC)
+    for rid in ("changed", "known"):
+        store.put_prediction(
+            {"ts": now, "request_id": rid, "served": True, "variant": "champion", "model_name": "m"}
+            | {"model_version": "1", "source": "web", "probability": 0.8, "label": "wildfire"}
+        )
+    verdicts = [
+        ("changed", False, "nowildfire", "user"),  # then changed: the newest verdict counts
+        ("changed", True, "wildfire", "user"),
+        ("known", None, "nowildfire", "replay"),  # ground truth outranks the later verdict
+        ("known", True, "wildfire", "user"),
+    ]
+    for i, (rid, correct, truth, source) in enumerate(verdicts):
+        store.put_feedback(
+            {"ts": now + timedelta(seconds=i), "request_id": rid, "correct": correct, "true_label": truth}
+            | {"served_label": "wildfire", "model_version": "1", "source": source}
+        )
+    store.close()
+    page = client.get("/feedback").text
+    rows = page.split("<tr data-request-id=")[1:]  # newest first
+    assert [("superseded" in r, r.split('"')[1]) for r in rows] == [
+        (True, "known"),  # the user's verdict under the replayed label
+        (False, "known"),
+        (False, "changed"),
+        (True, "changed"),
+    ]
+    api = client.get("/api/feedback").json()
+    assert [(r["request_id"], r["source"], r["counts"]) for r in api] == [
+        ("known", "user", False),
+        ("known", "replay", True),
+        ("changed", "user", True),
+        ("changed", "user", False),
+    ]
+
+
 def test_pyrocast_serve_webapp_command(settings: Settings) -> None:
     """`pyrocast serve webapp` runs the app in the foreground on the port asked for."""
     exe = Path(sys.executable).with_name("pyrocast")
@@ -323,3 +360,65 @@ def test_running_the_module_gives_no_runpy_warning(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "RuntimeWarning" not in out.stderr and "--port" in out.stdout
+
+
+def test_monitoring_json_gives_each_bucket_its_start_and_end(settings: Settings, client: TestClient) -> None:
+    """Every chart reads where its buckets begin and end: the first at the window's start, the last at its end
+    (now), the seconds each covers, and rates over those seconds (the bucket running now is not a drop)."""
+    store = PredictionStore(settings.store_database_url).start()
+    now = datetime.now(UTC)
+    for i in range(5):
+        store.put_prediction(
+            {
+                "ts": now - timedelta(seconds=i),
+                "request_id": f"r{i}",
+                "served": True,
+                "variant": "champion",
+                "model_name": "m",
+                "model_version": "1",
+                "source": "web",
+                "label": "wildfire",
+                "latency_ms": 5.0,
+            }
+        )
+    store.close()
+    data = client.get("/api/monitoring", params={"window": "15m"}).json()
+    for part in ("requests", "latency", "traffic", "accuracy"):
+        d = data[part]
+        assert d["start"][0] == data["since"] and d["end"][-1] == data["until"], part
+        assert d["start"][1:] == d["end"][:-1], part
+        assert all(0 < s <= data["bucket_s"] for s in d["seconds"]), part
+    req = data["requests"]
+    last = req["seconds"][-1]
+    assert sum(req["requests"]) == 5
+    if req["requests"][-1]:  # the window's end fell on a bucket edge less than 5 s ago: nothing to check
+        assert req["rate_per_s"][-1] == pytest.approx(req["requests"][-1] / last, rel=1e-3)
+
+
+def test_models_page_tells_a_missing_challenger_from_a_down_champion(settings: Settings) -> None:
+    """A real gateway with no model service behind it: the champion that should answer is an alarm (red), the
+    challenger nobody assigned is not (grey, "not running"), and no calls show as "–", not "0.0%"."""
+    from pyrocast.serving import procs
+    from pyrocast.settings import ServingSettings
+
+    ports = [free_port() for _ in range(4)]
+    serving = ServingSettings(
+        champion_port=ports[0], challenger_port=ports[1], explainer_port=ports[2], gateway_port=ports[3]
+    )
+    s = settings.model_copy(update={"serving": serving})
+    gateway = procs.start_gateway(s)
+    try:
+        with TestClient(create_app(s, gateway=gateway.url)) as c:
+            html = c.get("/models").text
+    finally:
+        gateway.stop()
+    champion = re.search(r'id="champion-card">(.*?)</div>', html, re.S)[1]
+    challenger = re.search(r'id="challenger-card">(.*?)</div>', html, re.S)[1]
+    assert 'class="pill down">not answering' in champion
+    assert 'class="pill idle">not running' in challenger and "not answering" not in challenger
+    stats = re.search(r'id="stats-title">(.*?)</section>', html, re.S)[1]
+    assert "since the last rollout change" in stats
+    rows = {m[0]: m[1] for m in re.findall(r'<th scope="row">([^<]+)</th>(.*?)</tr>', stats, re.S)}
+    assert set(rows) >= {"champion", "challenger"}
+    cells = re.findall(r"<td>(.*?)</td>", rows["challenger"])
+    assert cells == ["0", "0", "–", "–", "–", "0", "–"]

@@ -8,16 +8,21 @@ and the console must stay free of errors. Screenshots go to /tmp/pyrocast-webapp
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from pyrocast.ports import free_port
 from pyrocast.serving import procs
+from pyrocast.serving.store import PredictionStore
 from pyrocast.settings import ServingSettings, Settings
 from pyrocast.webapp.app import COOKIE
-from tests.support.browser_pages import Live, Tab, served_row, wait_js
+from tests.support.browser_pages import Live, Tab, open_tab, served_row, wait_js
 from tests.support.waiting import wait_for
 from tests.support.webapp import start_webapp
 
@@ -76,7 +81,8 @@ def test_click_the_map_read_the_answer_send_feedback(live: Live, tab: Tab) -> No
     assert fb[0]["correct"] is False
     assert fb[0]["true_label"] == "nowildfire" and fb[0]["served_label"] == "wildfire" and fb[0]["label"] is None
     assert fb[0]["model_version"] == "1" and fb[0]["source"] == "user" and fb[0]["client_id"] == cookie
-    assert page.is_disabled("#fb-right") and page.is_disabled("#fb-wrong")
+    # The stored verdict shows as pressed; the other stays open (test_map_behaviour: changing a verdict).
+    assert page.get_attribute("#fb-wrong", "aria-pressed") == "true" and page.is_enabled("#fb-right")
     assert page.inner_text("#gateway-status").strip() == "Live · champion v1"
     tab.assert_clean()
 
@@ -237,6 +243,216 @@ def test_monitoring_charts_say_when_they_are_empty(live: Live, tab: Tab, setting
         assert "No data yet" in page.inner_text(f"#chart-{chart}")
     assert page.evaluate("document.getElementById('chart-traffic').layout.yaxis.title.text") == "answers per 15 s"
     assert page.inner_text("#kpi-rate") == "no requests in this window"
+    tab.assert_clean()
+
+
+# The monitoring page over rows of our own at a fixed "now": bucket edges and tick positions are the same at every
+# run. The page's embedded data and its refreshes are the overview of those rows (both routes fulfilled here).
+GEOMETRY = """(id) => {
+  const el = document.getElementById(id);
+  const area = el.querySelector('.nsewdrag').getBoundingClientRect();  // the plot area
+  const box = (e) => { const b = e.getBoundingClientRect(); return {left: b.left, right: b.right, top: b.top,
+                                                                    bottom: b.bottom, x: (b.left + b.right) / 2}; };
+  // Each drawn trace group carries its data (d3's binding): overlaid axes draw in layers of their own.
+  const traces = [...el.querySelectorAll('.scatterlayer .trace')];
+  const points = (name) => { const g = traces.find(g => g.__data__ && g.__data__[0].trace.name === name);
+                             return g ? [...g.querySelectorAll('.points path')].map(box) : []; };
+  const bars = [...el.querySelectorAll('.barlayer .point path')].map(box).filter(b => b.right > b.left);
+  return {area: {left: area.left, right: area.right}, bars, points: Object.fromEntries(
+    el.data.filter(t => t.type !== 'bar').map(t => [t.name, points(t.name)]))};
+}"""
+LABELS = """(id) => {
+  const el = document.getElementById(id);
+  const boxes = (sel) => [...el.querySelectorAll(sel)].map(e => [e.textContent, e.getBoundingClientRect()])
+    .filter(([, b]) => b.width > 0).map(([t, b]) => ({t, left: b.left, right: b.right, top: b.top, bottom: b.bottom}));
+  return {y: boxes('.ytick text'), x: boxes('.xtick text'), title: boxes('.g-ytitle text'),
+          legend: boxes('.legend .traces')};
+}"""
+
+
+def show_monitoring(live: Live, tab: Tab, tmp_path: Path, window: str, now: datetime, fill: Any) -> dict[str, Any]:
+    """Fill a store of our own with `fill(store)`, and show the page for its overview at `now`; returns the data."""
+    from pyrocast.monitoring.live import overview
+
+    store = PredictionStore(f"sqlite:///{tmp_path / 'crafted.db'}").start()
+    fill(store)
+    assert store.flush(10)
+    data = overview(store.engine, window, now=now)
+    store.close()
+    text = json.dumps(data)
+    safe = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    html = httpx.get(live.url + "/monitoring", params={"window": window}, timeout=30).text
+    html, n = re.subn(
+        r'(<script id="monitoring-data" type="application/json">).*?(</script>)',
+        lambda m: m.group(1) + safe + m.group(2),
+        html,
+        flags=re.S,
+    )
+    assert n == 1
+    page = tab.page
+    url = f"{live.url}/monitoring?window={window}"
+    page.route(url, lambda r: r.fulfill(status=200, content_type="text/html", body=html))
+    page.route("**/api/monitoring?*", lambda r: r.fulfill(status=200, content_type="application/json", body=text))
+    page.goto(url)
+    wait_js(page, "document.querySelectorAll('.js-plotly-plot').length === 4", 20)
+    return data
+
+
+def answer(ts: datetime, i: int, **kw: Any) -> dict[str, Any]:
+    """A served champion answer of version 1 at `ts` (any field overridden)."""
+    return {
+        "ts": ts,
+        "request_id": f"q{i}",
+        "served": True,
+        "variant": "champion",
+        "model_name": "m",
+        "model_version": "1",
+        "source": "web",
+        "probability": 0.9,
+        "label": "wildfire",
+        "latency_ms": 10.0 + i % 7,
+        **kw,
+    }
+
+
+@pytest.mark.browser
+def test_monitoring_bars_and_points_sit_on_their_bucket_and_end_now(live: Live, tab: Tab, tmp_path: Path) -> None:
+    """One rule for every chart: a bucket is drawn over [start, end) inside the window, bars centred on its middle
+    with its width, line points on the same middle; the bucket running now ends now, not in the future. (Bars
+    were centred on the bucket's start, half a bucket early, while the request line stepped from it.)"""
+    now = datetime(2026, 6, 1, 12, 0, 7, tzinfo=UTC)  # 7 s into a 15 s bucket
+    gap = (datetime(2026, 6, 1, 11, 55, 15, tzinfo=UTC), datetime(2026, 6, 1, 11, 56, 0, tzinfo=UTC))
+
+    def fill(store: PredictionStore) -> None:
+        for i in range(180):  # one answer every 5 s over the 15 minutes, each labelled, but none in the gap
+            ts = now - timedelta(seconds=1 + 5 * i)
+            if not gap[0] <= ts < gap[1]:
+                store.put_prediction(answer(ts, i))
+                store.put_feedback({"request_id": f"q{i}", "true_label": "wildfire", "source": "replay"})
+
+    data = show_monitoring(live, tab, tmp_path, "15m", now, fill)
+    assert data["bucket_s"] == 15 and data["until"] == "2026-06-01T12:00:07Z"
+    since, until = datetime.fromisoformat(data["since"]), datetime.fromisoformat(data["until"])
+    last_start = datetime.fromisoformat(data["traffic"]["start"][-1])
+    assert last_start == datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
+    page = tab.page
+    for chart in ("requests", "latency", "traffic", "accuracy"):
+        assert page.evaluate(f"document.getElementById('chart-{chart}').layout.xaxis.range") == [
+            data["since"],
+            data["until"],
+        ]
+
+    def timer(geometry: dict[str, Any]) -> Any:
+        """Pixels to seconds before `until` (the x axis runs from `since` to `until` across the plot area)."""
+        left, right = geometry["area"]["left"], geometry["area"]["right"]
+        per_px = (until - since).total_seconds() / (right - left)
+        return lambda px: (right - px) * per_px, per_px
+
+    traffic = page.evaluate(GEOMETRY, "chart-traffic")
+    before, per_px = timer(traffic)
+    last = max(traffic["bars"], key=lambda b: b["right"])
+    tolerance = 1.5 * per_px  # a pixel and a half, in seconds
+    assert before(last["right"]) == pytest.approx(0, abs=tolerance), "the last bar must end now"
+    assert before(last["left"]) == pytest.approx(7, abs=tolerance), "the last bar must start at its bucket's start"
+    assert before(last["x"]) == pytest.approx(3.5, abs=tolerance)
+    # Every line's last point sits on the same middle as the last bar.
+    for chart, name in (("requests", "requests"), ("latency", "p50"), ("accuracy", "v1")):
+        g = page.evaluate(GEOMETRY, f"chart-{chart}")
+        at, px = timer(g)
+        assert g["points"][name], f"{chart}: no points drawn for {name}"
+        assert at(g["points"][name][-1]["x"]) == pytest.approx(3.5, abs=1.5 * px), chart
+    # A whole bucket inside the window: the one before spans [11:59:45, 12:00:00).
+    previous = sorted(traffic["bars"], key=lambda b: b["right"])[-2]
+    assert before(previous["left"]) == pytest.approx(22, abs=tolerance)
+    assert before(previous["right"]) == pytest.approx(7, abs=tolerance)
+
+    # The hover names the bucket under the pointer and gives its own values: in the first bucket of the gap, no
+    # answers (plotly's unified hover gave the neighbouring bucket's latency there).
+    latency = page.locator("#chart-latency")
+    latency.scroll_into_view_if_needed()
+    area = page.locator("#chart-latency .nsewdrag").bounding_box()
+    assert area is not None
+    mid = gap[0] + timedelta(seconds=7.5)
+    x = area["x"] + area["width"] * (mid - since).total_seconds() / (until - since).total_seconds()
+    page.mouse.move(x, area["y"] + area["height"] / 2)
+    hover = "[...document.querySelectorAll('#chart-latency .hoverlayer text')].map(t => t.textContent).join(' | ')"
+    wait_js(page, hover.replace(".join(' | ')", ".length > 0"), 5)
+    text = page.evaluate(hover)
+    assert "11:55:15–11:55:30 UTC" in text and "no answers" in text and "p50" not in text, text
+    page.mouse.move(x - area["width"] * 15 / 900, area["y"] + area["height"] / 2)  # one bucket earlier
+    wait_js(page, f"({hover}).includes('11:55:00–11:55:15 UTC')", 5)
+    assert "p50" in page.evaluate(hover)
+    tab.assert_clean()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("size", [(1280, 800), (390, 844)], ids=["desktop", "phone"])
+def test_monitoring_tick_labels_do_not_overlap(
+    live: Live, chromium: Any, tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """No y tick label runs into another, into the x labels (the first x label near the left edge hit the "0"),
+    into the axis title or into the legend; and rates are written in a unit people read ("per hour"), never
+    "100µ" per second."""
+    now = datetime(2026, 6, 1, 20, 31, 0, tzinfo=UTC)  # the first midnight of the 7 d window is 3.5 h in
+
+    def fill(store: PredictionStore) -> None:
+        store.put_prediction(answer(now - timedelta(days=2), 0))
+        store.put_feedback({"request_id": "q0", "true_label": "wildfire", "source": "replay"})
+
+    with open_tab(chromium, width=size[0], height=size[1]) as tab:
+        show_monitoring(live, tab, tmp_path, "7d", now, fill)
+        page = tab.page
+
+        def hit(a: dict[str, Any], b: dict[str, Any]) -> bool:
+            return (
+                a["left"] < b["right"] and b["left"] < a["right"] and a["top"] < b["bottom"] and b["top"] < a["bottom"]
+            )
+
+        for chart in ("requests", "latency", "traffic", "accuracy"):
+            labels = page.evaluate(LABELS, f"chart-{chart}")
+            ys = labels["y"]
+            assert len(ys) >= 2, f"{chart}: no y tick labels"
+            clashes = [
+                (a["t"], b["t"])
+                for i, a in enumerate(ys)
+                for b in ys[i + 1 :] + labels["x"] + labels["title"] + labels["legend"]
+                if hit(a, b)
+            ]
+            assert clashes == [], f"{chart} at {size}: overlapping labels {clashes}"
+            assert not any("µ" in y["t"] or "μ" in y["t"] for y in ys), (chart, [y["t"] for y in ys])
+        assert page.evaluate("document.getElementById('chart-requests').layout.yaxis.title.text") == (
+            "requests per hour"
+        )
+        page.screenshot(path=SHOTS.format(f"monitoring-7d-{size[0]}"), full_page=True)
+        tab.assert_clean()
+
+
+@pytest.mark.browser
+def test_monitoring_empty_charts_say_what_is_missing(live: Live, tab: Tab, tmp_path: Path) -> None:
+    """Requests that all failed have no latency and no answers, and labels come later: each empty chart says
+    which (it said "No data yet" beside a request chart full of failures), with no legend and no made-up scale."""
+    now = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
+
+    def fill(store: PredictionStore) -> None:
+        for i in range(4):
+            store.put_prediction(
+                answer(now - timedelta(minutes=2 + i), i, served=False, label=None, latency_ms=None, error="down")
+            )
+
+    show_monitoring(live, tab, tmp_path, "15m", now, fill)
+    page = tab.page
+    layout = "document.getElementById('chart-{}').layout"
+    notes = {
+        c: page.evaluate(layout.format(c) + ".annotations.map(a => a.text)")
+        for c in ("requests", "latency", "traffic", "accuracy")
+    }
+    assert notes["requests"] == []
+    assert notes["latency"] == notes["traffic"] == ["No answers in this window:<br>all 4 requests failed"]
+    assert notes["accuracy"] == ["No labelled answers in this window yet"]
+    assert "all 4 requests failed" in page.inner_text("#chart-traffic")
+    for chart in ("latency", "traffic", "accuracy"):
+        assert page.evaluate(layout.format(chart) + ".showlegend") is False, chart
+        assert page.locator(f"#chart-{chart} .ytick text").count() == 0, chart
     tab.assert_clean()
 
 

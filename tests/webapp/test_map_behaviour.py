@@ -157,6 +157,47 @@ def test_feedback_confirmation_stays_with_its_answer(live: Live, tab: Tab) -> No
     tab.assert_clean()
 
 
+def test_a_verdict_can_be_changed_and_every_verdict_stays_stored(live: Live, tab: Tab) -> None:
+    page = open_map(live, tab)
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if r.url.endswith("/api/feedback") else None)
+    rid = ask(page, *A)  # champion v1 says wildfire
+    page.click("#fb-wrong")
+    until(page, lambda: "Thanks, saved" in page.inner_text("#fb-message"), 15, "the first confirmation")
+    said = page.inner_text("#fb-message")
+    assert "the answer was wrong, so this place is recorded as nowildfire" in said and "Press Right" in said
+    assert page.get_attribute("#fb-wrong", "aria-pressed") == "true"
+    assert page.get_attribute("#fb-right", "aria-pressed") == "false"
+    assert page.is_enabled("#fb-right") and page.is_enabled("#fb-wrong")  # a mind may change
+
+    page.click("#fb-right")
+    until(page, lambda: page.inner_text("#fb-message").startswith("Changed"), 15, "the second confirmation")
+    said = page.inner_text("#fb-message")
+    assert "the answer was right, so this place is recorded as wildfire" in said
+    assert "2 verdicts on this answer stay stored as history; the newest one counts" in said
+    assert page.get_attribute("#fb-right", "aria-pressed") == "true"
+    assert page.get_attribute("#fb-wrong", "aria-pressed") == "false"
+    page.click("#fb-right")  # the stored verdict again: said, not sent twice
+    assert page.inner_text("#fb-message").startswith("Already saved: the answer was right")
+    assert len(sent) == 2
+
+    # The store keeps both verdicts in the order given; the request's label is the newest.
+    rows = wait_for(lambda: len(live.store.feedback_for(rid)) == 2 and live.store.feedback_for(rid), what="2 rows")
+    assert [(f["correct"], f["true_label"], f["source"]) for f in rows] == [
+        (False, "nowildfire", "user"),
+        (True, "wildfire", "user"),
+    ]
+    label = live.store.label_of(rid)
+    assert label is not None and label["id"] == rows[1]["id"]
+    # The feedback page shows both, the replaced one marked.
+    page.goto(live.url + "/feedback")
+    mine = page.locator(f'#feedback-table tr[data-request-id="{rid}"]')
+    assert mine.count() == 2
+    assert "right" in mine.nth(0).inner_text() and "superseded" not in mine.nth(0).inner_text()
+    assert "wrong" in mine.nth(1).inner_text() and "superseded" in mine.nth(1).inner_text()
+    tab.assert_clean()
+
+
 # --- 3. zooming is not choosing ------------------------------------------------------------------------------
 def test_double_click_zooms_and_predicts_at_most_once(live: Live, tab: Tab) -> None:
     page = open_map(live, tab)

@@ -55,7 +55,10 @@ def replay(
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
     data_dir: Path | None = DATA_DIR,
 ) -> None:
-    """Send held-back tiles through the gateway as production traffic; report live accuracy per model version."""
+    """Send held-back tiles through the gateway as production traffic; report live accuracy per model version.
+
+    True labels go back as ground truth, with PYROCAST_ADMIN_TOKEN if set (a gateway with a token needs it).
+    """
     from pyrocast.simulate.replay import run_replay
 
     s = settings(data_dir)

@@ -15,7 +15,7 @@ from pyrocast.cli.common import GATEWAY, old_gateway_name, out, pick_gateway, se
 from pyrocast.errors import InvalidInputError, PyrocastError
 from pyrocast.report import Report
 from pyrocast.serving.rollout import FLEET
-from pyrocast.simulate.gateway import transport_error
+from pyrocast.simulate.gateway import check_token, transport_error
 
 DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: PYROCAST_DATA_DIR or ./.pyrocast).")
 URL = old_gateway_name("--url")
@@ -159,25 +159,6 @@ def _gateway(gateway: str | None, url: str | None, data_dir: Path | None) -> tup
     token = s.admin_token.get_secret_value() if s.admin_token else None
     base = pick_gateway(gateway, url, "--url") or f"http://{s.serving.host}:{s.serving.gateway_port}"
     return base.rstrip("/"), token
-
-
-def check_token(token: str | None) -> str:
-    """The admin token, or a clear error naming what is wrong with it (never the token itself)."""
-    if not token:
-        raise PyrocastError("rollout changes need the admin token", "export PYROCAST_ADMIN_TOKEN=<the gateway's token>")
-    problems = []
-    if token != token.strip():
-        problems.append("starts or ends with whitespace (a space or a newline, e.g. from a file)")
-    if not token.isascii():
-        problems.append("holds non-ASCII characters")
-    elif not token.strip().isprintable():
-        problems.append("holds control characters")
-    if problems:
-        raise PyrocastError(
-            f"PYROCAST_ADMIN_TOKEN {' and '.join(problems)}: an HTTP header cannot carry it",
-            "set it to the gateway's token exactly: printable ASCII, no surrounding whitespace",
-        )
-    return token
 
 
 def _call(method: str, url: str, path: str, token: str | None = None, body: dict[str, Any] | None = None) -> dict:

@@ -11,8 +11,9 @@ Definitions (the store's tables are described in `pyrocast.serving.store`):
 - *traffic per variant* counts served answers per variant; shadow copies and champion comparisons are
   counted apart (`copies`), since no user saw them.
 - *live accuracy* of a model version: every labelled answer it gave (served, shadow or comparison) to a request
-  that later got a true label (user feedback, replayed test labels, the fire feed), judged against the latest
-  label of that request. Series are bucketed by the time of the prediction, not of the label.
+  that later got a true label (user feedback, replayed test labels, the fire feed), judged against the label of
+  that request (`serving.store.request_labels`): its latest ground truth (replay, feed) if any, else its latest
+  user verdict. Series are bucketed by the time of the prediction, not of the label.
 
 SQL stays portable (SQLite and PostgreSQL): rows are filtered and bucketed in SQL (whole epoch seconds, integer
 division), one pass over the window's predictions (`scan`) serves requests, latency and traffic, and numpy
@@ -33,7 +34,14 @@ from sqlalchemy import BigInteger, Engine, and_, case, cast, extract, func, sele
 
 from pyrocast.errors import InvalidInputError
 from pyrocast.model.metrics import wilson_interval
-from pyrocast.serving.store import create_tables, feedback, make_engine, predictions, rollout_events
+from pyrocast.serving.store import (
+    create_tables,
+    feedback,
+    make_engine,
+    predictions,
+    request_labels,
+    rollout_events,
+)
 from pyrocast.settings import Settings
 
 USER_VARIANTS = ("champion", "challenger", "champion-fallback")
@@ -71,9 +79,31 @@ class Span:
         return self.index(self.until - timedelta(microseconds=1)) + 1
 
     def edges(self) -> list[str]:
-        """ISO times of the bucket starts (UTC), one per bucket."""
+        """ISO times of the buckets' nominal starts on the epoch grid (UTC), one per bucket."""
         first = _epoch(self.since) // self.bucket_s * self.bucket_s
         return [_iso(datetime.fromtimestamp(first + i * self.bucket_s, UTC)) for i in range(self.n_buckets)]
+
+    def bounds(self) -> list[tuple[datetime, datetime]]:
+        """Each bucket's [start, end) as far as the window holds it: the first starts at `since` when the window
+        does not begin on a grid edge, and the last ends at `until` (now), never in the future."""
+        first = _epoch(self.since) // self.bucket_s * self.bucket_s
+        out = []
+        for i in range(self.n_buckets):
+            start = datetime.fromtimestamp(first + i * self.bucket_s, UTC)
+            out.append((max(start, self.since), min(start + timedelta(seconds=self.bucket_s), self.until)))
+        return out
+
+    def axis(self) -> dict[str, list[Any]]:
+        """What a chart needs to place each bucket: `start` and `end` (ISO, UTC; drawn over [start, end), so a
+        bar and a line of one bucket meet at its middle), `seconds` it covers (rates of a partial first or last
+        bucket are over the time it covers), and `t`, the nominal grid starts (kept for older readers)."""
+        b = self.bounds()
+        return {
+            "t": self.edges(),
+            "start": [_iso(a) for a, _ in b],
+            "end": [_iso(z) for _, z in b],
+            "seconds": [round((z - a).total_seconds(), 3) for a, z in b],
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {"since": _iso(self.since), "until": _iso(self.until), "bucket_s": self.bucket_s}
@@ -104,12 +134,18 @@ def pick_bucket(span_s: float, target_points: int = TARGET_POINTS) -> int:
 
 
 def make_span(window: str | timedelta = "1h", now: datetime | None = None, bucket_s: int | None = None) -> Span:
-    """The window ending now (or at `now`), with a bucket width chosen for about 60 points unless given."""
+    """The window ending now (or at `now`), with a bucket width chosen for about 60 points unless given.
+
+    Both ends are whole seconds (the JSON's times are, and rows are bucketed by whole seconds in SQL), so the
+    last bucket's end is exactly `until` as the charts read it; `until` is rounded up, so that a row written in
+    the current second is in the window."""
     span = parse_window(window)
     until = _utc(now) if now is not None else datetime.now(UTC)
+    if until.microsecond:
+        until = until.replace(microsecond=0) + timedelta(seconds=1)
     if bucket_s is not None and bucket_s < 1:
         raise InvalidInputError(f"bucket width must be at least 1 s, got {bucket_s}")
-    return Span(until - span, until, int(bucket_s or pick_bucket(span.total_seconds())))
+    return Span((until - span).replace(microsecond=0), until, int(bucket_s or pick_bucket(span.total_seconds())))
 
 
 def open_engine(settings: Settings) -> Engine:
@@ -195,11 +231,16 @@ def request_rate(engine: Engine, span: Span, rows: Scan | None = None) -> dict[s
         by_source[str(src)] += 1
     total, failed = int(m), int((~ok).sum())
     seconds = (span.until - span.since).total_seconds()
+    axis = span.axis()
+    # A partial bucket (the one running now, or the first) holds fewer seconds: dividing its count by a whole
+    # bucket drew every live chart's last point as a drop in traffic.
+    covered = [max(s, 1.0) for s in axis["seconds"]]
     return {
-        "t": span.edges(),
+        **axis,
         "requests": requests.tolist(),
         "errors": errors.tolist(),
-        "rate_per_s": [round(int(x) / span.bucket_s, 4) for x in requests],
+        "rate_per_s": [_sig(int(x) / s) for x, s in zip(requests, covered, strict=True)],
+        "errors_per_s": [_sig(int(x) / s) for x, s in zip(errors, covered, strict=True)],
         "total": total,
         "failed": failed,
         "error_rate": round(failed / total, 4) if total else None,
@@ -227,7 +268,7 @@ def latency_percentiles(engine: Engine, span: Span, rows: Scan | None = None) ->
             str(v): _percentiles(ms[versions == v])
             for v in sorted(set(versions.tolist()), key=lambda x: _version_key((x, None)))
         },
-        "t": span.edges(),
+        **span.axis(),
         **series,
     }
 
@@ -248,7 +289,7 @@ def traffic_by_variant(engine: Engine, span: Span, rows: Scan | None = None) -> 
     totals = {k: sum(v) for k, v in served.items()}
     grand = sum(totals.values())
     return {
-        "t": span.edges(),
+        **span.axis(),
         "variants": served,
         "totals": totals,
         "shares": {k: round(v / grand, 4) for k, v in totals.items()} if grand else {},
@@ -259,10 +300,9 @@ def traffic_by_variant(engine: Engine, span: Span, rows: Scan | None = None) -> 
 
 def live_accuracy(engine: Engine, span: Span) -> dict[str, Any]:
     """Accuracy per model version against delayed labels, overall (with a 95% Wilson interval) and per bucket."""
-    f, p = feedback.c, predictions.c
-    # The latest label of each request wins: a user may correct a verdict, replay may repeat a label.
-    latest = select(func.max(f.id).label("id")).where(f.true_label.is_not(None)).group_by(f.request_id).subquery()
-    labels = select(f.request_id, f.true_label, f.source).join(latest, latest.c.id == f.id).subquery()
+    p = predictions.c
+    # Ground truth outranks opinion, and a user may change a verdict: the store's one rule picks the label.
+    labels = request_labels().subquery()
     k = _bucket(engine, _seconds(engine, p.ts), span).label("k")
     hit = func.sum(case((p.label == labels.c.true_label, 1), else_=0))
     q = (
@@ -306,11 +346,12 @@ def live_accuracy(engine: Engine, span: Span) -> dict[str, Any]:
             "accuracy_series": series_acc,
             "n_series": series_n,
         }
-    return {"t": span.edges(), "versions": versions}
+    return {**span.axis(), "versions": versions}
 
 
 def recent_feedback(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
-    """The latest feedback rows, newest first, each with the answer it judges (place, tile, model, variant)."""
+    """The latest feedback rows, newest first, each with the answer it judges (place, tile, model, variant) and
+    `counts`: whether the row is its request's label now (`request_labels`), not one a later row replaced."""
     if not 1 <= limit <= 1000:
         raise InvalidInputError(f"limit {limit} is outside 1..1000")
     f, p = feedback.c, predictions.c
@@ -345,6 +386,11 @@ def recent_feedback(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
             row["predicted_at"] = _iso(_utc(row["predicted_at"])) if row["predicted_at"] else None
             row["correct"] = None if row["correct"] is None else bool(row["correct"])
             out.append(row)
+        # The labels of these requests only (at most `limit` of them), not of the whole table.
+        ids = sorted({row["request_id"] for row in out})
+        counted = {r.id for r in conn.execute(request_labels(f.request_id.in_(ids)))} if ids else set()
+    for row in out:
+        row["counts"] = row["id"] in counted
     return out
 
 
@@ -391,6 +437,11 @@ def _percentiles(values: np.ndarray) -> dict[str, Any]:
         out[f"p{q}"] = round(float(v), 3)
     out["mean"] = round(float(a.mean()), 3)
     return out
+
+
+def _sig(x: float, digits: int = 4) -> float:
+    """`x` to `digits` significant digits: one request in 3 h is 0.0000926/s (4 decimals made it 0.0001, +8%)."""
+    return float(f"{x:.{digits}g}")
 
 
 def _version_key(item: tuple[str, Any]) -> tuple[int, float, str]:

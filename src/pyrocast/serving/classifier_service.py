@@ -8,7 +8,11 @@ HTTP API (an internal service: the gateway is the public entry point):
   `{"probability": P(wildfire), "label": "wildfire"|"nowildfire", "model": {"name", "version"}, "precision"}`.
   Concurrent requests are merged into batches of up to `max_batch_size` images, waiting at most
   `max_latency_ms` (Settings.serving); `PYROCAST_SERVE_BATCHING=0` turns batching off (benchmark baseline).
-- `GET /model/info`: the model name, version, precision, input size and batching configuration.
+- `GET /model/info`: the model name, version, precision, input size and batching configuration, and which process
+  answers (`worker`: BentoML's worker index, pid and start time, and its service's): BentoML restarts a worker
+  that died without a word in any log, and the gateway finds out from this.
+  `novelty`: the acceptance ranges of the bundle's drift reference (`pyrocast.monitoring.novelty`; null without
+  one), with which the gateway warns about tiles unlike the training tiles.
 - `GET /livez`, `/readyz` (probes) and `/metrics` (Prometheus), from BentoML.
 
 Bad uploads are refused before they reach a batch (so one bad image never fails its batch neighbours):
@@ -17,6 +21,8 @@ Bad uploads are refused before they reach a batch (so one bad image never fails 
 
 from __future__ import annotations
 
+import csv
+import logging
 import os
 from http import HTTPStatus
 from pathlib import Path
@@ -24,6 +30,7 @@ from typing import Annotated, Any
 
 import bentoml
 import numpy as np
+import psutil
 from _bentoml_impl.serde import ALL_SERDE, MultipartSerde
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
@@ -31,8 +38,11 @@ from fastapi import FastAPI
 from PIL import Image
 from pydantic import AfterValidator
 
-from pyrocast.model.bundle import OnnxClassifier
+from pyrocast.errors import PyrocastError
+from pyrocast.model.bundle import Bundle, OnnxClassifier
 from pyrocast.model.preprocess import PreprocessSpec, preprocess
+from pyrocast.monitoring.novelty import Novelty
+from pyrocast.monitoring.reference import read_reference
 from pyrocast.serving.bundles import (
     ENV_BUNDLE,
     ENV_PRECISION,
@@ -44,6 +54,8 @@ from pyrocast.serving.bundles import (
 )
 from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload
 from pyrocast.settings import get_settings
+
+log = logging.getLogger("pyrocast.classifier")
 
 LABELS = ("nowildfire", "wildfire")
 # Multipart framing around a file is a few hundred bytes; the per-file limit is checked exactly later.
@@ -63,6 +75,16 @@ class UploadError(BentoMLException):
 # preprocessed while their request is parsed (on the event loop), so the inference thread only stacks arrays
 # and runs ONNX Runtime: decoding the next requests overlaps with the current batch.
 _SPEC: PreprocessSpec | None = None
+
+
+def _novelty(bundle: Bundle) -> Novelty | None:
+    """The acceptance ranges of the bundle's drift reference (`/model/info`: the gateway checks every tile with
+    them); None for a bundle without one. A broken reference costs the warnings, never the service."""
+    try:
+        return Novelty.from_reference(read_reference(bundle.root))
+    except (PyrocastError, OSError, ValueError, csv.Error) as exc:
+        log.warning("the drift reference of %s is unusable (%s): no out-of-distribution warnings", bundle.root, exc)
+        return None
 
 
 def _checked_image(path: Path) -> np.ndarray | Image.Image:
@@ -128,6 +150,15 @@ class Classifier:
         self.chunk = tiles_per_call(self.bundle, _serving.device)
         global _SPEC
         _SPEC = self.bundle.spec
+        self.novelty = _novelty(self.bundle)
+        me, arbiter = psutil.Process(), psutil.Process(os.getppid())  # the worker and BentoML's arbiter
+        self.worker = {
+            "index": bentoml.server_context.worker_index,
+            "pid": me.pid,
+            "started": me.create_time(),
+            "service_pid": arbiter.pid,
+            "service_started": arbiter.create_time(),
+        }
         # Warm-up: the first ONNX Runtime run allocates; no user request should pay for it.
         self.model.predict_proba(np.zeros((1, 3, self.bundle.spec.size, self.bundle.spec.size), np.float32))
 
@@ -173,6 +204,9 @@ class Classifier:
             "network": self.bundle.meta.get("network"),
             "run_id": self.bundle.meta.get("run_id"),
             "source": self.source,
+            # Acceptance ranges of the image statistics (monitoring.novelty), or None: the gateway warns with them.
+            "novelty": self.novelty.to_dict() if self.novelty is not None else None,
+            "worker": self.worker,
         }
 
 

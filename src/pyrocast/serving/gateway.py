@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -39,6 +39,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
 from pyrocast.imaging import encode_jpeg
+from pyrocast.monitoring.novelty import Novelty, sentences
 from pyrocast.registry.refs import check_model_ref
 from pyrocast.serving.guards import BodyLimit, BodyTooLarge, UploadRejected, load_upload
 from pyrocast.serving.rollout import (
@@ -52,7 +53,7 @@ from pyrocast.serving.rollout import (
     RolloutState,
     window_of_calls,
 )
-from pyrocast.serving.store import LABELS, PredictionStore, brief_error, image_stats
+from pyrocast.serving.store import LABELS, USER_FEEDBACK, PredictionStore, brief_error, image_stats
 from pyrocast.serving.warn_every import WarnEvery
 from pyrocast.settings import Settings, get_settings
 
@@ -93,6 +94,13 @@ class PredictResponse(BaseModel):
     tile_sha256: str
     lat: float | None = None
     lon: float | None = None
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="why the answer may not be trusted: how the tile differs from the answering model's training "
+        "tiles (out of distribution), most striking first; empty when it looks like them, or when the model's "
+        "bundle has no drift reference",
+        examples=[["much darker than the training tiles (mean brightness 0.00; training tiles 0.15-0.62)"]],
+    )
 
 
 class CoordinatesRequest(BaseModel):
@@ -127,7 +135,11 @@ class FeedbackRequest(BaseModel):
     request_id: str = Field(..., min_length=1, max_length=64)
     correct: bool | None = Field(None, strict=True, description="true or false (JSON booleans only)")
     label: Label | None = Field(None, description="the true label, when known (e.g. delayed ground truth)")
-    source: Literal["user", "replay", "feed"] = "user"
+    source: Literal["user", "replay", "feed"] = Field(
+        "user",
+        description="user: a person's verdict (the newest one counts). replay, feed: delayed ground truth, which "
+        "outranks every verdict; when the gateway has an admin token it needs Authorization: Bearer <token>",
+    )
     client_id: str | None = Field(None, max_length=128)
 
     model_config = {"extra": "forbid"}
@@ -159,6 +171,9 @@ class BackendStatus(BaseModel):
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"] = Field(description="degraded when the champion does not answer")
     backends: dict[str, BackendStatus]
+    explainer: BackendStatus | None = Field(
+        None, description="the explainer (heatmaps) and whether it answers; null where none runs (serving.explainer)"
+    )
     store_queue: int
     warnings: list[str] = Field(default_factory=list, description="what is wrong short of the champion being down")
 
@@ -216,20 +231,22 @@ class Answer:
     model: ModelRef
     precision: str | None
     latency_ms: float
+    warnings: list[str] = field(default_factory=list)  # the tile is unlike the model's training tiles (novelty)
 
 
-class Backend:
-    """One classifier service, known by URL; remembers what it serves and whether it answers."""
+class Probed:
+    """A service behind the gateway, known by URL, probed in the background: whether it answered last."""
 
-    def __init__(self, slot: str, url: str, client: httpx.AsyncClient) -> None:
-        self.slot = slot
+    kind = "service"
+
+    def __init__(self, url: str, client: httpx.AsyncClient) -> None:
         self.url = url.rstrip("/")
         self.client = client
-        self.session: aiohttp.ClientSession | None = None  # set by Gateway.startup (needs the running loop)
-        self.info: dict[str, Any] | None = None
         self._up = False
         self._went_down = False
-        self.down_until = 0.0
+
+    def describe(self) -> str:
+        return f"{self.kind} at {self.url}"
 
     @property
     def up(self) -> bool:
@@ -239,8 +256,7 @@ class Backend:
     def up(self, value: bool) -> None:
         # Said once per change (not per failed call), so that on call can read when a service went and came back.
         if value != self._up:
-            ref = self.ref
-            what = f"classifier at {self.url}" + (f" ({ref.name} v{ref.version})" if ref else "")
+            what = self.describe()
             if not value:
                 self._went_down = True
                 log.warning("%s stopped answering", what)
@@ -249,6 +265,82 @@ class Backend:
             else:
                 log.info("%s answers", what)
         self._up = value
+
+
+class ExplainerProbe(Probed):
+    """The explainer (heatmaps): probed with the classifiers, so /healthz reads a cached state and never waits."""
+
+    kind = "explainer"
+
+    async def probe(self) -> bool:
+        try:
+            r = await self.client.get(self.url + "/readyz", timeout=2.0)
+            self.up = r.status_code == 200
+        except httpx.HTTPError:
+            self.up = False
+        return self.up
+
+    def status(self) -> BackendStatus:
+        return BackendStatus(role="explainer", url=self.url, up=self.up)
+
+
+class Backend(Probed):
+    """One classifier service, known by URL; remembers what it serves, whether it answers, and which process."""
+
+    kind = "classifier"
+
+    def __init__(self, slot: str, url: str, client: httpx.AsyncClient) -> None:
+        super().__init__(url, client)
+        self.slot = slot
+        self.session: aiohttp.ClientSession | None = None  # set by Gateway.startup (needs the running loop)
+        self.info: dict[str, Any] | None = None
+        self.down_until = 0.0
+        # The served model's acceptance ranges (/model/info "novelty"), rebuilt only when they change.
+        self.novelty: Novelty | None = None
+        self._novelty_raw: Any = None
+        # worker index -> (pid, start time, service pid, service start time) at the last probe (/model/info)
+        self.workers: dict[str, tuple[Any, ...]] = {}
+        self.new_restarts = 0  # worker restarts seen since the gateway last counted them (refresh_backends)
+
+    def describe(self) -> str:
+        ref = self.ref
+        return f"classifier at {self.url}" + (f" ({ref.name} v{ref.version})" if ref else "")
+
+    def _note_worker(self, info: dict[str, Any]) -> None:
+        """Say (and count) that another process answers than at the last probe.
+
+        BentoML's arbiter replaces a classifier worker that died (SIGKILL, the OOM killer) within a second, with the
+        same worker index and not a word in any log: the pid and start time that `/model/info` reports are the only
+        trace. The same arbiter (service pid) means such a restart; another one means the whole service was started
+        again (by someone: nothing restarts a service on its own).
+        """
+        w = info.get("worker") if isinstance(info, dict) else None
+        if not isinstance(w, dict):
+            return
+        key = str(w.get("index"))
+        now = (w.get("pid"), w.get("started"), w.get("service_pid"), w.get("service_started"))
+        before = self.workers.get(key)
+        self.workers[key] = now
+        if before is None or before == now:
+            return
+        if before[2:] == now[2:]:
+            self.new_restarts += 1
+            log.warning(
+                "%s: BentoML restarted its worker %s (pid %s -> %s) after it died; requests it held failed, later ones "
+                "waited for the new worker to load the model (the classifier's log does not say why it died: "
+                "look for the OOM killer in the kernel log)",
+                self.describe(),
+                key,
+                before[0],
+                now[0],
+            )
+        else:
+            log.warning(
+                "%s: another service process answers (pid %s -> %s): the classifier was started again",
+                self.describe(),
+                before[2],
+                now[2],
+            )
 
     @property
     def ref(self) -> ModelRef | None:
@@ -272,6 +364,10 @@ class Backend:
             info = await self.client.get(self.url + "/model/info", timeout=2.0)
             info.raise_for_status()
             self.info = info.json()
+            self._note_worker(self.info)
+            raw = self.info.get("novelty") if isinstance(self.info, dict) else None
+            if raw != self._novelty_raw:
+                self._novelty_raw, self.novelty = raw, Novelty.from_dict(raw)
             self.up, self.down_until = True, 0.0
         except (httpx.HTTPError, BackendError, ValueError):
             self.up = False
@@ -370,7 +466,17 @@ class Metrics:
             "pyrocast_background_dropped_total", "shadow/compare copies dropped under load", registry=r
         )
         self.share = Gauge("pyrocast_challenger_share", "share of clients routed to the challenger", registry=r)
-        self.backend_up = Gauge("pyrocast_backend_up", "1 when a backend answers", ["role"], registry=r)
+        self.backend_up = Gauge(
+            "pyrocast_backend_up", "1 when a backend (champion, challenger, explainer) answers", ["role"], registry=r
+        )
+        self.backend_restarts = Counter(
+            "pyrocast_backend_restarts_total",
+            "classifier workers BentoML restarted after they died (seen by their pid at the gateway's probes)",
+            ["role"],
+            registry=r,
+        )
+        for role in ("champion", "challenger"):  # both series exist from the start, so increase() sees the first
+            self.backend_restarts.labels(role)
         self.store_queue = Gauge("pyrocast_store_queue_depth", "rows waiting to be written", registry=r)
         self.store_written = Gauge("pyrocast_store_rows_written", "rows written since start", ["table"], registry=r)
         self.store_errors = Gauge("pyrocast_store_write_errors", "failed write attempts since start", registry=r)
@@ -437,6 +543,8 @@ class Gateway:
         }
         self.roles: dict[str, str] = {"champion": "a", "challenger": "b"}
         self.explainer_url = f"{base}:{sv.explainer_port}"
+        # None where no explainer runs (`pyrocast up --no-explainer`): nothing to warn about or alert on.
+        self.explainer = ExplainerProbe(self.explainer_url, self.client) if sv.explainer else None
         self.controller = RolloutController()
         self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.tiles: OrderedDict[tuple[float, float], Prepared] = OrderedDict()
@@ -461,7 +569,7 @@ class Gateway:
         for b in self.backends.values():
             b.session = self.session
         self.store.start()
-        await asyncio.gather(*(b.probe() for b in self.backends.values()))
+        await asyncio.gather(*(b.probe() for b in self._probed()))
         try:
             await self._resume()
         except Exception as exc:  # the store's database is down: serve anyway, the tick reads the state later
@@ -480,6 +588,8 @@ class Gateway:
         for role, say in (("champion", log.warning), ("challenger", log.info)):
             if not self.backend(role).up:
                 say("%s classifier at %s does not answer yet", role, self.backend(role).url)
+        if self.explainer is not None and not self.explainer.up:
+            log.info("explainer at %s does not answer yet: heatmaps fail until it does", self.explainer.url)
         self._ticker = asyncio.create_task(self._tick_loop())
 
     async def _resume(self) -> None:
@@ -619,6 +729,8 @@ class Gateway:
         m.share.set(self.controller.share())
         for role in ("champion", "challenger"):
             m.backend_up.labels(role).set(1 if self.backend(role).up else 0)
+        if self.explainer is not None:
+            m.backend_up.labels("explainer").set(1 if self.explainer.up else 0)
         m.store_queue.set(self.store.queue_depth)
         for table, n in self.store.written.items():
             m.store_written.labels(table).set(n)
@@ -631,9 +743,18 @@ class Gateway:
     def backend(self, role: str) -> Backend:
         return self.backends[self.roles[role]]
 
+    def _probed(self) -> list[Backend | ExplainerProbe]:
+        return [*self.backends.values(), *([self.explainer] if self.explainer is not None else [])]
+
     async def refresh_backends(self) -> None:
-        await asyncio.gather(*(b.probe() for b in self.backends.values()))
+        """Probe every service (every PROBE_INTERVAL_S, in the tick): /healthz and /metrics read what this found."""
+        await asyncio.gather(*(b.probe() for b in self._probed()))
         self._assign_roles()
+        for role in ("champion", "challenger"):
+            be = self.backend(role)
+            if be.new_restarts:
+                self.metrics.backend_restarts.labels(role).inc(be.new_restarts)
+                be.new_restarts = 0
 
     def _assign_roles(self) -> None:
         """Champion role -> the backend serving the state's champion version (default: the champion port)."""
@@ -676,6 +797,12 @@ class Gateway:
 
     def backend_statuses(self) -> dict[str, BackendStatus]:
         return {role: self.backend(role).status(role) for role in ("champion", "challenger")}
+
+    def explainer_warnings(self) -> list[str]:
+        """The explainer down, for /healthz (not /v1/rollout: the rollout does not depend on it)."""
+        if self.explainer is None or self.explainer.up:
+            return []
+        return [f"the explainer ({self.explainer.url}) does not answer: heatmaps (/v1/explain) fail with 503"]
 
     # --- tiles ----------------------------------------------------------------------------------------------
     def provider(self) -> Any:
@@ -751,6 +878,7 @@ class Gateway:
             tile_sha256=tile.sha256,
             lat=tile.lat,
             lon=tile.lon,
+            warnings=answer.warnings,
         )
 
     def _base_row(
@@ -823,6 +951,11 @@ class Gateway:
                 self.controller.record("champion", False, None)  # the baseline the challenger's window is read against
             raise
         be.up = True
+        # Judged here, on the statistics the gateway computed anyway, against the answering model's ranges (unknown
+        # when the backend changed model since its last probe): about 2 us a tile, no extra call.
+        novelty = be.novelty if answer.model == ref else None
+        findings = novelty.check(tile.stats) if novelty is not None else None
+        answer.warnings = sentences(findings) if findings else []
         if role == "champion" and served:
             self.controller.record("champion", True, answer.latency_ms)
         self.metrics.predictions.labels(variant, answer.model.version, "ok").inc()
@@ -838,6 +971,8 @@ class Gateway:
                 "probability": answer.probability,
                 "label": answer.label,
                 "latency_ms": round(answer.latency_ms, 3),
+                "ood": None if findings is None else bool(findings),
+                "ood_stats": ",".join(f.stat for f in findings) if findings else None,
             }
         )
         return answer
@@ -1376,6 +1511,18 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             status = 502
         return _error(status, exc.message, exc.hint)
 
+    def require_token(
+        creds: HTTPAuthorizationCredentials | None, refused: str = "missing or wrong admin token"
+    ) -> None:
+        """401 unless the request carries the gateway's admin token (compared in constant time)."""
+        token = gw.admin_token
+        if token is None or creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
+            raise HTTPException(
+                401,
+                detail={"error": refused, "hint": "send Authorization: Bearer $PYROCAST_ADMIN_TOKEN"},
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
     def admin(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
         if gw.admin_token is None:
             raise HTTPException(
@@ -1385,15 +1532,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
                     "hint": "start the gateway with PYROCAST_ADMIN_TOKEN set",
                 },
             )
-        if creds is None or not hmac.compare_digest(creds.credentials.encode(), gw.admin_token.encode()):
-            raise HTTPException(
-                401,
-                detail={
-                    "error": "missing or wrong admin token",
-                    "hint": "send Authorization: Bearer $PYROCAST_ADMIN_TOKEN",
-                },
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        require_token(creds)
 
     @app.post(
         "/v1/predict",
@@ -1445,6 +1584,8 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
                 timeout=120.0,
             )
         except httpx.HTTPError as exc:
+            if gw.explainer is not None:  # /healthz says so now, not at the next probe
+                gw.explainer.up = False
             gw._warn("explainer", "explainer at %s does not answer: %r", gw.explainer_url, exc)
             raise _bad_request(503, f"the explainer at {gw.explainer_url} does not answer: {exc}") from exc
         if r.status_code != 200:
@@ -1459,10 +1600,24 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     @app.post(
         "/v1/feedback",
         response_model=FeedbackResponse,
-        responses={404: {"model": ErrorResponse, "description": "unknown request id"}, 422: _ERRORS[422]},
+        responses={
+            401: {
+                "model": ErrorResponse,
+                "description": "source replay or feed (ground truth) without the admin token, when the gateway has "
+                "one (without one, every source is taken)",
+            },
+            404: {"model": ErrorResponse, "description": "unknown request id"},
+            422: _ERRORS[422],
+        },
         summary="Say whether an answer was right, or give the true label (delayed ground truth)",
     )
-    async def post_feedback(body: FeedbackRequest) -> FeedbackResponse:
+    async def post_feedback(
+        body: FeedbackRequest, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> FeedbackResponse:
+        # Ground truth outranks every person's verdict in live accuracy, so a gateway guarded by a token takes it
+        # only from its holder; without a token (one machine, `pyrocast demo`) anyone local may send it.
+        if body.source != USER_FEEDBACK and gw.admin_token is not None:
+            require_token(creds, f"feedback with source {body.source!r} is ground truth: missing or wrong admin token")
         served = await gw.served(body.request_id)
         if served is None:
             raise _bad_request(
@@ -1581,8 +1736,9 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         return HealthResponse(
             status="ok" if ok else "degraded",
             backends=statuses,
+            explainer=gw.explainer.status() if gw.explainer is not None else None,
             store_queue=gw.store.queue_depth,
-            warnings=gw.warnings(statuses),
+            warnings=gw.warnings(statuses) + gw.explainer_warnings(),
         )
 
     @app.api_route(

@@ -11,14 +11,21 @@ When the spill cannot be written either (a full disk), the rows are held in memo
 retried every few seconds, and the spill file is cut back to its last whole line: nothing half-written is left.
 Rows still held when the store closes go to a memory-backed file in /dev/shm, replayed by the next start.
 A spill file torn by a crash is replayed up to its last whole line; the torn rest is kept aside in a `.bad` file.
+Spilled rows the database refuses for what they hold (a NOT NULL column left empty, a value its column cannot
+take) are kept aside with the reason in a `.refused-<digest>` file, and the other rows of their file are written.
 
 Tables (times are UTC):
 - `predictions`: one row per model call. `served` says whether the user got this answer; `variant` is
   champion | challenger | champion-fallback | shadow | champion-compare; the model's name and version; client id,
   source (api, web, replay, load), coordinates, the tile's sha256 and image statistics (drift features);
-  probability, label, latency, error.
+  probability, label, latency, error; `ood`: whether the tile was out of the answering model's training
+  distribution (`pyrocast.monitoring.novelty`; null where the model has no reference) and `ood_stats`, which
+  statistics were out of range.
+  Columns added after a table's first release (`ADDED_COLUMNS`) are added to an older database when it opens.
 - `feedback`: verdicts and delayed labels per request id. `true_label` is derived when only `correct` is given
-  (from the served label), so accuracy can be computed for every variant that saw the request.
+  (from the served label), so accuracy can be computed for every variant that saw the request. Every row is kept
+  (history); the label of a request is its latest ground-truth row (source replay or feed) if any, else its
+  latest user verdict: `request_labels`, the one definition every reader uses.
 - `rollout_events`: every rollout change (who/what/why) with a snapshot of the state; the last snapshot is the
   state a restarted gateway resumes.
 - `rollout_claims`: one row per change that time decides (a canary step, a guardrail stop, a completion), keyed
@@ -50,9 +57,11 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     Text,
+    case,
     create_engine,
     event,
     func,
@@ -60,9 +69,11 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, ProgrammingError, StatementError
 
+from pyrocast.data.layout import atomic_write
 from pyrocast.database import create_schema
+from pyrocast.errors import PyrocastError
 from pyrocast.registry.mlflow_store import redact
 from pyrocast.serving.warn_every import WarnEvery
 
@@ -70,6 +81,11 @@ log = logging.getLogger(__name__)
 
 LABELS = ("nowildfire", "wildfire")
 SOURCES = ("api", "web", "replay", "load")
+# Feedback sources. Ground truth (the held-out labels `pyrocast replay` sends back, a later fire feed) is known,
+# not judged: it outranks any user's verdict, and a gateway with an admin token takes it only from its holder.
+USER_FEEDBACK = "user"
+GROUND_TRUTH_SOURCES = ("replay", "feed")
+FEEDBACK_SOURCES = (USER_FEEDBACK, *GROUND_TRUTH_SOURCES)
 
 # Drift features computed on every tile, on a 64x64 subsample (the statistics barely move, the cost drops 30x).
 STAT_COLUMNS = (
@@ -110,6 +126,8 @@ predictions = Table(
     Column("width", Integer),
     Column("height", Integer),
     *(Column(c, Float) for c in STAT_COLUMNS),
+    Column("ood", Boolean),  # out of the model's training distribution; null: the model has no reference
+    Column("ood_stats", String(300)),  # the statistics out of range, comma-separated
     Column("probability", Float),
     Column("label", String(16)),
     Column("latency_ms", Float),
@@ -178,6 +196,24 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def request_labels(*where: Any) -> Select:
+    """The label of each labelled request: one row (request_id, true_label, source, id of the feedback row).
+
+    It is the request's latest ground-truth row (`GROUND_TRUTH_SOURCES`) if it has one, else its latest user
+    verdict; later rows are later ids. `where` narrows the feedback rows read (e.g. to some request ids).
+    One grouped pass over the request index, portable to SQLite and PostgreSQL.
+    """
+    f = feedback.c
+    truth = func.max(case((f.source.in_(GROUND_TRUTH_SOURCES), f.id)))
+    chosen = (
+        select(func.coalesce(truth, func.max(f.id)).label("id"))
+        .where(f.true_label.is_not(None), *where)
+        .group_by(f.request_id)
+        .subquery()
+    )
+    return select(f.request_id, f.true_label, f.source, f.id).join(chosen, chosen.c.id == f.id)
+
+
 def image_stats(img: Image.Image) -> dict[str, float]:
     """Drift features of a tile (see STAT_COLUMNS), plus its width and height."""
     w, h = img.size
@@ -232,9 +268,41 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+# Columns added after their table's first release: a database created before lacks them, and an insert naming
+# them would fail (every row spilled). All nullable: older rows read as "not known".
+ADDED_COLUMNS = {"predictions": ("ood", "ood_stats")}
+
+
 def create_tables(engine: Engine) -> None:
-    """Create the store's tables where missing (safe when several processes start on one database at once)."""
+    """Create the store's tables where missing (safe when several processes start on one database at once),
+    then add the columns an older database lacks."""
     create_schema(lambda: metadata.create_all(engine))
+    add_missing_columns(engine)
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """ALTER TABLE ... ADD COLUMN for each of `ADDED_COLUMNS` a table lacks; the columns added ("table.column").
+
+    Safe when several processes open one older database at once: a column another process has just added is
+    taken as added (SQLite has no ADD COLUMN IF NOT EXISTS).
+    """
+    from sqlalchemy import inspect, text
+
+    added = []
+    for name, columns in ADDED_COLUMNS.items():
+        have = {c["name"] for c in inspect(engine).get_columns(name)}
+        for col in (TABLES[name].c[c] for c in columns if c not in have):
+            ddl = f"ALTER TABLE {name} ADD COLUMN {col.name} {col.type.compile(dialect=engine.dialect)}"
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text(ddl))
+            except (OperationalError, ProgrammingError):
+                if col.name not in {c["name"] for c in inspect(engine).get_columns(name)}:
+                    raise
+                continue  # another process added it meanwhile
+            log.info("prediction store: added column %s.%s (a database created by an older version)", name, col.name)
+            added.append(f"{name}.{col.name}")
+    return added
 
 
 WARN_EVERY_S = 30.0  # store trouble that repeats (every write attempt of an outage) is logged this often
@@ -318,6 +386,10 @@ class PredictionStore:
                 f"the spill file {spill_path}" if spill_path is not None else "memory",
                 held_retry_s,
             )
+        except PyrocastError as exc:  # refused spilled rows could not be set aside (a full disk): start anyway
+            self._outage_since = time.monotonic()
+            self._last_error = str(exc)
+            log.error("prediction store: spilled rows not written yet: %s; tried again every %.0f s", exc, held_retry_s)
 
     # --- writing ------------------------------------------------------------------------------------------------
     def start(self) -> PredictionStore:
@@ -626,26 +698,23 @@ class PredictionStore:
                 row = rec["row"]
                 if isinstance(row.get("ts"), str):
                     row["ts"] = datetime.fromisoformat(row["ts"])
+                if rec["table"] not in TABLES:  # no table to write it to: kept with the unreadable lines, not dropped
+                    raise KeyError(rec["table"])
                 batch.append((str(rec["table"]), row))
-            except (ValueError, KeyError, TypeError):  # a line torn by a crash or a full disk mid-write
+            except (ValueError, KeyError, TypeError, AttributeError):  # a line torn by a crash or a full disk mid-write
                 torn.append(line)
-        key = f"spill:{hashlib.sha256(data).hexdigest()}"
+        digest = hashlib.sha256(data).hexdigest()
+        key = f"spill:{digest}"
         written: dict[str, int] | None = None  # None: written before (a replay the process did not finish)
-        try:
-            with self.engine.begin() as conn:
-                done = conn.execute(select(spill_replays.c.key).where(spill_replays.c.key == key)).first()
-                if done is None:
-                    conn.execute(insert(spill_replays).values(key=key, ts=utcnow(), rows=len(batch)))
-                    written = _insert(conn, batch)
-        except (DataError, IntegrityError) as exc:
-            # The database answers but refuses these rows whatever we do: set them aside rather than let them
-            # block every later row (they would be tried before each batch).
-            aside = path.with_name(f"{path.name}.refused-{int(time.time())}")
-            os.replace(claimed, aside)
-            log.critical(
-                "prediction store: the database refuses the spilled rows (%s); kept in %s", brief_error(exc), aside
-            )
-            return 0
+        with self.engine.begin() as conn:
+            done = conn.execute(select(spill_replays.c.key).where(spill_replays.c.key == key)).first()
+            if done is None:
+                # The key first: a write opens the transaction (pysqlite opens one only then), so that the savepoints
+                # below nest in it instead of committing on their own.
+                conn.execute(insert(spill_replays).values(key=key, ts=utcnow(), rows=len(batch)))
+                written, refused = _insert_sifted(conn, batch)
+                if refused:  # written before the commit: a crash between the two loses nothing
+                    self._set_aside(path, digest, refused, len(batch))
         if written is None:
             claimed.unlink()
             log.warning("prediction store: the spilled rows in %s were written before; file removed", claimed)
@@ -660,6 +729,33 @@ class PredictionStore:
         n = sum(written.values())
         log.warning("prediction store: wrote %d spilled rows (from %s)", n, path)
         return n
+
+    def _set_aside(
+        self, path: Path, digest: str, refused: list[tuple[tuple[str, dict[str, Any]], str]], of: int
+    ) -> None:
+        """Keep the rows the database refuses for what they hold in `<spill>.refused-<digest>`, each with the reason.
+
+        Retrying them cannot help, and tried before every batch they kept every later row out (the store looked
+        down for good). The name comes from the spill file's digest: a replay repeated after a crash rewrites the
+        same file. The lines are spill lines (plus "refused"): corrected, they can be appended to the spill file.
+        """
+        aside = path.with_name(f"{path.name}.refused-{digest[:16]}")
+        lines = [
+            json.dumps({"table": table, "row": row, "refused": why}, default=_json_default) + "\n"
+            for (table, row), why in refused
+        ]
+        atomic_write(aside, "".join(lines).encode())
+        log.critical(
+            "prediction store: the database refuses %d of the %d rows spilled in %s for what they hold (%s); the "
+            "others are written. The refused rows are kept in %s, each with the reason: correct them and append them "
+            "to %s to have them written (or delete the file)",
+            len(refused),
+            of,
+            path,
+            refused[0][1],
+            aside,
+            path,
+        )
 
     # --- rollout events (rare; written synchronously so the state survives a crash) -----------------------------
     def add_event(
@@ -767,6 +863,15 @@ class PredictionStore:
             r["champion_label"] = compared.get(r["request_id"])
         return rows
 
+    def label_of(self, request_id: str) -> dict[str, Any] | None:
+        """The label that counts for a request (`request_labels`): its feedback row, or None when unlabelled."""
+        f = feedback.c
+        with self.engine.connect() as conn:
+            chosen = conn.execute(request_labels(f.request_id == request_id)).first()
+            if chosen is None:
+                return None
+            return _read(conn.execute(select(feedback).where(f.id == chosen.id)).mappings().one())
+
     def feedback_for(self, request_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -805,6 +910,42 @@ def _insert(conn: Any, batch: list[tuple[str, dict[str, Any]]]) -> dict[str, int
         if rows:
             conn.execute(insert(TABLES[name]), [_fit(TABLES[name], r) for r in rows])
     return {name: len(rows) for name, rows in by_table.items()}
+
+
+# What a database answers for a row it will never take, whatever the retries: a constraint (NOT NULL), a value its
+# column cannot hold (PostgreSQL's DataError), or one SQLAlchemy cannot even turn into a parameter (a StatementError
+# that is no database error: "yes" for a boolean, "north" for a float on SQLite).
+def _refuses_content(exc: BaseException) -> bool:
+    return isinstance(exc, (DataError, IntegrityError)) or (
+        isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+    )
+
+
+def _insert_sifted(
+    conn: Any, batch: list[tuple[str, dict[str, Any]]]
+) -> tuple[dict[str, int], list[tuple[tuple[str, dict[str, Any]], str]]]:
+    """Insert the rows the database takes, in savepoints, halving a group it refuses down to the single rows at
+    fault: (rows written per table, the refused rows with the reason). Any other error (the database gone) is
+    raised: the transaction then writes nothing."""
+    written: dict[str, int] = {}
+    refused: list[tuple[tuple[str, dict[str, Any]], str]] = []
+    groups = [batch]
+    while groups:
+        group = groups.pop()
+        try:
+            with conn.begin_nested():
+                counts = _insert(conn, group)
+        except StatementError as exc:
+            if not _refuses_content(exc):
+                raise
+            if len(group) == 1:
+                refused.append((group[0], brief_error(exc)))
+            else:  # the first half is popped first: rows keep their order
+                groups += [group[len(group) // 2 :], group[: len(group) // 2]]
+            continue
+        for name, n in counts.items():
+            written[name] = written.get(name, 0) + n
+    return written, refused
 
 
 def _claimed(path: Path) -> Path:

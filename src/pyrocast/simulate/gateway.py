@@ -1,7 +1,7 @@
-"""Reaching the gateway from the command line: where it is, whether it answers, and why a call failed.
+"""Reaching the gateway from the command line: where it is, whether it answers, its admin token, why a call failed.
 
 Shared by `pyrocast replay`, `pyrocast load` and `pyrocast rollout`, so that each reports a dead or
-misconfigured gateway the same way before doing any work.
+misconfigured gateway (or a token no HTTP header can carry) the same way before doing any work.
 """
 
 from __future__ import annotations
@@ -29,6 +29,31 @@ def gateway_url(settings: Settings, url: str | None = None) -> str:
             "use http://127.0.0.1:<port>, where `pyrocast up` runs the gateway",
         )
     return url
+
+
+def check_token(token: str | None) -> str:
+    """The admin token, or a clear error naming what is wrong with it (never the token itself)."""
+    if not token:
+        raise PyrocastError("rollout changes need the admin token", "export PYROCAST_ADMIN_TOKEN=<the gateway's token>")
+    problems = []
+    if token != token.strip():
+        problems.append("starts or ends with whitespace (a space or a newline, e.g. from a file)")
+    if not token.isascii():
+        problems.append("holds non-ASCII characters")
+    elif not token.strip().isprintable():
+        problems.append("holds control characters")
+    if problems:
+        raise PyrocastError(
+            f"PYROCAST_ADMIN_TOKEN {' and '.join(problems)}: an HTTP header cannot carry it",
+            "set it to the gateway's token exactly: printable ASCII, no surrounding whitespace",
+        )
+    return token
+
+
+def admin_headers(settings: Settings) -> dict[str, str]:
+    """`Authorization: Bearer <PYROCAST_ADMIN_TOKEN>` when the token is set (checked), else no header."""
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    return {"Authorization": f"Bearer {check_token(token)}"} if token else {}
 
 
 def transport_error(url: str, exc: httpx.HTTPError) -> PyrocastError:

@@ -3,7 +3,9 @@
 Each tile is a request from one of `users` simulated clients (client ids `replay-user-<k>`, so a running A/B
 test or canary assigns them stickily), paced at `rate` requests per second with at most `concurrency` in
 flight, for at most `duration` seconds. After each answer the tile's true label goes back to the gateway as
-delayed ground truth (`POST /v1/feedback` with `source: "replay"`, stored apart from users' verdicts). The
+delayed ground truth (`POST /v1/feedback` with `source: "replay"`, stored apart from users' verdicts and
+outranking them), with the admin token when PYROCAST_ADMIN_TOKEN is set: a gateway that has one takes ground
+truth only from its holder; ground truth the gateway refused is counted and its reason shown. The
 run ends with live accuracy per model version and variant, errors and latency percentiles; under shadow
 traffic, also the challenger's accuracy on the copies it answered (read back from the prediction store).
 
@@ -28,7 +30,7 @@ from rich.table import Table
 
 from pyrocast.errors import InvalidInputError
 from pyrocast.settings import Settings
-from pyrocast.simulate.gateway import check_gateway, gateway_url
+from pyrocast.simulate.gateway import admin_headers, check_gateway, gateway_url
 from pyrocast.simulate.load import pick_tiles
 
 By = Literal["image", "coordinates"]
@@ -53,6 +55,7 @@ class Outcome:
     error: str | None = None
     feedback_stored: bool = False
     sent_s: float | None = None  # when the request left, in seconds after the replay started
+    feedback_error: str | None = None  # why the gateway did not store the true label
 
     @property
     def correct(self) -> bool:
@@ -127,6 +130,14 @@ class ReplayResult:
                 kinds[(o.error or "?")[:160]] += 1
         return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
 
+    def feedback_error_kinds(self) -> dict[str, int]:
+        """Why ground truth was not stored (e.g. a gateway with an admin token this run did not send), by count."""
+        kinds: dict[str, int] = defaultdict(int)
+        for o in self.outcomes:
+            if o.feedback_error:
+                kinds[o.feedback_error[:200]] += 1
+        return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "gateway": self.gateway,
@@ -138,6 +149,7 @@ class ReplayResult:
             "errors": self.errors,
             "error_kinds": self.error_kinds(),
             "feedback_stored": self.feedback_stored,
+            "feedback_error_kinds": self.feedback_error_kinds(),
             "elapsed_s": round(self.elapsed_s, 2),
             "achieved_rate": None if self.achieved_rate is None else round(self.achieved_rate, 2),
             "target_rate": self.rate,
@@ -173,6 +185,8 @@ class ReplayResult:
             console.print(f"[yellow]{switching} client(s) were answered by more than one model version[/yellow]")
         for msg, n in self.error_kinds().items():
             console.print(f"[red]{n} x[/red] {msg}", highlight=False)
+        for msg, n in self.feedback_error_kinds().items():
+            console.print(f"[red]{n} x[/red] ground truth not stored: {msg}", highlight=False)
 
 
 def _ms(v: float | None) -> str:
@@ -229,7 +243,26 @@ def _version_key(v: str) -> tuple[int, str]:
     return (int(v), "") if v.isdigit() else (10**9, v)
 
 
-async def _one(client: httpx.AsyncClient, tile: dict[str, Any], client_id: str, by: By, feedback: bool) -> Outcome:
+def _refusal(r: httpx.Response) -> str:
+    """The gateway's error and hint for a refused call, in one line."""
+    try:
+        detail = r.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    if isinstance(detail, dict) and detail.get("error"):
+        hint = f" ({detail['hint']})" if detail.get("hint") else ""
+        return f"HTTP {r.status_code}: {detail['error']}{hint}"
+    return f"HTTP {r.status_code}: {r.text[:200]}"
+
+
+async def _one(
+    client: httpx.AsyncClient,
+    tile: dict[str, Any],
+    client_id: str,
+    by: By,
+    feedback: bool,
+    auth: dict[str, str] | None = None,
+) -> Outcome:
     o = Outcome(tile=tile["rel"], client_id=client_id, true_label=tile["label"], ok=False)
     t0 = time.perf_counter()
     try:
@@ -261,15 +294,20 @@ async def _one(client: httpx.AsyncClient, tile: dict[str, Any], client_id: str, 
         return o
     o.ok = True
     if feedback:
-        # The true label as delayed ground truth, marked as replayed (users' verdicts have source "user").
+        # The true label as delayed ground truth, marked as replayed (users' verdicts have source "user"); the
+        # admin token (`auth`) proves it comes from whoever runs the gateway.
         try:
             fb = await client.post(
                 "/v1/feedback",
                 json={"request_id": o.request_id, "label": o.true_label, "source": SOURCE, "client_id": client_id},
+                headers=auth,
             )
             o.feedback_stored = fb.status_code == 200
-        except httpx.HTTPError:
+            if not o.feedback_stored:
+                o.feedback_error = _refusal(fb)
+        except httpx.HTTPError as exc:
             o.feedback_stored = False
+            o.feedback_error = type(exc).__name__  # never its text: httpx may quote the token header in it
     return o
 
 
@@ -286,6 +324,7 @@ async def _replay(
     timeout_s: float,
     on_done: Callable[[Outcome], None] | None,
     outcomes: list[Outcome],
+    auth: dict[str, str] | None = None,
 ) -> tuple[float, str]:
     sem = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -295,7 +334,7 @@ async def _replay(
         async def run(i: int, tile: dict[str, Any], sent_s: float) -> None:
             client_id = f"replay-user-{i % users}"
             try:
-                o = await _one(client, tile, client_id, by, feedback)
+                o = await _one(client, tile, client_id, by, feedback, auth)
             except Exception as exc:  # e.g. a tile deleted meanwhile: counted as an error, the replay goes on
                 o = Outcome(tile["rel"], client_id, tile["label"], ok=False, error=f"{type(exc).__name__}: {exc}")
             finally:
@@ -369,6 +408,7 @@ def run_replay(
             )
         raise InvalidInputError(f"unknown split {split!r}", use)
     url = gateway_url(settings, gateway)
+    auth = admin_headers(settings) if feedback else {}  # a token no header can carry fails here, before any work
     tiles = pick_tiles(settings, split, limit, seed)
     check_gateway(url)
     mode = rollout_mode(url)
@@ -393,6 +433,7 @@ def run_replay(
                 timeout_s=timeout_s,
                 on_done=on_done,
                 outcomes=outcomes,  # filled as answers come, so an interrupted run still reports them
+                auth=auth,
             )
         )
     except KeyboardInterrupt:

@@ -182,6 +182,22 @@
     explain(mine, v.lat, v.lon, r.data.model.version);
   }
 
+  // The gateway's out-of-distribution warnings (one sentence per way the tile differs from the model's training
+  // tiles), right under the probability they qualify: a confident number on a blank tile must not look trusted.
+  // An answer without the field (an older gateway) shows none.
+  function showWarnings(warnings) {
+    const items = Array.isArray(warnings) ? warnings.filter((w) => typeof w === "string" && w) : [];
+    const list = $("ood-list");
+    list.textContent = "";
+    for (const w of items) {
+      const li = document.createElement("li");
+      li.textContent = w;
+      list.appendChild(li);
+    }
+    $("ood-warning").hidden = items.length === 0;
+    result.classList.toggle("ood", items.length > 0);
+  }
+
   function show(d, lat, lon) {
     const fire = d.label === "wildfire";
     const other = fire ? "nowildfire" : "wildfire";
@@ -192,6 +208,7 @@
     $("prob-fill").style.width = (100 * d.probability).toFixed(1) + "%";
     $("prob-fill").className = fire ? "fire" : "safe";
     $("prob-bar").setAttribute("aria-valuenow", (100 * d.probability).toFixed(1));
+    showWarnings(d.warnings);
     $("model").textContent = d.model.name + " v" + d.model.version;
     $("variant").textContent = d.variant;
     $("latency").textContent = Pyrocast.fmtMs(d.latency_ms);
@@ -214,8 +231,11 @@
     $("fb-explain").textContent = "Right: the place is " + d.label + ". Wrong: the place is " + other + ".";
     fbRight.disabled = false;
     fbWrong.disabled = false;
+    setPressed(null);
     fbMessage.textContent = "";
     fbMessage.className = "small";
+    d.verdict = null; // the verdict stored for this answer (the newest one sent), and how many were sent
+    d.verdicts = 0;
     current = d;
     result.classList.remove("stale");
     result.hidden = false;
@@ -273,9 +293,27 @@
   });
 
   // --- feedback --------------------------------------------------------------------------------------------
+  // A person may change their mind: every verdict is stored (history) and the newest one counts, so the buttons
+  // stay open after a save and the pressed one shows the verdict that counts now.
+  function setPressed(correct) {
+    fbRight.setAttribute("aria-pressed", correct === true ? "true" : "false");
+    fbWrong.setAttribute("aria-pressed", correct === false ? "true" : "false");
+  }
+
+  function recorded(correct, label) {
+    return "the answer was " + (correct ? "right" : "wrong") + ", so this place is recorded as " + label + ".";
+  }
+
   async function sendFeedback(correct) {
     const answer = current;
     if (!answer) return;
+    if (answer.verdict !== null && answer.verdict.correct === correct) {
+      // The same verdict again would only add a duplicate row: say what is stored instead.
+      fbMessage.className = "small ok-text";
+      fbMessage.textContent = "Already saved: " + recorded(correct, answer.verdict.true_label);
+      return;
+    }
+    // Both stay disabled while a save is in flight, so two verdicts are never stored out of the order given.
     fbRight.disabled = true;
     fbWrong.disabled = true;
     fbMessage.className = "small";
@@ -291,9 +329,19 @@
       fbWrong.disabled = false;
       return;
     }
+    answer.verdict = { correct: r.data.correct, true_label: r.data.true_label };
+    answer.verdicts += 1;
+    setPressed(r.data.correct);
+    fbRight.disabled = false;
+    fbWrong.disabled = false;
     fbMessage.className = "small ok-text";
-    fbMessage.textContent = "Thanks, saved: the answer was " + (r.data.correct ? "right" : "wrong") +
-      ", so this place is recorded as " + r.data.true_label + ".";
+    if (answer.verdicts === 1) {
+      fbMessage.textContent = "Thanks, saved: " + recorded(r.data.correct, r.data.true_label) +
+        " Changed your mind? Press " + (r.data.correct ? "Wrong" : "Right") + ": your newest verdict counts.";
+    } else {
+      fbMessage.textContent = "Changed: " + recorded(r.data.correct, r.data.true_label) + " Your " +
+        answer.verdicts + " verdicts on this answer stay stored as history; the newest one counts.";
+    }
   }
 
   // A link to a place (/?lat=..&lon=..) opens with its answer, checked like typed coordinates.

@@ -1,5 +1,8 @@
 /* Monitoring page: plotly charts over /api/monitoring, refreshed every 10 s (short windows) to 60 s (long ones).
-   Every time on the page is UTC, as on the feedback and models pages (the store and the charts' data are UTC). */
+   Every time on the page is UTC, as on the feedback and models pages (the store and the charts' data are UTC).
+   One rule places every bucket: the server gives each its [start, end) inside the window (the first may start
+   late, the one running now ends now); bars are centred on the middle with the bucket's width, line points sit
+   on the same middle, and the x axis runs from the window's start to now. */
 "use strict";
 
 (function () {
@@ -12,27 +15,98 @@
 
   let current = initial;
 
-  function layout(yTitle, empty, extra) {
+  /** A chart's layout: `empty` is the note written inside an empty chart (its y axis then shows no made-up scale),
+      `yaxis` adds to the y axis. */
+  function layout(yTitle, empty, yaxis, extra) {
     const base = {
-      margin: { l: 56, r: 12, t: 8, b: 48 },
-      height: 260,
+      // Labels, titles and the legend push these out as far as they need (automargin); the plot keeps the rest.
+      margin: { l: 48, r: 12, t: 8, b: 40 },
+      height: 290,
       paper_bgcolor: "rgba(0,0,0,0)",
       plot_bgcolor: "rgba(0,0,0,0)",
       font: { family: "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", size: 12, color: "#374151" },
       // plotly draws ISO times as written, without converting them: these are UTC, and the axis says so.
-      xaxis: { type: "date", gridcolor: "#eef0f3", range: [current.since, current.until], title: { text: "time (UTC)", standoff: 6 } },
-      yaxis: { title: { text: yTitle }, gridcolor: "#eef0f3", rangemode: "tozero" },
+      // The x labels stand off the axis: the first one, near the left edge, ran into the y axis's "0" label.
+      xaxis: {
+        type: "date", gridcolor: "#eef0f3", range: [current.since, current.until], automargin: true,
+        ticklabelstandoff: 8, title: { text: "time (UTC)", standoff: 4 }, hoverformat: "%H:%M:%S UTC",
+      },
+      yaxis: Object.assign({
+        title: { text: yTitle, standoff: 8 }, gridcolor: "#eef0f3", rangemode: "tozero", automargin: true,
+        ticklabelstandoff: 4, showticklabels: !empty,
+      }, yaxis || {}),
       // The rollout-event markers live on their own 0-1 axis, at the top of the plot.
       yaxis2: { overlaying: "y", range: [0, 1], visible: false, fixedrange: true },
-      legend: { orientation: "h", y: 1.12, x: 0 },
+      // Above the plot, clear of the event markers on its top edge: a legend over the plot hid data at 100 %.
+      legend: { orientation: "h", x: 0, xanchor: "left", y: 1.04, yanchor: "bottom" },
+      showlegend: !empty,  // a legend of lines an empty chart does not draw
       hovermode: "x unified",
       shapes: eventShapes(current),
       annotations: empty ? [{
-        text: "No data yet in this window", xref: "paper", yref: "paper", x: 0.5, y: 0.5, showarrow: false,
+        text: empty, xref: "paper", yref: "paper", x: 0.5, y: 0.5, showarrow: false,
         font: { color: MUTED, size: 13 },
       }] : [],
     };
     return Object.assign(base, extra || {});
+  }
+
+  /** Each bucket as drawn: its middle (ISO), its width (ms), the seconds it covers and its span as hover text. */
+  function bucketsOf(s) {
+    return s.start.map(function (a, i) {
+      const t0 = Date.parse(a), t1 = Date.parse(s.end[i]);
+      return { mid: new Date((t0 + t1) / 2).toISOString(), width: t1 - t0, seconds: s.seconds[i], text: bucketText(t0, t1) };
+    });
+  }
+
+  /** "20:30–20:31 UTC", "20:31:00–20:31:23 UTC" (the bucket running now), "2026-06-01 18:00–21:00 UTC". */
+  function bucketText(t0, t1) {
+    const a = new Date(t0).toISOString(), b = new Date(t1).toISOString();
+    const whole = a.slice(17, 19) === "00" && b.slice(17, 19) === "00";
+    const hm = function (iso) { return iso.slice(11, whole ? 16 : 19); };
+    const long = Date.parse(current.until) - Date.parse(current.since) > 86400000;
+    const day = function (iso) { return long ? iso.slice(0, 10) + " " : ""; };
+    return day(a) + hm(a) + "–" + (day(b) === day(a) ? "" : day(b)) + hm(b) + " UTC";
+  }
+
+  /** The unit that keeps a rate readable (never "100µ per second"): per second, per minute or per hour. */
+  function rateUnit(peakPerSecond) {
+    if (peakPerSecond >= 1) return { per: "second", k: 1 };
+    if (peakPerSecond * 60 >= 1) return { per: "minute", k: 60 };
+    return { per: "hour", k: 3600 };
+  }
+
+  function mids(bs) {
+    return bs.map(function (b) { return b.mid; });
+  }
+
+  /** The hover of a chart: an invisible point on every bucket's middle whose text names the bucket ("20:30–20:31
+      UTC") and gives that bucket's own values, `lines(i)`. The drawn traces take no hover: plotly's unified hover
+      showed, for a series with no value in the bucket under the pointer, the nearest value of another bucket. */
+  function bucketTrace(bs, lines) {
+    return {
+      x: mids(bs), y: bs.map(function () { return 0; }), yaxis: "y2", type: "scatter", mode: "markers", showlegend: false,
+      name: "bucket", marker: { size: 1, opacity: 0 }, hovertemplate: "%{text}<extra></extra>",
+      text: bs.map(function (b, i) { return ["<b>" + b.text + "</b>"].concat(lines(i)).join("<br>"); }),
+    };
+  }
+
+  /** A hover line with the series' colour: "● p95 41 ms". */
+  function line(color, text) {
+    return '<span style="color:' + color + '">●</span> ' + text;
+  }
+
+  /** 3 significant digits, no trailing zeros: 0.0926, 7.6, 41, 1250. */
+  function sig(x) {
+    return x >= 1000 ? Math.round(x).toString() : String(Number(x.toPrecision(3)));
+  }
+
+  /** Nothing to draw, but plotly draws an axis (and its title) only under a trace. */
+  function placeholder(bs) {
+    return { x: mids(bs), y: bs.map(function () { return 0; }), type: "scatter", mode: "none", showlegend: false, hoverinfo: "skip" };
+  }
+
+  function finite(xs) {
+    return xs.filter(function (x) { return x !== null && x !== undefined && isFinite(x); });
   }
 
   function utcTime(iso) {
@@ -74,7 +148,7 @@
     if (!req.total) return "no requests in this window";
     const first = req.requests.findIndex(function (n) { return n > 0; });
     const until = Date.parse(d.until);
-    const since = first < 0 ? Date.parse(d.since) : Math.max(Date.parse(d.since), Date.parse(req.t[first]));
+    const since = first < 0 ? Date.parse(d.since) : Math.max(Date.parse(d.since), Date.parse(req.start[first]));
     const seconds = Math.max(d.bucket_s, (until - since) / 1000);
     return rateText(req.total / seconds) + " over the last " + duration(seconds);
   }
@@ -109,31 +183,87 @@
     current = d;
     const req = d.requests, lat = d.latency, tr = d.traffic, acc = d.accuracy;
     const events = eventTrace(d);
-    Plotly.react("chart-requests", [
-      { x: req.t, y: req.rate_per_s, name: "requests/s", type: "scatter", mode: "lines", line: { color: COLORS.champion, shape: "hv" }, fill: "tozeroy", fillcolor: "rgba(37,99,235,.12)" },
-      { x: req.t, y: req.errors.map(function (n) { return n / d.bucket_s; }), name: "failed/s", type: "scatter", mode: "lines", line: { color: COLORS.errors, shape: "hv" } },
-    ].concat(events), layout("per second", !req.total), CONFIG);
+    // What an empty chart says: nothing at all yet, or nothing of its kind (requests that all failed have no
+    // latency and no answers; labels arrive after the answers they judge).
+    const noData = req.total ? "" : "No data yet in this window";
+    const noAnswers = "No answers in this window" + (req.failed === req.total ? ":<br>all " + req.total + " requests failed" : "");
 
-    const latencyEmpty = !lat.p50.some(function (x) { return x !== null && x !== undefined; });
-    Plotly.react("chart-latency", ["p50", "p95", "p99"].map(function (k, i) {
-      return { x: lat.t, y: lat[k], name: k, type: "scatter", mode: "lines+markers", connectgaps: false, marker: { size: 4 }, line: { color: ["#16a34a", "#ca8a04", "#dc2626"][i] } };
-    }).concat(events), layout("ms", latencyEmpty), CONFIG);
+    const rb = bucketsOf(req);
+    const ru = rateUnit(Math.max.apply(null, [0].concat(finite(req.rate_per_s))));
+    Plotly.react("chart-requests", [bucketTrace(rb, function (i) {
+      return [
+        line(COLORS.champion, "requests " + req.requests[i] + " (" + sig(req.rate_per_s[i] * ru.k) + " per " + ru.per + ")"),
+        line(COLORS.errors, "failed " + req.errors[i]),
+      ];
+    }),
+      {
+        x: mids(rb), y: req.rate_per_s.map(function (r) { return r * ru.k; }), name: "requests", type: "scatter", mode: "lines+markers",
+        marker: { size: 3 }, line: { color: COLORS.champion, width: 1.5 }, fill: "tozeroy", fillcolor: "rgba(37,99,235,.12)",
+        hoverinfo: "skip",
+      },
+      {
+        x: mids(rb), y: req.errors_per_s.map(function (r) { return r * ru.k; }), name: "failed", type: "scatter", mode: "lines",
+        line: { color: COLORS.errors, width: 1.5 }, hoverinfo: "skip",
+      },
+    ].concat(events), layout("requests per " + ru.per, noData), CONFIG);
 
-    const variants = Object.keys(tr.variants);
-    Plotly.react("chart-traffic", (variants.length ? variants.map(function (v, i) {
-      return { x: tr.t, y: tr.variants[v], name: v, type: "bar", marker: { color: COLORS[v] || PALETTE[i % PALETTE.length] } };
-    }) : [{ x: tr.t, y: tr.t.map(function () { return 0; }), name: "no answers", type: "bar", showlegend: false }]).concat(events),
-    layout("answers " + perBucket(d.bucket_s), !variants.length, { barmode: "stack" }), CONFIG);
-
-    const versions = Object.keys(acc.versions);
-    Plotly.react("chart-accuracy", versions.map(function (v, i) {
-      const a = acc.versions[v];
+    const lb = bucketsOf(lat);
+    const slowest = Math.max.apply(null, [0].concat(finite(lat.p99)));
+    const lu = slowest >= 10000 ? { name: "s", k: 0.001 } : { name: "ms", k: 1 };  // "80k ms" reads badly
+    const latencyEmpty = !finite(lat.p50).length;
+    const LAT = ["#16a34a", "#ca8a04", "#dc2626"];
+    Plotly.react("chart-latency", [bucketTrace(lb, function (j) {
+      if (lat.p50[j] === null) return ["no answers"];
+      return ["p50", "p95", "p99"].map(function (k, i) { return line(LAT[i], k + " " + sig(lat[k][j] * lu.k) + " " + lu.name); });
+    })].concat(["p50", "p95", "p99"].map(function (k, i) {
       return {
-        x: acc.t, y: a.accuracy_series, name: "v" + v, type: "scatter", mode: "lines+markers", connectgaps: true,
-        line: { color: PALETTE[i % PALETTE.length] },
-        customdata: a.n_series, hovertemplate: "v" + v + ": %{y:.1%} of %{customdata}<extra></extra>",
+        x: mids(lb), y: lat[k].map(function (x) { return x === null ? null : x * lu.k; }), name: k, type: "scatter", mode: "lines+markers",
+        connectgaps: false, marker: { size: 4 }, line: { color: LAT[i], width: 1.5 }, hoverinfo: "skip",
       };
-    }).concat(events), layout("accuracy", !versions.length, { yaxis: { title: { text: "accuracy" }, range: [0, 1.02], tickformat: ".0%", gridcolor: "#eef0f3" } }), CONFIG);
+    })).concat(events), layout("latency (" + lu.name + ")", latencyEmpty && (noData || noAnswers)), CONFIG);
+
+    const tb = bucketsOf(tr);
+    const variants = Object.keys(tr.variants);
+    // A partial bucket's count is drawn at the rate of a whole one ("answers per minute" over the 20 s it holds),
+    // so the bucket running now is not read as a drop; its hover text gives the count and the seconds.
+    const scale = tb.map(function (b) { return b.seconds > 0 ? d.bucket_s / b.seconds : 1; });
+    const peak = Math.max.apply(null, [0].concat(tb.map(function (_, j) {
+      return variants.reduce(function (s, v) { return s + tr.variants[v][j] * scale[j]; }, 0);
+    })));
+    const variantColor = function (v, i) { return COLORS[v] || PALETTE[i % PALETTE.length]; };
+    Plotly.react("chart-traffic", [bucketTrace(tb, function (j) {
+      const partial = tb[j].seconds < d.bucket_s ? " in " + duration(tb[j].seconds) : "";
+      const sum = variants.reduce(function (s, v) { return s + tr.variants[v][j]; }, 0);
+      if (!sum) return ["no answers" + partial];
+      return variants.map(function (v, i) { return line(variantColor(v, i), v + " " + tr.variants[v][j] + partial); });
+    })].concat(variants.length ? variants.map(function (v, i) {
+      return {
+        x: mids(tb), y: tr.variants[v].map(function (n, j) { return n * scale[j]; }), width: tb.map(function (b) { return b.width; }),
+        name: v, type: "bar", marker: { color: variantColor(v, i), line: { width: 0.5, color: "#fff" } }, hoverinfo: "skip",
+      };
+    }) : [placeholder(tb)]).concat(events),
+    layout("answers " + perBucket(d.bucket_s), !variants.length && (noData || noAnswers),
+      peak < 5 ? { tickmode: "linear", tick0: 0, dtick: 1 } : {}, { barmode: "stack", bargap: 0 }), CONFIG);
+
+    const ab = bucketsOf(acc);
+    const versions = Object.keys(acc.versions);
+    Plotly.react("chart-accuracy", [bucketTrace(ab, function (j) {
+      const seen = versions.filter(function (v) { return acc.versions[v].n_series[j] > 0; });
+      if (!seen.length) return ["no labelled answers"];
+      return seen.map(function (v) {
+        const a = acc.versions[v];
+        return line(PALETTE[versions.indexOf(v) % PALETTE.length], "v" + v + " " + Pyrocast.fmtPct(a.accuracy_series[j]) + " of " + a.n_series[j]);
+      });
+    })].concat(versions.length ? [] : [placeholder(ab)], versions.map(function (v, i) {
+      const a = acc.versions[v];
+      // No line across buckets without labels: a straight line there drew accuracy nobody measured.
+      return {
+        x: mids(ab), y: a.accuracy_series, name: "v" + v, type: "scatter", mode: "lines+markers", connectgaps: false,
+        marker: { size: 5 }, line: { color: PALETTE[i % PALETTE.length], width: 1.5 },
+        hoverinfo: "skip",
+      };
+    })).concat(events), layout("accuracy", !versions.length && (noData || "No labelled answers in this window yet"),
+      { range: [0, 1.02], tickformat: ".0%", rangemode: "normal" }), CONFIG);
 
     document.getElementById("kpi-requests").textContent = req.total;
     document.getElementById("kpi-rate").textContent = rateKpi(d);

@@ -1,0 +1,131 @@
+"""What on call sees of the services behind the gateway, over real processes: the explainer hung (a warning and a
+field in /healthz, a gauge in /metrics, /healthz not slowed), a gateway told that no explainer runs (nothing said),
+and a classifier worker that BentoML restarted after a SIGKILL (one log line, a counter per role)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pyrocast.ports import free_port
+from pyrocast.serving import procs
+from tests.support.serving import ServingStack, stack_settings
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.integration  # real processes on 127.0.0.1
+
+
+def _health(url: str) -> dict[str, Any]:
+    r = httpx.get(f"{url}/healthz", timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _samples(url: str, name: str) -> dict[str, float]:
+    """role -> value of the gateway's metric `name` (a family with a role label)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                out[s.labels["role"]] = s.value
+    return out
+
+
+def _signal_service(svc: procs.ServiceProcess, sig: int) -> None:
+    """Signal a BentoML service's leader and workers (they live in sessions of their own)."""
+    for p in [psutil.Process(svc.pid), *svc.descendants()]:
+        p.send_signal(sig)
+
+
+def test_a_hung_explainer_is_a_warning_in_healthz_and_metrics_without_slowing_healthz(gw: ServingStack) -> None:
+    assert gw.explainer is not None and gw.gateway is not None
+    health = _health(gw.url)
+    assert health["explainer"] == {
+        "role": "explainer",
+        "url": gw.explainer.url,
+        "up": True,
+        "model": None,
+        "precision": None,
+        "source": None,
+    }
+    assert not [w for w in health["warnings"] if "explainer" in w], health
+    assert _samples(gw.url, "pyrocast_backend_up")["explainer"] == 1.0
+    logged = len(gw.gateway.log_path.read_text())
+    # SIGSTOP: connections are still accepted (BentoML's arbiter holds the socket) but never answered, the worst
+    # case for a probe; a killed explainer refuses connections at once.
+    _signal_service(gw.explainer, signal.SIGSTOP)
+    try:
+        assert wait_for(lambda: not _health(gw.url)["explainer"]["up"], 15), "the hung explainer was not noticed"
+        took = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            health = _health(gw.url)
+            took.append(time.perf_counter() - t0)
+        assert max(took) < 0.5, took  # read from the last probe, never a probe of its own (2 s timeout)
+        assert health["status"] == "ok" and health["backends"]["champion"]["up"]  # the champion still answers
+        expected = f"the explainer ({gw.explainer.url}) does not answer: heatmaps (/v1/explain) fail with 503"
+        assert expected in health["warnings"], health["warnings"]
+        assert _samples(gw.url, "pyrocast_backend_up") == {"champion": 1.0, "challenger": 1.0, "explainer": 0.0}
+        view = httpx.get(f"{gw.url}/v1/rollout", timeout=10).json()
+        assert not [w for w in view["warnings"] if "explainer" in w]  # the rollout does not depend on it
+    finally:
+        _signal_service(gw.explainer, signal.SIGCONT)
+    assert wait_for(lambda: _health(gw.url)["explainer"]["up"], 15), "the explainer did not come back"
+    assert not [w for w in _health(gw.url)["warnings"] if "explainer" in w]
+    log = gw.gateway.log_path.read_text()[logged:]
+    assert log.count(f"explainer at {gw.explainer.url} stopped answering") == 1, log
+    assert log.count(f"explainer at {gw.explainer.url} answers again") == 1, log
+
+
+def test_a_gateway_told_that_no_explainer_runs_says_nothing_about_it(tmp_path: Path) -> None:
+    settings = stack_settings(tmp_path)  # nothing listens on the explainer's port
+    quiet = settings.model_copy(update={"serving": settings.serving.model_copy(update={"explainer": False})})
+    for s, said in ((settings, True), (quiet, False)):
+        with procs.start_gateway(s, port=free_port()) as gateway:
+            health = _health(gateway.url)
+            warned = [w for w in health["warnings"] if "explainer" in w]
+            assert (health["explainer"] is not None, bool(warned)) == (said, said), health
+            assert ("explainer" in _samples(gateway.url, "pyrocast_backend_up")) == said
+
+
+def _worker(svc: procs.ServiceProcess) -> dict[str, Any]:
+    return httpx.get(f"{svc.url}/model/info", timeout=10).json()["worker"]
+
+
+def test_a_classifier_worker_restarted_by_bentoml_is_logged_and_counted(gw: ServingStack) -> None:
+    """BentoML's arbiter replaces a worker that died (the OOM killer, SIGKILL) without a word in any log; the
+    gateway tells by the pid /model/info reports. A classifier started again (a new arbiter) is said, not counted."""
+    assert gw.challenger is not None and gw.gateway is not None
+    before = _worker(gw.challenger)
+    assert before["index"] == 1 and before["pid"] in {p.pid for p in gw.challenger.descendants()}
+    assert before["service_pid"] == gw.challenger.pid  # `bentoml serve` is the arbiter
+    restarts = _samples(gw.url, "pyrocast_backend_restarts_total")
+    assert set(restarts) == {"champion", "challenger"}  # both series from the start (for increase())
+    logged = len(gw.gateway.log_path.read_text())
+
+    psutil.Process(before["pid"]).kill()
+    one_more = {**restarts, "challenger": restarts["challenger"] + 1}
+    counted = wait_for(lambda: _samples(gw.url, "pyrocast_backend_restarts_total") == one_more, 60)
+    assert counted, gw.gateway.log_tail()
+    after = _worker(gw.challenger)
+    assert after["pid"] != before["pid"] and after["service_pid"] == before["service_pid"] and after["index"] == 1
+    log = gw.gateway.log_path.read_text()[logged:]
+    line = f"classifier at {gw.challenger.url} ({gw.model_name} v2): BentoML restarted its worker 1"
+    assert log.count(line) == 1 and f"(pid {before['pid']} -> {after['pid']})" in log, log
+    assert gw.challenger.alive()  # the arbiter never died: `pyrocast up` sees nothing
+
+    # The whole classifier started again: a new arbiter, said once, not a worker restart.
+    gw.challenger.stop()
+    gw.start_challenger()
+    again = _worker(gw.challenger)
+    said = f"another service process answers (pid {before['service_pid']} -> {again['service_pid']})"
+    assert wait_for(lambda: said in gw.gateway.log_path.read_text()[logged:], 15), gw.gateway.log_tail()  # type: ignore[union-attr]
+    assert _samples(gw.url, "pyrocast_backend_restarts_total") == one_more

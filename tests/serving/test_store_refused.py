@@ -1,0 +1,130 @@
+"""Spilled rows the database refuses for what they hold, on real SQLite and PostgreSQL: they are kept aside with
+the reason and what to do, the other rows of their spill file are written, nothing is lost or written twice, and
+the refused rows, once corrected and appended to the spill file as the log says, are written too."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyrocast.serving.store import PredictionStore, utcnow
+from tests.support.disks import tmpfs
+from tests.support.store_rows import row
+from tests.support.waiting import wait_for
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'predictions.db'}"
+    return str(request.getfixturevalue("postgres_url"))  # skips where PostgreSQL is not installed
+
+
+def _line(table: str, data: dict[str, Any]) -> str:
+    """A spill line as the store writes it."""
+    return json.dumps({"table": table, "row": {"ts": utcnow().isoformat(), **data}}) + "\n"
+
+
+GOOD = [
+    ("predictions", row(0)),
+    ("predictions", row(1)),
+    ("feedback", {"request_id": "r1", "correct": True, "true_label": "wildfire", "source": "user"}),
+    ("predictions", row(2)),
+    ("predictions", row(3)),
+]
+# Refused by both databases: a NOT NULL column left empty, values their column cannot take.
+BAD = [
+    ("predictions", row(90, request_id=None)),
+    ("predictions", row(91, served="yes")),
+    ("feedback", {"request_id": "r2", "correct": True, "source": None}),
+    ("predictions", row(92, lat="north")),
+]
+
+
+def _counts(url: str) -> tuple[list[str], int]:
+    store = PredictionStore(url, emergency_dir=None)
+    try:
+        return [r["request_id"] for r in store.rows()], store.count("feedback")
+    finally:
+        store.close()
+
+
+def test_refused_spilled_rows_are_kept_aside_and_the_rest_of_their_file_is_written(
+    store_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pyrocast.serving.store")
+    spill = tmp_path / "predictions-spill.jsonl"
+    lines = [_line(t, r) for t, r in (GOOD[0], BAD[0], GOOD[1], GOOD[2], BAD[1], BAD[2], GOOD[3], BAD[3], GOOD[4])]
+    assert len(lines) == len(GOOD) + len(BAD)
+    spill.write_text("".join(lines))
+    original = spill.read_bytes()
+
+    store = PredictionStore(store_url, spill_path=spill, emergency_dir=None)  # a start writes the spill file
+    assert store.trouble() is None and store.written == {"predictions": 4, "feedback": 1, "rollout_events": 0}
+    store.start()
+    store.put_prediction(row(5))  # the store is not stuck behind the refused rows
+    assert store.flush(10)
+    store.close()
+    assert _counts(store_url) == (["r0", "r1", "r2", "r3", "r5"], 1)
+    assert not spill.exists() and not (tmp_path / "predictions-spill.jsonl.replaying").exists()
+
+    (aside,) = tmp_path.glob("predictions-spill.jsonl.refused-*")
+    kept = [json.loads(line) for line in aside.read_text().splitlines()]
+    assert [(k["table"], k["row"].get("request_id")) for k in kept] == [(t, r["request_id"]) for t, r in BAD]
+    assert [k["row"].get("served") for k in kept[:2]] == [True, "yes"] and kept[3]["row"]["lat"] == "north"
+    assert "IntegrityError" in kept[0]["refused"] or "NotNullViolation" in kept[0]["refused"]
+    assert "Not a boolean value: 'yes'" in kept[1]["refused"]
+    (critical,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert "refuses 4 of the 9 rows spilled in" in critical and str(aside) in critical
+    assert f"correct them and append them to {spill}" in critical
+    assert "wrote 5 spilled rows" in caplog.text
+
+    # Never written twice: the same file left by a process that died after its commit, before removing it.
+    (tmp_path / "predictions-spill.jsonl.replaying").write_bytes(original)
+    PredictionStore(store_url, spill_path=spill, emergency_dir=None).close()
+    assert _counts(store_url) == (["r0", "r1", "r2", "r3", "r5"], 1)
+    assert list(tmp_path.glob("predictions-spill.jsonl*")) == [aside]
+
+    # What the log says to do: correct the refused rows and append them to the spill file; the next start (or a
+    # running gateway, within 5 s) writes them.
+    kept[0]["row"]["request_id"] = "r90"
+    kept[1]["row"]["served"] = True
+    kept[2]["row"]["source"] = "user"
+    kept[3]["row"]["lat"] = 46.2
+    spill.write_text("".join(json.dumps(k) + "\n" for k in kept))  # (their "refused" field is ignored)
+    PredictionStore(store_url, spill_path=spill, emergency_dir=None).close()
+    ids, feedback = _counts(store_url)
+    assert ids == ["r0", "r1", "r2", "r3", "r5", "r90", "r91", "r92"] and feedback == 2
+    assert list(tmp_path.glob("predictions-spill.jsonl*")) == [aside]  # nothing refused this time
+
+
+def test_refused_rows_that_cannot_be_set_aside_on_a_full_disk_wait_in_the_spill_file(tmp_path: Path) -> None:
+    """Setting the refused rows aside needs disk space: on a full disk the store still opens (the gateway starts),
+    writes nothing of the file (its rows and its key go in together or not at all), and writes it once there is
+    space."""
+    with tmpfs(tmp_path / "small") as small:
+        url = f"sqlite:///{tmp_path / 'predictions.db'}"
+        spill = small / "predictions-spill.jsonl"
+        spill.write_text("".join(_line(t, r) for t, r in GOOD + BAD))
+        filler = small / "filler"
+        with contextlib.suppress(OSError), open(filler, "wb") as f:
+            while True:
+                f.write(b"x" * 1024)
+                f.flush()
+        store = PredictionStore(url, spill_path=spill, held_retry_s=0.2, emergency_dir=None)
+        trouble = store.trouble()
+        assert trouble is not None and "No space left on device" in trouble, trouble
+        assert store.count() == 0 and store.count("feedback") == 0
+        assert sorted(p.name for p in small.iterdir()) == ["filler", spill.name]  # the file waits, whole
+        store.start()
+        filler.unlink()  # space again: the writer, looking every 0.2 s, writes the file
+        assert wait_for(lambda: store.count() == 4, 10), "the spill file was not written once there was space"
+        assert store.count("feedback") == 1 and wait_for(lambda: store.trouble() is None, 5), store.trouble()
+        assert not spill.exists()
+        assert len(list(small.glob("predictions-spill.jsonl.refused-*"))) == 1
+        store.close()

@@ -1,0 +1,25 @@
+"""Real small or read-only file systems for tests of full and read-only disks (a tmpfs; needs root)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, options: str = "size=24k") -> Iterator[Path]:
+    """A tmpfs mounted at `where` (created) with mount `options`, unmounted afterwards; skips where it cannot be."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
