@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
-from pyrocast.database import create_schema, sqlalchemy_url
+from pyrocast.database import create_schema, release_abandoned_sqlite, sqlalchemy_url
 
 
 def test_plain_postgresql_urls_get_the_installed_driver() -> None:
@@ -34,3 +38,24 @@ def test_schema_creation_gives_up_after_the_second_failure() -> None:
 
     with pytest.raises(IntegrityError):
         create_schema(always)
+
+
+def test_a_transaction_abandoned_by_ctrl_c_is_rolled_back_and_the_file_writable_again(tmp_path: Path) -> None:
+    """What a Ctrl-C inside SQLAlchemy's connection return leaves: a connection in a write transaction that
+    nothing will finish. Every other writer then fails with 'database is locked' until it is rolled back."""
+    path = tmp_path / "mlflow.db"
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.2})
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE tags (k TEXT)"))
+    stuck = engine.raw_connection()  # checked out and never returned, as after the interrupt
+    stuck.cursor().execute("INSERT INTO tags VALUES ('half-written')")
+    other = sqlite3.connect(path, timeout=0.2)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        other.execute("INSERT INTO tags VALUES ('killed')")
+    assert release_abandoned_sqlite() >= 1
+    other.execute("INSERT INTO tags VALUES ('killed')")
+    other.commit()
+    assert [r[0] for r in other.execute("SELECT k FROM tags")] == ["killed"]  # the abandoned row is gone
+    other.close()
+    stuck.close()
+    engine.dispose()

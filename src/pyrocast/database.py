@@ -33,3 +33,28 @@ def create_schema(create: Callable[[], T]) -> T:
     except (IntegrityError, ProgrammingError):
         time.sleep(0.2)
         return create()
+
+
+def release_abandoned_sqlite() -> int:
+    """Roll back the SQLite transactions a Ctrl-C left open in this process; returns how many.
+
+    ZenML's SIGINT handler queries its database and raises from wherever the main thread was, which can be
+    inside SQLAlchemy's return of a connection to its pool: that connection then keeps its write lock on the
+    file (MLflow's mlflow.db, ZenML's store) for the life of the process, and every later write here waits out
+    the busy timeout and fails ('database is locked'): the interrupted run could not be marked KILLED. Called
+    only after an interrupt, when whatever those transactions were doing has been abandoned.
+    """
+    import gc
+    import sqlite3
+
+    gc.collect()  # a connection nobody holds any more is rolled back by SQLAlchemy's finaliser
+    released = 0
+    for obj in gc.get_objects():
+        if isinstance(obj, sqlite3.Connection):
+            try:
+                if obj.in_transaction:
+                    obj.rollback()
+                    released += 1
+            except sqlite3.Error:  # closed, or owned by another thread (check_same_thread): not ours to touch
+                continue
+    return released

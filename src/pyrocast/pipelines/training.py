@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pyrocast.database import release_abandoned_sqlite
 from pyrocast.errors import InvalidInputError, PyrocastError
 from pyrocast.pipelines import zenml_env
 from pyrocast.pipelines.zenml_env import TRACKER
@@ -665,6 +666,10 @@ def run_training(
                 log.info("training run %s: Ctrl-C surfaced as %s", run_name, type(exc).__name__)
                 exc = KeyboardInterrupt()
                 failure = _as_interrupted(run_dir, failure)
+            if ctrl_c and (released := release_abandoned_sqlite()):
+                log.info(
+                    "training run %s: %d database transaction(s) left open by Ctrl-C rolled back", run_name, released
+                )
             _after_failure(settings, client, run_name, exc, profile, failure)
             if isinstance(exc, KeyboardInterrupt):
                 raise exc from None
