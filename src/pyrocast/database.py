@@ -50,7 +50,7 @@ def release_abandoned_sqlite() -> int:
     gc.collect()  # a connection nobody holds any more is rolled back by SQLAlchemy's finaliser
     released = 0
     for obj in gc.get_objects():
-        if isinstance(obj, sqlite3.Connection):
+        if type(obj) is sqlite3.Connection:  # not isinstance: it reads __class__, which some objects warn on
             try:
                 if obj.in_transaction:
                     obj.rollback()
