@@ -8,6 +8,7 @@ and checks that no process of any service group survives and that every port is 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from pyrocast.ports import free_port, port_in_use
 from pyrocast.serving import procs
 from pyrocast.settings import Settings
 from pyrocast.stack import STATE_FILE, Service, Stack, claim_state, group_members, release_claim
+from tests.support.disks import tmpfs
 from tests.support.mlflow_db import seed_mlflow_db
 from tests.support.serving import tiny_bundles
 
@@ -151,6 +153,25 @@ def test_a_second_up_is_refused_and_leftovers_of_a_killed_one_are_stopped(settin
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_full_disk_when_claiming_is_a_clear_error_and_leaves_no_lock_held(settings: Settings, tmp_path: Path) -> None:
+    """Writing the pid into the lock file fails on a full disk (ENOSPC) after the lock is taken: the descriptor is
+    closed (the lock released, not held unrecorded where clear_state cannot free it) and the error says what to do."""
+    with tmpfs(tmp_path / "disk", "size=16k") as disk:
+        full = settings.model_copy(update={"data_dir": disk / "data"})
+        (disk / "data" / "run").mkdir(parents=True)
+        with contextlib.suppress(OSError), open(disk / "filler", "wb") as f:  # fill the disk up
+            f.write(b"x" * 64 * 1024)
+        fds = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(PyrocastError, match="cannot write this process's pid to the lock file") as caught:
+            claim_state(full)
+        assert "No space left on device" in str(caught.value) and "free space" in (caught.value.hint or "")
+        assert len(os.listdir("/proc/self/fd")) == fds  # the descriptor was closed
+        lock = disk / "data" / "run" / "stack.lock"
+        with open(lock, "rb") as other:  # another `up` gets the lock: nothing holds it
+            fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        release_claim(full)  # nothing recorded: nothing to release
 
 
 def test_the_next_up_stops_workers_whose_leader_died_with_the_killed_up(settings: Settings) -> None:

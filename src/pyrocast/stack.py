@@ -430,8 +430,14 @@ def claim_state(settings: Settings) -> None:
     """
     lock = (settings.root / LOCK_FILE).resolve()
     if lock not in _claims:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise PyrocastError(
+                f"cannot open the lock file {lock} to claim {settings.root}: {exc.strerror or exc}",
+                "make the data directory writable (or free space on its disk), or use another --data-dir",
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -446,8 +452,23 @@ def claim_state(settings: Settings) -> None:
                 f"pyrocast up is already running on {settings.root} (pid {holder or 'unknown'})",
                 "stop it with Ctrl-C in its terminal (or `kill -INT <pid>`), or use another --data-dir",
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message of the `up` that is refused
+        except OSError as exc:
+            # ENOLCK and the like (a file system without locks, e.g. some NFS mounts): not another `up`.
+            os.close(fd)
+            raise PyrocastError(
+                f"cannot lock {lock} to claim {settings.root}: {exc.strerror or exc}",
+                "put the data directory on a local disk that supports file locks (--data-dir)",
+            ) from exc
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message of the `up` that is refused
+        except OSError as exc:
+            # Not recorded in _claims, the lock could never be released by clear_state: closing drops it now.
+            os.close(fd)
+            raise PyrocastError(
+                f"cannot write this process's pid to the lock file {lock}: {exc.strerror or exc}",
+                "free space on the data directory's disk (or make it writable), then start again",
+            ) from exc
         _claims[lock] = fd
     try:
         _take_over_state(settings)

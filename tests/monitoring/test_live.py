@@ -81,16 +81,18 @@ def test_parse_window_and_buckets() -> None:
 
 def test_buckets_are_cut_at_the_window_so_the_last_one_ends_now() -> None:
     """Every chart places a bucket over [start, end): the first starts at the window's start, the last ends at
-    `until` (now, whole seconds), never at the next grid edge in the future; rates use the seconds covered."""
+    `until` (the real now, not the next whole second), never at the next grid edge in the future; rates use the
+    seconds covered."""
     span = live.make_span("1h", now=NOW + timedelta(seconds=29, microseconds=300_000))
-    assert span.until == NOW + timedelta(seconds=30)  # whole seconds (rounded up): the JSON's times are exact
+    assert span.until == NOW + timedelta(seconds=29, microseconds=300_000)  # rounded up, it counted the future
     axis = span.axis()
     assert len(axis["start"]) == len(axis["end"]) == len(axis["seconds"]) == len(axis["t"]) == 61
-    assert axis["start"][0] == "2026-06-01T11:00:30Z" == live._iso(span.since)  # not 11:00:00, before the window
+    assert axis["start"][0] == "2026-06-01T11:00:29.300Z" == live._iso_ms(span.since)  # not 11:00:00, outside
     assert axis["t"][0] == "2026-06-01T11:00:00Z"  # the grid start, for older readers
     assert axis["start"][1:] == axis["end"][:-1]  # buckets touch: no gaps, no overlaps
-    assert axis["end"][-1] == "2026-06-01T12:00:30Z" == live._iso(span.until)  # not 12:01:00, in the future
-    assert axis["seconds"][0] == 30 and axis["seconds"][-1] == 30 and set(axis["seconds"][1:-1]) == {60}
+    assert axis["end"][-1] == "2026-06-01T12:00:29.300Z" == span.to_dict()["until"]  # not 12:01:00, the future
+    assert axis["seconds"][0] == 30.7 and axis["seconds"][-1] == 29.3 and set(axis["seconds"][1:-1]) == {60}
+    assert all(axis["rated"])  # both partial buckets cover more than a quarter of a minute
     aligned = live.make_span("15m", now=NOW).axis()
     assert aligned["start"] == aligned["t"] and aligned["end"][-1] == live._iso(NOW)
     assert set(aligned["seconds"]) == {15}
@@ -109,6 +111,28 @@ def test_a_partial_bucket_rate_is_over_the_time_it_covers(store: PredictionStore
     assert data["errors_per_s"][-1] == 0
     for part in ("latency", "traffic", "accuracy"):
         assert live.overview(store.engine, "1h", now=now)[part]["end"][-1] == "2026-06-01T12:00:30Z"
+
+
+def test_a_bucket_that_just_began_is_not_a_spike(store: PredictionStore) -> None:
+    """1.5 s into a minute, one request in the running bucket is not "0.5 per second" (30 per minute, beside a
+    steady 1 per minute): a bucket covering under a quarter of its width keeps its count but gets no rate. The
+    request, written in the current second, is still inside the window (`until` is the real now)."""
+    now = NOW + timedelta(seconds=1, microseconds=500_000)
+    for i in range(30):
+        store.put_prediction(pred(f"s{i}", i + 0.5))  # one per minute
+    store.put_prediction(pred("new", -1.2 / 60))  # 12:00:01.2, in the second running now
+    span = live.make_span("1h", now=now)
+    assert span.until == now
+    data = live.request_rate(engine_of(store), span)
+    assert data["seconds"][-1] == 1.5 and data["seconds"][0] == 58.5
+    assert data["requests"][-1] == 1 and data["total"] == 31  # counted, not lost
+    assert data["rated"][-1] is False and data["rate_per_s"][-1] is None and data["errors_per_s"][-1] is None
+    assert data["rate_per_s"][-2] == pytest.approx(1 / 60, rel=1e-3)
+    steady = 1 / 60
+    assert max(r for r in data["rate_per_s"] if r is not None) < 2 * steady  # no spike anywhere
+    # The same bucket a few seconds later covers a quarter of its width and is rated over those seconds.
+    later = live.request_rate(store.engine, live.make_span("1h", now=NOW + timedelta(seconds=15)))
+    assert later["rated"][-1] is True and later["rate_per_s"][-1] == pytest.approx(1 / 15, rel=1e-3)
 
 
 def test_small_rates_keep_their_digits(store: PredictionStore) -> None:

@@ -85,3 +85,35 @@ def test_the_openapi_says_ground_truth_needs_the_token(gw: ServingStack) -> None
     assert {"HTTPBearer": []} in op["security"]
     source = spec["components"]["schemas"]["FeedbackRequest"]["properties"]["source"]
     assert "admin token" in source["description"] and "outranks" in source["description"]
+
+
+def test_the_answer_says_whether_the_verdict_gives_the_label(gw: ServingStack, jpeg: bytes) -> None:
+    """A person is not told "your verdict counts" when ground truth outranks it: the answer says what counts."""
+    rid = _predict(gw.url, jpeg)  # v1 says wildfire
+    feedback = f"{gw.url}/v1/feedback"
+
+    def send(body: dict[str, object], **kw: object) -> dict[str, object]:
+        r = httpx.post(feedback, json={"request_id": rid, **body}, timeout=30, **kw)  # type: ignore[arg-type]
+        assert r.status_code == 200, r.text
+        return {k: r.json()[k] for k in ("counts", "request_label", "label_source")}
+
+    # No ground truth yet: the newest verdict counts.
+    assert send({"correct": True}) == {"counts": True, "request_label": "wildfire", "label_source": "user"}
+    assert send({"correct": False}) == {"counts": True, "request_label": "nowildfire", "label_source": "user"}
+    # Ground truth always counts; sent just before the next verdict (still in the write queue) it outranks it.
+    truth = send({"label": "nowildfire", "source": "replay"}, headers=gw.admin)
+    assert truth == {"counts": True, "request_label": "nowildfire", "label_source": "replay"}
+    assert send({"correct": True}) == {"counts": False, "request_label": "nowildfire", "label_source": "replay"}
+    counted = PredictionStore(gw.settings.store_database_url)
+    try:
+        label = counted.label_of(rid)
+        assert label is not None and (label["source"], label["true_label"]) == ("replay", "nowildfire")
+    finally:
+        counted.close()
+
+
+def test_the_openapi_documents_whether_a_verdict_counts(gw: ServingStack) -> None:
+    spec = httpx.get(f"{gw.url}/openapi.json", timeout=30).json()
+    props = spec["components"]["schemas"]["FeedbackResponse"]["properties"]
+    assert "outranks" in props["counts"]["description"]
+    assert {"request_label", "label_source"} <= set(props)

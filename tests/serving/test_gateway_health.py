@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pyrocast.ports import free_port
 from pyrocast.serving import procs
+from tests.support.servers import ThreadedServer
 from tests.support.serving import ServingStack, stack_settings
 from tests.support.waiting import wait_for
 
@@ -94,6 +96,64 @@ def test_a_gateway_told_that_no_explainer_runs_says_nothing_about_it(tmp_path: P
             warned = [w for w in health["warnings"] if "explainer" in w]
             assert (health["explainer"] is not None, bool(warned)) == (said, said), health
             assert ("explainer" in _samples(gateway.url, "pyrocast_backend_up")) == said
+
+
+class _SlowExplainer(ThreadedServer):
+    """An explainer that is alive (its /readyz answers at once) but takes `seconds` for each heatmap."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def start(self) -> _SlowExplainer:
+        seconds = self.seconds
+
+        class Handler(BaseHTTPRequestHandler):
+            def _send(self, status: int, body: bytes) -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the gateway gave up waiting: what this test is about
+
+            def do_GET(self) -> None:
+                self._send(200 if self.path == "/readyz" else 404, b"")
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                time.sleep(seconds)
+                self._send(200, b"")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return self._launch(Handler)  # type: ignore[no-any-return]
+
+
+def test_a_heatmap_that_takes_too_long_fails_that_call_without_calling_the_explainer_down(
+    tmp_path: Path, jpeg: bytes
+) -> None:
+    """A busy explainer (a slow heatmap) is not a dead one: the caller gets a 503 that says so, /healthz and the log
+    do not say that it stopped answering."""
+    settings = stack_settings(tmp_path)
+    with _SlowExplainer(seconds=3.0) as explainer:
+        serving = settings.serving.model_copy(update={"explainer_port": explainer.port, "explain_timeout_s": 0.5})
+        with procs.start_gateway(settings.model_copy(update={"serving": serving}), port=free_port()) as gateway:
+            assert wait_for(lambda: _health(gateway.url)["explainer"]["up"], 15), gateway.log_tail()
+            r = httpx.post(
+                f"{gateway.url}/v1/explain",
+                files={"image": ("tile.jpg", jpeg, "image/jpeg")},
+                data={"version": "1"},
+                timeout=30,
+            )
+            assert r.status_code == 503, r.text
+            assert "did not answer in time (0.5 s)" in r.json()["detail"]["error"], r.text
+            health = _health(gateway.url)
+            assert health["explainer"]["up"] and not [w for w in health["warnings"] if "explainer" in w], health
+            log = gateway.log_path.read_text()
+            assert "did not answer in time" in log and "stopped answering" not in log, log
 
 
 def _worker(svc: procs.ServiceProcess) -> dict[str, Any]:

@@ -3,13 +3,25 @@ opens, on SQLite and on a real PostgreSQL; its old rows read as "not known", new
 
 from __future__ import annotations
 
+import re
+import threading
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 import sqlalchemy
 from sqlalchemy import create_engine, inspect, text
 
-from pyrocast.serving.store import ADDED_COLUMNS, PredictionStore, add_missing_columns, create_tables
+from pyrocast.monitoring import live
+from pyrocast.serving.store import (
+    ADDED_COLUMNS,
+    PredictionStore,
+    StoreSchemaError,
+    add_missing_columns,
+    create_tables,
+)
+from pyrocast.settings import Settings
 from tests.support.store_rows import row
 
 
@@ -91,3 +103,94 @@ def test_a_column_added_by_another_process_meanwhile_is_not_an_error(
         assert {"ood", "ood_stats"} <= {c["name"] for c in inspect(engine).get_columns("predictions")}
     finally:
         engine.dispose()
+
+
+def _role_without_alter(owner_url: str) -> str:
+    """A login role that may read and write the store's rows but not alter its tables (owned by the superuser);
+    its URL on the same database."""
+    role = f"gw_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(owner_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"))
+        conn.execute(text(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"))
+    engine.dispose()
+    return owner_url.replace("://postgres@", f"://{role}@", 1)
+
+
+def test_a_gateway_that_may_not_add_the_columns_stops_with_the_statements_to_run(postgres_url: str) -> None:
+    _older_store(postgres_url)
+    role_url = _role_without_alter(postgres_url)
+    with pytest.raises(StoreSchemaError) as raised:
+        PredictionStore(role_url)
+    message = str(raised.value)
+    assert "InsufficientPrivilege" in message and "owner" in message
+    statements = re.findall(r"ALTER TABLE [^;]+", message)
+    assert statements == [
+        "ALTER TABLE predictions ADD COLUMN ood BOOLEAN",
+        "ALTER TABLE predictions ADD COLUMN ood_stats VARCHAR(300)",
+    ]
+    # Run as the owner, exactly these statements let the gateway start and write the new columns.
+    owner = create_engine(postgres_url)
+    with owner.begin() as conn:
+        for ddl in statements:
+            conn.execute(text(ddl))
+    owner.dispose()
+    store = PredictionStore(role_url).start()
+    try:
+        store.put_prediction(row(1, ood=True, ood_stats="brightness"))
+        assert store.flush(10)
+        assert store.write_errors == 0 and store.count(ood=True) == 1
+    finally:
+        store.close()
+
+
+def test_a_reader_without_alter_rights_reads_an_older_store(postgres_url: str, settings: Settings) -> None:
+    """The web app's monitoring reads an older store as it is: it neither needs nor adds the new columns."""
+    _older_store(postgres_url)
+    role_url = _role_without_alter(postgres_url)
+    engine = live.open_engine(settings.model_copy(update={"store_url": role_url}))
+    try:
+        data = live.overview(engine, "1h")
+        assert data["requests"]["total"] == 1  # the older version's row
+        assert live.recent_feedback(engine) == []
+    finally:
+        engine.dispose()
+    assert "ood" not in {c["name"] for c in inspect(create_engine(postgres_url)).get_columns("predictions")}
+
+
+def test_an_alter_waits_for_its_lock_a_bounded_time(postgres_url: str) -> None:
+    """ALTER TABLE needs the table to itself: behind a long read it would queue every insert behind it too, for
+    as long as the read lasts. It gives up after its lock timeout (inserts go on), then says what holds it."""
+    _older_store(postgres_url)
+    engine = create_engine(postgres_url)
+    reader = engine.connect()
+    reader.execute(text("SELECT count(*) FROM predictions"))  # a long read: its transaction stays open
+    inserted = threading.Event()
+
+    def insert_meanwhile() -> None:
+        time.sleep(0.1)  # once the ALTER waits for its lock, this insert waits behind it
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO predictions (ts, request_id, served, variant, source) "
+                    "VALUES (CURRENT_TIMESTAMP, 'meanwhile', true, 'champion', 'api')"
+                )
+            )
+        inserted.set()
+
+    writer = threading.Thread(target=insert_meanwhile)
+    try:
+        started = time.monotonic()
+        writer.start()
+        with pytest.raises(StoreSchemaError, match="locked") as raised:
+            add_missing_columns(engine, lock_timeout_s=0.3, attempts=2)
+        assert time.monotonic() - started < 5
+        assert "ALTER TABLE predictions ADD COLUMN ood BOOLEAN" in str(raised.value)
+        assert inserted.wait(5)  # the insert went through while the read still holds its lock
+    finally:
+        writer.join(10)
+        reader.rollback()
+        reader.close()
+    assert add_missing_columns(engine, lock_timeout_s=0.3) == ["predictions.ood", "predictions.ood_stats"]
+    engine.dispose()

@@ -386,6 +386,35 @@ def test_monitoring_bars_and_points_sit_on_their_bucket_and_end_now(live: Live, 
 
 
 @pytest.mark.browser
+def test_monitoring_a_bucket_that_just_began_is_no_spike(live: Live, tab: Tab, tmp_path: Path) -> None:
+    """1.5 s into a minute, one request in the running bucket drew 30 per minute beside a steady 1 and switched
+    the axis to "per second". It has no rate (a gap, no bar) and its hover says what it holds; the unit follows
+    whole buckets; the window's first bucket (58.5 s, partial but rated) is drawn hollow and hatched."""
+    now = datetime(2026, 6, 1, 12, 0, 1, 500_000, tzinfo=UTC)
+
+    def fill(store: PredictionStore) -> None:
+        for i in range(30):  # one answer a minute, then one in the second running now
+            store.put_prediction(answer(now - timedelta(seconds=31 + 60 * i), i))
+        store.put_prediction(answer(now - timedelta(seconds=0.3), 99))
+
+    data = show_monitoring(live, tab, tmp_path, "1h", now, fill)
+    assert data["until"] == "2026-06-01T12:00:01.500Z" and data["requests"]["requests"][-1] == 1
+    page = tab.page
+    chart = "document.getElementById('chart-{}')"
+    assert page.evaluate(chart.format("requests") + ".layout.yaxis.title.text") == "requests per minute"
+    line = page.evaluate(chart.format("requests") + ".data.find(t => t.name === 'requests')")
+    assert line["y"][-1] is None and line["y"][-2] == pytest.approx(1, rel=1e-3)
+    assert max(y for y in line["y"] if y is not None) == pytest.approx(1, rel=1e-3)
+    assert line["marker"]["symbol"][0] == "circle-open" and line["marker"]["symbol"][1] == "circle"
+    bars = page.evaluate(chart.format("traffic") + ".data.find(t => t.type === 'bar')")
+    assert bars["y"][-1] is None and max(y for y in bars["y"] if y is not None) <= 60 / 58.5 + 1e-9
+    assert bars["marker"]["pattern"]["shape"][0] == "/" and bars["marker"]["pattern"]["shape"][1] == ""
+    hover = page.evaluate(chart.format("requests") + ".data[0].text.at(-1)")
+    assert "partial: 1 request in 1.5 s" in hover, hover
+    tab.assert_clean()
+
+
+@pytest.mark.browser
 @pytest.mark.parametrize("size", [(1280, 800), (390, 844)], ids=["desktop", "phone"])
 def test_monitoring_tick_labels_do_not_overlap(
     live: Live, chromium: Any, tmp_path: Path, size: tuple[int, int]

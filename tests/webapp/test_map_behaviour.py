@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -195,6 +196,32 @@ def test_a_verdict_can_be_changed_and_every_verdict_stays_stored(live: Live, tab
     assert mine.count() == 2
     assert "right" in mine.nth(0).inner_text() and "superseded" not in mine.nth(0).inner_text()
     assert "wrong" in mine.nth(1).inner_text() and "superseded" in mine.nth(1).inner_text()
+    tab.assert_clean()
+
+
+def test_a_verdict_outranked_by_ground_truth_is_said_to_be_kept_as_history(live: Live, tab: Tab) -> None:
+    """A person is not told "your newest verdict counts" when the place's replayed test label outranks verdicts."""
+    page = open_map(live, tab)
+    rid = ask(page, *A)  # champion v1 says wildfire
+    r = httpx.post(
+        f"{live.stack.url}/v1/feedback",
+        json={"request_id": rid, "label": "nowildfire", "source": "replay"},
+        headers=live.stack.admin,
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    page.click("#fb-right")
+    until(page, lambda: page.inner_text("#fb-message").startswith("Stored"), 15, "the confirmation")
+    said = page.inner_text("#fb-message")
+    assert said == (
+        "Stored; the ground truth for this place (replayed test label: nowildfire) outranks verdicts, "
+        "so yours is kept as history."
+    ), said
+    assert "counts" not in said and "recorded as" not in said
+    page.click("#fb-right")  # the stored verdict again: the same truth, not "recorded as wildfire"
+    assert page.inner_text("#fb-message").startswith("Already saved; the ground truth for this place")
+    label = wait_for(lambda: len(live.store.feedback_for(rid)) == 2 and live.store.label_of(rid), what="2 rows")
+    assert (label["source"], label["true_label"]) == ("replay", "nowildfire")
     tab.assert_clean()
 
 

@@ -50,6 +50,9 @@ PERCENTILES = (50, 95, 99)
 # Bucket widths (seconds) a chart may use: round numbers people read at a glance.
 NICE_BUCKETS = (1, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 TARGET_POINTS = 60
+# A bucket the window holds for less than this share of its width (the one that just began, or a sliver at the
+# window's start) gets no rate: one request in its first 2 s of a minute read as 30 per minute beside a steady 1.
+MIN_COVER = 0.25
 MAX_WINDOW = timedelta(days=90)
 MIN_WINDOW = timedelta(seconds=10)
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -93,20 +96,27 @@ class Span:
             out.append((max(start, self.since), min(start + timedelta(seconds=self.bucket_s), self.until)))
         return out
 
+    def rated(self) -> list[bool]:
+        """Whether each bucket covers enough of its width (`MIN_COVER`) for a rate: a count over a sliver of a
+        bucket is noise blown up, not a rate."""
+        return [(z - a).total_seconds() >= MIN_COVER * self.bucket_s for a, z in self.bounds()]
+
     def axis(self) -> dict[str, list[Any]]:
-        """What a chart needs to place each bucket: `start` and `end` (ISO, UTC; drawn over [start, end), so a
-        bar and a line of one bucket meet at its middle), `seconds` it covers (rates of a partial first or last
-        bucket are over the time it covers), and `t`, the nominal grid starts (kept for older readers)."""
+        """What a chart needs to place each bucket: `start` and `end` (ISO, UTC, milliseconds where the window's
+        ends fall inside a second; drawn over [start, end), so a bar and a line of one bucket meet at its middle),
+        `seconds` it covers, `rated` (whether it covers enough for a rate, `MIN_COVER`), and `t`, the nominal grid
+        starts (kept for older readers)."""
         b = self.bounds()
         return {
             "t": self.edges(),
-            "start": [_iso(a) for a, _ in b],
-            "end": [_iso(z) for _, z in b],
+            "start": [_iso_ms(a) for a, _ in b],
+            "end": [_iso_ms(z) for _, z in b],
             "seconds": [round((z - a).total_seconds(), 3) for a, z in b],
+            "rated": self.rated(),
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"since": _iso(self.since), "until": _iso(self.until), "bucket_s": self.bucket_s}
+        return {"since": _iso_ms(self.since), "until": _iso_ms(self.until), "bucket_s": self.bucket_s}
 
 
 def parse_window(text: str | timedelta) -> timedelta:
@@ -134,24 +144,24 @@ def pick_bucket(span_s: float, target_points: int = TARGET_POINTS) -> int:
 
 
 def make_span(window: str | timedelta = "1h", now: datetime | None = None, bucket_s: int | None = None) -> Span:
-    """The window ending now (or at `now`), with a bucket width chosen for about 60 points unless given.
+    """The window [now - window, now) (or ending at `now`), with a bucket width for about 60 points unless given.
 
-    Both ends are whole seconds (the JSON's times are, and rows are bucketed by whole seconds in SQL), so the
-    last bucket's end is exactly `until` as the charts read it; `until` is rounded up, so that a row written in
-    the current second is in the window."""
+    `until` is the real now, to the microsecond: rounded up, the bucket running now counted a second that had not
+    happened yet; rounded down, it lost the rows written in the current second (they are before now, so inside)."""
     span = parse_window(window)
     until = _utc(now) if now is not None else datetime.now(UTC)
-    if until.microsecond:
-        until = until.replace(microsecond=0) + timedelta(seconds=1)
     if bucket_s is not None and bucket_s < 1:
         raise InvalidInputError(f"bucket width must be at least 1 s, got {bucket_s}")
-    return Span((until - span).replace(microsecond=0), until, int(bucket_s or pick_bucket(span.total_seconds())))
+    return Span(until - span, until, int(bucket_s or pick_bucket(span.total_seconds())))
 
 
 def open_engine(settings: Settings) -> Engine:
-    """An engine on the prediction store of `settings` (tables created if the gateway never ran)."""
+    """An engine on the prediction store of `settings` (tables created if the gateway never ran).
+
+    A reader never alters a table: the columns an older store lacks are the gateway's to add (it writes them;
+    these queries select none of them), so a reader without ALTER rights or on a read-only store still reads."""
     engine = make_engine(settings.store_database_url)
-    create_tables(engine)  # idempotent; an empty store then reads as "no traffic yet"
+    create_tables(engine, migrate=False)  # idempotent; an empty store then reads as "no traffic yet"
     return engine
 
 
@@ -232,15 +242,20 @@ def request_rate(engine: Engine, span: Span, rows: Scan | None = None) -> dict[s
     total, failed = int(m), int((~ok).sum())
     seconds = (span.until - span.since).total_seconds()
     axis = span.axis()
-    # A partial bucket (the one running now, or the first) holds fewer seconds: dividing its count by a whole
-    # bucket drew every live chart's last point as a drop in traffic.
-    covered = [max(s, 1.0) for s in axis["seconds"]]
+
+    # A partial bucket (the one running now, or the first) is rated over the seconds it covers (over a whole
+    # bucket, the running one read as a drop), but only when it covers `MIN_COVER` of its width: over a second
+    # or two, one request read as a spike. Those buckets keep their counts and get no rate (None, a gap).
+    def per_s(counts: np.ndarray) -> list[float | None]:
+        cover = zip(counts, axis["seconds"], axis["rated"], strict=True)
+        return [_sig(int(x) / s) if ok else None for x, s, ok in cover]
+
     return {
         **axis,
         "requests": requests.tolist(),
         "errors": errors.tolist(),
-        "rate_per_s": [_sig(int(x) / s) for x, s in zip(requests, covered, strict=True)],
-        "errors_per_s": [_sig(int(x) / s) for x, s in zip(errors, covered, strict=True)],
+        "rate_per_s": per_s(requests),
+        "errors_per_s": per_s(errors),
         "total": total,
         "failed": failed,
         "error_rate": round(failed / total, 4) if total else None,
@@ -302,7 +317,11 @@ def live_accuracy(engine: Engine, span: Span) -> dict[str, Any]:
     """Accuracy per model version against delayed labels, overall (with a 95% Wilson interval) and per bucket."""
     p = predictions.c
     # Ground truth outranks opinion, and a user may change a verdict: the store's one rule picks the label.
-    labels = request_labels().subquery()
+    # Only for the requests answered inside the window (through the feedback request index), not for the whole
+    # feedback table on every refresh. An alias, so the subquery is not correlated to the outer `predictions`.
+    in_window = predictions.alias("in_window")
+    asked = select(in_window.c.request_id).where(in_window.c.ts >= span.since, in_window.c.ts < span.until)
+    labels = request_labels(feedback.c.request_id.in_(asked)).subquery()
     k = _bucket(engine, _seconds(engine, p.ts), span).label("k")
     hit = func.sum(case((p.label == labels.c.true_label, 1), else_=0))
     q = (
@@ -463,3 +482,11 @@ def _epoch(ts: datetime) -> float:
 
 def _iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _iso_ms(ts: datetime) -> str:
+    """`_iso`, with milliseconds when `ts` falls inside a second (a window's ends are the real now): rounded to
+    whole seconds, the last bucket's drawn end would not be the `until` its rate is over. (Browsers and plotly
+    read three digits of a second; the SQL filter keeps the microseconds.)"""
+    ts = ts.astimezone(UTC)
+    return ts.isoformat(timespec="milliseconds" if ts.microsecond else "seconds").replace("+00:00", "Z")

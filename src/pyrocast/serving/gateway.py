@@ -53,7 +53,14 @@ from pyrocast.serving.rollout import (
     RolloutState,
     window_of_calls,
 )
-from pyrocast.serving.store import LABELS, USER_FEEDBACK, PredictionStore, brief_error, image_stats
+from pyrocast.serving.store import (
+    GROUND_TRUTH_SOURCES,
+    LABELS,
+    USER_FEEDBACK,
+    PredictionStore,
+    brief_error,
+    image_stats,
+)
 from pyrocast.serving.warn_every import WarnEvery
 from pyrocast.settings import Settings, get_settings
 
@@ -157,6 +164,17 @@ class FeedbackResponse(BaseModel):
     true_label: Label
     served_label: Label
     model: ModelInfo
+    counts: bool | None = Field(
+        description="this verdict now gives the request's label (live accuracy, the feedback page): true for ground "
+        "truth and for a user verdict on a request without ground truth; false for a user verdict when ground truth "
+        "(which outranks every verdict) is known, the verdict then being kept as history; null when the store could "
+        "not be asked (the verdict is stored all the same)"
+    )
+    request_label: Label | None = Field(description="the request's label now (null when counts is null)")
+    label_source: Literal["user", "replay", "feed"] | None = Field(
+        description="where request_label comes from: user (a person's verdict), replay (the held-out test label), "
+        "feed (a later fire feed); null when counts is null"
+    )
 
 
 class BackendStatus(BaseModel):
@@ -543,6 +561,7 @@ class Gateway:
         }
         self.roles: dict[str, str] = {"champion": "a", "challenger": "b"}
         self.explainer_url = f"{base}:{sv.explainer_port}"
+        self.explain_timeout_s = sv.explain_timeout_s
         # None where no explainer runs (`pyrocast up --no-explainer`): nothing to warn about or alert on.
         self.explainer = ExplainerProbe(self.explainer_url, self.client) if sv.explainer else None
         self.controller = RolloutController()
@@ -923,7 +942,9 @@ class Gateway:
 
         Raises BackendError on failure (stored too)."""
         be = self.backend(role)
-        ref = be.ref
+        # The model and its acceptance ranges are read together, before the call: a probe finishing while the call
+        # runs may swap in the next model's ranges, and an answer of the old model must not be judged by them.
+        ref, novelty = be.ref, be.novelty
         try:
             # The challenger is skipped for a moment after it failed to connect; the champion is always tried.
             if started is None and role == "challenger" and not be.available(time.monotonic()):
@@ -953,8 +974,7 @@ class Gateway:
         be.up = True
         # Judged here, on the statistics the gateway computed anyway, against the answering model's ranges (unknown
         # when the backend changed model since its last probe): about 2 us a tile, no extra call.
-        novelty = be.novelty if answer.model == ref else None
-        findings = novelty.check(tile.stats) if novelty is not None else None
+        findings = novelty.check(tile.stats) if novelty is not None and answer.model == ref else None
         answer.warnings = sentences(findings) if findings else []
         if role == "champion" and served:
             self.controller.record("champion", True, answer.latency_ms)
@@ -1581,13 +1601,27 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
                 gw.explainer_url + "/explain",
                 files={"image": ("tile", tile.data, tile.content_type)},
                 data={"version": version},
-                timeout=120.0,
+                timeout=gw.explain_timeout_s,
             )
-        except httpx.HTTPError as exc:
-            if gw.explainer is not None:  # /healthz says so now, not at the next probe
+        except httpx.ConnectError as exc:
+            # Refused (or unreachable): no process listens, so /healthz says so now, not at the next probe.
+            if gw.explainer is not None:
                 gw.explainer.up = False
             gw._warn("explainer", "explainer at %s does not answer: %r", gw.explainer_url, exc)
             raise _bad_request(503, f"the explainer at {gw.explainer_url} does not answer: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            # A live explainer busy with slow heatmaps: only this caller is failed. Whether it is hung is for its probe
+            # (/readyz) to tell; marking it down here made "stopped answering" / "answers" pairs and false warnings.
+            gw._warn("explainer-slow", "explainer at %s did not answer in time: %r", gw.explainer_url, exc)
+            raise _bad_request(
+                503,
+                f"the explainer at {gw.explainer_url} did not answer in time ({gw.explain_timeout_s:g} s): it may be "
+                "busy with other heatmaps; try again later",
+            ) from exc
+        except httpx.HTTPError as exc:
+            # Reset mid-answer and the like: the probe finds out within seconds whether the process is gone.
+            gw._warn("explainer", "explainer at %s failed: %r", gw.explainer_url, exc)
+            raise _bad_request(503, f"the explainer at {gw.explainer_url} failed: {exc}") from exc
         if r.status_code != 200:
             status = r.status_code if 400 <= r.status_code < 500 else 502
             if status == 502:
@@ -1634,6 +1668,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         else:
             true_label = served_label if body.correct else LABELS[1 - LABELS.index(served_label)]
         correct = true_label == served_label
+        counts, request_label, label_source = await _label_after(body.request_id, body.source, true_label)
         gw.store.put_feedback(
             {
                 "request_id": body.request_id,
@@ -1652,7 +1687,31 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             true_label=true_label,  # type: ignore[arg-type]
             served_label=served_label,
             model=ModelInfo(name=served["model_name"], version=served["model_version"]),
+            counts=counts,
+            request_label=request_label,  # type: ignore[arg-type]
+            label_source=label_source,  # type: ignore[arg-type]
         )
+
+    async def _label_after(request_id: str, source: str, true_label: str) -> tuple[bool | None, str | None, str | None]:
+        """(counts, label, its source) of a request once this verdict is stored, by `request_labels`' rule.
+
+        A person told "your verdict counts" when a replayed test label outranks it would be misled, so a user
+        verdict is checked against the ground truth already stored; ground truth always counts (the newest wins)."""
+        if source in GROUND_TRUTH_SOURCES:
+            return True, true_label, source
+
+        def known() -> dict[str, Any] | None:
+            gw.store.flush(1.0)  # ground truth sent a moment ago may still wait in the write queue
+            return gw.store.label_of(request_id)
+
+        try:
+            before = await run_in_threadpool(known)
+        except Exception as exc:  # the store refuses: the verdict is still queued (and spilled), only this is unknown
+            gw._warn("feedback-label", "feedback: cannot read the label of a request (%s)", brief_error(exc))
+            return None, None, None
+        if before is not None and before["source"] in GROUND_TRUTH_SOURCES:
+            return False, before["true_label"], before["source"]
+        return True, true_label, USER_FEEDBACK
 
     @app.get(
         "/v1/predictions/{request_id}",

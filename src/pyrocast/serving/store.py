@@ -25,7 +25,8 @@ Tables (times are UTC):
 - `feedback`: verdicts and delayed labels per request id. `true_label` is derived when only `correct` is given
   (from the served label), so accuracy can be computed for every variant that saw the request. Every row is kept
   (history); the label of a request is its latest ground-truth row (source replay or feed) if any, else its
-  latest user verdict: `request_labels`, the one definition every reader uses.
+  latest user verdict, latest by `ts` (when given, not when inserted): `request_labels`, the one definition every
+  reader uses.
 - `rollout_events`: every rollout change (who/what/why) with a snapshot of the state; the last snapshot is the
   state a restarted gateway resumes.
 - `rollout_claims`: one row per change that time decides (a canary step, a guardrail stop, a completion), keyed
@@ -200,18 +201,21 @@ def request_labels(*where: Any) -> Select:
     """The label of each labelled request: one row (request_id, true_label, source, id of the feedback row).
 
     It is the request's latest ground-truth row (`GROUND_TRUTH_SOURCES`) if it has one, else its latest user
-    verdict; later rows are later ids. `where` narrows the feedback rows read (e.g. to some request ids).
-    One grouped pass over the request index, portable to SQLite and PostgreSQL.
+    verdict. "Latest" is by `ts` (when the verdict was given), the id only breaking ties: ids are insert order,
+    and a verdict spilled by one replica and replayed later gets a higher id than a newer one written meanwhile.
+    `where` narrows the feedback rows read (e.g. to some request ids). One window-function pass (ROW_NUMBER,
+    SQLite 3.25+ and PostgreSQL), portable to both.
     """
     f = feedback.c
-    truth = func.max(case((f.source.in_(GROUND_TRUTH_SOURCES), f.id)))
-    chosen = (
-        select(func.coalesce(truth, func.max(f.id)).label("id"))
+    is_truth = case((f.source.in_(GROUND_TRUTH_SOURCES), 1), else_=0)
+    rank = func.row_number().over(partition_by=f.request_id, order_by=(is_truth.desc(), f.ts.desc(), f.id.desc()))
+    ranked = (
+        select(f.request_id, f.true_label, f.source, f.id, rank.label("rank"))
         .where(f.true_label.is_not(None), *where)
-        .group_by(f.request_id)
         .subquery()
     )
-    return select(f.request_id, f.true_label, f.source, f.id).join(chosen, chosen.c.id == f.id)
+    r = ranked.c
+    return select(r.request_id, r.true_label, r.source, r.id).where(r.rank == 1)
 
 
 def image_stats(img: Image.Image) -> dict[str, float]:
@@ -273,35 +277,79 @@ def make_engine(url: str) -> Engine:
 ADDED_COLUMNS = {"predictions": ("ood", "ood_stats")}
 
 
-def create_tables(engine: Engine) -> None:
+# How long an ALTER TABLE may wait for its table's lock on PostgreSQL. It needs the table to itself: queued
+# behind a long read, it would queue every insert (and read) behind it in turn, for as long as that read lasts.
+ALTER_LOCK_TIMEOUT_S = 5.0
+ALTER_ATTEMPTS = 3
+
+
+class StoreSchemaError(PyrocastError):
+    """The store's tables lack columns this version writes, and this process may not (or could not) add them."""
+
+
+def create_tables(engine: Engine, *, migrate: bool = True) -> None:
     """Create the store's tables where missing (safe when several processes start on one database at once),
-    then add the columns an older database lacks."""
+    then, with `migrate` (the writer: the gateway), add the columns an older database lacks.
+
+    Readers (the web app's monitoring) pass `migrate=False`: they never ALTER a table (they select none of
+    `ADDED_COLUMNS`), so a reader without the rights, or on a read-only file, still reads."""
     create_schema(lambda: metadata.create_all(engine))
-    add_missing_columns(engine)
+    if migrate:
+        add_missing_columns(engine)
 
 
-def add_missing_columns(engine: Engine) -> list[str]:
+def add_missing_columns(
+    engine: Engine, *, lock_timeout_s: float = ALTER_LOCK_TIMEOUT_S, attempts: int = ALTER_ATTEMPTS
+) -> list[str]:
     """ALTER TABLE ... ADD COLUMN for each of `ADDED_COLUMNS` a table lacks; the columns added ("table.column").
 
     Safe when several processes open one older database at once: a column another process has just added is
-    taken as added (SQLite has no ADD COLUMN IF NOT EXISTS).
+    taken as added (SQLite has no ADD COLUMN IF NOT EXISTS). On PostgreSQL each ALTER waits at most
+    `lock_timeout_s` for the table's lock, `attempts` times. Raises `StoreSchemaError` naming the statements to
+    run as the table's owner when the database refuses them (no rights, a read-only file) or the lock never
+    comes; an unreachable database raises its OperationalError (an outage, not a schema problem).
     """
     from sqlalchemy import inspect, text
 
-    added = []
+    postgres = engine.dialect.name == "postgresql"
+    missing = []
     for name, columns in ADDED_COLUMNS.items():
         have = {c["name"] for c in inspect(engine).get_columns(name)}
-        for col in (TABLES[name].c[c] for c in columns if c not in have):
-            ddl = f"ALTER TABLE {name} ADD COLUMN {col.name} {col.type.compile(dialect=engine.dialect)}"
+        missing += [(name, TABLES[name].c[c]) for c in columns if c not in have]
+    statements = [
+        f"ALTER TABLE {name} ADD COLUMN {col.name} {col.type.compile(dialect=engine.dialect)}" for name, col in missing
+    ]
+    added = []
+    for i, ((name, col), ddl) in enumerate(zip(missing, statements, strict=True)):
+        for attempt in range(1, attempts + 1):
             try:
                 with engine.begin() as conn:
+                    if postgres:  # LOCAL: for this transaction only, the pooled connection keeps its defaults
+                        conn.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_s * 1000)}ms'"))
                     conn.execute(text(ddl))
-            except (OperationalError, ProgrammingError):
-                if col.name not in {c["name"] for c in inspect(engine).get_columns(name)}:
-                    raise
-                continue  # another process added it meanwhile
+            except (OperationalError, ProgrammingError) as exc:
+                # Raises the database's own error if it cannot even be inspected now: it is down, an outage.
+                if col.name in {c["name"] for c in inspect(engine).get_columns(name)}:
+                    break  # another process added it meanwhile
+                lock_wait = getattr(exc.orig, "sqlstate", None) == "55P03"  # lock_not_available: lock_timeout
+                if lock_wait and attempt < attempts:
+                    log.warning("prediction store: %s waited %.0f s for its lock, trying again", ddl, lock_timeout_s)
+                    continue
+                todo = ";\n  ".join(statements[i:])
+                why = (
+                    f"the table stayed locked by other sessions ({attempts} waits of {lock_timeout_s:g} s)"
+                    if lock_wait
+                    else brief_error(exc)
+                )
+                raise StoreSchemaError(
+                    f"the prediction store's table {name} lacks columns this version writes, and adding them "
+                    f"failed: {why}. Run as the table's owner:\n  {todo};",
+                    "then start again"
+                    + ("; a long transaction holds the lock (see pg_stat_activity)" if lock_wait else ""),
+                ) from exc
             log.info("prediction store: added column %s.%s (a database created by an older version)", name, col.name)
             added.append(f"{name}.{col.name}")
+            break
     return added
 
 
@@ -386,6 +434,9 @@ class PredictionStore:
                 f"the spill file {spill_path}" if spill_path is not None else "memory",
                 held_retry_s,
             )
+        except StoreSchemaError:  # the gateway may not add the columns it writes: every row would be refused
+            self.engine.dispose()
+            raise
         except PyrocastError as exc:  # refused spilled rows could not be set aside (a full disk): start anyway
             self._outage_since = time.monotonic()
             self._last_error = str(exc)

@@ -294,7 +294,9 @@
 
   // --- feedback --------------------------------------------------------------------------------------------
   // A person may change their mind: every verdict is stored (history) and the newest one counts, so the buttons
-  // stay open after a save and the pressed one shows the verdict that counts now.
+  // stay open after a save and the pressed one shows the person's newest verdict. Ground truth (a replayed test
+  // label, a fire feed) outranks every verdict: the gateway's answer says whether this one counts, and the
+  // confirmation says so rather than claim a label it does not give.
   function setPressed(correct) {
     fbRight.setAttribute("aria-pressed", correct === true ? "true" : "false");
     fbWrong.setAttribute("aria-pressed", correct === false ? "true" : "false");
@@ -304,13 +306,36 @@
     return "the answer was " + (correct ? "right" : "wrong") + ", so this place is recorded as " + label + ".";
   }
 
+  const TRUTH_NAMES = { replay: "replayed test label", feed: "fire feed" };
+
+  // The confirmation of a saved verdict, from the gateway's answer (counts, request_label, label_source).
+  function confirmation(reply, verdicts, again) {
+    if (reply.counts === false) {
+      const what = TRUTH_NAMES[reply.label_source] || reply.label_source;
+      return (again ? "Already saved" : "Stored") + "; the ground truth for this place (" + what + ": " +
+        reply.request_label + ") outranks verdicts, so yours is kept as history.";
+    }
+    if (reply.counts !== true) {
+      // The store could not be asked which label counts: say only what is certain.
+      return (again ? "Already saved" : "Saved") + ": you said the answer was " +
+        (reply.correct ? "right" : "wrong") + ".";
+    }
+    if (again) return "Already saved: " + recorded(reply.correct, reply.true_label);
+    if (verdicts === 1) {
+      return "Thanks, saved: " + recorded(reply.correct, reply.true_label) +
+        " Changed your mind? Press " + (reply.correct ? "Wrong" : "Right") + ": your newest verdict counts.";
+    }
+    return "Changed: " + recorded(reply.correct, reply.true_label) + " Your " +
+      verdicts + " verdicts on this answer stay stored as history; the newest one counts.";
+  }
+
   async function sendFeedback(correct) {
     const answer = current;
     if (!answer) return;
     if (answer.verdict !== null && answer.verdict.correct === correct) {
       // The same verdict again would only add a duplicate row: say what is stored instead.
       fbMessage.className = "small ok-text";
-      fbMessage.textContent = "Already saved: " + recorded(correct, answer.verdict.true_label);
+      fbMessage.textContent = confirmation(answer.verdict, answer.verdicts, true);
       return;
     }
     // Both stay disabled while a save is in flight, so two verdicts are never stored out of the order given.
@@ -329,19 +354,13 @@
       fbWrong.disabled = false;
       return;
     }
-    answer.verdict = { correct: r.data.correct, true_label: r.data.true_label };
+    answer.verdict = r.data;
     answer.verdicts += 1;
     setPressed(r.data.correct);
     fbRight.disabled = false;
     fbWrong.disabled = false;
     fbMessage.className = "small ok-text";
-    if (answer.verdicts === 1) {
-      fbMessage.textContent = "Thanks, saved: " + recorded(r.data.correct, r.data.true_label) +
-        " Changed your mind? Press " + (r.data.correct ? "Wrong" : "Right") + ": your newest verdict counts.";
-    } else {
-      fbMessage.textContent = "Changed: " + recorded(r.data.correct, r.data.true_label) + " Your " +
-        answer.verdicts + " verdicts on this answer stay stored as history; the newest one counts.";
-    }
+    fbMessage.textContent = confirmation(r.data, answer.verdicts, false);
   }
 
   // A link to a place (/?lat=..&lon=..) opens with its answer, checked like typed coordinates.

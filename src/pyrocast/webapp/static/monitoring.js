@@ -2,7 +2,9 @@
    Every time on the page is UTC, as on the feedback and models pages (the store and the charts' data are UTC).
    One rule places every bucket: the server gives each its [start, end) inside the window (the first may start
    late, the one running now ends now); bars are centred on the middle with the bucket's width, line points sit
-   on the same middle, and the x axis runs from the window's start to now. */
+   on the same middle, and the x axis runs from the window's start to now. A bucket the window holds only in part
+   is "partial": drawn hollow (lines) or hatched (bars) at the rate of the time it covers, and with no rate at
+   all (a gap) when that is under a quarter of its width (`rated`): one request in 2 s is not 30 per minute. */
 "use strict";
 
 (function () {
@@ -50,12 +52,21 @@
     return Object.assign(base, extra || {});
   }
 
-  /** Each bucket as drawn: its middle (ISO), its width (ms), the seconds it covers and its span as hover text. */
+  /** Each bucket as drawn: its middle (ISO), its width (ms), the seconds it covers, its span as hover text,
+      whether it is `partial` (the window holds part of it) and `rated` (it covers enough for a rate). */
   function bucketsOf(s) {
     return s.start.map(function (a, i) {
       const t0 = Date.parse(a), t1 = Date.parse(s.end[i]);
-      return { mid: new Date((t0 + t1) / 2).toISOString(), width: t1 - t0, seconds: s.seconds[i], text: bucketText(t0, t1) };
+      return {
+        mid: new Date((t0 + t1) / 2).toISOString(), width: t1 - t0, seconds: s.seconds[i], text: bucketText(t0, t1),
+        partial: s.seconds[i] < current.bucket_s, rated: s.rated ? s.rated[i] : true,
+      };
     });
+  }
+
+  /** "partial: 1 request in 1.5 s": what a bucket the window holds only in part counted, over the time it covers. */
+  function partialText(n, what, seconds) {
+    return "partial: " + n + " " + what + (n === 1 ? "" : "s") + " in " + (seconds < 90 ? sig(seconds) + " s" : duration(seconds));
   }
 
   /** "20:30–20:31 UTC", "20:31:00–20:31:23 UTC" (the bucket running now), "2026-06-01 18:00–21:00 UTC". */
@@ -189,20 +200,27 @@
     const noAnswers = "No answers in this window" + (req.failed === req.total ? ":<br>all " + req.total + " requests failed" : "");
 
     const rb = bucketsOf(req);
-    const ru = rateUnit(Math.max.apply(null, [0].concat(finite(req.rate_per_s))));
+    // The unit follows whole buckets only: a partial bucket's rate is noisier and must not switch the axis to
+    // "per second" (only when no bucket is whole, e.g. a window shorter than one, do partial ones decide).
+    const whole = finite(req.rate_per_s.filter(function (_, i) { return !rb[i].partial; }));
+    const ru = rateUnit(Math.max.apply(null, [0].concat(whole.length ? whole : finite(req.rate_per_s))));
+    const scaled = function (r) { return r === null || r === undefined ? null : r * ru.k; };
     Plotly.react("chart-requests", [bucketTrace(rb, function (i) {
-      return [
-        line(COLORS.champion, "requests " + req.requests[i] + " (" + sig(req.rate_per_s[i] * ru.k) + " per " + ru.per + ")"),
-        line(COLORS.errors, "failed " + req.errors[i]),
-      ];
+      const rate = req.rate_per_s[i] === null ? "" : " (" + sig(req.rate_per_s[i] * ru.k) + " per " + ru.per + ")";
+      const count = rb[i].partial ? partialText(req.requests[i], "request", rb[i].seconds) : "requests " + req.requests[i];
+      return [line(COLORS.champion, count + rate), line(COLORS.errors, "failed " + req.errors[i])];
     }),
       {
-        x: mids(rb), y: req.rate_per_s.map(function (r) { return r * ru.k; }), name: "requests", type: "scatter", mode: "lines+markers",
-        marker: { size: 3 }, line: { color: COLORS.champion, width: 1.5 }, fill: "tozeroy", fillcolor: "rgba(37,99,235,.12)",
+        x: mids(rb), y: req.rate_per_s.map(scaled), name: "requests", type: "scatter", mode: "lines+markers",
+        connectgaps: false, line: { color: COLORS.champion, width: 1.5 }, fill: "tozeroy", fillcolor: "rgba(37,99,235,.12)",
+        marker: {
+          symbol: rb.map(function (b) { return b.partial ? "circle-open" : "circle"; }),
+          size: rb.map(function (b) { return b.partial ? 6 : 3; }),
+        },
         hoverinfo: "skip",
       },
       {
-        x: mids(rb), y: req.errors_per_s.map(function (r) { return r * ru.k; }), name: "failed", type: "scatter", mode: "lines",
+        x: mids(rb), y: req.errors_per_s.map(scaled), name: "failed", type: "scatter", mode: "lines", connectgaps: false,
         line: { color: COLORS.errors, width: 1.5 }, hoverinfo: "skip",
       },
     ].concat(events), layout("requests per " + ru.per, noData), CONFIG);
@@ -224,22 +242,29 @@
 
     const tb = bucketsOf(tr);
     const variants = Object.keys(tr.variants);
-    // A partial bucket's count is drawn at the rate of a whole one ("answers per minute" over the 20 s it holds),
-    // so the bucket running now is not read as a drop; its hover text gives the count and the seconds.
-    const scale = tb.map(function (b) { return b.seconds > 0 ? d.bucket_s / b.seconds : 1; });
+    // A partial bucket's bar (hatched) is drawn at the rate of a whole one ("answers per minute" over the 20 s it
+    // holds), so the bucket running now is not read as a drop; one under a quarter of its width gets no bar (its
+    // count blown up by up to 60x was a spike). Its hover gives the count and the seconds.
+    const scale = tb.map(function (b) { return !b.rated ? null : b.partial ? d.bucket_s / b.seconds : 1; });
     const peak = Math.max.apply(null, [0].concat(tb.map(function (_, j) {
-      return variants.reduce(function (s, v) { return s + tr.variants[v][j] * scale[j]; }, 0);
+      return variants.reduce(function (s, v) { return s + tr.variants[v][j] * (scale[j] || 0); }, 0);
     })));
     const variantColor = function (v, i) { return COLORS[v] || PALETTE[i % PALETTE.length]; };
     Plotly.react("chart-traffic", [bucketTrace(tb, function (j) {
-      const partial = tb[j].seconds < d.bucket_s ? " in " + duration(tb[j].seconds) : "";
       const sum = variants.reduce(function (s, v) { return s + tr.variants[v][j]; }, 0);
-      if (!sum) return ["no answers" + partial];
-      return variants.map(function (v, i) { return line(variantColor(v, i), v + " " + tr.variants[v][j] + partial); });
+      if (!sum) return [tb[j].partial ? partialText(0, "answer", tb[j].seconds) : "no answers"];
+      return variants.map(function (v, i) {
+        const n = tr.variants[v][j];
+        return line(variantColor(v, i), tb[j].partial ? v + " " + partialText(n, "answer", tb[j].seconds) : v + " " + n);
+      });
     })].concat(variants.length ? variants.map(function (v, i) {
       return {
-        x: mids(tb), y: tr.variants[v].map(function (n, j) { return n * scale[j]; }), width: tb.map(function (b) { return b.width; }),
-        name: v, type: "bar", marker: { color: variantColor(v, i), line: { width: 0.5, color: "#fff" } }, hoverinfo: "skip",
+        x: mids(tb), y: tr.variants[v].map(function (n, j) { return scale[j] === null ? null : n * scale[j]; }),
+        width: tb.map(function (b) { return b.width; }), name: v, type: "bar", hoverinfo: "skip",
+        marker: {
+          color: variantColor(v, i), line: { width: 0.5, color: "#fff" },
+          pattern: { shape: tb.map(function (b) { return b.partial ? "/" : ""; }), fillmode: "overlay", size: 6, solidity: 0.3 },
+        },
       };
     }) : [placeholder(tb)]).concat(events),
     layout("answers " + perBucket(d.bucket_s), !variants.length && (noData || noAnswers),
