@@ -113,6 +113,9 @@ def test_feedback_is_stored_with_the_true_label(gw: ServingStack, jpeg: bytes) -
         "true_label": "nowildfire",
         "served_label": "wildfire",
         "model": {"name": gw.model_name, "version": "1"},
+        "counts": True,  # no ground truth for this request: the verdict gives its label
+        "request_label": "nowildfire",
+        "label_source": "user",
     }
     # Ground truth from replay: the gateway has an admin token, so it needs it (tests/serving/test_feedback_trust.py).
     replay = {"request_id": rid, "label": "wildfire", "source": "replay"}
