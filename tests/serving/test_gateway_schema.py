@@ -33,3 +33,25 @@ def test_generated_requests_never_get_a_server_error(gw: ServingStack) -> None:
 
         check()
     assert "POST /v1/predict" in tested and "POST /v1/feedback" in tested
+
+
+def test_every_operation_has_its_own_id_and_probes_still_take_head(gw: ServingStack) -> None:
+    """Client generators refuse a document with two operations of one id (GET and HEAD /healthz had one)."""
+    import httpx
+
+    doc = httpx.get(f"{gw.url}/openapi.json").json()
+    ids = [op["operationId"] for item in doc["paths"].values() for op in item.values() if "operationId" in op]
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+    for path in ("/healthz", "/readyz"):
+        assert httpx.head(f"{gw.url}{path}").status_code == 200
+        assert "head" not in doc["paths"][path]
+
+
+def test_a_transport_error_without_text_is_named_by_its_kind() -> None:
+    """httpx's ReadError('') made the explain 503 end in an empty cause."""
+    import httpx
+
+    from pyrocast.serving.gateway import _why
+
+    assert _why(httpx.ReadError("")) == "ReadError (no detail given)"
+    assert _why(httpx.ConnectError("All connection attempts failed")) == "All connection attempts failed"

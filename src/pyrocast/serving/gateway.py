@@ -432,6 +432,11 @@ def _swallow(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+def _why(exc: Exception) -> str:
+    """An exception's text, or its kind where it has none (httpx's ReadError('') said nothing after the colon)."""
+    return str(exc).strip() or f"{type(exc).__name__} (no detail given)"
+
+
 def _backend_message(r: httpx.Response) -> str:
     return _error_text(r.content)
 
@@ -1608,7 +1613,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             if gw.explainer is not None:
                 gw.explainer.up = False
             gw._warn("explainer", "explainer at %s does not answer: %r", gw.explainer_url, exc)
-            raise _bad_request(503, f"the explainer at {gw.explainer_url} does not answer: {exc}") from exc
+            raise _bad_request(503, f"the explainer at {gw.explainer_url} does not answer: {_why(exc)}") from exc
         except httpx.TimeoutException as exc:
             # A live explainer busy with slow heatmaps: only this caller is failed. Whether it is hung is for its probe
             # (/readyz) to tell; marking it down here made "stopped answering" / "answers" pairs and false warnings.
@@ -1621,7 +1626,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         except httpx.HTTPError as exc:
             # Reset mid-answer and the like: the probe finds out within seconds whether the process is gone.
             gw._warn("explainer", "explainer at %s failed: %r", gw.explainer_url, exc)
-            raise _bad_request(503, f"the explainer at {gw.explainer_url} failed: {exc}") from exc
+            raise _bad_request(503, f"the explainer at {gw.explainer_url} failed: {_why(exc)}") from exc
         if r.status_code != 200:
             status = r.status_code if 400 <= r.status_code < 500 else 502
             if status == 502:
@@ -1783,9 +1788,8 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         """Restore the previous champion (or, without one, stop a running experiment)."""
         return await _change("rollback", body)
 
-    @app.api_route(
+    @app.get(
         "/healthz",
-        methods=["GET", "HEAD"],
         response_model=HealthResponse,
         summary="Liveness, and which backends answer",
     )
@@ -1800,15 +1804,19 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             warnings=gw.warnings(statuses) + gw.explainer_warnings(),
         )
 
-    @app.api_route(
+    @app.get(
         "/readyz",
-        methods=["GET", "HEAD"],
         summary="200 when the champion answers, else 503",
         responses={503: {"description": "the champion does not answer"}},
     )
     async def readyz() -> JSONResponse:
         up = gw.backend("champion").up
         return JSONResponse({"ready": up}, status_code=200 if up else 503)
+
+    # HEAD for load balancers' probes, outside the schema: one route with both methods gave the OpenAPI document two
+    # operations with the same id, which client generators refuse.
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+    app.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
     async def metrics() -> Response:
