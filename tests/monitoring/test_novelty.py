@@ -17,8 +17,10 @@ from PIL import Image
 
 from pyrocast.data.synthetic.region import SyntheticRegion
 from pyrocast.monitoring.novelty import (
+    ASPECT,
     COHERENCE,
     MIN_ROWS,
+    SHORT_SIDE,
     STATS,
     Novelty,
     coherence,
@@ -140,7 +142,11 @@ def test_ranges_cover_their_reference_widely_and_stop_short_of_the_limits() -> N
     rows = _rows(40)
     novelty = Novelty.from_reference(rows)
     assert novelty is not None and {r.stat for r in novelty.ranges} == set(STATS)
+    sizes = {r.stat: r for r in novelty.ranges if r.stat in (SHORT_SIDE, ASPECT)}  # judged by ratio (352 px tiles)
+    assert (sizes[SHORT_SIDE].low, sizes[SHORT_SIDE].high) == (176, 1408) and sizes[ASPECT].high == 1.5
     for r in novelty.ranges:
+        if r.stat in sizes:
+            continue
         got = (float(row[r.stat]) if r.stat != COHERENCE else coherence(row) for row in rows)
         values = [v for v in got if v is not None]
         assert min(values) - 1e-6 <= r.seen_low <= r.seen_high <= max(values) + 1e-6  # percentiles of the values
@@ -206,3 +212,21 @@ def test_a_check_costs_microseconds() -> None:
         per_call_us = (time.perf_counter() - t0) / n * 1e6
         # Measured 2 us in distribution, 27 us for a black tile (its sentences); the bound leaves room for load.
         assert per_call_us < 500, per_call_us
+
+
+def test_a_tiny_or_elongated_image_is_flagged_by_its_size_and_shape(
+    real_stats: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The pixel statistics are taken on a 64 px thumbnail: a real tile shrunk to 8 px or squashed into a strip
+    looked ordinary (a review got confident answers for both), while the model sees them enlarged or squashed."""
+    novelty = Novelty.from_reference(real_stats["train"])
+    assert novelty is not None
+    tile = Image.open(sorted(Path(__file__).resolve().parents[3].glob("shared/data/wildfire-tiles/valid/*/*.jpg"))[0])
+    assert not novelty.check(image_stats(tile))
+    tiny = sentences(novelty.check(image_stats(tile.resize((8, 8), Image.Resampling.BOX))))
+    assert tiny and tiny[0].startswith(
+        "much smaller than the training tiles (shorter side 8 px; training tiles 350 px)"
+    )
+    strip = sentences(novelty.check(image_stats(tile.resize((350, 20), Image.Resampling.BOX))))
+    assert any(s.startswith("much more elongated") and "squashed" in s for s in strip), strip
+    assert not novelty.check(image_stats(tile.resize((700, 700))))  # sharper imagery of the same ground: no flag

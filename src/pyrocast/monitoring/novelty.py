@@ -18,6 +18,9 @@ deviation over the channels' root-mean-square one. Photographs' channels rise an
 independent noise per channel gives 0.67 while every single column can look ordinary. It is judged only where
 the tile varies at all (channel spread above `COHERENCE_MIN_STD`: a flat tile's ratio is JPEG noise).
 
+Size and shape are judged from the stored width and height, by ratio (`SIZE_BELOW`, `SIZE_ABOVE`, `ASPECT_ABOVE`):
+the other statistics are taken on a 64 px thumbnail, where an 8 px image or a 350 x 20 strip looked ordinary.
+
 Plain functions and a small frozen class; the ranges travel as JSON (`to_dict`/`from_dict`), so the classifier,
 which holds the bundle, can hand them to the gateway in `/model/info`.
 """
@@ -42,7 +45,14 @@ COHERENCE = "colour_coherence"
 COHERENCE_MIN_STD = 0.03  # below this channel spread (0-1 units) the tile is too flat to judge its colours
 # sqrt(3) * |Rec. 601 luma weights|: the largest possible luma std over the channels' RMS std
 COHERENCE_MAX = math.sqrt(3 * (0.299**2 + 0.587**2 + 0.114**2))
-STATS = (*STAT_COLUMNS, COHERENCE)
+# Size and shape, from the stored width and height: the pixels' statistics are taken on a 64 px thumbnail, so an
+# 8 px thumbnail of a tile or a 350 x 20 strip looked ordinary, while the model sees them enlarged or squashed.
+SHORT_SIDE = "short_side"
+ASPECT = "aspect"
+SIZE_BELOW = 0.5  # a shorter side under half the training tiles' smallest is flagged...
+SIZE_ABOVE = 4.0  # ...and one over 4x their largest (it covers more ground, or another ground resolution)
+ASPECT_ABOVE = 1.5  # long side / short side beyond 1.5x the training tiles' (and beyond 1.5 for square tiles)
+STATS = (*STAT_COLUMNS, COHERENCE, SHORT_SIDE, ASPECT)
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class Words:
     below: str
     above: str
     percent: bool = False
+    pixels: bool = False
     maybe_below: str = ""
     maybe_above: str = ""
 
@@ -90,6 +101,15 @@ WORDS: dict[str, Words] = {
         "colours much more in step",
         maybe_below="noise rather than a photograph?",
     ),
+    SHORT_SIDE: Words(
+        "shorter side",
+        "much smaller",
+        "much larger",
+        pixels=True,
+        maybe_below="the model sees it enlarged and blurred",
+        maybe_above="more ground, or another resolution, than a tile?",
+    ),
+    ASPECT: Words("long/short side ratio", "squarer", "much more elongated", maybe_above="the model sees it squashed"),
 }
 # The statistic that sums a channel statistic up for people (see `sentences`).
 SUMMARY = {**{f"mean_{c}": "brightness" for c in "rgb"}, **{f"std_{c}": "contrast" for c in "rgb"}}
@@ -137,6 +157,10 @@ def widened(stat: str, values: Sequence[float]) -> Range | None:
     if v.size < MIN_ROWS:
         return None
     lo, hi = (float(x) for x in np.percentile(v, PERCENTILES))
+    if stat == SHORT_SIDE:  # sizes are judged by ratio: tiles of one dataset often all have one size
+        return Range(stat, round(SIZE_BELOW * lo, 3), round(SIZE_ABOVE * hi, 3), round(lo, 3), round(hi, 3))
+    if stat == ASPECT:
+        return Range(stat, 1.0, round(max(ASPECT_ABOVE * hi, ASPECT_ABOVE), 3), round(lo, 3), round(hi, 3))
     limit_lo, limit_hi = LIMITS[stat]
     margin = max(WIDEN * (hi - lo), MIN_MARGIN)
     # Capped toward the limit: a value on the limit (a blank tile) is outside unless training tiles reach it.
@@ -145,9 +169,22 @@ def widened(stat: str, values: Sequence[float]) -> Range | None:
     return Range(stat, round(low, 6), round(high, 6), round(lo, 6), round(hi, 6))
 
 
+def _size(stats: Mapping[str, Any]) -> tuple[float, float] | None:
+    try:
+        w, h = float(stats["width"]), float(stats["height"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (w, h) if w > 0 and h > 0 and math.isfinite(w + h) else None
+
+
 def _value(stats: Mapping[str, Any], stat: str) -> float | None:
     if stat == COHERENCE:
         return coherence(stats)
+    if stat in (SHORT_SIDE, ASPECT):
+        size = _size(stats)
+        if size is None:
+            return None
+        return min(size) if stat == SHORT_SIDE else max(size) / min(size)
     try:
         x = float(stats[stat])
     except (KeyError, TypeError, ValueError):
@@ -155,7 +192,9 @@ def _value(stats: Mapping[str, Any], stat: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _fmt(x: float, percent: bool) -> str:
+def _fmt(x: float, percent: bool, pixels: bool = False) -> str:
+    if pixels:
+        return f"{x:.0f} px"
     return f"{100 * x:.0f}%" if percent else f"{x:.2f}"
 
 
@@ -165,11 +204,14 @@ def describe(r: Range, value: float) -> Finding:
     below = value < r.low
     span = max(r.seen_high - r.seen_low, MIN_MARGIN)
     severity = ((r.seen_low - value) if below else (value - r.seen_high)) / span
-    seen = f"{_fmt(r.seen_low, words.percent)}-{_fmt(r.seen_high, words.percent)}"
+    seen = f"{_fmt(r.seen_low, words.percent, words.pixels)}-{_fmt(r.seen_high, words.percent, words.pixels)}"
+    if r.seen_low == r.seen_high:
+        seen = _fmt(r.seen_low, words.percent, words.pixels)
     maybe = words.maybe_below if below else words.maybe_above
     message = (
         f"{words.below if below else words.above} than the training tiles "
-        f"({words.name} {_fmt(value, words.percent)}; training tiles {seen})" + (f": {maybe}" if maybe else "")
+        f"({words.name} {_fmt(value, words.percent, words.pixels)}; training tiles {seen})"
+        + (f": {maybe}" if maybe else "")
     )
     return Finding(r.stat, value, "below" if below else "above", round(severity, 3), message)
 
