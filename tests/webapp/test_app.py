@@ -422,3 +422,30 @@ def test_models_page_tells_a_missing_challenger_from_a_down_champion(settings: S
     assert set(rows) >= {"champion", "challenger"}
     cells = re.findall(r"<td>(.*?)</td>", rows["challenger"])
     assert cells == ["0", "0", "–", "–", "–", "0", "–"]
+
+
+def test_models_page_registry_table_follows_a_promote_and_a_rollback_at_once(tmp_path: Path) -> None:
+    """The registry listing is cached for REGISTRY_TTL_S, but a promote or rollback must not leave the table
+    saying the opposite of the rollout cards above it (a real gateway moving real MLflow aliases)."""
+    from tests.support.serving import start_stack
+
+    def aliases(html: str) -> dict[str, str]:
+        table = html[html.index('id="registry-table"') :]
+        rows = [r for r in re.findall(r"<tr>(.*?)</tr>", table, re.S) if 'scope="row"' in r]
+        out = {}
+        for r in rows:
+            version = re.search(r'<th scope="row">v(\d+)</th>', r)[1]
+            for a in re.findall(r'<span class="badge [a-z]+">([a-z]+)</span>', r):
+                out[a] = version
+        return out
+
+    stack = start_stack(tmp_path, explainer=False, registry=True)
+    try:
+        with TestClient(create_app(stack.settings, gateway=stack.url)) as c:
+            assert aliases(c.get("/models").text) == {"champion": "1", "challenger": "2"}
+            assert stack.set_rollout("promote", {"reason": "webapp cache test"})["state"]["champion"]["version"] == "2"
+            assert aliases(c.get("/models").text) == {"champion": "2", "challenger": "1"}
+            stack.set_rollout("rollback", {"reason": "webapp cache test"})
+            assert aliases(c.get("/models").text) == {"champion": "1", "challenger": "2"}
+    finally:
+        stack.stop()

@@ -115,7 +115,9 @@ class WebState:
     tiles: TileRenderer
     _engine: Engine | None = None
     _engine_lock: threading.Lock = field(default_factory=threading.Lock)
-    registry: tuple[float, dict[str, Any]] | None = None
+    # (when read, listing, the rollout then as `rollout_key` gives it: None when unknown, as after warming);
+    # one tuple, so the warming thread cannot pair a listing with another read's rollout.
+    registry: tuple[float, dict[str, Any], tuple[Any, ...] | None] | None = None
     monitoring: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -191,6 +193,22 @@ def registry_snapshot(settings: Settings) -> dict[str, Any]:
         return {"versions": [], "error": f"The model registry could not be read ({type(exc).__name__}).", "hint": None}
     empty = None if versions else f"No versions of {name} are registered yet: train one with `pyrocast train`."
     return {"versions": versions, "error": None, "empty": empty}
+
+
+def rollout_key(rollout: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    """What in the gateway's /v1/rollout answer changes when the registry aliases move: the roles' versions and
+    the newest event. The event matters too: the gateway switches roles before it has moved the aliases and records
+    the promotion only after, so a listing read in between is re-read once the event appears."""
+    if rollout is None:
+        return None
+    st = rollout.get("state") or {}
+    events = rollout.get("events") or []
+    newest = events[0] if events else None
+    return (
+        (st.get("champion") or {}).get("version"),
+        (st.get("challenger") or {}).get("version"),
+        tuple(newest.get(k) for k in ("id", "ts", "action")) if newest else None,
+    )
 
 
 # --- the app ---------------------------------------------------------------------------------------------------
@@ -344,7 +362,7 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
             rollout = (await state.gateway.call("GET", "/v1/rollout", what="reading the rollout state")).json()
         except GatewayError as exc:
             rollout_error = exc.to_dict()
-        registry = await registry_cached(state)
+        registry = await registry_cached(state, rollout_key(rollout))
         return render(
             request,
             "models.html",
@@ -361,15 +379,19 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
         data = await monitoring_data(request, window)
         return render(request, "monitoring.html", "monitoring", data=data, windows=WINDOWS, window=window)
 
-    async def registry_cached(state: WebState) -> dict[str, Any]:
+    async def registry_cached(state: WebState, rollout: tuple[Any, ...] | None) -> dict[str, Any]:
+        """The registry listing, cached; a promote or rollback since it was read (seen in `rollout`) re-reads it, so
+        the table's aliases never contradict the rollout cards above it."""
         now = time.monotonic()
-        if state.registry is not None and now - state.registry[0] < REGISTRY_TTL_S:
-            return state.registry[1]
+        hit = state.registry
+        # With the gateway down (no rollout key) there are no cards to contradict: the age alone decides.
+        if hit is not None and now - hit[0] < REGISTRY_TTL_S and (rollout is None or rollout == hit[2]):
+            return hit[1]
         try:
             snap = await asyncio.wait_for(run_in_threadpool(registry_snapshot, settings), REGISTRY_TIMEOUT_S)
         except TimeoutError:
             return {"versions": [], "error": "The model registry did not answer in time.", "hint": None}
-        state.registry = (now, snap)
+        state.registry = (now, snap, rollout)
         return snap
 
     async def monitoring_data(request: Request, window: str) -> dict[str, Any]:
@@ -504,7 +526,7 @@ def _warm(state: WebState) -> None:
             if n:
                 log.info("rendered %d overview map tiles", n)
         if not state.stop.is_set():
-            state.registry = (time.monotonic(), registry_snapshot(state.settings))
+            state.registry = (time.monotonic(), registry_snapshot(state.settings), None)
     except Exception:  # warming is a courtesy: a failure shows up when the page is asked for
         log.exception("warming the web app failed")
 
