@@ -106,6 +106,13 @@ def test_shadow_sample_takes_the_same_units(gw: ServingStack) -> None:
     assert view(gw)["state"]["shadow_sample"] == pytest.approx(0.25)
 
 
+def test_shadow_without_sample_does_not_echo_a_flag_never_given(gw: ServingStack) -> None:
+    result = invoke(gw, "shadow")
+    assert result.exit_code == 0, result.output
+    assert "--sample" not in result.output and "read as" not in result.output
+    assert view(gw)["state"]["shadow_sample"] == pytest.approx(1.0)
+
+
 def test_ab_without_weights_says_it_splits_evenly(gw: ServingStack) -> None:
     result = invoke(gw, "ab")
     assert result.exit_code == 0, result.output
@@ -127,6 +134,7 @@ def test_status_shows_both_windows(gw: ServingStack) -> None:
     lines = result.output.splitlines()
     for role in ("champion", "challenger"):
         line = next(x for x in lines if f"{role} (recent, this gateway)" in x)
+        assert " last " in line, line
         assert " calls, 0 failed (0.0%), p95 " in line, line
 
 
@@ -135,7 +143,13 @@ def test_a_window_with_comparisons_but_no_calls_reads_coherently() -> None:
     w = {"requests": 0, "errors": 0, "error_rate": 0.0, "p95_ms": None, "compared": 1, "disagreement": 0.0}
     assert _window(w) == "no calls since the last change; disagrees with the champion on 0.0% of 1 compared"
     w = {"requests": 3, "errors": 1, "error_rate": 1 / 3, "p95_ms": 12.3456, "compared": 0, "disagreement": 0.0}
-    assert _window(w) == "3 calls, 1 failed (33.3%), p95 12.3 ms"
+    assert _window(w) == "last 3 calls, 1 failed (33.3%), p95 12.3 ms"
+
+
+def test_a_full_window_is_not_read_as_a_total() -> None:
+    """After ~900 calls the window holds its newest 200: the line must say so, not "200 calls"."""
+    w = {"requests": 200, "errors": 0, "error_rate": 0.0, "p95_ms": 5.0, "compared": 0, "disagreement": 0.0}
+    assert _window(w).startswith("last 200 calls, 0 failed")
 
 
 def test_gateway_option_has_one_name_and_the_old_ones_still_work(gw: ServingStack) -> None:

@@ -245,7 +245,8 @@ def _window(w: dict[str, Any]) -> str:
     n, m = w.get("requests", 0), w.get("compared", 0)
     if n:
         p95 = w.get("p95_ms")
-        text = f"{n} calls, {w['errors']} failed ({w['error_rate']:.1%})"
+        # The window keeps only the newest calls (200 by default): a bare "200 calls" read as a total after 900.
+        text = f"last {n} calls, {w['errors']} failed ({w['error_rate']:.1%})"
         text += f", p95 {p95:.1f} ms" if p95 is not None else ""
     else:
         text = "no calls since the last change"
@@ -382,17 +383,20 @@ def canary(
 
 
 def shadow(
-    sample: str = typer.Option("100%", "--sample", help="Share of requests copied to the challenger (10% or 0.1)."),
+    sample: str | None = typer.Option(
+        None, "--sample", help="Share of requests copied to the challenger (10% or 0.1); default 100%."
+    ),
     gateway: str | None = GATEWAY,
     url: str | None = URL,
     as_json: bool = JSON,
     data_dir: Path | None = DATA_DIR,
 ) -> None:
     """Shadow: the champion answers; the challenger gets a copy in the background, both are stored."""
-    shares, read_as = parse_shares(sample, "--sample", "--sample 10%, or 0.1")
+    # None tells the default from a typed value: how a value was read is news only when the user typed it.
+    shares, read_as = parse_shares("100%" if sample is None else sample, "--sample", "--sample 10%, or 0.1")
     if len(shares) != 1:
         raise InvalidInputError(f"--sample wants one share, got {sample!r}", "e.g. --sample 10%")
-    if not as_json:
+    if not as_json and sample is not None:
         out.print(read_as, highlight=False)
     _change("shadow", {"sample": shares[0]}, gateway, url, data_dir, as_json)
 
