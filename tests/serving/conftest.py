@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pyrocast.serving.store import PredictionStore
 from tests.support.serving import ServingStack, start_stack, tiny_bundles
 
 
@@ -58,3 +59,12 @@ def gw(stack: ServingStack) -> Iterator[ServingStack]:
     if view["state"]["champion"]["version"] != "1":  # a test promoted v2 and did not roll back
         stack.set_rollout("rollback", {"reason": "test reset"})
     yield stack
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PredictionStore]:
+    """A started prediction store on SQLite, then on a real PostgreSQL (skipped where none can start)."""
+    url = f"sqlite:///{tmp_path / 'p.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    s = PredictionStore(url).start()
+    yield s
+    s.close()

@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import text
 
 from pyrocast.monitoring import live
@@ -35,14 +33,6 @@ def doc_queries(dialect: str) -> list[str]:
             assert n == 1, line
         lines.append(code.rstrip())
     return [q.strip() for q in "\n".join(lines).split(";") if q.strip()]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PredictionStore]:
-    url = f"sqlite:///{tmp_path / 'p.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    s = PredictionStore(url).start()
-    yield s
-    s.close()
 
 
 def test_the_documented_queries_run_and_agree(store: PredictionStore) -> None:

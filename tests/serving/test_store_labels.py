@@ -4,25 +4,13 @@ and on a real PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-
-import pytest
 
 from pyrocast.monitoring import live
 from pyrocast.serving.store import PredictionStore
 from tests.support.store_rows import row
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PredictionStore]:
-    url = f"sqlite:///{tmp_path / 'p.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    s = PredictionStore(url).start()
-    yield s
-    s.close()
 
 
 def verdict(rid: str, truth: str, minutes_ago: float, source: str = "user") -> dict:
