@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pyrocast.errors import InvalidInputError
 
 TILE_SIZE = 350
 MAX_PIXELS = 4096 * 4096  # beyond this an upload is treated as a decompression bomb
+TRANSPARENT = "transparent_fraction"  # `to_rgb`'s note in `Image.info`: the share of (mostly) transparent pixels
 
 
 def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, what: str = "image") -> Image.Image:
@@ -50,7 +52,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         bg = Image.new("RGB", rgba.size, (255, 255, 255))
-        bg.paste(rgba, mask=rgba.split()[-1])
+        alpha = rgba.split()[-1]
+        bg.paste(rgba, mask=alpha)
+        # Kept for the out-of-distribution check: a transparent image drawn on white otherwise reads as cloud or snow.
+        bg.info[TRANSPARENT] = float((np.asarray(alpha) < 128).mean())
         return bg
     return img.convert("RGB")
 

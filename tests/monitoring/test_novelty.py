@@ -230,3 +230,29 @@ def test_a_tiny_or_elongated_image_is_flagged_by_its_size_and_shape(
     strip = sentences(novelty.check(image_stats(tile.resize((350, 20), Image.Resampling.BOX))))
     assert any(s.startswith("much more elongated") and "squashed" in s for s in strip), strip
     assert not novelty.check(image_stats(tile.resize((700, 700))))  # sharper imagery of the same ground: no flag
+
+
+def test_a_transparent_upload_is_said_to_be_transparent_not_cloudy(real_stats: dict[str, list[dict[str, Any]]]) -> None:
+    """A fully transparent PNG is drawn on white: it was warned about as 'cloud, snow, glare?'. An opaque RGBA tile
+    and a tile with a few transparent edge pixels are not flagged for it."""
+    import io
+
+    from pyrocast.serving.guards import load_upload
+
+    novelty = Novelty.from_reference(real_stats["train"])
+    assert novelty is not None
+    tile = Image.open(sorted(Path(__file__).resolve().parents[3].glob("shared/data/wildfire-tiles/valid/*/*.jpg"))[0])
+
+    def upload(alpha: np.ndarray) -> list[str]:
+        rgba = tile.convert("RGBA")
+        rgba.putalpha(Image.fromarray(alpha.astype(np.uint8), "L"))
+        buf = io.BytesIO()
+        rgba.save(buf, format="PNG")
+        return sentences(novelty.check(image_stats(load_upload(buf.getvalue(), max_bytes=10_000_000))))
+
+    gone = upload(np.zeros((350, 350)))
+    assert gone[0] == "100% of the image is transparent (drawn on white here): a satellite tile has no transparency"
+    assert upload(np.full((350, 350), 255)) == []
+    edge = np.full((350, 350), 255)
+    edge[0, :] = 0  # one transparent row: 0.3%
+    assert upload(edge) == []

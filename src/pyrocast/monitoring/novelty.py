@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from pyrocast.imaging import TRANSPARENT
 from pyrocast.serving.store import STAT_COLUMNS
 
 PERCENTILES = (0.5, 99.5)
@@ -51,6 +52,7 @@ SHORT_SIDE = "short_side"
 ASPECT = "aspect"
 SIZE_BELOW = 0.5  # a shorter side under half the training tiles' smallest is flagged...
 SIZE_ABOVE = 4.0  # ...and one over 4x their largest (it covers more ground, or another ground resolution)
+TRANSPARENT_MIN = 0.01  # a share of transparent pixels above this is said (a few edge pixels are not)
 ASPECT_ABOVE = 1.5  # long side / short side beyond 1.5x the training tiles' (and beyond 1.5 for square tiles)
 STATS = (*STAT_COLUMNS, COHERENCE, SHORT_SIDE, ASPECT)
 
@@ -224,6 +226,22 @@ def sentences(findings: Sequence[Finding]) -> list[str]:
     return [f.message for f in findings if (SUMMARY.get(f.stat), f.side) not in said]
 
 
+def transparency(stats: Mapping[str, Any]) -> Finding | None:
+    """A finding for an image with transparent pixels (drawn on white, they read as cloud or snow), else None.
+
+    No training range is needed: a satellite tile has no transparency at all."""
+    try:
+        share = float(stats.get(TRANSPARENT) or 0.0)
+    except (TypeError, ValueError):
+        return None
+    if not share > TRANSPARENT_MIN:
+        return None
+    message = (
+        f"{100 * share:.0f}% of the image is transparent (drawn on white here): a satellite tile has no transparency"
+    )
+    return Finding("transparent", share, "above", 1000.0 + share, message)  # said first: it explains the rest
+
+
 @dataclass(frozen=True)
 class Novelty:
     """The acceptance ranges of one model's training tiles; `check` a tile's statistics against them."""
@@ -247,6 +265,9 @@ class Novelty:
     def check(self, stats: Mapping[str, Any]) -> list[Finding]:
         """The statistics of a tile outside their ranges, most striking first (empty: in distribution)."""
         out = []
+        see_through = transparency(stats)
+        if see_through is not None:
+            out.append(see_through)
         for r in self.ranges:
             x = _value(stats, r.stat)
             if x is not None and not r.low <= x <= r.high:

@@ -30,7 +30,8 @@ COLUMNS = ("label", *STAT_COLUMNS, "width", "height")
 
 def reference_rows(tiles: Iterable[tuple[Image.Image, int]]) -> list[dict[str, Any]]:
     """The statistics row of each (tile, label) pair (label 1 = wildfire); tiles are not kept."""
-    return [{"label": LABELS[int(label)], **image_stats(img)} for img, label in tiles]
+    rows = ({"label": LABELS[int(label)], **image_stats(img)} for img, label in tiles)
+    return [{k: r[k] for k in COLUMNS} for r in rows]  # the file's columns only (image_stats may add notes)
 
 
 def write_reference(rows: list[dict[str, Any]], path: Path) -> Path:

@@ -75,6 +75,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 from pyrocast.data.layout import atomic_write
 from pyrocast.database import create_schema
 from pyrocast.errors import PyrocastError
+from pyrocast.imaging import TRANSPARENT
 from pyrocast.registry.mlflow_store import redact
 from pyrocast.serving.warn_every import WarnEvery
 
@@ -248,6 +249,8 @@ def image_stats(img: Image.Image) -> dict[str, float]:
     )
     out: dict[str, Any] = {k: round(float(v), 6) for k, v in zip(STAT_COLUMNS, values, strict=True)}
     out["width"], out["height"] = w, h
+    if TRANSPARENT in img.info:  # not a stored column: read by the out-of-distribution check only
+        out[TRANSPARENT] = round(float(img.info[TRANSPARENT]), 6)
     return out
 
 
