@@ -113,6 +113,13 @@ def test_shadow_without_sample_does_not_echo_a_flag_never_given(gw: ServingStack
     assert view(gw)["state"]["shadow_sample"] == pytest.approx(1.0)
 
 
+def test_canary_without_steps_shows_its_schedule_without_echoing_a_flag(gw: ServingStack) -> None:
+    result = invoke(gw, "canary", "--every", "3600")
+    assert result.exit_code == 0, result.output
+    assert "no --steps given: 5% -> 25% -> 50% -> 100%" in result.output and "read as" not in result.output
+    assert view(gw)["state"]["canary"]["steps"] == pytest.approx([0.05, 0.25, 0.5, 1.0])
+
+
 def test_ab_without_weights_says_it_splits_evenly(gw: ServingStack) -> None:
     result = invoke(gw, "ab")
     assert result.exit_code == 0, result.output

@@ -343,11 +343,15 @@ def ab(
     _change("ab", body, gateway, url, data_dir, as_json)
 
 
+DEFAULT_STEPS = "5%,25%,50%,100%"
+
+
 def canary(
-    steps: str = typer.Option(
-        "5%,25%,50%,100%",
+    steps: str | None = typer.Option(
+        None,
         "--steps",
-        help="Challenger share per step: percents (5%,25%,100% or 5,25,100) or fractions (0.05,0.25,1).",
+        help="Challenger share per step: percents (5%,25%,100% or 5,25,100) or fractions (0.05,0.25,1); "
+        "default 5%,25%,50%,100%.",
     ),
     every: float = typer.Option(60.0, "--every", help="Seconds per step."),
     max_error_rate: float = typer.Option(0.05, "--max-error-rate", help="Stop above this challenger error rate."),
@@ -361,7 +365,11 @@ def canary(
     data_dir: Path | None = DATA_DIR,
 ) -> None:
     """Canary: the challenger's share ramps on a schedule; a broken guardrail returns to the champion."""
-    shares, read_as = parse_shares(steps, "--steps", "--steps 5%,25%,100%, or 0.05,0.25,1, or 5,25,100")
+    shares, read_as = parse_shares(
+        steps or DEFAULT_STEPS, "--steps", "--steps 5%,25%,100%, or 0.05,0.25,1, or 5,25,100"
+    )
+    if steps is None:  # the schedule is news, a flag the user never typed is not
+        read_as = "no --steps given: " + " -> ".join(map(share_text, shares))
     if any(b <= a for a, b in itertools.pairwise(shares)):
         raise InvalidInputError(f"--steps must increase, got {' -> '.join(map(share_text, shares))}")
     if not 0 < every < float("inf"):
