@@ -266,6 +266,11 @@ class Probed:
     def describe(self) -> str:
         return f"{self.kind} at {self.url}"
 
+    async def ready(self) -> bool:
+        """Whether the service says it is ready (GET /readyz); raises httpx.HTTPError when it does not answer."""
+        r = await self.client.get(self.url + "/readyz", timeout=2.0)
+        return r.status_code == 200
+
     @property
     def up(self) -> bool:
         return self._up
@@ -292,8 +297,7 @@ class ExplainerProbe(Probed):
 
     async def probe(self) -> bool:
         try:
-            r = await self.client.get(self.url + "/readyz", timeout=2.0)
-            self.up = r.status_code == 200
+            self.up = await self.ready()
         except httpx.HTTPError:
             self.up = False
         return self.up
@@ -376,9 +380,8 @@ class Backend(Probed):
     async def probe(self) -> bool:
         """Ask readiness and model info; updates `up` and `info`."""
         try:
-            r = await self.client.get(self.url + "/readyz", timeout=2.0)
-            if r.status_code != 200:
-                raise BackendError(f"readyz {r.status_code}")
+            if not await self.ready():
+                raise BackendError("not ready")
             info = await self.client.get(self.url + "/model/info", timeout=2.0)
             info.raise_for_status()
             self.info = info.json()
