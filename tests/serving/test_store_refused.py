@@ -128,3 +128,83 @@ def test_refused_rows_that_cannot_be_set_aside_on_a_full_disk_wait_in_the_spill_
         assert not spill.exists()
         assert len(list(small.glob("predictions-spill.jsonl.refused-*"))) == 1
         store.close()
+
+
+def _received(store: PredictionStore, rows: list[tuple[str, dict[str, Any]]]) -> None:
+    for table, data in rows:
+        (store.put_prediction if table == "predictions" else store.put_feedback)(dict(data))
+
+
+MIXED = [GOOD[0], BAD[0], GOOD[1], GOOD[2], BAD[1], BAD[2], GOOD[3], BAD[3], GOOD[4]]
+
+
+def test_a_refused_row_received_is_set_aside_at_once_and_its_batch_written(
+    store_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row the database refuses for what it holds, in a batch from the gateway (not a spill file): the batch is
+    sifted at once, with no retry (it went through about 20 s of retries as an outage before reaching the spill
+    file), and the store is never in trouble."""
+    caplog.set_level(logging.INFO, logger="pyrocast.serving.store")
+    spill = tmp_path / "predictions-spill.jsonl"
+    store = PredictionStore(store_url, spill_path=spill, emergency_dir=None)
+    _received(store, MIXED)  # queued before the writer starts: one batch
+    store.start()
+    assert store.flush(5), "the batch waited: retried as an outage"
+    assert store.write_errors == 0 and store.trouble() is None
+    store.close()
+    assert _counts(store_url) == (["r0", "r1", "r2", "r3"], 1)
+    assert not spill.exists()
+    (aside,) = tmp_path.glob("predictions-spill.jsonl.refused-*")
+    kept = [json.loads(line) for line in aside.read_text().splitlines()]
+    assert [(k["table"], k["row"].get("request_id")) for k in kept] == [(t, r["request_id"]) for t, r in BAD]
+    (critical,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert "refuses 4 of the 9 rows received for what they hold" in critical and str(aside) in critical
+
+
+def test_received_rows_whose_refused_part_cannot_be_set_aside_are_written_once_there_is_space(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Setting refused rows aside on a full disk fails: nothing of their batch is written meanwhile (the sifted
+    batch is one transaction, SQLite included), and once there is space the good rows are written exactly once."""
+    with tmpfs(tmp_path / "small") as small:
+        spill = small / "predictions-spill.jsonl"
+        filler = small / "filler"
+        with contextlib.suppress(OSError), open(filler, "wb") as f:
+            while True:
+                f.write(b"x" * 1024)
+                f.flush()
+        store = PredictionStore(
+            store_url, spill_path=spill, retries=2, retry_delay_s=0.05, held_retry_s=0.2, emergency_dir=None
+        )
+        _received(store, MIXED)
+        store.start()
+        assert wait_for(lambda: store.held == len(MIXED), 10), "the batch was neither written nor held"
+        assert store.count() == 0 and store.count("feedback") == 0
+        trouble = store.trouble()
+        assert trouble is not None and "No space left on device" in trouble, trouble
+        filler.unlink()
+        assert wait_for(lambda: store.count() == 4, 10), "the good rows were not written once there was space"
+        assert store.flush(5) and wait_for(lambda: store.trouble() is None, 5), store.trouble()
+        store.close()
+        assert _counts(store_url) == (["r0", "r1", "r2", "r3"], 1)
+        assert len(list(small.glob("predictions-spill.jsonl.refused-*"))) == 1
+
+
+def test_a_sifted_batch_is_one_transaction(store_url: str) -> None:
+    """Rows sifted in savepoints are written with their transaction or not at all (pysqlite commits a savepoint
+    opened outside a transaction at its release)."""
+    from sqlalchemy import func, select
+
+    from pyrocast.serving.store import _insert_sifted, predictions
+
+    store = PredictionStore(store_url, emergency_dir=None)
+    try:
+        with contextlib.suppress(RuntimeError), store.engine.begin() as conn:
+            rows = [("predictions", {"ts": utcnow(), **r}) for _, r in (GOOD[0], GOOD[1])]
+            written, refused = _insert_sifted(conn, rows)
+            assert written == {"predictions": 2} and not refused
+            raise RuntimeError("the database went away before the commit")
+        with store.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(predictions)).scalar() == 0
+    finally:
+        store.close()

@@ -678,10 +678,39 @@ class PredictionStore:
         self._held = batch
 
     def _write(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
-        with self.engine.begin() as conn:
-            counts = _insert(conn, batch)
+        """Write `batch` in one transaction. Where the database refuses a row for what it holds, no retry can help
+        (retried as an outage, it kept its whole batch out for about 20 s before the spill file took it): the
+        batch is written again at once, sifted, and the refused rows are set aside with the reason."""
+        try:
+            with self.engine.begin() as conn:
+                counts = _insert(conn, batch)
+        except StatementError as exc:
+            if not _refuses_content(exc):
+                raise
+            with self.engine.begin() as conn:
+                counts, refused = _insert_sifted(conn, batch)
+                if refused:  # before the commit: rows that cannot be set aside (a full disk) go back with the batch
+                    self._set_aside_received(refused, len(batch))
         for name, n in counts.items():
             self.written[name] += n
+
+    def _set_aside_received(self, refused: list[tuple[tuple[str, dict[str, Any]], str]], of: int) -> None:
+        """Set aside refused rows of a batch just received, beside the spill file (where operators look)."""
+        lines = "".join(json.dumps({"table": t, "row": r}, default=_json_default) + "\n" for (t, r), _ in refused)
+        digest = hashlib.sha256(lines.encode()).hexdigest()
+        path = self.spill_path or self.emergency_path
+        if path is None:  # nowhere to keep them: the log is the last record of them
+            self.dropped += len(refused)
+            log.critical(
+                "prediction store: the database refuses %d of %d rows received for what they hold (%s) and no spill "
+                "file is set: they are LOST; they were: %s",
+                len(refused),
+                of,
+                refused[0][1],
+                lines.strip(),
+            )
+            return
+        self._set_aside(path, digest, refused, of, "received")
 
     def _spill(self, batch: list[tuple[str, dict[str, Any]]], path: Path | None = None) -> bool:
         """Append the rows to the spill file (or `path`), whole lines or nothing; False when it cannot be written."""
@@ -785,7 +814,12 @@ class PredictionStore:
         return n
 
     def _set_aside(
-        self, path: Path, digest: str, refused: list[tuple[tuple[str, dict[str, Any]], str]], of: int
+        self,
+        path: Path,
+        digest: str,
+        refused: list[tuple[tuple[str, dict[str, Any]], str]],
+        of: int,
+        came: str = "spilled in {path}",
     ) -> None:
         """Keep the rows the database refuses for what they hold in `<spill>.refused-<digest>`, each with the reason.
 
@@ -800,12 +834,12 @@ class PredictionStore:
         ]
         atomic_write(aside, "".join(lines).encode())
         log.critical(
-            "prediction store: the database refuses %d of the %d rows spilled in %s for what they hold (%s); the "
+            "prediction store: the database refuses %d of the %d rows %s for what they hold (%s); the "
             "others are written. The refused rows are kept in %s, each with the reason: correct them and append them "
             "to %s to have them written (or delete the file)",
             len(refused),
             of,
-            path,
+            came.format(path=path),
             refused[0][1],
             aside,
             path,
@@ -981,6 +1015,10 @@ def _insert_sifted(
     """Insert the rows the database takes, in savepoints, halving a group it refuses down to the single rows at
     fault: (rows written per table, the refused rows with the reason). Any other error (the database gone) is
     raised: the transaction then writes nothing."""
+    if conn.dialect.name == "sqlite" and not conn.connection.dbapi_connection.in_transaction:
+        # pysqlite opens its transaction only at the first INSERT: a savepoint before one is a transaction of its
+        # own, committed at its release. (A first group refused leaves its savepoint open, which hid this.)
+        conn.exec_driver_sql("BEGIN")
     written: dict[str, int] = {}
     refused: list[tuple[tuple[str, dict[str, Any]], str]] = []
     groups = [batch]
