@@ -122,7 +122,7 @@ def test_blank_and_noise_images_are_flagged_against_real_and_synthetic_reference
         said = novelty.warnings(stats)
         assert any(w.startswith(expected) for w in said), said
         if name == "noise":
-            assert said[-1].endswith(": noise rather than a photograph?")
+            assert said[-1].endswith(": noise, a drawing or a made-up pattern rather than a photograph?")
 
 
 # --- the module's contract --------------------------------------------------------------------------------------

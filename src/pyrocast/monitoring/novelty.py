@@ -101,7 +101,7 @@ WORDS: dict[str, Words] = {
         "colour coherence",
         "colours much less in step",
         "colours much more in step",
-        maybe_below="noise rather than a photograph?",
+        maybe_below="noise, a drawing or a made-up pattern rather than a photograph?",
     ),
     SHORT_SIDE: Words(
         "shorter side",
