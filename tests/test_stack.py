@@ -8,6 +8,7 @@ and checks that no process of any service group survives and that every port is 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -172,6 +173,39 @@ def test_a_full_disk_when_claiming_is_a_clear_error_and_leaves_no_lock_held(sett
         with open(lock, "rb") as other:  # another `up` gets the lock: nothing holds it
             fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         release_claim(full)  # nothing recorded: nothing to release
+
+
+def test_a_read_only_data_directory_is_a_clear_error_when_claiming(settings: Settings, tmp_path: Path) -> None:
+    """The lock file cannot be created on a read-only disk: one error naming the file and what to do."""
+    with tmpfs(tmp_path / "disk", "size=16k,ro") as disk:
+        ro = settings.model_copy(update={"data_dir": disk})
+        fds = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(PyrocastError, match="cannot open the lock file") as caught:
+            claim_state(ro)
+        assert "Read-only file system" in str(caught.value) and "writable" in (caught.value.hint or "")
+        assert len(os.listdir("/proc/self/fd")) == fds
+        release_claim(ro)  # nothing recorded: nothing to release
+
+
+def test_a_file_system_without_locks_is_told_apart_from_another_up(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOLCK (some NFS mounts): the kernel, not another `up`, refuses the lock; the error says so, and the
+    descriptor is closed. (The system call is the stand-in here: no local file system here refuses locks.)"""
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    fds = len(os.listdir("/proc/self/fd"))
+    with monkeypatch.context() as m:
+        m.setattr(fcntl, "flock", no_locks)
+        with pytest.raises(PyrocastError, match="cannot lock") as caught:
+            claim_state(settings)
+    assert not isinstance(caught.value, ServiceUnavailableError)  # not "already running"
+    assert "No locks available" in str(caught.value) and "supports file locks" in (caught.value.hint or "")
+    assert len(os.listdir("/proc/self/fd")) == fds
+    claim_state(settings)  # with locks again, the claim is taken
+    release_claim(settings)
 
 
 def test_the_next_up_stops_workers_whose_leader_died_with_the_killed_up(settings: Settings) -> None:
