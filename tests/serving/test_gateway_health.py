@@ -1,6 +1,6 @@
 """What on call sees of the services behind the gateway, over real processes: the explainer hung (a warning and a
 field in /healthz, a gauge in /metrics, /healthz not slowed), a gateway told that no explainer runs (nothing said),
-and a classifier worker that BentoML restarted after a SIGKILL (one log line, a counter per role)."""
+and a classifier or explainer worker that BentoML restarted after a SIGKILL (one log line, a counter per role)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,15 @@ def _signal_service(svc: procs.ServiceProcess, sig: int) -> None:
         p.send_signal(sig)
 
 
-def test_a_hung_explainer_is_a_warning_in_healthz_and_metrics_without_slowing_healthz(gw: ServingStack) -> None:
+def _explain(url: str, jpeg: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/explain", files={"image": ("tile.jpg", jpeg, "image/jpeg")}, data={"version": "1"}, timeout=150
+    )
+
+
+def test_a_hung_explainer_is_a_warning_in_healthz_and_metrics_without_slowing_healthz(
+    gw: ServingStack, jpeg: bytes
+) -> None:
     assert gw.explainer is not None and gw.gateway is not None
     health = _health(gw.url)
     assert health["explainer"] == {
@@ -65,7 +73,19 @@ def test_a_hung_explainer_is_a_warning_in_healthz_and_metrics_without_slowing_he
     # case for a probe; a killed explainer refuses connections at once.
     _signal_service(gw.explainer, signal.SIGSTOP)
     try:
-        assert wait_for(lambda: not _health(gw.url)["explainer"]["up"], 15), "the hung explainer was not noticed"
+        # A heatmap asked of the hung explainer is given up once its probe fails, not after the whole
+        # explain timeout (120 s); asked after that, it fails at once.
+        t0 = time.perf_counter()
+        waited = _explain(gw.url, jpeg)
+        waited_s = time.perf_counter() - t0
+        assert waited.status_code == 503, waited.text
+        assert waited_s < 60, f"the heatmap waited {waited_s:.0f} s for a hung explainer"
+        error = waited.json()["detail"]["error"]
+        assert "stopped answering while drawing" in error or "does not answer its health probe" in error, error
+        assert not _health(gw.url)["explainer"]["up"]
+        refused = _explain(gw.url, jpeg)
+        assert refused.status_code == 503 and "does not answer its health probe" in refused.text, refused.text
+        assert "predictions are not affected" in refused.json()["detail"]["hint"]
         took = []
         for _ in range(5):
             t0 = time.perf_counter()
@@ -82,6 +102,8 @@ def test_a_hung_explainer_is_a_warning_in_healthz_and_metrics_without_slowing_he
         _signal_service(gw.explainer, signal.SIGCONT)
     assert wait_for(lambda: _health(gw.url)["explainer"]["up"], 15), "the explainer did not come back"
     assert not [w for w in _health(gw.url)["warnings"] if "explainer" in w]
+    back = _explain(gw.url, jpeg)
+    assert back.status_code == 200 and back.headers["content-type"] == "image/png", back.text
     log = gw.gateway.log_path.read_text()[logged:]
     assert log.count(f"explainer at {gw.explainer.url} stopped answering") == 1, log
     assert log.count(f"explainer at {gw.explainer.url} answers again") == 1, log
@@ -168,7 +190,7 @@ def test_a_classifier_worker_restarted_by_bentoml_is_logged_and_counted(gw: Serv
     assert before["index"] == 1 and before["pid"] in {p.pid for p in gw.challenger.descendants()}
     assert before["service_pid"] == gw.challenger.pid  # `bentoml serve` is the arbiter
     restarts = _samples(gw.url, "pyrocast_backend_restarts_total")
-    assert set(restarts) == {"champion", "challenger"}  # both series from the start (for increase())
+    assert set(restarts) == {"champion", "challenger", "explainer"}  # every series from the start (for increase())
     logged = len(gw.gateway.log_path.read_text())
 
     psutil.Process(before["pid"]).kill()
@@ -189,3 +211,25 @@ def test_a_classifier_worker_restarted_by_bentoml_is_logged_and_counted(gw: Serv
     said = f"another service process answers (pid {before['service_pid']} -> {again['service_pid']})"
     assert wait_for(lambda: said in gw.gateway.log_path.read_text()[logged:], 15), gw.gateway.log_tail()  # type: ignore[union-attr]
     assert _samples(gw.url, "pyrocast_backend_restarts_total") == one_more
+
+
+def test_an_explainer_worker_restarted_by_bentoml_is_logged_and_counted(gw: ServingStack, jpeg: bytes) -> None:
+    """The explainer's worker, SIGKILLed, is replaced by BentoML as silently as a classifier's: the gateway tells it
+    by the pid its /model/info reports, and heatmaps are drawn again by the new worker."""
+    assert gw.explainer is not None and gw.gateway is not None
+    before = _worker(gw.explainer)
+    assert before["pid"] in {p.pid for p in gw.explainer.descendants()} and before["service_pid"] == gw.explainer.pid
+    restarts = _samples(gw.url, "pyrocast_backend_restarts_total")
+    logged = len(gw.gateway.log_path.read_text())
+
+    psutil.Process(before["pid"]).kill()
+    one_more = {**restarts, "explainer": restarts["explainer"] + 1}
+    counted = wait_for(lambda: _samples(gw.url, "pyrocast_backend_restarts_total") == one_more, 60)
+    assert counted, gw.gateway.log_tail()
+    after = _worker(gw.explainer)
+    assert after["pid"] != before["pid"] and after["service_pid"] == before["service_pid"]
+    log = gw.gateway.log_path.read_text()[logged:]
+    assert log.count(f"explainer at {gw.explainer.url}: BentoML restarted its worker") == 1, log
+    assert f"(pid {before['pid']} -> {after['pid']})" in log and "the explainer's log does not say why" in log, log
+    r = _explain(gw.url, jpeg)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text

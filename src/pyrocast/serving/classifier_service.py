@@ -30,7 +30,6 @@ from typing import Annotated, Any
 
 import bentoml
 import numpy as np
-import psutil
 from _bentoml_impl.serde import ALL_SERDE, MultipartSerde
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
@@ -53,6 +52,7 @@ from pyrocast.serving.bundles import (
     tiles_per_call,
 )
 from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload
+from pyrocast.serving.worker import worker_identity
 from pyrocast.settings import get_settings
 
 log = logging.getLogger("pyrocast.classifier")
@@ -151,14 +151,7 @@ class Classifier:
         global _SPEC
         _SPEC = self.bundle.spec
         self.novelty = _novelty(self.bundle)
-        me, arbiter = psutil.Process(), psutil.Process(os.getppid())  # the worker and BentoML's arbiter
-        self.worker = {
-            "index": bentoml.server_context.worker_index,
-            "pid": me.pid,
-            "started": me.create_time(),
-            "service_pid": arbiter.pid,
-            "service_started": arbiter.create_time(),
-        }
+        self.worker = worker_identity()
         # Warm-up: the first ONNX Runtime run allocates; no user request should pay for it.
         self.model.predict_proba(np.zeros((1, 3, self.bundle.spec.size, self.bundle.spec.size), np.float32))
 

@@ -4,6 +4,8 @@ Run it with `pyrocast serve explainer`. HTTP API (internal; the gateway's `/v1/e
 - `POST /explain`, multipart: `image` (JPEG/PNG), `version` (a registry version or alias; default `champion`)
   -> `image/png`: the tile with the occlusion heatmap laid over it (at most 512 pixels a side). Headers `X-Model-Name`, `X-Model-Version`,
   `X-Probability`.
+- `GET /model/info`: the models loaded and which process answers (`worker`, as the classifier's: the gateway
+  tells a worker BentoML restarted by it).
 - `GET /livez`, `/readyz`, `/metrics` from BentoML.
 
 Models come from the registry (`fetch_bundle`) or, for tests and bundle-folder deployments, from
@@ -21,11 +23,12 @@ import threading
 from collections import OrderedDict
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
+from fastapi import FastAPI
 from PIL import Image
 from pydantic import AfterValidator, BeforeValidator, Field
 
@@ -34,6 +37,7 @@ from pyrocast.model.bundle import Bundle, OnnxClassifier, load_bundle
 from pyrocast.registry.refs import check_model_ref
 from pyrocast.serving.bundles import SERVING_ORT_CONFIG, resolve_bundle, resolve_precision
 from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload
+from pyrocast.serving.worker import worker_identity
 from pyrocast.settings import get_settings
 
 _settings = get_settings()
@@ -103,6 +107,10 @@ def _heat_and_png(classifier: OnnxClassifier, image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+meta_app = FastAPI(title="pyrocast explainer: service information")
+
+
+@bentoml.asgi_app(meta_app, path="/model")
 @bentoml.service(
     name="pyrocast-explainer",
     workers=1,
@@ -117,6 +125,7 @@ class Explainer:
         self.folders = parse_bundle_map(os.environ.get("PYROCAST_EXPLAIN_BUNDLES"))
         self.models: OrderedDict[str, OnnxClassifier] = OrderedDict()
         self.lock = threading.Lock()
+        self.worker = worker_identity()
         # Import the attribution code now (torch, captum: seconds), not on the first user's request.
         with contextlib.suppress(ImportError):
             import pyrocast.model.explain  # noqa: F401
@@ -151,6 +160,13 @@ class Explainer:
             while len(self.models) > KEEP_MODELS:
                 self.models.popitem(last=False)
             return clf
+
+    @meta_app.get("/info")
+    def info(self) -> dict[str, Any]:
+        """The model versions loaded (most recently used last) and which process answers."""
+        with self.lock:
+            loaded = list(self.models)
+        return {"kind": "explainer", "models_loaded": loaded, "worker": self.worker}
 
     @bentoml.api(route="/explain")
     def explain(

@@ -262,9 +262,50 @@ class Probed:
         self.client = client
         self._up = False
         self._went_down = False
+        # worker index -> (pid, start time, service pid, service start time) at the last probe (/model/info)
+        self.workers: dict[str, tuple[Any, ...]] = {}
+        self.new_restarts = 0  # worker restarts seen since the gateway last counted them (refresh_backends)
 
     def describe(self) -> str:
         return f"{self.kind} at {self.url}"
+
+    def _note_worker(self, info: dict[str, Any]) -> None:
+        """Say (and count) that another process answers than at the last probe.
+
+        BentoML's arbiter replaces a worker that died (SIGKILL, the OOM killer) within a second, with the
+        same worker index and not a word in any log: the pid and start time that `/model/info` reports are the only
+        trace. The same arbiter (service pid) means such a restart; another one means the whole service was started
+        again (by someone: nothing restarts a service on its own).
+        """
+        w = info.get("worker") if isinstance(info, dict) else None
+        if not isinstance(w, dict):
+            return
+        key = str(w.get("index"))
+        now = (w.get("pid"), w.get("started"), w.get("service_pid"), w.get("service_started"))
+        before = self.workers.get(key)
+        self.workers[key] = now
+        if before is None or before == now:
+            return
+        if before[2:] == now[2:]:
+            self.new_restarts += 1
+            log.warning(
+                "%s: BentoML restarted its worker %s (pid %s -> %s) after it died; requests it held failed, later ones "
+                "waited for the new worker to load the model (the %s's log does not say why it died: "
+                "look for the OOM killer in the kernel log)",
+                self.describe(),
+                key,
+                before[0],
+                now[0],
+                self.kind,
+            )
+        else:
+            log.warning(
+                "%s: another service process answers (pid %s -> %s): the %s was started again",
+                self.describe(),
+                before[2],
+                now[2],
+                self.kind,
+            )
 
     async def ready(self) -> bool:
         """Whether the service says it is ready (GET /readyz); raises httpx.HTTPError when it does not answer."""
@@ -295,11 +336,22 @@ class ExplainerProbe(Probed):
 
     kind = "explainer"
 
+    def __init__(self, url: str, client: httpx.AsyncClient) -> None:
+        super().__init__(url, client)
+        self.probe_failed = False  # its last probe found it not answering (not set by a failed call: see explain)
+
     async def probe(self) -> bool:
         try:
             self.up = await self.ready()
         except httpx.HTTPError:
             self.up = False
+        self.probe_failed = not self.up
+        if self.up:
+            # Which process answers (a worker BentoML restarted); an explainer without it still makes heatmaps.
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                info = await self.client.get(self.url + "/model/info", timeout=2.0)
+                if info.status_code == 200:
+                    self._note_worker(info.json())
         return self.up
 
     def status(self) -> BackendStatus:
@@ -320,49 +372,10 @@ class Backend(Probed):
         # The served model's acceptance ranges (/model/info "novelty"), rebuilt only when they change.
         self.novelty: Novelty | None = None
         self._novelty_raw: Any = None
-        # worker index -> (pid, start time, service pid, service start time) at the last probe (/model/info)
-        self.workers: dict[str, tuple[Any, ...]] = {}
-        self.new_restarts = 0  # worker restarts seen since the gateway last counted them (refresh_backends)
 
     def describe(self) -> str:
         ref = self.ref
         return f"classifier at {self.url}" + (f" ({ref.name} v{ref.version})" if ref else "")
-
-    def _note_worker(self, info: dict[str, Any]) -> None:
-        """Say (and count) that another process answers than at the last probe.
-
-        BentoML's arbiter replaces a classifier worker that died (SIGKILL, the OOM killer) within a second, with the
-        same worker index and not a word in any log: the pid and start time that `/model/info` reports are the only
-        trace. The same arbiter (service pid) means such a restart; another one means the whole service was started
-        again (by someone: nothing restarts a service on its own).
-        """
-        w = info.get("worker") if isinstance(info, dict) else None
-        if not isinstance(w, dict):
-            return
-        key = str(w.get("index"))
-        now = (w.get("pid"), w.get("started"), w.get("service_pid"), w.get("service_started"))
-        before = self.workers.get(key)
-        self.workers[key] = now
-        if before is None or before == now:
-            return
-        if before[2:] == now[2:]:
-            self.new_restarts += 1
-            log.warning(
-                "%s: BentoML restarted its worker %s (pid %s -> %s) after it died; requests it held failed, later ones "
-                "waited for the new worker to load the model (the classifier's log does not say why it died: "
-                "look for the OOM killer in the kernel log)",
-                self.describe(),
-                key,
-                before[0],
-                now[0],
-            )
-        else:
-            log.warning(
-                "%s: another service process answers (pid %s -> %s): the classifier was started again",
-                self.describe(),
-                before[2],
-                now[2],
-            )
 
     @property
     def ref(self) -> ModelRef | None:
@@ -497,11 +510,12 @@ class Metrics:
         )
         self.backend_restarts = Counter(
             "pyrocast_backend_restarts_total",
-            "classifier workers BentoML restarted after they died (seen by their pid at the gateway's probes)",
+            "classifier and explainer workers BentoML restarted after they died (seen by their pid at the probes)",
             ["role"],
             registry=r,
         )
-        for role in ("champion", "challenger"):  # both series exist from the start, so increase() sees the first
+        # The series exist from the start, so that increase() sees the first restart.
+        for role in ("champion", "challenger", "explainer"):
             self.backend_restarts.labels(role)
         self.store_queue = Gauge("pyrocast_store_queue_depth", "rows waiting to be written", registry=r)
         self.store_written = Gauge("pyrocast_store_rows_written", "rows written since start", ["table"], registry=r)
@@ -777,11 +791,13 @@ class Gateway:
         """Probe every service (every PROBE_INTERVAL_S, in the tick): /healthz and /metrics read what this found."""
         await asyncio.gather(*(b.probe() for b in self._probed()))
         self._assign_roles()
-        for role in ("champion", "challenger"):
-            be = self.backend(role)
-            if be.new_restarts:
-                self.metrics.backend_restarts.labels(role).inc(be.new_restarts)
-                be.new_restarts = 0
+        probed: list[tuple[str, Probed]] = [(role, self.backend(role)) for role in ("champion", "challenger")]
+        if self.explainer is not None:
+            probed.append(("explainer", self.explainer))
+        for role, svc in probed:
+            if svc.new_restarts:
+                self.metrics.backend_restarts.labels(role).inc(svc.new_restarts)
+                svc.new_restarts = 0
 
     def _assign_roles(self) -> None:
         """Champion role -> the backend serving the state's champion version (default: the champion port)."""
@@ -1318,6 +1334,28 @@ def _detail(message: str, hint: str | None) -> dict[str, str]:
     return {"error": message, **({"hint": hint} if hint else {})}
 
 
+_EXPLAINER_DOWN = "heatmaps fail until it answers again (GET /healthz says when); predictions are not affected"
+
+
+class _ProbeFailed(Exception):
+    """The service's health probe failed while a call to it waited."""
+
+
+async def _unless_probe_fails(call: asyncio.Future[httpx.Response], probe: ExplainerProbe | None) -> httpx.Response:
+    """Await `call`, given up (`_ProbeFailed`) once the service's probe finds it not answering: a hung explainer held
+    every caller for the whole `serving.explain_timeout_s` (120 s), long after /healthz said it was down."""
+    try:
+        while True:
+            done, _ = await asyncio.wait({call}, timeout=0.5)
+            if done:
+                return call.result()
+            if probe is not None and probe.probe_failed:
+                raise _ProbeFailed
+    finally:  # given up, or the caller went away: the call goes too
+        if not call.done():
+            call.cancel()
+
+
 def _bad_request(status: int, message: str, hint: str | None = None) -> HTTPException:
     return HTTPException(status, detail=_detail(message, hint))
 
@@ -1604,13 +1642,27 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             if champ is None:
                 raise _bad_request(503, "no champion model is being served")
             version = champ.version
-        try:
-            r = await gw.client.post(
+        probe = gw.explainer
+        if probe is not None and probe.probe_failed:
+            raise _bad_request(
+                503, f"the explainer at {gw.explainer_url} does not answer its health probe", _EXPLAINER_DOWN
+            )
+        call = asyncio.ensure_future(
+            gw.client.post(
                 gw.explainer_url + "/explain",
                 files={"image": ("tile", tile.data, tile.content_type)},
                 data={"version": version},
                 timeout=gw.explain_timeout_s,
             )
+        )
+        try:
+            r = await _unless_probe_fails(call, probe)
+        except _ProbeFailed:
+            raise _bad_request(
+                503,
+                f"the explainer at {gw.explainer_url} stopped answering while drawing this heatmap",
+                _EXPLAINER_DOWN,
+            ) from None
         except httpx.ConnectError as exc:
             # Refused (or unreachable): no process listens, so /healthz says so now, not at the next probe.
             if gw.explainer is not None:
