@@ -150,9 +150,13 @@ def test_a_refused_row_received_is_set_aside_at_once_and_its_batch_written(
     _received(store, MIXED)  # queued before the writer starts: one batch
     store.start()
     assert store.flush(5), "the batch waited: retried as an outage"
-    assert store.write_errors == 0 and store.trouble() is None
+    assert store.write_errors == 0 and store.refused == 4 and store.dropped == 0
+    trouble = store.trouble()  # on call hears of it (/healthz) until a batch is taken whole
+    assert trouble is not None and "refuses rows for what they hold" in trouble and "4 rows set aside" in trouble
+    store.put_prediction(row(5))
+    assert store.flush(5) and store.trouble() is None
     store.close()
-    assert _counts(store_url) == (["r0", "r1", "r2", "r3"], 1)
+    assert _counts(store_url) == (["r0", "r1", "r2", "r3", "r5"], 1)
     assert not spill.exists()
     (aside,) = tmp_path.glob("predictions-spill.jsonl.refused-*")
     kept = [json.loads(line) for line in aside.read_text().splitlines()]
@@ -164,8 +168,8 @@ def test_a_refused_row_received_is_set_aside_at_once_and_its_batch_written(
 def test_received_rows_whose_refused_part_cannot_be_set_aside_are_written_once_there_is_space(
     store_url: str, tmp_path: Path
 ) -> None:
-    """Setting refused rows aside on a full disk fails: nothing of their batch is written meanwhile (the sifted
-    batch is one transaction, SQLite included), and once there is space the good rows are written exactly once."""
+    """Setting refused rows aside on a full disk fails: nothing of their batch is written meanwhile, and once there
+    is space the good rows are written exactly once and the refused ones set aside once."""
     with tmpfs(tmp_path / "small") as small:
         spill = small / "predictions-spill.jsonl"
         filler = small / "filler"
@@ -184,9 +188,11 @@ def test_received_rows_whose_refused_part_cannot_be_set_aside_are_written_once_t
         assert trouble is not None and "No space left on device" in trouble, trouble
         filler.unlink()
         assert wait_for(lambda: store.count() == 4, 10), "the good rows were not written once there was space"
+        assert store.flush(5) and store.refused == 4
+        store.put_prediction(row(5))  # a batch taken whole: the refusal is no longer a standing trouble
         assert store.flush(5) and wait_for(lambda: store.trouble() is None, 5), store.trouble()
         store.close()
-        assert _counts(store_url) == (["r0", "r1", "r2", "r3"], 1)
+        assert _counts(store_url) == (["r0", "r1", "r2", "r3", "r5"], 1)
         assert len(list(small.glob("predictions-spill.jsonl.refused-*"))) == 1
 
 
@@ -208,3 +214,20 @@ def test_a_sifted_batch_is_one_transaction(store_url: str) -> None:
             assert conn.execute(select(func.count()).select_from(predictions)).scalar() == 0
     finally:
         store.close()
+
+
+def test_refused_rows_received_with_no_spill_file_are_counted_lost_once_and_logged_whole(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pyrocast.serving.store")
+    url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    store = PredictionStore(url, emergency_dir=None)
+    _received(store, MIXED)
+    store.start()
+    assert store.flush(5) and store.dropped == 4 and store.refused == 4
+    store.close()
+    assert _counts(url) == (["r0", "r1", "r2", "r3"], 1)
+    (lost,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert "refuses 4 of 9 rows received" in lost and "no spill file is set: they are LOST" in lost
+    assert '"request_id": "r91"' in lost and '"lat": "north"' in lost  # the log keeps what they were
+    assert not list(tmp_path.glob("*.refused-*"))

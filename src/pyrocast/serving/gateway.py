@@ -72,6 +72,7 @@ Label = Literal["wildfire", "nowildfire"]
 Variant = Literal["champion", "challenger", "champion-fallback"]
 MULTIPART_SLACK = 64 * 1024
 PROBE_INTERVAL_S = 2.0
+GONE_AFTER = 2  # failed probes in a row after which heatmaps no longer wait for the explainer
 DOWN_COOLDOWN_S = 2.0
 BACKLOG_WARNING = 5000  # rows waiting to be written: the PyrocastStoreBacklog alert's threshold too
 WARN_EVERY_S = 30.0  # a trouble that repeats (the store refusing, a model failing) is logged this often
@@ -338,14 +339,24 @@ class ExplainerProbe(Probed):
 
     def __init__(self, url: str, client: httpx.AsyncClient) -> None:
         super().__init__(url, client)
-        self.probe_failed = False  # its last probe found it not answering (not set by a failed call: see explain)
+        self.failed_probes = 0  # probes in a row that found it not answering (a failed call does not count)
+        self.probed_at = 0.0  # monotonic time of the last probe's answer
+
+    @property
+    def gone(self) -> bool:
+        """Whether a heatmap should not wait for it: `GONE_AFTER` probes in a row failed, the last one recently (a
+        probe stuck behind a slow store must not keep refusing heatmaps of an explainer that answers again). One
+        failed probe is not enough: a busy explainer can be slow to answer its /readyz once."""
+        fresh = time.monotonic() - self.probed_at < 3 * PROBE_INTERVAL_S
+        return self.failed_probes >= GONE_AFTER and fresh
 
     async def probe(self) -> bool:
         try:
             self.up = await self.ready()
         except httpx.HTTPError:
             self.up = False
-        self.probe_failed = not self.up
+        self.failed_probes = 0 if self.up else self.failed_probes + 1
+        self.probed_at = time.monotonic()
         if self.up:
             # Which process answers (a worker BentoML restarted); an explainer without it still makes heatmaps.
             with contextlib.suppress(httpx.HTTPError, ValueError):
@@ -474,7 +485,7 @@ def _error_text(raw: bytes) -> str:
 class Metrics:
     """Prometheus metrics in a registry of their own (several gateways may live in one test process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, explainer: bool = True) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.http = Counter("pyrocast_gateway_http_requests_total", "HTTP requests", ["endpoint", "status"], registry=r)
@@ -514,8 +525,9 @@ class Metrics:
             ["role"],
             registry=r,
         )
-        # The series exist from the start, so that increase() sees the first restart.
-        for role in ("champion", "challenger", "explainer"):
+        # The series exist from the start, so that increase() sees the first restart; none for an explainer the
+        # gateway is told does not run (it says nothing about one).
+        for role in ("champion", "challenger", *(["explainer"] if explainer else [])):
             self.backend_restarts.labels(role)
         self.store_queue = Gauge("pyrocast_store_queue_depth", "rows waiting to be written", registry=r)
         self.store_written = Gauge("pyrocast_store_rows_written", "rows written since start", ["table"], registry=r)
@@ -524,6 +536,11 @@ class Metrics:
             "pyrocast_store_rows_held", "rows neither the database nor the spill file took, held in memory", registry=r
         )
         self.store_lost = Gauge("pyrocast_store_rows_lost", "rows given up (beyond the memory held)", registry=r)
+        self.store_refused = Gauge(
+            "pyrocast_store_rows_refused",
+            "rows the database refused for what they hold since start, set aside beside the spill file",
+            registry=r,
+        )
         self.rollout_store_errors = Counter(
             "pyrocast_rollout_store_errors_total", "rollout reads or records the store refused", registry=r
         )
@@ -571,7 +588,7 @@ class Gateway:
         self.store = store or PredictionStore(
             settings.store_database_url, spill_path=settings.root / "predictions-spill.jsonl"
         )
-        self.metrics = Metrics()
+        self.metrics = Metrics(explainer=sv.explainer)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=2.0),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
@@ -778,6 +795,7 @@ class Gateway:
         m.store_errors.set(self.store.write_errors)
         m.store_held.set(self.store.held)
         m.store_lost.set(self.store.dropped)
+        m.store_refused.set(self.store.refused)
         m.rollout_unrecorded.set(1 if self._unrecorded_stop is not None else 0)
 
     # --- backends and roles ---------------------------------------------------------------------------------
@@ -1342,14 +1360,14 @@ class _ProbeFailed(Exception):
 
 
 async def _unless_probe_fails(call: asyncio.Future[httpx.Response], probe: ExplainerProbe | None) -> httpx.Response:
-    """Await `call`, given up (`_ProbeFailed`) once the service's probe finds it not answering: a hung explainer held
-    every caller for the whole `serving.explain_timeout_s` (120 s), long after /healthz said it was down."""
+    """Await `call`, given up (`_ProbeFailed`) once the service's probes find it gone (`ExplainerProbe.gone`): a hung
+    explainer held every caller for the whole `serving.explain_timeout_s` (120 s), long after /healthz said so."""
     try:
         while True:
             done, _ = await asyncio.wait({call}, timeout=0.5)
             if done:
                 return call.result()
-            if probe is not None and probe.probe_failed:
+            if probe is not None and probe.gone:
                 raise _ProbeFailed
     finally:  # given up, or the caller went away: the call goes too
         if not call.done():
@@ -1643,9 +1661,9 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
                 raise _bad_request(503, "no champion model is being served")
             version = champ.version
         probe = gw.explainer
-        if probe is not None and probe.probe_failed:
+        if probe is not None and probe.gone:
             raise _bad_request(
-                503, f"the explainer at {gw.explainer_url} does not answer its health probe", _EXPLAINER_DOWN
+                503, f"the explainer at {gw.explainer_url} does not answer its health probes", _EXPLAINER_DOWN
             )
         call = asyncio.ensure_future(
             gw.client.post(

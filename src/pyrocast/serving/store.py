@@ -11,8 +11,9 @@ When the spill cannot be written either (a full disk), the rows are held in memo
 retried every few seconds, and the spill file is cut back to its last whole line: nothing half-written is left.
 Rows still held when the store closes go to a memory-backed file in /dev/shm, replayed by the next start.
 A spill file torn by a crash is replayed up to its last whole line; the torn rest is kept aside in a `.bad` file.
-Spilled rows the database refuses for what they hold (a NOT NULL column left empty, a value its column cannot
-take) are kept aside with the reason in a `.refused-<digest>` file, and the other rows of their file are written.
+Rows the database refuses for what they hold (a NOT NULL column left empty, a value its column cannot take), in a
+spill file or in a batch just received, are kept aside with the reason in a `.refused-<digest>` file beside the
+spill file, at once (no retry can help), and the other rows are written; `refused` counts them.
 
 Tables (times are UTC):
 - `predictions`: one row per model call. `served` says whether the user got this answer; `variant` is
@@ -406,7 +407,10 @@ class PredictionStore:
         self.retry_delay_s = retry_delay_s
         self.held_retry_s = held_retry_s
         self._held: list[tuple[str, dict[str, Any]]] = []  # taken by neither the database nor the spill file
-        self.dropped = 0  # rows given up beyond MAX_HELD (logged): the only way this store loses a row
+        self.dropped = 0  # rows given up (logged): beyond MAX_HELD, or refused with no spill file to keep them in
+        self.refused = 0  # rows the database refused for what they hold, set aside (or, with no spill file, dropped)
+        self._refused_since_whole = 0  # ... since the last batch the database took whole
+        self._last_refusal = ""
         self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
         self._pending = 0  # rows taken from the queue but not yet committed
         self._lock = threading.Lock()
@@ -646,6 +650,12 @@ class PredictionStore:
     def trouble(self) -> str | None:
         """What is wrong while the store refuses writes (its last attempt failed, or rows were spilled or held
         since its last successful write); None while it takes them."""
+        if self._refused_since_whole and self._outage_since is None and not self._spilled_since_ok and not self._held:
+            return (
+                f"the prediction store ({self.shown_url}) refuses rows for what they hold ({self._last_refusal}): "
+                f"{self._refused_since_whole} rows set aside since it last took a batch whole, beside "
+                f"{self.spill_path or 'nothing (no spill file: lost)'}"
+            )
         if self._outage_since is None and not self._spilled_since_ok and not self._held:
             return None
         parts = []
@@ -681,36 +691,46 @@ class PredictionStore:
         """Write `batch` in one transaction. Where the database refuses a row for what it holds, no retry can help
         (retried as an outage, it kept its whole batch out for about 20 s before the spill file took it): the
         batch is written again at once, sifted, and the refused rows are set aside with the reason."""
+        refused: list[tuple[tuple[str, dict[str, Any]], str]] = []
         try:
             with self.engine.begin() as conn:
                 counts = _insert(conn, batch)
         except StatementError as exc:
             if not _refuses_content(exc):
                 raise
-            with self.engine.begin() as conn:
-                counts, refused = _insert_sifted(conn, batch)
-                if refused:  # before the commit: rows that cannot be set aside (a full disk) go back with the batch
-                    self._set_aside_received(refused, len(batch))
+            aside: Path | None = None
+            try:
+                with self.engine.begin() as conn:
+                    counts, refused = _insert_sifted(conn, batch)
+                    if refused and self.spill_path is not None:
+                        # Before the commit, so a crash after it loses none of them; a full disk raises, and the
+                        # batch goes back whole to be tried again.
+                        digest = hashlib.sha256(_refused_lines(refused).encode()).hexdigest()
+                        aside = self._set_aside(self.spill_path, digest, refused, len(batch), "received")
+            except BaseException:
+                if aside is not None:  # not committed: the rows go back with the batch, and are set aside again
+                    aside.unlink(missing_ok=True)
+                raise
+            if refused and self.spill_path is None:  # nowhere to keep them: the log is their last record
+                self.dropped += len(refused)
+                log.critical(
+                    "prediction store: the database refuses %d of %d rows received for what they hold (%s) and no "
+                    "spill file is set: they are LOST; they were: %s",
+                    len(refused),
+                    len(batch),
+                    refused[0][1],
+                    _refused_lines(refused).strip(),
+                )
+        self._note_refused(refused)
         for name, n in counts.items():
             self.written[name] += n
 
-    def _set_aside_received(self, refused: list[tuple[tuple[str, dict[str, Any]], str]], of: int) -> None:
-        """Set aside refused rows of a batch just received, beside the spill file (where operators look)."""
-        lines = "".join(json.dumps({"table": t, "row": r}, default=_json_default) + "\n" for (t, r), _ in refused)
-        digest = hashlib.sha256(lines.encode()).hexdigest()
-        path = self.spill_path or self.emergency_path
-        if path is None:  # nowhere to keep them: the log is the last record of them
-            self.dropped += len(refused)
-            log.critical(
-                "prediction store: the database refuses %d of %d rows received for what they hold (%s) and no spill "
-                "file is set: they are LOST; they were: %s",
-                len(refused),
-                of,
-                refused[0][1],
-                lines.strip(),
-            )
-            return
-        self._set_aside(path, digest, refused, of, "received")
+    def _note_refused(self, refused: list[tuple[tuple[str, dict[str, Any]], str]]) -> None:
+        """Count rows refused for what they hold; `trouble()` says so until a batch is taken whole."""
+        self.refused += len(refused)
+        self._refused_since_whole = self._refused_since_whole + len(refused) if refused else 0
+        if refused:
+            self._last_refusal = refused[0][1]
 
     def _spill(self, batch: list[tuple[str, dict[str, Any]]], path: Path | None = None) -> bool:
         """Append the rows to the spill file (or `path`), whole lines or nothing; False when it cannot be written."""
@@ -789,6 +809,7 @@ class PredictionStore:
         digest = hashlib.sha256(data).hexdigest()
         key = f"spill:{digest}"
         written: dict[str, int] | None = None  # None: written before (a replay the process did not finish)
+        refused: list[tuple[tuple[str, dict[str, Any]], str]] = []
         with self.engine.begin() as conn:
             done = conn.execute(select(spill_replays.c.key).where(spill_replays.c.key == key)).first()
             if done is None:
@@ -802,6 +823,7 @@ class PredictionStore:
             claimed.unlink()
             log.warning("prediction store: the spilled rows in %s were written before; file removed", claimed)
             return 0
+        self.refused += len(refused)  # counted, not a standing trouble: a file replayed once, said in its own line
         for name, k in written.items():
             self.written[name] += k
         if torn:
@@ -820,7 +842,7 @@ class PredictionStore:
         refused: list[tuple[tuple[str, dict[str, Any]], str]],
         of: int,
         came: str = "spilled in {path}",
-    ) -> None:
+    ) -> Path:
         """Keep the rows the database refuses for what they hold in `<spill>.refused-<digest>`, each with the reason.
 
         Retrying them cannot help, and tried before every batch they kept every later row out (the store looked
@@ -833,7 +855,8 @@ class PredictionStore:
             for (table, row), why in refused
         ]
         atomic_write(aside, "".join(lines).encode())
-        log.critical(
+        self._warn(
+            "refused",
             "prediction store: the database refuses %d of the %d rows %s for what they hold (%s); the "
             "others are written. The refused rows are kept in %s, each with the reason: correct them and append them "
             "to %s to have them written (or delete the file)",
@@ -843,7 +866,9 @@ class PredictionStore:
             refused[0][1],
             aside,
             path,
+            level=logging.CRITICAL,
         )
+        return aside
 
     # --- rollout events (rare; written synchronously so the state survives a crash) -----------------------------
     def add_event(
@@ -1038,6 +1063,11 @@ def _insert_sifted(
         for name, n in counts.items():
             written[name] = written.get(name, 0) + n
     return written, refused
+
+
+def _refused_lines(refused: list[tuple[tuple[str, dict[str, Any]], str]]) -> str:
+    """The refused rows as spill lines (what names their set-aside file, and what the log keeps without one)."""
+    return "".join(json.dumps({"table": t, "row": r}, default=_json_default) + "\n" for (t, r), _ in refused)
 
 
 def _claimed(path: Path) -> Path:
