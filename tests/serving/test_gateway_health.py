@@ -189,6 +189,26 @@ def _worker(svc: procs.ServiceProcess) -> dict[str, Any]:
     return httpx.get(f"{svc.url}/model/info", timeout=10).json()["worker"]
 
 
+def _kill_worker(
+    gw: ServingStack, svc: procs.ServiceProcess, role: str
+) -> tuple[dict[str, Any], str, dict[str, float], int]:
+    """SIGKILL `svc`'s BentoML worker and wait until the gateway counts its restart under `role`: (the new worker,
+    the gateway's log since, the restart counts then, where that log began)."""
+    assert gw.gateway is not None
+    before = _worker(svc)
+    restarts = _samples(gw.url, "pyrocast_backend_restarts_total")
+    logged = len(gw.gateway.log_path.read_text())
+    psutil.Process(before["pid"]).kill()
+    one_more = {**restarts, role: restarts[role] + 1}
+    counted = wait_for(lambda: _samples(gw.url, "pyrocast_backend_restarts_total") == one_more, 60)
+    assert counted, gw.gateway.log_tail()
+    after = _worker(svc)
+    assert after["pid"] != before["pid"] and after["service_pid"] == before["service_pid"]
+    log = gw.gateway.log_path.read_text()[logged:]
+    assert f"(pid {before['pid']} -> {after['pid']})" in log, log
+    return after, log, one_more, logged
+
+
 def test_a_classifier_worker_restarted_by_bentoml_is_logged_and_counted(gw: ServingStack) -> None:
     """BentoML's arbiter replaces a worker that died (the OOM killer, SIGKILL) without a word in any log; the
     gateway tells by the pid /model/info reports. A classifier started again (a new arbiter) is said, not counted."""
@@ -196,19 +216,11 @@ def test_a_classifier_worker_restarted_by_bentoml_is_logged_and_counted(gw: Serv
     before = _worker(gw.challenger)
     assert before["index"] == 1 and before["pid"] in {p.pid for p in gw.challenger.descendants()}
     assert before["service_pid"] == gw.challenger.pid  # `bentoml serve` is the arbiter
-    restarts = _samples(gw.url, "pyrocast_backend_restarts_total")
-    assert set(restarts) == {"champion", "challenger", "explainer"}  # every series from the start (for increase())
-    logged = len(gw.gateway.log_path.read_text())
-
-    psutil.Process(before["pid"]).kill()
-    one_more = {**restarts, "challenger": restarts["challenger"] + 1}
-    counted = wait_for(lambda: _samples(gw.url, "pyrocast_backend_restarts_total") == one_more, 60)
-    assert counted, gw.gateway.log_tail()
-    after = _worker(gw.challenger)
-    assert after["pid"] != before["pid"] and after["service_pid"] == before["service_pid"] and after["index"] == 1
-    log = gw.gateway.log_path.read_text()[logged:]
+    assert set(_samples(gw.url, "pyrocast_backend_restarts_total")) == {"champion", "challenger", "explainer"}
+    after, log, one_more, logged = _kill_worker(gw, gw.challenger, "challenger")
+    assert after["index"] == 1
     line = f"classifier at {gw.challenger.url} ({gw.model_name} v2): BentoML restarted its worker 1"
-    assert log.count(line) == 1 and f"(pid {before['pid']} -> {after['pid']})" in log, log
+    assert log.count(line) == 1, log
     assert gw.challenger.alive()  # the arbiter never died: `pyrocast up` sees nothing
 
     # The whole classifier started again: a new arbiter, said once, not a worker restart.
@@ -226,18 +238,9 @@ def test_an_explainer_worker_restarted_by_bentoml_is_logged_and_counted(gw: Serv
     assert gw.explainer is not None and gw.gateway is not None
     before = _worker(gw.explainer)
     assert before["pid"] in {p.pid for p in gw.explainer.descendants()} and before["service_pid"] == gw.explainer.pid
-    restarts = _samples(gw.url, "pyrocast_backend_restarts_total")
-    logged = len(gw.gateway.log_path.read_text())
-
-    psutil.Process(before["pid"]).kill()
-    one_more = {**restarts, "explainer": restarts["explainer"] + 1}
-    counted = wait_for(lambda: _samples(gw.url, "pyrocast_backend_restarts_total") == one_more, 60)
-    assert counted, gw.gateway.log_tail()
-    after = _worker(gw.explainer)
-    assert after["pid"] != before["pid"] and after["service_pid"] == before["service_pid"]
-    log = gw.gateway.log_path.read_text()[logged:]
+    _, log, _, _ = _kill_worker(gw, gw.explainer, "explainer")
     assert log.count(f"explainer at {gw.explainer.url}: BentoML restarted its worker") == 1, log
-    assert f"(pid {before['pid']} -> {after['pid']})" in log and "the explainer's log does not say why" in log, log
+    assert "the explainer's log does not say why" in log, log
     r = _explain(gw.url, jpeg)
     assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
 
