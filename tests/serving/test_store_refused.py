@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,19 @@ def test_refused_rows_received_with_no_spill_file_are_counted_lost_once_and_logg
     assert "refuses 4 of 9 rows received" in lost and "no spill file is set: they are LOST" in lost
     assert '"request_id": "r91"' in lost and '"lat": "north"' in lost  # the log keeps what they were
     assert not list(tmp_path.glob("*.refused-*"))
+
+
+def test_an_idle_store_writes_rows_appended_to_its_spill_file(store_url: str, tmp_path: Path) -> None:
+    """What the runbook says to do with corrected refused rows: append them to the spill file, and the running
+    gateway writes them within `held_retry_s`, with no traffic to wake its writer (it waited for the next row)."""
+    spill = tmp_path / "predictions-spill.jsonl"
+    store = PredictionStore(store_url, spill_path=spill, held_retry_s=0.2, emergency_dir=None).start()
+    try:
+        store.put_prediction(row(0))
+        assert store.flush(5)
+        time.sleep(0.5)  # the writer idle
+        spill.write_text(_line("predictions", row(7)))
+        assert wait_for(lambda: store.count() == 2, 10), "the appended rows waited for traffic"
+        assert wait_for(lambda: not spill.exists(), 5)
+    finally:
+        store.close()

@@ -514,6 +514,10 @@ def test_clear_messages_when_the_model_service_or_the_gateway_is_down(
         page.wait_for_selector("#predict-error:not([hidden])", timeout=30_000)
         text = page.inner_text("#predict-error")
         assert "A model service is down" in text and "champion model service does not answer" in text
+        assert "/healthz names the service that is down" in text  # not "run `pyrocast up`": it would refuse
+        heat = httpx.post(f"{web.url}/api/explain", json={"lat": 46.2, "lon": -73.5, "version": "1"}, timeout=30)
+        assert heat.status_code == 503, heat.text
+        assert "the prediction itself is not affected" in heat.text, heat.text
         assert page.locator("#result").is_hidden()
         page.wait_for_selector("#gateway-status.degraded", timeout=15_000)
 

@@ -257,6 +257,7 @@ class Probed:
     """A service behind the gateway, known by URL, probed in the background: whether it answered last."""
 
     kind = "service"
+    restart_effect = "requests it held failed"  # what users saw when BentoML restarted its worker (logged)
 
     def __init__(self, url: str, client: httpx.AsyncClient) -> None:
         self.url = url.rstrip("/")
@@ -290,13 +291,13 @@ class Probed:
         if before[2:] == now[2:]:
             self.new_restarts += 1
             log.warning(
-                "%s: BentoML restarted its worker %s (pid %s -> %s) after it died; requests it held failed, later ones "
-                "waited for the new worker to load the model (the %s's log does not say why it died: "
-                "look for the OOM killer in the kernel log)",
+                "%s: BentoML restarted its worker %s (pid %s -> %s) after it died; %s (the %s's log does not say why "
+                "it died: look for the OOM killer in the kernel log)",
                 self.describe(),
                 key,
                 before[0],
                 now[0],
+                self.restart_effect,
                 self.kind,
             )
         else:
@@ -336,6 +337,7 @@ class ExplainerProbe(Probed):
     """The explainer (heatmaps): probed with the classifiers, so /healthz reads a cached state and never waits."""
 
     kind = "explainer"
+    restart_effect = "heatmaps it was drawing failed, and heatmaps failed at once until the new worker answered"
 
     def __init__(self, url: str, client: httpx.AsyncClient) -> None:
         super().__init__(url, client)
@@ -373,6 +375,7 @@ class Backend(Probed):
     """One classifier service, known by URL; remembers what it serves, whether it answers, and which process."""
 
     kind = "classifier"
+    restart_effect = "requests it held failed, later ones waited for the new worker to load the model"
 
     def __init__(self, slot: str, url: str, client: httpx.AsyncClient) -> None:
         super().__init__(url, client)
@@ -1686,7 +1689,9 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             if gw.explainer is not None:
                 gw.explainer.up = False
             gw._warn("explainer", "explainer at %s does not answer: %r", gw.explainer_url, exc)
-            raise _bad_request(503, f"the explainer at {gw.explainer_url} does not answer: {_why(exc)}") from exc
+            raise _bad_request(
+                503, f"the explainer at {gw.explainer_url} does not answer: {_why(exc)}", _EXPLAINER_DOWN
+            ) from exc
         except httpx.TimeoutException as exc:
             # A live explainer busy with slow heatmaps: only this caller is failed. Whether it is hung is for its probe
             # (/readyz) to tell; marking it down here made "stopped answering" / "answers" pairs and false warnings.
@@ -1699,7 +1704,9 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         except httpx.HTTPError as exc:
             # Reset mid-answer and the like: the probe finds out within seconds whether the process is gone.
             gw._warn("explainer", "explainer at %s failed: %r", gw.explainer_url, exc)
-            raise _bad_request(503, f"the explainer at {gw.explainer_url} failed: {_why(exc)}") from exc
+            raise _bad_request(
+                503, f"the explainer at {gw.explainer_url} failed: {_why(exc)}", _EXPLAINER_DOWN
+            ) from exc
         if r.status_code != 200:
             status = r.status_code if 400 <= r.status_code < 500 else 502
             if status == 502:

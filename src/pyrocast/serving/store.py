@@ -524,11 +524,12 @@ class PredictionStore:
 
     def _run(self) -> None:
         while True:
-            waiting = bool(self._held) or not self._ready or self._spill_waiting()
+            # Never an untimed wait: rows appended to the spill file by hand (corrected refused rows) are written
+            # within `held_retry_s` on an idle gateway too, as OPERATIONS.md says (a stat call each time).
             try:
-                item = self._queue.get(timeout=self.held_retry_s) if waiting else self._queue.get()
+                item = self._queue.get(timeout=self.held_retry_s)
             except queue.Empty:
-                self._write_with_retry([], final=False)  # only what waits: has the database come back?
+                self._write_with_retry([], final=False)  # only what waits: held rows, spill files, the tables
                 continue
             if item is None:
                 return
@@ -855,16 +856,19 @@ class PredictionStore:
             for (table, row), why in refused
         ]
         atomic_write(aside, "".join(lines).encode())
+        # At most one line every 30 s per source (a schema at odds with this version refuses every batch); the
+        # glob names the files the lines held back made.
         self._warn(
-            "refused",
+            f"refused-{came.split()[0]}",
             "prediction store: the database refuses %d of the %d rows %s for what they hold (%s); the "
-            "others are written. The refused rows are kept in %s, each with the reason: correct them and append them "
-            "to %s to have them written (or delete the file)",
+            "others are written. The refused rows are kept in %s (all such files: %s.refused-*), each with the "
+            "reason: correct them and append them to %s to have them written (or delete the file)",
             len(refused),
             of,
             came.format(path=path),
             refused[0][1],
             aside,
+            path,
             path,
             level=logging.CRITICAL,
         )

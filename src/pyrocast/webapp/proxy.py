@@ -110,13 +110,16 @@ def _error_from(r: httpx.Response, what: str) -> GatewayError:
     message, hint = _detail(r)
     status = r.status_code
     if status == 503:
-        # The gateway's own hint speaks to API users ("check /healthz"); people get one they can act on.
-        return GatewayError(
-            503,
-            f"A model service is down ({what}): {message}",
-            "The gateway answers but the model service behind it does not: restart the services with "
-            "`pyrocast up`, or try again in a moment.",
-        )
+        # The gateway's own hint speaks to API users ("check /healthz"); people get one they can act on. (Not "run
+        # `pyrocast up` again": a second `up` on a running one refuses to start.)
+        if what == "explanation":
+            hint = "Heatmaps are unavailable for now; the prediction itself is not affected. Try again in a moment."
+        else:
+            hint = (
+                "The gateway answers but the model service behind it does not: try again in a moment. Whoever runs "
+                "Pyrocast: the gateway's /healthz names the service that is down (docs/OPERATIONS.md, On call)."
+            )
+        return GatewayError(503, f"A model service is down ({what}): {message}", hint)
     if status >= 500:
         return GatewayError(502, f"The prediction service failed ({what}): {message}", hint)
     # 4xx: the request was refused; keep the gateway's status (404 no imagery, 422 invalid, ...).
