@@ -98,8 +98,14 @@ def test_explain_a_tile_and_a_place(gw: ServingStack, jpeg: bytes) -> None:
     r = httpx.post(f"{gw.url}/v1/explain", json={**INSIDE, "version": "2"}, timeout=120)
     assert r.status_code == 200, r.text
     assert r.headers["x-model-version"] == "2"
+    assert gw.explainer is not None
+    logged = len(gw.explainer.log_path.read_bytes())
     r = httpx.post(f"{gw.url}/v1/explain", json={**INSIDE, "version": "99"}, timeout=120)
     assert r.status_code == 404 and "99" in r.text
+    # A client's mistake is one INFO line in the explainer's log, not an ERROR with tracebacks (read as a failure).
+    said = wait_for(lambda: "answered 404" in gw.explainer.log_path.read_bytes()[logged:].decode(errors="replace"))
+    log = gw.explainer.log_path.read_bytes()[logged:].decode(errors="replace")
+    assert said and "Traceback" not in log and "[ERROR]" not in log, log
 
 
 # --- feedback ------------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from pyrocast.serving.bundles import (
     resolve_precision,
     tiles_per_call,
 )
-from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload
+from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload, quiet_client_errors
 from pyrocast.serving.worker import worker_identity
 from pyrocast.settings import get_settings
 
@@ -62,6 +62,7 @@ LABELS = ("nowildfire", "wildfire")
 MULTIPART_SLACK = 64 * 1024
 
 _settings = get_settings()
+quiet_client_errors()
 _serving = _settings.serving
 BATCHING = batching_enabled()
 MAX_UPLOAD_BYTES = _serving.max_upload_bytes

@@ -36,11 +36,12 @@ from pyrocast.errors import InvalidInputError, PyrocastError
 from pyrocast.model.bundle import Bundle, OnnxClassifier, load_bundle
 from pyrocast.registry.refs import check_model_ref
 from pyrocast.serving.bundles import SERVING_ORT_CONFIG, resolve_bundle, resolve_precision
-from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload
+from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload, quiet_client_errors
 from pyrocast.serving.worker import worker_identity
 from pyrocast.settings import get_settings
 
 _settings = get_settings()
+quiet_client_errors()
 MAX_UPLOAD_BYTES = _settings.serving.max_upload_bytes
 KEEP_MODELS = 3
 MAX_SIDE = 512  # pixels: the longest side of the returned heatmap (tiles are 350)

@@ -8,6 +8,8 @@ scaling to 8-bit RGB is unknown: converting them silently would feed the model n
 
 from __future__ import annotations
 
+import logging
+
 from PIL import Image
 
 from pyrocast.errors import InvalidInputError
@@ -161,3 +163,25 @@ async def _send_json(send, status: int, payload: dict) -> None:  # type: ignore[
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class _ClientErrorsInOneLine(logging.Filter):
+    """BentoML logs every request its API refuses as ERROR with tracebacks, a client's mistake (an unknown model
+    version, a non-image) too: in a service's log it read as the service failing. A 4xx becomes one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        status = getattr(getattr(exc, "error_code", None), "value", None)
+        if isinstance(status, int) and 400 <= status < 500:
+            record.msg = f"{record.getMessage()}: answered {status}: {exc}"
+            record.args = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_client_errors() -> None:
+    """Log the requests a BentoML service refuses with a 4xx in one INFO line (see `_ClientErrorsInOneLine`)."""
+    logger = logging.getLogger("bentoml._internal.server.http_app")  # where BentoML's `log_exception` writes
+    if not any(isinstance(f, _ClientErrorsInOneLine) for f in logger.filters):
+        logger.addFilter(_ClientErrorsInOneLine())
