@@ -66,9 +66,11 @@ def test_a_gateway_started_while_its_store_is_down_answers_and_catches_up(
             assert [a.status_code for a in answers] == [200] * 5, answers[0].text
             spill = settings.root / "predictions-spill.jsonl"
             assert wait_for(lambda: spill.is_file() and len(spill.read_text().splitlines()) == 5, 10), gw.log_tail()
-            health = _get(f"{gw.url}/healthz")
-            (refusing,) = [w for w in health["warnings"] if "refuses writes" in w]
-            assert "5 rows spilled" in refusing and PASSWORD not in refusing
+            # The writer counts a spill just after writing it: wait for the count, not only the file.
+            said = wait_for(lambda: [w for w in _get(f"{gw.url}/healthz")["warnings"] if "5 rows spilled" in w], 10)
+            assert said, _get(f"{gw.url}/healthz")
+            (refusing,) = said
+            assert "refuses writes" in refusing and PASSWORD not in refusing
 
         # The database is back: no restart, no new request.
         rid = answers[0].json()["request_id"]
