@@ -10,6 +10,7 @@ from sqlalchemy import event
 
 from pyrocast.monitoring import live
 from pyrocast.serving.store import PredictionStore
+from tests.support.store_rows import row
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -20,10 +21,7 @@ def test_live_accuracy_looks_up_the_windows_labels_only(tmp_path: Path) -> None:
         # 300 answers over 10 hours (wildfire), each labelled (every third one nowildfire), some relabelled.
         for i in range(300):
             ago = timedelta(minutes=2 * i + 1)
-            store.put_prediction(
-                {"ts": NOW - ago, "request_id": f"r{i}", "served": True, "variant": "champion", "model_version": "1"}
-                | {"source": "api", "label": "wildfire"}
-            )
+            store.put_prediction(row(i, ts=NOW - ago))
             truth = "nowildfire" if i % 3 == 0 else "wildfire"
             store.put_feedback({"ts": NOW - ago / 2, "request_id": f"r{i}", "true_label": truth, "source": "user"})
             if i % 5 == 0:  # an earlier opinion, inserted later: the label stays `truth`

@@ -26,6 +26,7 @@ from pyrocast.serving.procs import start_process
 from pyrocast.serving.store import PredictionStore
 from pyrocast.settings import ImagerySettings, Settings
 from pyrocast.webapp.app import COOKIE, check_place, create_app
+from tests.support.store_rows import row
 
 INSIDE = {"lat": 46.2, "lon": -73.5}
 
@@ -214,10 +215,7 @@ def test_feedback_page_marks_the_rows_that_no_longer_give_the_label(settings: Se
     store = PredictionStore(settings.store_database_url).start()
     now = datetime.now(UTC)
     for rid in ("changed", "known"):
-        store.put_prediction(
-            {"ts": now, "request_id": rid, "served": True, "variant": "champion", "model_name": "m"}
-            | {"model_version": "1", "source": "web", "probability": 0.8, "label": "wildfire"}
-        )
+        store.put_prediction(row(0, ts=now, request_id=rid, source="web", probability=0.8))
     verdicts = [
         ("changed", False, "nowildfire", "user"),  # then changed: the newest verdict counts
         ("changed", True, "wildfire", "user"),
@@ -369,19 +367,7 @@ def test_monitoring_json_gives_each_bucket_its_start_and_end(settings: Settings,
     store = PredictionStore(settings.store_database_url).start()
     now = datetime.now(UTC)
     for i in range(5):
-        store.put_prediction(
-            {
-                "ts": now - timedelta(seconds=i),
-                "request_id": f"r{i}",
-                "served": True,
-                "variant": "champion",
-                "model_name": "m",
-                "model_version": "1",
-                "source": "web",
-                "label": "wildfire",
-                "latency_ms": 5.0,
-            }
-        )
+        store.put_prediction(row(i, ts=now - timedelta(seconds=i), source="web", latency_ms=5.0))
     store.close()
     data = client.get("/api/monitoring", params={"window": "15m"}).json()
     for part in ("requests", "latency", "traffic", "accuracy"):

@@ -22,6 +22,7 @@ from pyrocast.serving import procs
 from pyrocast.serving.store import PredictionStore
 from pyrocast.settings import ServingSettings, Settings
 from pyrocast.webapp.app import COOKIE
+from tests.support import store_rows
 from tests.support.browser_pages import Live, Tab, open_tab, served_row, wait_js
 from tests.support.waiting import wait_for
 from tests.support.webapp import start_webapp
@@ -300,19 +301,7 @@ def show_monitoring(live: Live, tab: Tab, tmp_path: Path, window: str, now: date
 
 def answer(ts: datetime, i: int, **kw: Any) -> dict[str, Any]:
     """A served champion answer of version 1 at `ts` (any field overridden)."""
-    return {
-        "ts": ts,
-        "request_id": f"q{i}",
-        "served": True,
-        "variant": "champion",
-        "model_name": "m",
-        "model_version": "1",
-        "source": "web",
-        "probability": 0.9,
-        "label": "wildfire",
-        "latency_ms": 10.0 + i % 7,
-        **kw,
-    }
+    return store_rows.row(i, **{"ts": ts, "request_id": f"q{i}", "source": "web", "latency_ms": 10.0 + i % 7, **kw})
 
 
 @pytest.mark.browser
