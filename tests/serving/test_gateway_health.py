@@ -4,6 +4,7 @@ and a classifier or explainer worker that BentoML restarted after a SIGKILL (one
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from http.server import BaseHTTPRequestHandler
@@ -17,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pyrocast.ports import free_port
 from pyrocast.serving import procs
-from tests.support.servers import ThreadedServer
+from pyrocast.serving.gateway import GONE_AFTER, ExplainerProbe
+from tests.support.servers import ThreadedServer, XyzServer
 from tests.support.serving import ServingStack, stack_settings
 from tests.support.waiting import wait_for
 
@@ -258,3 +260,55 @@ def test_a_busy_explainer_slow_to_answer_one_probe_still_draws_the_heatmap(tmp_p
             assert r.status_code == 200, r.text
             assert explainer.readies - seen >= 2, "no probe timed out during the heatmap: nothing was checked"
             assert "stopped answering" in gateway.log_path.read_text()  # the slow probe was seen as such
+
+
+def test_probes_that_fail_side_by_side_count_as_one_failure_not_two_in_a_row() -> None:
+    """A rollout change probes the services beside the ticker's probe: a busy explainer slow to answer both is one
+    moment seen twice, and must not be given up on (`gone`) as if two probes in a row had failed."""
+
+    async def run(url: str) -> list[tuple[int, bool]]:
+        async with httpx.AsyncClient() as client:
+            probe = ExplainerProbe(url, client)
+            seen = []
+            await asyncio.gather(probe.probe(), probe.probe())  # each /readyz takes 2.5 s: both time out at 2 s
+            seen.append((probe.failed_probes, probe.gone))
+            await probe.probe()  # a later probe, failing too: now two in a row
+            seen.append((probe.failed_probes, probe.gone))
+            return seen
+
+    with _SlowExplainer(seconds=0.0, slow_ready_every=1) as explainer:
+        assert asyncio.run(run(explainer.base)) == [(1, False), (GONE_AFTER, True)]
+        assert explainer.readies == 3
+
+
+def test_a_heatmap_of_a_place_asks_no_tile_of_the_imagery_once_the_explainer_is_gone(tmp_path: Path) -> None:
+    """With its explainer gone, `/v1/explain` by coordinates is refused before the imagery provider is asked for a
+    tile (a paid Mapbox request nobody would see); a bad coordinate is still a 422 first."""
+    settings = stack_settings(tmp_path)
+    dead = free_port()  # nothing listens: every probe of the explainer fails
+    with XyzServer() as imagery:
+        serving = settings.serving.model_copy(update={"explainer_port": dead})
+        imagery_cfg = settings.imagery.model_copy(update={"provider": "xyz", "xyz_url": imagery.template("png")})
+        with procs.start_gateway(
+            settings.model_copy(update={"serving": serving, "imagery": imagery_cfg}), port=free_port()
+        ) as gateway:
+            place = {"lat": 45.48, "lon": -73.53, "version": "1"}
+            r = httpx.post(f"{gateway.url}/v1/explain", json={**place, "lat": 91.0}, timeout=30)
+            assert r.status_code == 422, r.text
+
+            tries = iter(range(1, 1000))
+
+            def explain_elsewhere() -> httpx.Response:
+                # Another place each time: the gateway keeps the tiles it fetched.
+                where = {**place, "lat": place["lat"] + 0.01 * next(tries)}
+                r = httpx.post(f"{gateway.url}/v1/explain", json=where, timeout=30)
+                assert r.status_code == 503, r.text
+                return r
+
+            # Given up on once two probes in a row failed (a request racing that moment may still fetch its tile).
+            gone = "does not answer its health probes"
+            assert wait_for(lambda: gone in explain_elsewhere().json()["detail"]["error"], 20), gateway.log_tail()
+            hits = imagery.hits
+            r = explain_elsewhere()
+            assert gone in r.json()["detail"]["error"] and "predictions are not affected" in r.json()["detail"]["hint"]
+            assert imagery.hits == hits, "a tile was fetched for a heatmap refused at once"

@@ -343,6 +343,7 @@ class ExplainerProbe(Probed):
         super().__init__(url, client)
         self.failed_probes = 0  # probes in a row that found it not answering (a failed call does not count)
         self.probed_at = 0.0  # monotonic time of the last probe's answer
+        self._counted_failure_end = 0.0  # when the last failed probe that counted towards `failed_probes` ended
 
     @property
     def gone(self) -> bool:
@@ -353,12 +354,19 @@ class ExplainerProbe(Probed):
         return self.failed_probes >= GONE_AFTER and fresh
 
     async def probe(self) -> bool:
+        started = time.monotonic()
         try:
             self.up = await self.ready()
         except httpx.HTTPError:
             self.up = False
-        self.failed_probes = 0 if self.up else self.failed_probes + 1
         self.probed_at = time.monotonic()
+        if self.up:
+            self.failed_probes = 0
+        elif started >= self._counted_failure_end:
+            self.failed_probes += 1
+            self._counted_failure_end = self.probed_at
+        # else: this probe ran beside one that failed (a rollout change probes beside the ticker): both saw the same
+        # moment of a busy explainer, which is one failure, not two in a row.
         if self.up:
             # Which process answers (a worker BentoML restarted); an explainer without it still makes heatmaps.
             with contextlib.suppress(httpx.HTTPError, ValueError):
@@ -1358,6 +1366,14 @@ def _detail(message: str, hint: str | None) -> dict[str, str]:
 _EXPLAINER_DOWN = "heatmaps fail until it answers again (GET /healthz says when); predictions are not affected"
 
 
+def _refuse_if_explainer_gone(gw: Gateway) -> None:
+    """A 503 at once when the explainer's probes find it gone (`ExplainerProbe.gone`), rather than a heatmap waited for."""
+    if gw.explainer is not None and gw.explainer.gone:
+        raise _bad_request(
+            503, f"the explainer at {gw.explainer_url} does not answer its health probes", _EXPLAINER_DOWN
+        )
+
+
 class _ProbeFailed(Exception):
     """The service's health probe failed while a call to it waited."""
 
@@ -1458,6 +1474,7 @@ async def _read_input(request: Request, gw: Gateway, explain: bool = False) -> t
         meta = req.model_dump()
         if explain:
             meta["version"] = _model_ref(meta["version"])
+            _refuse_if_explainer_gone(gw)  # before the imagery provider is asked for a tile nobody will see
         return await gw.tile_for(req.lon, req.lat), meta
     raise _bad_request(415, f"unsupported content type {ctype!r}", "use multipart/form-data or application/json")
 
@@ -1663,11 +1680,8 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             if champ is None:
                 raise _bad_request(503, "no champion model is being served")
             version = champ.version
+        _refuse_if_explainer_gone(gw)
         probe = gw.explainer
-        if probe is not None and probe.gone:
-            raise _bad_request(
-                503, f"the explainer at {gw.explainer_url} does not answer its health probes", _EXPLAINER_DOWN
-            )
         call = asyncio.ensure_future(
             gw.client.post(
                 gw.explainer_url + "/explain",
