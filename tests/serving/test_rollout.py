@@ -82,6 +82,7 @@ def test_canary_ramps_on_schedule_and_only_adds_clients() -> None:
     clients = [f"c{i}" for i in range(400)]
     on_challenger: set[str] = set()
     for t, share in ((1, 0.05), (11, 0.25), (21, 0.5), (31, 1.0)):
+        c.tick(t)  # the step the gateway records, and then routes on
         assert c.share(t) == share
         now = {k for k in clients if c.route(k, t).role == "challenger"}
         assert on_challenger <= now  # a ramp never moves a client back to the champion
@@ -243,3 +244,62 @@ def test_state_round_trips_through_json() -> None:
     again = RolloutState.model_validate_json(c.state.model_dump_json())
     assert again == c.state
     assert route(again, "k", 51.0) == route(c.state, "k", 51.0)
+
+
+def test_a_canary_routes_on_its_recorded_step_not_on_the_clock() -> None:
+    """A step takes effect once the gateway records it (`tick` moves it): while the store cannot record it, the
+    canary does not ramp on its own."""
+    c = controller()
+    c.start_canary(CanaryPlan(steps=[0.1, 0.5, 1.0], step_seconds=10), now=0.0)
+    assert c.share(25.0) == 0.1  # the third step is due, no step recorded
+    assert [e.action for e in c.tick(25.0)] == ["canary-step"]
+    assert c.share(25.0) == 1.0
+
+
+def test_outcomes_of_calls_that_outlive_their_plan_are_not_judged_by_the_next_one() -> None:
+    """A shadow copy still running when a canary starts reports to the shadow plan's windows, not the canary's."""
+    c = controller()
+    c.start_shadow(1.0)
+    routed_under = c.windows
+    c.start_canary(CanaryPlan(guardrails=Guardrails(min_requests=10)), now=0.0)
+    for _ in range(10):
+        c.record("challenger", False, None, routed_under)
+        c.record_agreement(False, routed_under)
+    assert c.windows["challenger"].summary()["requests"] == 0
+    assert c.tick(1.0) == [] and c.state.mode == "canary"
+
+
+def test_guardrails_that_could_never_judge_are_refused() -> None:
+    with pytest.raises(ValidationError, match=r"min_requests \(100\) must not exceed window \(50\)"):
+        Guardrails(window=50, min_requests=100)
+    assert Guardrails(window=50, min_requests=50).min_requests == 50
+
+
+V3 = ModelRef(name="m", version="3")
+
+
+@pytest.mark.parametrize("mode", ["ab", "canary", "shadow"])
+def test_a_challenger_replaced_mid_experiment_stops_the_experiment(mode: str) -> None:
+    """The challenger's service given another version during an experiment: the new version must not inherit the
+    old one's canary step, auto-promotion or share; the next tick stops the experiment, saying why."""
+    c = controller()
+    {"ab": lambda: c.start_ab(ABPlan(champion=1, challenger=1)), "canary": lambda: c.start_canary(CanaryPlan()),
+     "shadow": lambda: c.start_shadow(1.0)}[mode]()  # fmt: skip
+    c.set_models(V1, V2)  # probed again, the same version: nothing to say
+    assert c.tick() == []
+    c.set_models(V1, V3)
+    (ev,) = c.tick()
+    assert ev.action == "guardrail-stop" and c.state.mode == "champion"
+    assert "serves m v3 now, not m v2" in (ev.reason or "") and "start it again to test m v3" in (ev.reason or "")
+    # An experiment started for the version served now is not stopped.
+    c.start_ab(ABPlan(champion=1, challenger=1))
+    c.set_models(V1, V3)
+    assert c.tick() == [] and c.state.mode == "ab"
+
+
+def test_an_experiment_started_right_after_a_replacement_is_not_stopped_for_it() -> None:
+    c = controller()
+    c.start_canary(CanaryPlan())
+    c.set_models(V1, V3)  # the gateway's probe before an operator's change
+    c.start_shadow(1.0)  # the operator starts shadow traffic for v3
+    assert c.tick() == [] and c.state.mode == "shadow"

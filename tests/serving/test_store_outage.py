@@ -165,3 +165,22 @@ def test_an_outage_is_logged_in_a_few_lines_with_one_traceback(
         assert len(lines) == 2 and "wrote 50 spilled rows" in lines[0] and "takes rows again" in lines[1], lines
     finally:
         store.close()
+
+
+def test_closing_while_the_writer_retries_spills_at_once_rather_than_after_the_retries(tmp_path: Path) -> None:
+    """The writer's retries of a refusing database take about 16 s: at close they are cut short and the rows go to
+    the spill file, so a gateway stopping within `pyrocast up`'s 25 s grace loses nothing to SIGKILL."""
+    db, spill = tmp_path / "p.db", tmp_path / "spill.jsonl"
+    store = PredictionStore(f"sqlite:///{db}", spill_path=spill, emergency_dir=None).start()  # 8 retries from 0.2 s
+    _unwritable(store, db)
+    store.put_prediction(row(0))
+    assert _eventually(lambda: store.write_errors >= 2, 10), "the writer never tried"
+    t = time.monotonic()
+    store.close()
+    took = time.monotonic() - t
+    assert took < 8.0, f"close waited {took:.1f} s for the writer's retries"
+    lines = [line for line in spill.read_text().splitlines() if line]
+    assert len(lines) == 1 and '"request_id": "r0"' in lines[0]
+    again = PredictionStore(f"sqlite:///{db}", spill_path=spill, emergency_dir=None)  # the next start writes it
+    assert [r["request_id"] for r in again.rows()] == ["r0"]
+    again.close()

@@ -416,6 +416,7 @@ class PredictionStore:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        self._closing = threading.Event()  # close() was called: spill rather than retry (the kill grace is short)
         self.written = {name: 0 for name in TABLES}
         self.write_errors = 0
         self._warn = WarnEvery(WARN_EVERY_S, log)
@@ -491,11 +492,18 @@ class PredictionStore:
                 self._idle.wait(min(left, 0.5))
         return True
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Write everything queued, stop the writer thread; spill what cannot be written."""
+    def close(self, timeout: float = 15.0) -> None:
+        """Write everything queued, stop the writer thread; spill what cannot be written.
+
+        A writer retrying a refusing database goes straight to the spill file once this is called: its retries
+        (about 16 s) plus the queue's last attempt could outlast the 25 s `pyrocast up` gives a gateway to stop."""
+        self._closing.set()
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                self._abandon_writer(timeout)
+                return
             self._thread = None
         self._drain_sync()
         if self._outage_since is not None and self._spill_waiting():  # the rate-limited lines may have skipped it
@@ -521,6 +529,28 @@ class PredictionStore:
             )
             self._held = []
         self.engine.dispose()
+
+    def _abandon_writer(self, waited: float) -> None:
+        """The writer is stuck in a database call past `waited` s: spill what is still queued from here (the writer
+        is not taking from the queue), never write alongside it."""
+        batch: list[tuple[str, dict[str, Any]]] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                item = self._queue.get_nowait()
+                if item is not None:
+                    batch.append(item)
+        spilled = bool(batch) and self._spill(batch)
+        log.critical(
+            "prediction store at %s: the writer is stuck in a database call after %.0f s; %d queued rows %s; the "
+            "rows of the batch it is writing (about %d) are lost if the call never returns",
+            self.shown_url,
+            waited,
+            len(batch),
+            f"spilled to {self.spill_path}" if spilled else ("LOST" if batch else "none"),
+            self._pending,
+        )
+        if batch and not spilled:
+            self.dropped += len(batch)
 
     def _run(self) -> None:
         while True:
@@ -576,6 +606,7 @@ class PredictionStore:
             attempts = 1
         else:
             attempts = min(3, self.retries) if final else self.retries
+        written = False
         for attempt in range(attempts):
             try:
                 if not self._ready:
@@ -586,13 +617,17 @@ class PredictionStore:
                     waiting = False
                 if batch:
                     self._write(batch)
+                written = True
                 break
             except Exception as exc:  # the database may be locked or down: retry, never lose the rows
                 self._failed(exc, attempt + 1)
                 if attempt + 1 < attempts:
-                    time.sleep(delay)
+                    if final:  # the drain at close: its few short retries
+                        time.sleep(delay)
+                    elif self._closing.wait(delay):
+                        break  # shutting down: to the spill file now, not after the retries
                     delay = min(delay * 2, 5.0)
-        else:
+        if not written:
             if not batch:
                 return
             if not self._spill(batch):
