@@ -112,3 +112,23 @@ def test_list_models_shows_versions_aliases_metrics(mlflow_settings: Settings, t
     assert rows[1]["aliases"] == ["champion"] and rows[0]["aliases"] == []
     assert rows[1]["accuracy"] == pytest.approx(0.91)
     assert rows[1]["profile"] == "quick" and rows[1]["artifacts"] == "complete"
+
+
+def test_moving_two_aliases_moves_both_or_neither(mlflow_settings: Settings, tmp_path: Path) -> None:
+    """A promotion moves champion and challenger together: a version whose artifacts fail the check moves neither
+    (setting them one by one left both aliases on one version when the second failed)."""
+    _register(mlflow_settings, tmp_path, "good")
+    _register(mlflow_settings, tmp_path, "always_fire")
+    rv3 = _register(mlflow_settings, tmp_path, "inverted")
+    models.move_aliases(mlflow_settings, {"champion": "1", "challenger": "2"})
+    assert models.aliases(mlflow_settings) == {"champion": "1", "challenger": "2"}
+    stored = Path(rv3.source.removeprefix("file://"))
+    (stored / "model.onnx").unlink()
+    shutil.rmtree(models.cache_dir(mlflow_settings, rv3.version))
+    with pytest.raises(PyrocastError, match=r"version 3 has incomplete artifacts .*no alias moved"):
+        models.move_aliases(mlflow_settings, {"champion": "2", "challenger": "3"})
+    with pytest.raises(PyrocastError, match="version 9"):
+        models.move_aliases(mlflow_settings, {"champion": "2", "challenger": "9"})
+    assert models.aliases(mlflow_settings) == {"champion": "1", "challenger": "2"}
+    models.move_aliases(mlflow_settings, {"champion": "2", "challenger": "1"})
+    assert models.aliases(mlflow_settings) == {"champion": "2", "challenger": "1"}

@@ -10,10 +10,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from pyrocast.ports import free_port
 from pyrocast.serving.gateway import Gateway
 from pyrocast.serving.rollout import CanaryPlan, Event, ModelRef
 from pyrocast.serving.store import PredictionStore
-from pyrocast.settings import Settings
+from pyrocast.settings import ServingSettings, Settings
 
 V1, V2 = ModelRef(name="m", version="1"), ModelRef(name="m", version="2")
 
@@ -21,7 +22,9 @@ V1, V2 = ModelRef(name="m", version="1"), ModelRef(name="m", version="2")
 @contextlib.asynccontextmanager
 async def replicas(tmp_path: Path) -> AsyncIterator[tuple[Gateway, Gateway]]:
     """Two gateways on one SQLite store, both serving v1 as champion and v2 as challenger."""
-    settings = Settings(data_dir=tmp_path)
+    # Ports of their own: a probe must not find the classifiers of a `pyrocast up` running on the default ones.
+    ports = {f"{k}_port": free_port() for k in ("champion", "challenger", "explainer", "gateway", "webapp")}
+    settings = Settings(data_dir=tmp_path, serving=ServingSettings(**ports))
     settings.ensure_dirs()
     one, two = (Gateway(settings, PredictionStore(settings.store_database_url)) for _ in range(2))
     try:
@@ -229,7 +232,7 @@ def test_during_a_store_outage_the_rollout_is_shown_and_health_warns(tmp_path: P
             assert not any("prediction store" in w for w in one.warnings(statuses))
             _unreadable(one.store, tmp_path)
 
-            view = one.view()  # what GET /v1/rollout answers: the state is in memory
+            view = await one.view()  # what GET /v1/rollout answers: the state is in memory
             assert view.mode == "shadow" and view.state["shadow_sample"] == 0.5 and view.events == []
             assert any("cannot be read" in w and "events are left out" in w for w in view.warnings)
 
@@ -239,12 +242,145 @@ def test_during_a_store_outage_the_rollout_is_shown_and_health_warns(tmp_path: P
             assert one.store.held == 1  # refused, and with no spill file held in memory
             (refusing,) = [w for w in one.warnings(statuses) if "refuses writes" in w]
             assert "1 rows held in memory" in refusing and "sqlite:///" in refusing
-            assert refusing in one.view().warnings
+            assert refusing in (await one.view()).warnings
 
             one.store.engine.dispose()
             one.store.engine = two.store.engine  # the database is back
             one.store.flush()
             assert one.store.held == 0 and not any("prediction store" in w for w in one.warnings(statuses))
-            assert [e["action"] for e in one.view().events] == ["shadow"]
+            assert [e["action"] for e in (await one.view()).events] == ["shadow"]
+
+    asyncio.run(scenario())
+
+
+def _serving(g: Gateway, a: ModelRef, b: ModelRef, source: str = "folder") -> None:
+    """What the two classifiers report in /model/info (as the probe last read it)."""
+    for slot, ref in (("a", a), ("b", b)):
+        g.backends[slot].info = {"name": ref.name, "version": ref.version, "source": source}
+    g._assign_roles()
+
+
+def test_a_postponed_auto_promotion_leaves_the_guardrails_judging(tmp_path: Path) -> None:
+    """A canary complete with auto-promotion while the registry refuses to move the aliases stays at its last step;
+    its guardrails still judge the challenger meanwhile (deciding the promotion emptied the windows every tick)."""
+    from pyrocast.serving.rollout import Guardrails
+    from tests.support.mlflow_db import seed_mlflow_db
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            seed_mlflow_db(one.settings)  # a registry where neither version exists: moving an alias fails
+            _serving(one, V1, V2, source="registry")
+            strict = Guardrails(max_error_rate=0.1, min_requests=5, window=10)
+            plan = CanaryPlan(steps=[1.0], step_seconds=10, auto_promote=True, guardrails=strict)
+            t0 = await started_canary(one, two, plan)
+            outcomes = []
+            for i in range(6):
+                one.controller.record("challenger", False, None)
+                outcomes.append([e.action for e in await one.advance(t0 + 11 + i)])
+            assert outcomes[:4] == [[]] * 4  # the promotion postponed, then 5 failures judged
+            assert outcomes[4] == ["guardrail-stop"] and one.controller.state.mode == "champion"
+            assert one.controller.state.champion == V1
+            assert [e["action"] for e in one.store.events()][:2] == ["guardrail-stop", "canary"]
+
+    asyncio.run(scenario())
+
+
+def test_a_request_stops_a_canary_but_never_promotes_or_waits_for_another_change(tmp_path: Path) -> None:
+    """After a challenger call the gateway judges the guardrails at once; a completion's auto-promotion (moving the
+    registry aliases) is left to the tick, and a change in progress is not waited for."""
+    from pyrocast.serving.rollout import Guardrails
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            strict = Guardrails(max_error_rate=0.1, min_requests=5)
+            plan = CanaryPlan(steps=[1.0], step_seconds=0.01, auto_promote=True, guardrails=strict)
+            await started_canary(one, two, plan)
+            await asyncio.sleep(0.05)  # complete by the clock
+            await one._check_guardrails()
+            assert one.controller.state.mode == "canary" and one.store.events(1)[0]["action"] == "canary"
+            assert [e.action for e in await one.advance()] == ["promote"]  # the tick's
+
+            await one._after_change(one.controller.start_canary(CanaryPlan(steps=[0.5], guardrails=strict)))
+            for _ in range(5):
+                one.controller.record("challenger", False, None)
+            async with one._rollout_lock:  # an operator's change, or the tick, in progress
+                await asyncio.wait_for(one._check_guardrails(), 1.0)
+                assert one.controller.state.mode == "canary"
+            await one._check_guardrails()
+            assert one.controller.state.mode == "champion" and one.store.events(1)[0]["action"] == "guardrail-stop"
+
+    asyncio.run(scenario())
+
+
+def test_rolling_back_to_a_version_no_classifier_serves_is_refused(tmp_path: Path) -> None:
+    """Promote v2, give the challenger's service v3, roll back: v1 is served by neither classifier, so the rollback
+    is refused (409) rather than recording a champion nobody answers for."""
+    from pyrocast.serving.rollout import RolloutError
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, _):
+            _serving(one, V1, V2)
+            await one.change("promote", None)
+            assert one.controller.state.champion == V2 and one.controller.state.previous_champion == V1
+            _serving(one, ModelRef(name="m", version="3"), V2)
+            try:
+                await one.change("rollback", None)
+            except RolloutError as exc:
+                assert "cannot rollback to m v1: neither classifier serves it" in exc.message, exc.message
+                assert "start a classifier for v1" in (exc.hint or "")
+            else:
+                raise AssertionError("a rollback to a version nobody serves was made")
+            st = one.controller.state
+            assert (st.champion, st.previous_champion) == (V2, V1) and one.roles["champion"] == "b"
+            assert one.store.events(1)[0]["action"] == "promote"
+
+    asyncio.run(scenario())
+
+
+def test_a_guardrail_stop_not_yet_recorded_holds_across_a_gateway_restart(tmp_path: Path) -> None:
+    """The store refuses writes, a guardrail stops the canary, the gateway restarts before the store is back: the
+    new process must not resume the stopped canary from the store's last recorded state."""
+    from pyrocast.serving.rollout import Guardrails
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            strict = Guardrails(max_error_rate=0.1, min_requests=5)
+            await started_canary(one, two, CanaryPlan(steps=[0.5], guardrails=strict))
+            _refusing(one.store)
+            for _ in range(5):
+                one.controller.record("challenger", False, None)
+            assert await one.advance() == [] and one.controller.state.mode == "champion"
+            assert one._stop_file.exists()
+
+            again = Gateway(one.settings, PredictionStore(one.store.url))  # the restarted process
+            try:
+                _refusing(again.store)
+                again.controller.set_models(V1, V2)
+                await again._resume()
+                assert again.controller.state.mode == "champion" and again.controller.share() == 0.0
+                assert "error rate" in (again.controller.state.stopped_reason or "")
+                assert again.metrics.registry.get_sample_value("pyrocast_rollout_unrecorded_stop") == 1.0
+                again.store.engine.dispose()
+                again.store.engine = two.store.engine  # the database is back
+                await again.advance()
+                assert again.store.events(1)[0]["action"] == "guardrail-stop"
+                assert not again._stop_file.exists()
+                assert await two.follow_store() and two.controller.state.mode == "champion"
+            finally:
+                await again.client.aclose()
+                again.store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_challenger_given_another_version_mid_canary_stops_it_on_every_replica(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            await started_canary(one, two, CanaryPlan(steps=[0.5, 1.0], auto_promote=True))
+            _serving(one, V1, ModelRef(name="m", version="3"))
+            (ev,) = await one.advance()
+            assert ev.action == "guardrail-stop" and "serves m v3 now, not m v2" in (ev.reason or "")
+            assert one.controller.state.mode == "champion" and one.store.events(1)[0]["action"] == "guardrail-stop"
+            assert await two.follow_store() and two.controller.state.mode == "champion"
 
     asyncio.run(scenario())

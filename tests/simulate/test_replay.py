@@ -180,7 +180,7 @@ def test_killing_the_challenger_during_a_canary_replay_fails_no_request(stack: S
     """The challenger dies while a canary sends it every client: every tile is still answered."""
     import threading
 
-    loose = {"max_error_rate": 1.0, "max_disagreement": 1.0, "max_p95_ms": 600000, "min_requests": 1000}
+    loose = {"max_error_rate": 1.0, "max_disagreement": 1.0, "max_p95_ms": 600000, "min_requests": 1000, "window": 1000}
     stack.set_rollout("canary", {"steps": [1.0], "step_seconds": 600, "guardrails": loose})
     first_challenger = threading.Event()
     killer = threading.Thread(target=lambda: first_challenger.wait(60) and stack.challenger.kill())  # type: ignore[union-attr]

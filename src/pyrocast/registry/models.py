@@ -246,6 +246,40 @@ def set_alias(settings: Settings, alias: str, version: str, client: MlflowClient
     log.info("alias %s -> %s version %s", alias, name, version)
 
 
+def move_aliases(settings: Settings, targets: dict[str, str], client: MlflowClient | None = None) -> None:
+    """Point several aliases at their versions, all or none: every version is checked first (as `set_alias` does),
+    and when the registry fails part-way the aliases already moved are put back where they were."""
+    client = client or get_client(settings)
+    name = settings.mlflow.model_name
+    for alias, version in targets.items():
+        if alias not in ALIASES:
+            raise InvalidInputError(f"alias {alias!r} is not one of {', '.join(ALIASES)}")
+        resolve_version(settings, str(version), client)
+        miss = verify_version(settings, str(version), client)
+        if miss:
+            raise PyrocastError(
+                f"{name} version {version} has incomplete artifacts (missing {', '.join(miss)}); no alias moved"
+            )
+    was = aliases(settings, client)
+    moved: list[str] = []
+    try:
+        for alias, version in targets.items():
+            client.set_registered_model_alias(name, alias, str(version))
+            moved.append(alias)
+    except Exception:
+        for alias in moved:
+            try:
+                if alias in was:
+                    client.set_registered_model_alias(name, alias, was[alias])
+                else:
+                    delete_alias(settings, alias, client)
+            except Exception:  # the registry is gone altogether: say what is left where
+                log.exception("alias %s left at the new version: it could not be put back to %s", alias, was.get(alias))
+        raise
+    for alias, version in targets.items():
+        log.info("alias %s -> %s version %s", alias, name, version)
+
+
 def delete_alias(settings: Settings, alias: str, client: MlflowClient | None = None) -> None:
     """Remove an alias (no error when it is not set)."""
     from mlflow.exceptions import MlflowException

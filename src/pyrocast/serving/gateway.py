@@ -37,6 +37,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from pyrocast.data.layout import atomic_write
 from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
 from pyrocast.imaging import encode_jpeg
 from pyrocast.monitoring.novelty import Novelty, sentences
@@ -51,6 +52,7 @@ from pyrocast.serving.rollout import (
     RolloutController,
     RolloutError,
     RolloutState,
+    Window,
     window_of_calls,
 )
 from pyrocast.serving.store import (
@@ -625,9 +627,15 @@ class Gateway:
         self._state_unread = False  # the start could not read it: this gateway routes to the champion meanwhile
         self._start_note: str | None = None  # a "start" event to record (the store refused it so far)
         self._promote_retry_at = 0.0  # monotonic time before which a failed auto-promotion is not tried again
+        # One rollout change at a time: an operator's change, the tick's (adopting another gateway's change, a canary
+        # step, a stop, an auto-promotion) and a request's guardrail check each copy the state, await the store or
+        # the registry, then put their copy in effect; interleaved, one would overwrite what another recorded.
+        self._rollout_lock = asyncio.Lock()
         self._warn = WarnEvery(WARN_EVERY_S, log)
         # A guardrail stop in effect here, not yet recorded: the stop, its claim, and the plan it stopped.
         self._unrecorded_stop: tuple[Event, str, tuple[str, float]] | None = None
+        # ...kept on disk too, so that a gateway restarted before the store is back does not resume the stopped plan.
+        self._stop_file = settings.root / "rollout-unrecorded-stop.json"
         self.session: aiohttp.ClientSession | None = None
         admin = settings.admin_token
         self.admin_token = admin.get_secret_value() if admin else None
@@ -673,6 +681,7 @@ class Gateway:
                     with contextlib.suppress(ValidationError):
                         self.controller.state = RolloutState.model_validate(saved)
                         self.controller._reset_windows()
+            self._take_up_unrecorded_stop()
             note = await self._follow_registry()
             self._assign_roles()
             self._resumed = True
@@ -708,30 +717,35 @@ class Gateway:
                 if time.monotonic() - last_probe >= PROBE_INTERVAL_S:
                     last_probe = time.monotonic()
                     await self.refresh_backends()
-                # Adopt what other gateways changed before judging the canary: a step one of them has recorded
-                # is then not recorded again. A store that cannot be read must not keep the guardrails from
-                # being judged: the canary still stops on them (see advance).
-                try:
-                    if self._resumed and self._start_note is None:
-                        await self.follow_store()
-                    else:
-                        await self._resume()
-                except Exception as exc:
-                    if not self._resumed:
-                        what = "the saved rollout state not read"
-                    elif self._start_note is not None:
-                        what = "the gateway's start not recorded"
-                    else:
-                        what = "other gateways' changes not read"
-                    self._store_trouble(what, exc)
-                try:
-                    await self._read_fleet_calls()
-                except Exception as exc:  # judged on what this gateway sees (and the last reading) meanwhile
-                    self._store_trouble("the canary's calls through other gateways not read", exc)
-                await self.advance()
+                async with self._rollout_lock:
+                    await self._tick_rollout()
                 self._update_gauges()
             except Exception:  # the loop must survive anything (a store hiccup, a backend oddity)
                 log.exception("gateway tick failed")
+
+    async def _tick_rollout(self) -> None:
+        """The tick's part of the rollout (under `_rollout_lock`): adopt, read the fleet's calls, advance."""
+        # Adopt what other gateways changed before judging the canary: a step one of them has recorded is then not
+        # recorded again. A store that cannot be read must not keep the guardrails from being judged: the canary
+        # still stops on them (see advance).
+        try:
+            if self._resumed and self._start_note is None:
+                await self.follow_store()
+            else:
+                await self._resume()
+        except Exception as exc:
+            if not self._resumed:
+                what = "the saved rollout state not read"
+            elif self._start_note is not None:
+                what = "the gateway's start not recorded"
+            else:
+                what = "other gateways' changes not read"
+            self._store_trouble(what, exc)
+        try:
+            await self._read_fleet_calls()
+        except Exception as exc:  # judged on what this gateway sees (and the last reading) meanwhile
+            self._store_trouble("the canary's calls through other gateways not read", exc)
+        await self.advance()
 
     def _store_trouble(self, what: str, exc: BaseException) -> None:
         """Say that the store refused something, at most every WARN_EVERY_S (the tick runs twice a second)."""
@@ -763,8 +777,7 @@ class Gateway:
                 # Another replica moved the canary this one has stopped (a step) while this one cannot write: the
                 # stop holds here until it is recorded, and then reaches the others.
                 return False
-            self._unrecorded_stop = None  # a newer decision (an operator's) replaces the stopped plan
-            self._update_gauges()
+            self._set_unrecorded_stop(None)  # a newer decision (an operator's) replaces the stopped plan
         mine = self.controller.state
         restarted = (state.mode, state.updated_at) != (mine.mode, mine.updated_at)
         self.controller.state = state
@@ -917,6 +930,8 @@ class Gateway:
         request_id = uuid.uuid4().hex
         route = self.controller.route(client_id or request_id)
         mode = self.controller.state.mode
+        # The plan's windows as this request is routed: its outcomes count there, even if the plan changes meanwhile.
+        windows = self.controller.windows
         first: Role = "champion"
         if route.role == "challenger" and self.backend("challenger").available(time.monotonic()):
             first = "challenger"
@@ -925,21 +940,27 @@ class Gateway:
         answer: Answer | None = None
         variant: Variant = "champion"
         if route.role == "challenger":
-            answer = await self._call_challenger(tile, base, started if first == "challenger" else None)
+            answer = await self._call_challenger(tile, base, windows, started if first == "challenger" else None)
             variant = "challenger"
         if answer is None:
             if route.role == "challenger":
                 variant = "champion-fallback"
             answer = await self._call(
-                "champion", tile, base, variant, served=True, started=started if first == "champion" else None
+                "champion",
+                tile,
+                base,
+                variant,
+                served=True,
+                started=started if first == "champion" else None,
+                windows=windows,
             )
         total_ms = (time.perf_counter() - t0) * 1000
         self.metrics.request_latency.labels(variant, answer.model.version).observe(total_ms / 1000)
         self._remember(request_id, answer, variant, client_id)
         if route.shadow:
-            self._spawn(self._shadow(tile, base))
+            self._spawn(self._shadow(tile, base, windows))
         if route.compare and variant == "challenger":
-            self._spawn(self._compare(tile, base, answer))
+            self._spawn(self._compare(tile, base, answer, windows))
         return PredictResponse(
             request_id=request_id,
             probability=answer.probability,
@@ -990,8 +1011,10 @@ class Gateway:
         variant: str,
         served: bool,
         started: asyncio.Task[Answer] | None = None,
+        windows: dict[str, Window] | None = None,
     ) -> Answer:
-        """Call a role's backend (or finish the call `started` for it) and store the outcome.
+        """Call a role's backend (or finish the call `started` for it) and store the outcome (a served champion's in
+        `windows`, the rollout windows in force when the request was routed).
 
         Raises BackendError on failure (stored too)."""
         be = self.backend(role)
@@ -1022,7 +1045,8 @@ class Gateway:
                 }
             )
             if role == "champion" and served and not exc.client_error:
-                self.controller.record("champion", False, None)  # the baseline the challenger's window is read against
+                # the baseline the challenger's window is read against
+                self.controller.record("champion", False, None, windows)
             raise
         be.up = True
         # Judged here, on the statistics the gateway computed anyway, against the answering model's ranges (unknown
@@ -1030,7 +1054,7 @@ class Gateway:
         findings = novelty.check(tile.stats) if novelty is not None and answer.model == ref else None
         answer.warnings = sentences(findings) if findings else []
         if role == "champion" and served:
-            self.controller.record("champion", True, answer.latency_ms)
+            self.controller.record("champion", True, answer.latency_ms, windows)
         self.metrics.predictions.labels(variant, answer.model.version, "ok").inc()
         self.metrics.model_latency.labels(variant, answer.model.version).observe(answer.latency_ms / 1000)
         self.store.put_prediction(
@@ -1051,7 +1075,11 @@ class Gateway:
         return answer
 
     async def _call_challenger(
-        self, tile: Prepared, base: dict[str, Any], started: asyncio.Task[Answer] | None = None
+        self,
+        tile: Prepared,
+        base: dict[str, Any],
+        windows: dict[str, Window],
+        started: asyncio.Task[Answer] | None = None,
     ) -> Answer | None:
         """The challenger's answer, or None (after recording the failure) so that the champion answers."""
         try:
@@ -1059,17 +1087,27 @@ class Gateway:
         except BackendError as exc:
             if exc.client_error:
                 raise
-            self.controller.record("challenger", False, None)
+            self.controller.record("challenger", False, None, windows)
             self.metrics.fallbacks.labels("down" if "down" in str(exc) else "error").inc()
             await self._check_guardrails()
             return None
-        self.controller.record("challenger", True, answer.latency_ms)
+        self.controller.record("challenger", True, answer.latency_ms, windows)
         await self._check_guardrails()
         return answer
 
     async def _check_guardrails(self) -> None:
-        if self.controller.state.mode == "canary":
-            await self.advance()
+        """Stop a canary at once when a challenger call breaks a guardrail (the tick judges too, every 0.5 s).
+
+        On a user's request path: skipped while another rollout change is being made, and only a stop is acted on
+        here (a step, a completion or an auto-promotion, which moves the registry aliases, waits for the tick). A
+        store that refuses the stop's record never reaches the user (the stop holds, see `advance`)."""
+        if self.controller.state.mode != "canary" or self._rollout_lock.locked():
+            return
+        async with self._rollout_lock:
+            try:
+                await self.advance(stops_only=True)
+            except Exception as exc:
+                self._store_trouble("a guardrail check after a challenger call failed", exc)
 
     def _spawn(self, coro: Any) -> None:
         if len(self._background) >= MAX_BACKGROUND:
@@ -1080,22 +1118,24 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _shadow(self, tile: Prepared, base: dict[str, Any]) -> None:
+    async def _shadow(self, tile: Prepared, base: dict[str, Any], windows: dict[str, Window]) -> None:
         """The challenger's answer to a copy of the request; failures are stored and counted, never raised."""
         with contextlib.suppress(BackendError):
             answer = await self._call("challenger", tile, base, "shadow", served=False)
-            self.controller.record("challenger", True, answer.latency_ms)
+            self.controller.record("challenger", True, answer.latency_ms, windows)
             champion = self.recent.get(base["request_id"])
             if champion is not None:
-                self.controller.record_agreement(champion["label"] == answer.label)
+                self.controller.record_agreement(champion["label"] == answer.label, windows)
             return
-        self.controller.record("challenger", False, None)
+        self.controller.record("challenger", False, None, windows)
 
-    async def _compare(self, tile: Prepared, base: dict[str, Any], challenger: Answer) -> None:
+    async def _compare(
+        self, tile: Prepared, base: dict[str, Any], challenger: Answer, windows: dict[str, Window]
+    ) -> None:
         """The champion's answer to a request the challenger served: measures disagreement for the guardrail."""
         with contextlib.suppress(BackendError):
             answer = await self._call("champion", tile, base, "champion-compare", served=False)
-            self.controller.record_agreement(answer.label == challenger.label)
+            self.controller.record_agreement(answer.label == challenger.label, windows)
             await self._check_guardrails()
 
     def _remember(self, request_id: str, answer: Answer, variant: str, client_id: str | None) -> None:
@@ -1122,9 +1162,14 @@ class Gateway:
     # --- rollout changes ------------------------------------------------------------------------------------
     async def change(self, action: str, body: Any) -> Event:
         """Apply an operator's rollout change and record it; a change the store does not take is undone (503)."""
+        async with self._rollout_lock:
+            return await self._change(action, body)
+
+    async def _change(self, action: str, body: Any) -> Event:
         await self.refresh_backends()
         c = self.controller
         before = c.state.model_copy(deep=True)
+        windows, fleet = c.windows, c.fleet_stats
         if action == "champion":
             ev = c.champion_only(body.reason if body else None)
         elif action == "ab":
@@ -1151,6 +1196,7 @@ class Gateway:
             log.exception("rollout: %s not recorded in the store; undone", action)
             self.metrics.rollout_store_errors.inc()
             await self._undo(before, ev)
+            c.windows, c.fleet_stats = windows, fleet  # the plan goes on as it was, judged on its calls so far
             raise ServiceUnavailableError(
                 f"{action} not done: the rollout store did not record it ({type(exc).__name__}; see the gateway log)",
                 "check the prediction store's database, then try again: nothing was changed",
@@ -1186,14 +1232,31 @@ class Gateway:
     async def _promote_or_rollback(self, action: str, reason: str | None) -> Event:
         c = self.controller
         before = c.state.model_copy(deep=True)
+        windows, fleet = c.windows, c.fleet_stats
         ev = c.promote(reason) if action == "promote" else c.rollback(reason)
         if ev.action not in ("promote", "rollback"):
             return ev  # a rollback that only stopped an experiment
+
+        def put_back() -> None:
+            c.state, c.windows, c.fleet_stats = before, windows, fleet
+            self._assign_roles()
+
+        served = [b.ref for b in self.backends.values() if b.ref is not None]
+        if c.state.champion not in served:
+            # Rolling back to a version neither classifier serves (the challenger's service was given another
+            # version since) would record a champion nobody answers for, and move the aliases to it.
+            wanted = c.state.champion
+            put_back()
+            raise RolloutError(
+                f"cannot {action} to {wanted}: neither classifier serves it (they serve "
+                f"{', '.join(sorted(str(r) for r in served)) or 'nothing'})",
+                f"start a classifier for v{wanted.version if wanted else '?'} on the challenger's port, then "
+                f"{action} again",
+            )
         try:
             note = await run_in_threadpool(self._move_aliases, c.state.champion, c.state.challenger)
         except Exception as exc:
-            c.state = before
-            c._reset_windows()
+            put_back()
             raise ServiceUnavailableError(
                 f"{action} not done: moving the registry aliases failed: {exc}", "check the MLflow registry"
             ) from exc
@@ -1207,24 +1270,25 @@ class Gateway:
         sources = {(b.info or {}).get("source") for b in self.backends.values() if b.info}
         if sources != {"registry"}:
             return "registry aliases not moved (models served from bundle folders)"
-        from pyrocast.registry.models import set_alias
+        from pyrocast.registry.models import move_aliases
 
-        if champion is not None:
-            set_alias(self.settings, "champion", champion.version)
+        targets = {"champion": champion.version} if champion is not None else {}
         if challenger is not None:
-            set_alias(self.settings, "challenger", challenger.version)
+            targets["challenger"] = challenger.version
+        move_aliases(self.settings, targets)  # both or neither: never two aliases on one version
         return f"registry aliases moved: champion -> v{champion.version if champion else '-'}, " + (
             f"challenger -> v{challenger.version}" if challenger else "no challenger"
         )
 
-    async def advance(self, now: float | None = None) -> list[Event]:
+    async def advance(self, now: float | None = None, stops_only: bool = False) -> list[Event]:
         """Let time act on the rollout (canary steps, guardrail stops, completion) and record what changed.
 
         A change takes effect (routing, `/v1/rollout`) only once it is recorded. Replicas on one store decide the
         same change at about the same time: each change is claimed under a key naming the plan and the change,
         and only the replica that wins the claim records it (and, for a canary that completes with
         auto-promotion, has moved the registry aliases like a manual promotion); the others adopt the winner's
-        state from the store. Returns the events recorded here.
+        state from the store. Returns the events recorded here. stops_only: act on a guardrail stop only (a user's
+        request path). Callers hold `_rollout_lock`.
         """
         c = self.controller
         if self._unrecorded_stop is not None:  # a guardrail stop made while the store was down: record it now
@@ -1234,13 +1298,18 @@ class Gateway:
             except Exception as exc:
                 self._store_trouble("the guardrail stop in effect here not recorded yet", exc)
                 return []
-            self._unrecorded_stop = None
-            self._update_gauges()
+            self._set_unrecorded_stop(None)
         before = c.state.model_copy(deep=True)
+        windows, fleet = c.windows, c.fleet_stats
         events = c.tick(now)
         if not events:
             return []
-        after, c.state = c.state, before  # not in effect before it is recorded
+        # Not in effect before it is recorded: neither the state nor the fresh windows a stop or a promotion starts
+        # (a postponed promotion emptied the windows every tick, and the canary ran unjudged meanwhile).
+        after, c.state = c.state, before
+        c.windows, c.fleet_stats = windows, fleet
+        if stops_only and events[-1].action != "guardrail-stop":
+            return []
         if any(ev.action == "promote" for ev in events):
             if time.monotonic() < self._promote_retry_at:
                 return []
@@ -1260,10 +1329,10 @@ class Gateway:
         except Exception as exc:  # the store is down
             if events[-1].action == "guardrail-stop":  # safety first: stop here now, record it when it is back
                 c.state = after
+                c._reset_windows()
                 self._assign_roles()
-                self._unrecorded_stop = (events[-1], claims[-1], (before.mode, before.updated_at))
+                self._set_unrecorded_stop((events[-1], claims[-1], (before.mode, before.updated_at)))
                 self.metrics.rollout_store_errors.inc()
-                self._update_gauges()
                 log.error("rollout: %s (not recorded yet: the store refused: %r)", events[-1].reason, exc)
                 return []
             await self._undo(before, events[-1])  # not made: a later tick decides it again
@@ -1280,6 +1349,50 @@ class Gateway:
                 return events[:i]
         return events
 
+    def _set_unrecorded_stop(self, stop: tuple[Event, str, tuple[str, float]] | None) -> None:
+        """Hold (or clear) a guardrail stop the store has not recorded, in memory and in `_stop_file`."""
+        self._unrecorded_stop = stop
+        self._update_gauges()
+        try:
+            if stop is None:
+                self._stop_file.unlink(missing_ok=True)
+                return
+            ev, claim, plan = stop
+            data = {
+                "action": ev.action,
+                "reason": ev.reason,
+                "claim": claim,
+                "plan": list(plan),
+                "state": self.controller.state.model_dump(mode="json"),
+            }
+            atomic_write(self._stop_file, json.dumps(data, indent=1).encode())
+        except OSError as exc:  # the stop holds in memory all the same
+            log.error("rollout: the unrecorded guardrail stop could not be kept in %s: %s", self._stop_file, exc)
+
+    def _take_up_unrecorded_stop(self) -> None:
+        """At start, after the saved state is read: a guardrail stop a previous run made but could not record holds
+        again if the saved state is still the plan it stopped (and is forgotten if a newer change replaced it)."""
+        try:
+            data = json.loads(self._stop_file.read_text())
+            plan = (str(data["plan"][0]), float(data["plan"][1]))
+            stopped = RolloutState.model_validate(data["state"])
+            stop = (Event(str(data["action"]), data.get("reason")), str(data["claim"]), plan)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            log.error("rollout: %s is unreadable (%s); a stop it may hold is not taken up", self._stop_file, exc)
+            return
+        st = self.controller.state
+        if (st.mode, st.updated_at) != plan:
+            self._set_unrecorded_stop(None)
+            return
+        models = (st.champion, st.challenger)
+        self.controller.state = stopped
+        self.controller.state.champion, self.controller.state.challenger = models
+        self.controller._reset_windows()
+        self._set_unrecorded_stop(stop)
+        log.error("rollout: %s (made before this gateway restarted; not recorded yet, holds here)", stop[0].reason)
+
     async def _after_change(self, ev: Event, claim: str | None = None, state: RolloutState | None = None) -> bool:
         """Record a change and log it; False when `claim` was already taken by another replica.
 
@@ -1288,7 +1401,11 @@ class Gateway:
         if not await self._record(ev, claim, state):
             return False
         if state is not None:
+            mine = self.controller.state
+            replaced = (state.mode, state.updated_at) != (mine.mode, mine.updated_at)
             self.controller.state = state
+            if replaced:  # a stop or a promotion: a new plan, judged on its own calls
+                self.controller._reset_windows()
         if ev.action in ("promote", "rollback") or state is not None:
             self._assign_roles()
         if ev.action in ("guardrail-stop", "champion-only") and ev.reason:
@@ -1333,13 +1450,15 @@ class Gateway:
             )
         return out
 
-    def view(self) -> RolloutView:
+    async def view(self) -> RolloutView:
         """The rollout as this gateway runs it; a store that cannot be read leaves out only its recent events."""
+        # Read on the event loop, which alone changes the state and its windows (a deque iterated in a worker thread
+        # while a request appends to it raises); only the store is read in a thread.
         snap = self.controller.snapshot()
         statuses = self.backend_statuses()
         warnings = self.warnings(statuses)
         try:
-            events = self.store.events(20)
+            events = await run_in_threadpool(self.store.events, 20)
         except Exception as exc:  # the state is in memory: the store's outage must not hide it
             self._store_trouble("recent events not read for /v1/rollout", exc)
             events = []
@@ -1826,11 +1945,11 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
 
     @app.get("/v1/rollout", response_model=RolloutView, summary="Rollout state, backends and recent events")
     async def get_rollout() -> RolloutView:
-        return await run_in_threadpool(gw.view)
+        return await gw.view()
 
     async def _change(action: str, body: Any) -> RolloutView:
         await gw.change(action, body)
-        return await run_in_threadpool(gw.view)
+        return await gw.view()
 
     _admin_responses: dict[int | str, dict[str, Any]] = {
         401: {"model": ErrorResponse, "description": "missing or wrong token"},

@@ -63,6 +63,16 @@ class Guardrails(BaseModel):
     min_requests: int = Field(20, ge=1, le=1_000_000, description="observations needed before judging")
     window: int = Field(200, ge=10, le=1_000_000, description="judge the last N observations")
 
+    @model_validator(mode="after")
+    def _judgeable(self) -> Guardrails:
+        # A window that never holds min_requests observations would never judge: a canary with no guardrails.
+        if self.min_requests > self.window:
+            raise ValueError(
+                f"min_requests ({self.min_requests}) must not exceed window ({self.window}): the guardrails would "
+                "never have enough observations to judge"
+            )
+        return self
+
 
 class CanaryPlan(BaseModel):
     """A canary: the challenger's share per step, how long each step lasts, and its guardrails."""
@@ -142,11 +152,14 @@ def canary_step_at(plan: CanaryPlan, started_at: float, now: float) -> int:
 
 
 def challenger_share(state: RolloutState, now: float) -> float:
-    """The share of clients the challenger answers right now."""
+    """The share of clients the challenger answers right now.
+
+    A canary routes on its recorded step (`canary_step`, moved by `RolloutController.tick` and put in effect once
+    recorded), not on the clock: while the store cannot record a step, the canary does not ramp."""
     if state.mode == "ab" and state.ab is not None:
         return state.ab.challenger_share
     if state.mode == "canary" and state.canary is not None and state.canary_started_at is not None:
-        return state.canary.steps[canary_step_at(state.canary, state.canary_started_at, now)]
+        return state.canary.steps[min(max(state.canary_step, 0), len(state.canary.steps) - 1)]
     return 0.0
 
 
@@ -246,6 +259,9 @@ class RolloutController:
         # The challenger's recent calls through every gateway on the store (Window.summary), set from outside:
         # each replica sees only its share of a canary's traffic.
         self.fleet_stats: dict[str, Any] | None = None
+        # (the version an experiment was started for, the one the challenger's service serves now): set when the
+        # service was given another version mid-experiment; the next tick stops the experiment.
+        self.replaced_challenger: tuple[ModelRef, ModelRef] | None = None
         self._reset_windows()
 
     def _reset_windows(self) -> None:
@@ -257,6 +273,7 @@ class RolloutController:
         self.state.mode = mode
         self.state.updated_at = time.time()
         self.state.stopped_reason = reason
+        self.replaced_challenger = None  # a new plan, for the challenger served now
         self._reset_windows()
 
     # --- routing and observations ---------------------------------------------------------------------------
@@ -266,16 +283,29 @@ class RolloutController:
     def share(self, now: float | None = None) -> float:
         return challenger_share(self.state, time.time() if now is None else now)
 
-    def record(self, role: Role, ok: bool, latency_ms: float | None) -> None:
-        self.windows[role].add(ok, latency_ms)
+    def record(self, role: Role, ok: bool, latency_ms: float | None, windows: dict[str, Window] | None = None) -> None:
+        """Count a call's outcome. windows: the `windows` in force when the call began (a call that outlives its
+        plan is counted in that plan's windows, not judged against the next one's guardrails)."""
+        (self.windows if windows is None else windows)[role].add(ok, latency_ms)
 
-    def record_agreement(self, agree: bool) -> None:
-        self.windows["challenger"].add_agreement(agree)
+    def record_agreement(self, agree: bool, windows: dict[str, Window] | None = None) -> None:
+        (self.windows if windows is None else windows)["challenger"].add_agreement(agree)
 
     # --- changes ----------------------------------------------------------------------------------------------
     def set_models(self, champion: ModelRef | None, challenger: ModelRef | None) -> None:
-        """What the backends serve now (from their info endpoints)."""
-        self.state.champion, self.state.challenger = champion, challenger
+        """What the backends serve now (from their info endpoints). A challenger replaced by another version during
+        an experiment is noted for `tick`, which stops the experiment: the new version would otherwise inherit
+        the old one's canary step (and its auto-promotion) or A/B share without being judged."""
+        st = self.state
+        if (
+            st.mode != "champion"
+            and st.challenger is not None
+            and challenger is not None
+            and challenger != st.challenger
+        ):
+            first = self.replaced_challenger[0] if self.replaced_challenger else st.challenger
+            self.replaced_challenger = (first, challenger)
+        st.champion, st.challenger = champion, challenger
 
     def _need_challenger(self, what: str) -> None:
         if self.state.challenger is None:
@@ -349,6 +379,15 @@ class RolloutController:
         """Advance the canary and apply its guardrails; returns what changed."""
         now = time.time() if now is None else now
         st = self.state
+        if self.replaced_challenger is not None:
+            (was, new), self.replaced_challenger = self.replaced_challenger, None
+            if st.mode != "champion" and new == st.challenger:
+                what = {"ab": "A/B test", "canary": "canary", "shadow": "shadow traffic"}[st.mode]
+                stop = self.champion_only(
+                    f"{what} stopped: the challenger's service serves {new} now, not {was} that the {what} was "
+                    f"started for; start it again to test {new}"
+                )
+                return [Event("guardrail-stop", stop.reason)]
         if st.mode != "canary" or st.canary is None or st.canary_started_at is None:
             return []
         g = st.canary.guardrails
