@@ -351,11 +351,14 @@ def test_canary_ramps_on_schedule(gw: ServingStack, jpeg: bytes) -> None:
     lenient = {"max_disagreement": 1.0, "max_p95_ms": 60000}
     view = gw.set_rollout("canary", {"steps": [0.2, 1.0], "step_seconds": 1.5, "guardrails": lenient})
     assert view["mode"] == "canary" and view["challenger_share"] == 0.2
-    time.sleep(1.6)
+    t0 = time.monotonic()
+    # The second step takes effect once the ticker (every 0.5 s) has recorded it, not on the clock alone.
+    assert wait_for(lambda: httpx.get(f"{gw.url}/v1/rollout").json()["challenger_share"] == 1.0, 10.0)
+    assert time.monotonic() - t0 >= 1.4  # not before its time
+    events = [e["action"] for e in httpx.get(f"{gw.url}/v1/rollout").json()["events"]][:3]
+    assert "canary-step" in events or "canary-complete" in events
     answers = predict_many(gw, [f"ramp-{i}" for i in range(20)], jpeg)
     assert all(a["variant"] == "challenger" for a in answers)  # 100% after the second step
-    events = wait_for(lambda: [e["action"] for e in httpx.get(f"{gw.url}/v1/rollout").json()["events"]][:3])
-    assert "canary-step" in events or "canary-complete" in events
 
 
 def test_a_completed_canary_promotes_itself_and_moves_the_registry_aliases(gw: ServingStack) -> None:
