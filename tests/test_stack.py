@@ -50,11 +50,13 @@ def _register(settings: Settings, bundles_root: Path, challenger: bool = True) -
         models.set_alias(settings, alias, rv.version)
 
 
-def _http_server(settings: Settings, name: str, port: int | None = None) -> Service:
-    """A stand-in service: Python's http.server (answers 200 on /), started in its own process group."""
+def _http_server(settings: Settings, name: str, port: int | None = None, files: Path | None = None) -> Service:
+    """A stand-in service: Python's http.server (answers 200 on /, and serves `files`), in its own process group."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    if files is not None:
+        cmd += ["--directory", str(files)]
 
     def start() -> procs.ServiceProcess:
         return procs.start_process(
@@ -121,6 +123,35 @@ def test_supervision_reports_deaths_and_stops_on_a_required_one(settings: Settin
     assert not (settings.root / STATE_FILE).exists()
     up_log = (settings.root / "logs" / "up.log").read_text()
     assert "explainer exited with code -9 (not restarted)" in up_log and "gateway is required" in up_log
+
+
+def test_supervision_follows_the_champion_role_after_a_promotion_swapped_the_ports(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """After a promotion (or rollback) the classifier started as `challenger` serves the champion role: its death
+    stops everything, and the death of the one started as `champion` (now the challenger) does not."""
+    champion, challenger = _http_server(settings, "champion"), _http_server(settings, "challenger")
+    champion.critical = True
+    site = tmp_path / "gateway-site"
+    site.mkdir()
+    swapped = {"champion": {"url": challenger.url}, "challenger": {"url": champion.url}}
+    (site / "healthz").write_text(json.dumps({"backends": swapped}))  # what the gateway's /healthz says
+    gateway = _http_server(settings, "gateway", files=site)
+    gateway.critical = True
+    stack = Stack(settings, [champion, challenger, gateway]).start(timeout=30)
+    try:
+        champion.proc.kill()  # type: ignore[union-attr]
+        polls = iter(range(4))
+        assert stack.supervise(until=lambda: next(polls, None) is None) == 0  # the champion still answers
+        challenger.proc.kill()  # type: ignore[union-attr]
+        assert stack.supervise() == 1
+    finally:
+        assert stack.stop() == []
+    up_log = (settings.root / "logs" / "up.log").read_text()
+    assert f"the classifier started as champion on :{champion.port} served the challenger role" in up_log
+    assert "the champion still answers" in up_log
+    assert f"the classifier started as challenger on :{challenger.port} served the champion role" in up_log
+    assert "the champion is required: stopping everything" in up_log
 
 
 def test_a_second_up_is_refused_and_leftovers_of_a_killed_one_are_stopped(settings: Settings) -> None:

@@ -15,6 +15,8 @@ Ctrl-C (SIGINT), SIGTERM or SIGHUP stop every process group (the gateway first, 
 then check that no process of those groups is left. Nothing is restarted silently: a service that dies is
 reported with the end of its log; the champion's or the gateway's death stops everything (exit code 1), the
 others' is reported and the rest keeps running (the gateway falls back to the champion without a challenger).
+The champion is the classifier the gateway gives the champion role, which a promotion or rollback moves to the
+port of the one started as challenger (asked of the gateway's /healthz when a classifier dies).
 
 A state file (`Settings.root/run/stack.json`) names the running processes, and an exclusive lock on
 `run/stack.lock`, held for the life of `up`, claims the data directory: a second `pyrocast up` on it refuses to
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -245,12 +248,39 @@ class Stack:
         """Block until interrupted (KeyboardInterrupt), `until()` is true, or a critical service dies (-> 1)."""
         while until is None or not until():
             for s in self.dead():
-                if s.critical:
-                    self.console.print(f"[red]{s.name} is required: stopping everything[/red]")
-                    record(self.settings, f"{s.name} is required: stopping everything")
+                if self._required(s):
+                    what = "the champion" if s.name == "challenger" else s.name  # it served the champion role
+                    self.console.print(f"[red]{what} is required: stopping everything[/red]")
+                    record(self.settings, f"{what} is required: stopping everything")
                     return 1
             time.sleep(POLL_S)
         return 0
+
+    def _required(self, s: Service) -> bool:
+        """Whether everything must stop now that `s` died. A classifier is required while it serves the champion
+        role, which a promotion or a rollback moves to the other classifier's port (the processes stay)."""
+        if s.name not in ("champion", "challenger"):
+            return s.critical
+        role = self._roles_by_port().get(s.port, s.name)
+        if role != s.name:
+            say = (
+                f"the classifier started as {s.name} on :{s.port} served the {role} role (a promotion or rollback "
+                f"swapped the roles): {'stopping everything' if role == 'champion' else 'the champion still answers'}"
+            )
+            self.console.print(f"[yellow]{say}[/yellow]")
+            record(self.settings, say)
+        return role == "champion"
+
+    def _roles_by_port(self) -> dict[int, str]:
+        """port -> role as the gateway assigns them now (from its /healthz); {} when it does not answer."""
+        gw = self.get("gateway")
+        if gw is None:
+            return {}
+        try:
+            backends = httpx.get(gw.url + "/healthz", timeout=3.0, trust_env=False).json()["backends"]
+            return {int(urlsplit(b["url"]).port or 0): role for role, b in backends.items()}
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
 
     # --- stopping -----------------------------------------------------------------------------------------
     def stop(self) -> list[int]:

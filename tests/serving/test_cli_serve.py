@@ -105,3 +105,21 @@ def test_serve_classifier_refuses_a_gpu_this_machine_lacks(bundle_dirs: dict, tm
     result = runner.invoke(app, args)  # before BentoML is started: the error is the command's own
     assert result.exit_code != 0 and isinstance(result.exception, PyrocastError), result.output
     assert "no CUDAExecutionProvider" in str(result.exception) and "onnxruntime-gpu" in str(result.exception)
+
+
+@pytest.mark.parametrize("service", ["classifier", "explainer", "gateway", "webapp"])
+def test_serving_on_a_busy_port_is_one_clear_error_before_anything_starts(
+    service: str, bundle_dirs: dict, tmp_path: Path
+) -> None:
+    """The runbook's `pyrocast serve classifier --role champion` after a promotion meets the port the other
+    classifier holds: a clear error naming the port and `rollout status`, not BentoML's traceback."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        extra = ["--bundle", str(bundle_dirs["1"])] if service == "classifier" else []
+        result = runner.invoke(app, ["serve", service, *extra, "--port", str(port), "--data-dir", str(tmp_path)])
+    assert result.exit_code != 0 and isinstance(result.exception, PyrocastError), result.output
+    assert f"port {port} is in use" in str(result.exception) and "rollout status" in (result.exception.hint or "")

@@ -54,6 +54,19 @@ def _exec(cmd: list[str], env: dict[str, str]) -> None:
     os.execvpe(cmd[0], cmd, {**os.environ, **env})
 
 
+def _free(host: str, port: int, what: str) -> None:
+    """A clear error before starting a service on a port something already listens on (BentoML and uvicorn
+    answer that with a traceback)."""
+    from pyrocast.ports import port_in_use
+
+    if port_in_use(host, port):
+        raise PyrocastError(
+            f"port {port} is in use: something already listens on {host}:{port}, so the {what} cannot start there",
+            "stop what runs there, or give another port with --port (`pyrocast rollout status` shows which port "
+            "serves which role: a promotion or rollback swaps them)",
+        )
+
+
 def serve_classifier(
     role: str = typer.Option("champion", "--role", help="champion or challenger: chooses the default port and model."),
     model: str | None = typer.Option(None, "--model", help="Registry alias or version (default: the role's alias)."),
@@ -85,6 +98,7 @@ def serve_classifier(
     env[bundles.ENV_PRECISION] = p
     env[bundles.ENV_BATCHING] = "1" if batching else "0"
     port = port or (s.serving.champion_port if role == "champion" else s.serving.challenger_port)
+    _free(s.serving.host, port, "classifier")
     # One BentoML home per service: BentoML wipes the Prometheus files in its home when a server starts.
     env["BENTOML_HOME"] = str(s.root / "bentoml" / f"classifier-{role}-{port}")
     out.print(f"serving {b.name} v{b.version} ({p}, {s.serving.device}) as {role} on http://{s.serving.host}:{port}")
@@ -107,6 +121,7 @@ def serve_explainer(
             raise PyrocastError(f"--bundle wants VERSION=FOLDER, got {bad[0]!r}")
         env["PYROCAST_EXPLAIN_BUNDLES"] = os.pathsep.join(bundle)
     port = port or s.serving.explainer_port
+    _free(s.serving.host, port, "explainer")
     env["BENTOML_HOME"] = str(s.root / "bentoml" / f"explainer-{port}")
     out.print(f"explainer on http://{s.serving.host}:{port}")
     _exec([procs.bentoml_exe(), "serve", procs.EXPLAINER, "--host", s.serving.host, "--port", str(port)], env)
@@ -121,6 +136,7 @@ def serve_gateway(
 
     s = settings(data_dir)
     port = port or s.serving.gateway_port
+    _free(s.serving.host, port, "gateway")
     out.print(f"gateway on http://{s.serving.host}:{port} (API docs at /docs)")
     main(["--host", s.serving.host, "--port", str(port)], settings=s)
 
@@ -134,6 +150,7 @@ def serve_webapp(
 
     s = settings(data_dir)
     port = port or s.serving.webapp_port
+    _free(s.serving.host, port, "web app")
     out.print(f"web app on http://{s.serving.host}:{port} (gateway http://{s.serving.host}:{s.serving.gateway_port})")
     main(["--host", s.serving.host, "--port", str(port)], settings=s)
 
