@@ -49,9 +49,10 @@ def test_rollout_commands_drive_the_gateway(cli_env: ServingStack) -> None:
     table = runner.invoke(app, ["rollout", "status", "--url", cli_env.url])
     assert table.exit_code == 0 and "champion" in table.output and f"{cli_env.model_name} v1" in table.output
     # The changes above were recorded within a second or two: each is listed, none replaces another.
-    assert all(f"{action}:" in table.output for action in ("champion-only", "rollback", "promote", "shadow")), (
+    assert all(f"  {action}" in table.output for action in ("champion-only", "rollback", "promote", "shadow")), (
         table.output
     )
+    assert "champion-only:" not in table.output  # no reason given: no dangling colon
 
 
 def test_promoting_a_rejected_version_takes_force(cli_env: ServingStack) -> None:
@@ -64,6 +65,14 @@ def test_promoting_a_rejected_version_takes_force(cli_env: ServingStack) -> None
         result = runner.invoke(app, ["rollout", "promote", "--url", cli_env.url])
         assert result.exit_code != 0 and "v2 was rejected when it was trained" in str(result.exception)
         assert "--force" in str(result.exception)
+        # Nor does a canary that would promote it by itself at its end start; one that waits for a person does.
+        result = runner.invoke(app, ["rollout", "canary", "--auto-promote", "--url", cli_env.url])
+        assert result.exit_code != 0 and "canary not started" in str(result.exception), result.output
+        assert "v2 was rejected when it was trained" in str(result.exception)
+        assert rollout(cli_env, "status")["mode"] == "champion"
+        view = rollout(cli_env, "canary", "--steps", "50%,100%")
+        assert view["mode"] == "canary" and not view["state"]["canary"]["auto_promote"]
+        rollout(cli_env, "champion")
         view = rollout(cli_env, "promote", "--force", "--reason", "its test split is stale")
         assert view["state"]["champion"]["version"] == "2" and "forced" in view["events"][0]["reason"]
         rollout(cli_env, "rollback")
@@ -123,3 +132,26 @@ def test_serving_on_a_busy_port_is_one_clear_error_before_anything_starts(
         result = runner.invoke(app, ["serve", service, *extra, "--port", str(port), "--data-dir", str(tmp_path)])
     assert result.exit_code != 0 and isinstance(result.exception, PyrocastError), result.output
     assert f"port {port} is in use" in str(result.exception) and "rollout status" in (result.exception.hint or "")
+
+
+def test_rollout_bodies_with_unknown_fields_are_refused(cli_env: ServingStack) -> None:
+    """A misspelt field ("step_secs", "guardrail", "autopromote") is a 422, never a canary on the defaults."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {cli_env.token}"}
+    for path, body in (
+        ("canary", {"steps": [0.1, 1.0], "step_secs": 5}),
+        ("canary", {"steps": [0.1], "guardrails": {"max_error": 0.0}}),
+        ("canary", {"sample": 0}),  # a shadow body sent to the canary's address
+        ("ab", {"champion": 1, "challenger": 1, "sticky": True}),
+        ("ab", '{"champion": NaN, "challenger": 1}'),
+    ):
+        data = body if isinstance(body, str) else json.dumps(body)
+        r = httpx.post(
+            f"{cli_env.url}/v1/rollout/{path}",
+            content=data,
+            headers={**headers, "content-type": "application/json"},
+            timeout=30,
+        )
+        assert r.status_code == 422, (path, body, r.text)
+    assert rollout(cli_env, "status")["mode"] == "champion"

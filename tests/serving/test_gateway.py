@@ -549,3 +549,33 @@ def test_restarted_gateway_follows_the_registry_aliases(gw: ServingStack, jpeg: 
     assert (a["variant"], a["model"]["version"]) == ("champion", "2")
     gw.set_rollout("promote", {"reason": "back to v1 for the other tests"})
     assert aliases(gw.settings) == {"champion": "1", "challenger": "2"}
+
+
+def test_the_latency_of_a_place_counts_the_fetch_of_its_tile(gw: ServingStack) -> None:
+    """`latency_ms` and the request histogram are the gateway's whole time, a slow imagery provider included (the
+    "Slow predictions" alert's runbook points at it)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.support.servers import XyzServer
+
+    class SlowTiles(XyzServer):
+        def delay(self, n: int) -> float:
+            return 0.3
+
+    with SlowTiles() as tiles:
+        imagery = gw.settings.imagery.model_copy(update={"provider": "xyz", "xyz_url": tiles.template("png")})
+        settings = gw.settings.model_copy(update={"imagery": imagery})
+        with procs.start_gateway(settings, port=free_port(), env={"PYROCAST_ADMIN_TOKEN": gw.token}) as other:
+            t = time.perf_counter()
+            r = httpx.post(f"{other.url}/v1/predict", json={"lat": 45.48, "lon": -73.53}, timeout=60)
+            client_ms = (time.perf_counter() - t) * 1000
+            assert r.status_code == 200, r.text
+            assert 300 <= r.json()["latency_ms"] <= client_ms, (r.json()["latency_ms"], client_ms)
+            text = httpx.get(f"{other.url}/metrics", timeout=10).text
+            seconds = [
+                s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.name == "pyrocast_gateway_request_seconds_sum"
+            ]
+            assert sum(seconds) >= 0.3, text

@@ -293,6 +293,10 @@ def _show(view: dict[str, Any], as_json: bool) -> None:
     if view["mode"] == "canary" and st.get("canary"):
         c = st["canary"]
         rep.add("canary steps", " -> ".join(map(share_text, c["steps"])) + f", every {c['step_seconds']:g} s")
+        rep.add(
+            "when complete",
+            "promotes the challenger itself (auto-promote)" if c.get("auto_promote") else "waits for `rollout promote`",
+        )
         g = c["guardrails"]
         rep.add(
             "guardrails",
@@ -317,7 +321,10 @@ def _show(view: dict[str, Any], as_json: bool) -> None:
     if events:  # one fact: events recorded in the same second must not replace each other
         rep.add(
             "recent events",
-            "\n".join(f"{(e['ts'] or '')[:19]}  {e['action']}: {e.get('reason') or ''}" for e in events),
+            "\n".join(
+                f"{(e['ts'] or '')[:19]}  {e['action']}" + (f": {e['reason']}" if e.get("reason") else "")
+                for e in events
+            ),
         )
     rep.render(out)
 

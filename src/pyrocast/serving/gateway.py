@@ -925,8 +925,12 @@ class Gateway:
         return Upload(data, content_type, asyncio.ensure_future(run_in_threadpool(check)))
 
     # --- predictions ----------------------------------------------------------------------------------------
-    async def predict(self, incoming: Prepared | Upload, client_id: str | None, source: str) -> PredictResponse:
-        t0 = time.perf_counter()
+    async def predict(
+        self, incoming: Prepared | Upload, client_id: str | None, source: str, t0: float | None = None
+    ) -> PredictResponse:
+        """Route, call and store one prediction. t0: `time.perf_counter()` when the request arrived (its body read
+        and, for a place, its tile fetched since: both count in `latency_ms`)."""
+        t0 = time.perf_counter() if t0 is None else t0
         request_id = uuid.uuid4().hex
         route = self.controller.route(client_id or request_id)
         mode = self.controller.state.mode
@@ -1175,6 +1179,12 @@ class Gateway:
         elif action == "ab":
             ev = c.start_ab(body)
         elif action == "canary":
+            if body.auto_promote and (rejected := await self._rejected()):
+                # Promoting such a version by hand takes force; a canary must not do it silently at its end.
+                raise RolloutError(
+                    f"canary not started: with auto_promote it would promote the challenger by itself, and {rejected}",
+                    "start it without auto_promote, then `pyrocast rollout promote --force` if it earns it",
+                )
             ev = c.start_canary(body)
         elif action == "shadow":
             ev = c.start_shadow(body.sample)
@@ -1767,8 +1777,9 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     async def predict(
         request: Request, x_client_id: Annotated[str | None, Header(max_length=128)] = None
     ) -> PredictResponse:
+        t0 = time.perf_counter()
         tile, meta = await _read_input(request, gw)
-        return await gw.predict(tile, meta.get("client_id") or _utf8(x_client_id), meta.get("source") or "api")
+        return await gw.predict(tile, meta.get("client_id") or _utf8(x_client_id), meta.get("source") or "api", t0)
 
     @app.get(
         "/v1/tile",

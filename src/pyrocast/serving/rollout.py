@@ -55,6 +55,9 @@ class ModelRef(BaseModel):
 class Guardrails(BaseModel):
     """Limits on the challenger during a canary; breaking one stops the canary."""
 
+    # An operator's misspelt field ("max_error" for "max_error_rate") must not start a canary on the defaults.
+    model_config = {"extra": "forbid"}
+
     max_error_rate: float = Field(0.05, ge=0.0, le=1.0, description="share of failed challenger calls")
     max_p95_ms: float = Field(1000.0, gt=0.0, le=600_000.0, description="challenger p95 latency (ms)")
     max_disagreement: float = Field(
@@ -77,6 +80,8 @@ class Guardrails(BaseModel):
 class CanaryPlan(BaseModel):
     """A canary: the challenger's share per step, how long each step lasts, and its guardrails."""
 
+    model_config = {"extra": "forbid"}
+
     steps: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5, 1.0], min_length=1, max_length=50)
     step_seconds: float = Field(60.0, gt=0.0, le=30 * 86400.0)
     guardrails: Guardrails = Field(default_factory=Guardrails)
@@ -96,8 +101,10 @@ class CanaryPlan(BaseModel):
 class ABPlan(BaseModel):
     """A/B weights (any non-negative numbers; the challenger's share is its weight over the sum)."""
 
-    champion: float = Field(..., ge=0.0, le=1e9)
-    challenger: float = Field(..., ge=0.0, le=1e9)
+    model_config = {"extra": "forbid"}
+
+    champion: float = Field(..., ge=0.0, le=1e9, allow_inf_nan=False)
+    challenger: float = Field(..., ge=0.0, le=1e9, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _some_weight(self) -> ABPlan:
