@@ -175,3 +175,25 @@ def test_a_load_run_where_every_request_failed_exits_non_zero(
 def test_gateway_and_its_old_name_must_agree(stack: ServingStack, tmp_path: Path) -> None:
     code, exc, _ = _load("--host", stack.url, "--gateway", "http://127.0.0.1:9", "--data-dir", str(tmp_path))
     assert code == 1 and "--gateway and --host name different gateways" in str(exc)
+
+
+def test_a_spike_reports_every_request_the_gateway_answered(stack: ServingStack) -> None:
+    """Users a shape stops mid-request finish it and count it: the report's total is what the gateway answered."""
+    stack.set_rollout("champion", {"reason": "test reset"})
+
+    def answered() -> float:
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(stack.url + "/metrics", timeout=5).text
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "pyrocast_gateway_http_requests_total" and s.labels.get("endpoint") == "/v1/predict"
+        )
+
+    before = answered()
+    r = run_load(stack.settings, "spike", users=6, duration_s=6, host=stack.url, wait_s=(0.0, 0.05))
+    assert r.total.requests > 20 and r.total.failures == 0, r.total.errors
+    assert answered() - before == r.total.requests
