@@ -249,3 +249,22 @@ def test_replay_sends_the_admin_token_the_gateway_needs_for_ground_truth(stack: 
         assert store.count("predictions") == before
     finally:
         store.engine.dispose()
+
+
+def test_the_replay_table_cuts_nothing_at_80_columns() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from pyrocast.simulate.replay import GroupStats, ReplayResult
+
+    groups = [
+        GroupStats("12", "champion-fallback", 1200, 1100, 0.917, (0.65, 0.99), 1400.1, 20000.2),
+        GroupStats("1", "champion", 30, 27, 0.9, (0.74, 0.97), 12.3, 18.4),
+    ]
+    shown = StringIO()
+    ReplayResult("http://127.0.0.1:8000", "test", "image", 60, [], 10.0, 6.0, "all tiles sent", groups, groups).render(
+        Console(file=shown, width=80)
+    )
+    table = shown.getvalue()
+    assert "…" not in table and "champion-fallback" in table and "0.650-0.990" in table and "20000.2" in table

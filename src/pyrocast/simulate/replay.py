@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import httpx
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -164,14 +165,17 @@ class ReplayResult:
         t = Table(
             title=f"Replay of the {self.split} split ({self.by}) through {self.gateway}: live accuracy",
             title_justify="left",
+            box=box.SIMPLE_HEAD,
         )
-        for col in ("model version", "variant", "n", "accuracy", "95% CI", "p50 ms", "p95 ms"):
-            t.add_column(col, justify="left" if col in ("model version", "variant") else "right")
-        for g in self.groups:
-            t.add_row(*_row(g))
+        rows = [(_row(g), "") for g in self.groups]
         if sum(g.variant != "shadow" for g in self.groups) > len(self.versions):  # a version answered as several
-            for g in self.versions:
-                t.add_row(*_row(g), style="bold")
+            rows += [(_row(g), "bold") for g in self.versions]
+        for i, col in enumerate(("version", "variant", "n", "accuracy", "95% CI", "p50 ms", "p95 ms")):
+            # Nothing cut at 80 columns ("champion-fa…", "0.740-…"): each column as wide as its widest cell.
+            wide = max([len(col), *(len(r[i]) for r, _ in rows)])
+            t.add_column(col, justify="left" if i < 2 else "right", no_wrap=True, min_width=wide)
+        for cells, style in rows:
+            t.add_row(*cells, style=style)
         console.print(t)
         rate = "-" if self.achieved_rate is None else f"{self.achieved_rate:.1f}"
         console.print(
