@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
 from pyrocast.ports import free_port
 from pyrocast.serving.gateway import Gateway
 from pyrocast.serving.rollout import CanaryPlan, Event, ModelRef
 from pyrocast.serving.store import PredictionStore
 from pyrocast.settings import ServingSettings, Settings
+from tests.support.servers import ThreadedServer
 
 V1, V2 = ModelRef(name="m", version="1"), ModelRef(name="m", version="2")
 
@@ -297,6 +301,7 @@ def test_a_request_stops_a_canary_but_never_promotes_or_waits_for_another_change
             await started_canary(one, two, plan)
             await asyncio.sleep(0.05)  # complete by the clock
             await one._check_guardrails()
+            await asyncio.gather(*one._background)
             assert one.controller.state.mode == "canary" and one.store.events(1)[0]["action"] == "canary"
             assert [e.action for e in await one.advance()] == ["promote"]  # the tick's
 
@@ -304,9 +309,12 @@ def test_a_request_stops_a_canary_but_never_promotes_or_waits_for_another_change
             for _ in range(5):
                 one.controller.record("challenger", False, None)
             async with one._rollout_lock:  # an operator's change, or the tick, in progress
-                await asyncio.wait_for(one._check_guardrails(), 1.0)
+                for _ in range(3):  # requests answered meanwhile: none waits, one check is queued
+                    await asyncio.wait_for(one._check_guardrails(), 0.1)
+                assert len(one._background) == 1
+                await asyncio.sleep(0.05)
                 assert one.controller.state.mode == "canary"
-            await one._check_guardrails()
+            await asyncio.gather(*one._background)  # the check, once the change is done
             assert one.controller.state.mode == "champion" and one.store.events(1)[0]["action"] == "guardrail-stop"
 
     asyncio.run(scenario())
@@ -373,14 +381,70 @@ def test_a_guardrail_stop_not_yet_recorded_holds_across_a_gateway_restart(tmp_pa
     asyncio.run(scenario())
 
 
+class _Classifier(ThreadedServer):
+    """A classifier as the gateway's probe sees it: /readyz, and /model/info with a version that can change (its
+    service restarted on another version)."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__()
+        self.version = version
+
+    def start(self) -> _Classifier:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = b""
+                if self.path == "/model/info":
+                    body = json.dumps({"name": "m", "version": server.version, "source": "folder"}).encode()
+                self.send_response(200 if self.path in ("/readyz", "/model/info") else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return self._launch(Handler)  # type: ignore[no-any-return]
+
+
 def test_a_challenger_given_another_version_mid_canary_stops_it_on_every_replica(tmp_path: Path) -> None:
+    """The challenger's service restarted on v3 during a canary of v2: stopped (v3 would join at v2's step). A new
+    canary of v3 started through one replica is not stopped by another whose last probe still saw v2."""
+
     async def scenario() -> None:
         async with replicas(tmp_path) as (one, two):
-            await started_canary(one, two, CanaryPlan(steps=[0.5, 1.0], auto_promote=True))
-            _serving(one, V1, ModelRef(name="m", version="3"))
-            (ev,) = await one.advance()
-            assert ev.action == "guardrail-stop" and "serves m v3 now, not m v2" in (ev.reason or "")
-            assert one.controller.state.mode == "champion" and one.store.events(1)[0]["action"] == "guardrail-stop"
-            assert await two.follow_store() and two.controller.state.mode == "champion"
+            with _Classifier("2") as challenger:
+                for g in (one, two):
+                    g.backends["b"].url = challenger.base
+                    await g.refresh_backends()
+                await started_canary(one, two, CanaryPlan(steps=[0.5, 1.0], auto_promote=True))
+                await one.refresh_backends()
+                assert await one.advance() == []  # probed again, the same version
+                challenger.version = "3"
+                await one.refresh_backends()
+                (ev,) = await one.advance()
+                assert ev.action == "guardrail-stop" and "serves m v3 now, not m v2" in (ev.reason or "")
+                assert one.controller.state.mode == "champion" and one.store.events(1)[0]["action"] == "guardrail-stop"
+                assert await two.follow_store() and two.controller.state.mode == "champion"
+
+                await one.change("canary", CanaryPlan(steps=[0.5]))  # the operator tests v3 now
+                assert await two.follow_store() and two.controller.state.mode == "canary"
+                assert two.backends["b"].ref == ModelRef(name="m", version="2")  # its last probe, before v3
+                await two.refresh_backends()
+                assert await two.advance() == [] and two.controller.state.mode == "canary"
+
+                # A gateway started while the saved canary is for v3 and the service serves v4: stopped too.
+                challenger.version = "4"
+                again = Gateway(one.settings, PredictionStore(one.store.url))
+                try:
+                    again.backends["b"].url = challenger.base
+                    await asyncio.gather(*(b.probe() for b in again._probed()))
+                    await again._resume()
+                    (ev,) = await again.advance()
+                    assert ev.action == "guardrail-stop" and "serves m v4 now, not m v3" in (ev.reason or "")
+                finally:
+                    await again.client.aclose()
+                    again.store.close()
 
     asyncio.run(scenario())

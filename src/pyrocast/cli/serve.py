@@ -164,6 +164,7 @@ FLAGS = {
     "guardrails.max_p95_ms": "--max-p95-ms",
     "guardrails.max_disagreement": "--max-disagreement",
     "guardrails.min_requests": "--min-requests",
+    "guardrails.window": "--window",
     "sample": "--sample",
     "champion": "the champion's weight",
     "challenger": "the challenger's weight",
@@ -382,6 +383,7 @@ def canary(
     max_p95_ms: float = typer.Option(1000.0, "--max-p95-ms", help="Stop above this challenger p95 latency."),
     max_disagreement: float = typer.Option(0.25, "--max-disagreement", help="Stop above this disagreement."),
     min_requests: int = typer.Option(20, "--min-requests", help="Observations before a guardrail may stop it."),
+    window: int = typer.Option(200, "--window", help="Judge the last N observations (at least --min-requests)."),
     auto_promote: bool = typer.Option(False, "--auto-promote", help="Promote when the last step has passed."),
     gateway: str | None = GATEWAY,
     url: str | None = URL,
@@ -409,6 +411,7 @@ def canary(
             "max_p95_ms": max_p95_ms,
             "max_disagreement": max_disagreement,
             "min_requests": min_requests,
+            "window": window,
         },
     }
     _change("canary", body, gateway, url, data_dir, as_json)

@@ -261,13 +261,12 @@ def move_aliases(settings: Settings, targets: dict[str, str], client: MlflowClie
                 f"{name} version {version} has incomplete artifacts (missing {', '.join(miss)}); no alias moved"
             )
     was = aliases(settings, client)
-    moved: list[str] = []
     try:
         for alias, version in targets.items():
             client.set_registered_model_alias(name, alias, str(version))
-            moved.append(alias)
     except Exception:
-        for alias in moved:
+        # Every target, not only those known moved: a call that failed (a timeout) may have been applied.
+        for alias in targets:
             try:
                 if alias in was:
                     client.set_registered_model_alias(name, alias, was[alias])

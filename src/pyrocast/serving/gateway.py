@@ -53,6 +53,7 @@ from pyrocast.serving.rollout import (
     RolloutError,
     RolloutState,
     Window,
+    stored_state,
     window_of_calls,
 )
 from pyrocast.serving.store import (
@@ -631,6 +632,7 @@ class Gateway:
         # step, a stop, an auto-promotion) and a request's guardrail check each copy the state, await the store or
         # the registry, then put their copy in effect; interleaved, one would overwrite what another recorded.
         self._rollout_lock = asyncio.Lock()
+        self._guardrail_check_due = False  # a request's guardrail check waits for the lock (one at a time)
         self._warn = WarnEvery(WARN_EVERY_S, log)
         # A guardrail stop in effect here, not yet recorded: the stop, its claim, and the plan it stopped.
         self._unrecorded_stop: tuple[Event, str, tuple[str, float]] | None = None
@@ -678,12 +680,21 @@ class Gateway:
             if latest and latest[0] > self._event_id:
                 self._event_id = latest[0]
                 if saved:
-                    with contextlib.suppress(ValidationError):
-                        self.controller.state = RolloutState.model_validate(saved)
+                    try:
+                        self.controller.state = stored_state(saved)
                         self.controller._reset_windows()
+                    except ValidationError as exc:
+                        log.error(
+                            "rollout: the saved rollout state (event %d) is unreadable, starting with the champion "
+                            "only: %s",
+                            latest[0],
+                            exc,
+                        )
+                        saved = None
             self._take_up_unrecorded_stop()
             note = await self._follow_registry()
             self._assign_roles()
+            self._check_challenger()  # given another version while this gateway was down
             self._resumed = True
             if self._state_unread:
                 self._state_unread = False
@@ -717,8 +728,9 @@ class Gateway:
                 if time.monotonic() - last_probe >= PROBE_INTERVAL_S:
                     last_probe = time.monotonic()
                     await self.refresh_backends()
-                async with self._rollout_lock:
-                    await self._tick_rollout()
+                if not self._rollout_lock.locked():  # a change in progress: the next tick (probes go on meanwhile)
+                    async with self._rollout_lock:
+                        await self._tick_rollout()
                 self._update_gauges()
             except Exception:  # the loop must survive anything (a store hiccup, a backend oddity)
                 log.exception("gateway tick failed")
@@ -768,7 +780,7 @@ class Gateway:
         event_id, saved = latest
         self._event_id = event_id
         try:
-            state = RolloutState.model_validate(saved or {})
+            state = stored_state(saved or {})
         except ValidationError as exc:
             log.warning("rollout event %d has an unreadable state (%s); keeping mine", event_id, exc)
             return False
@@ -783,6 +795,7 @@ class Gateway:
         self.controller.state = state
         if restarted:
             self.controller._reset_windows()
+            self.controller.replaced_challenger = None  # a new plan, for the challenger served now
             log.info("rollout: following a change made through another gateway: mode %s", state.mode)
         self._assign_roles()
         return True
@@ -833,6 +846,7 @@ class Gateway:
         """Probe every service (every PROBE_INTERVAL_S, in the tick): /healthz and /metrics read what this found."""
         await asyncio.gather(*(b.probe() for b in self._probed()))
         self._assign_roles()
+        self._check_challenger()
         probed: list[tuple[str, Probed]] = [(role, self.backend(role)) for role in ("champion", "challenger")]
         if self.explainer is not None:
             probed.append(("explainer", self.explainer))
@@ -840,6 +854,12 @@ class Gateway:
             if svc.new_restarts:
                 self.metrics.backend_restarts.labels(role).inc(svc.new_restarts)
                 svc.new_restarts = 0
+
+    def _check_challenger(self) -> None:
+        """Right after a probe: whether the challenger's service still serves the version the experiment is for."""
+        chall = self.backend("challenger")
+        if chall.up:
+            self.controller.check_challenger(chall.ref)
 
     def _assign_roles(self) -> None:
         """Champion role -> the backend serving the state's champion version (default: the champion port)."""
@@ -928,8 +948,8 @@ class Gateway:
     async def predict(
         self, incoming: Prepared | Upload, client_id: str | None, source: str, t0: float | None = None
     ) -> PredictResponse:
-        """Route, call and store one prediction. t0: `time.perf_counter()` when the request arrived (its body read
-        and, for a place, its tile fetched since: both count in `latency_ms`)."""
+        """Route, call and store one prediction. t0: `time.perf_counter()` once the request's body was read (a
+        place's tile fetched since counts in `latency_ms`; the client's upload does not)."""
         t0 = time.perf_counter() if t0 is None else t0
         request_id = uuid.uuid4().hex
         route = self.controller.route(client_id or request_id)
@@ -1102,16 +1122,24 @@ class Gateway:
     async def _check_guardrails(self) -> None:
         """Stop a canary at once when a challenger call breaks a guardrail (the tick judges too, every 0.5 s).
 
-        On a user's request path: skipped while another rollout change is being made, and only a stop is acted on
-        here (a step, a completion or an auto-promotion, which moves the registry aliases, waits for the tick). A
-        store that refuses the stop's record never reaches the user (the stop holds, see `advance`)."""
-        if self.controller.state.mode != "canary" or self._rollout_lock.locked():
+        Called on a user's request path, which never waits for it: the check runs in the background, one at a time,
+        after any rollout change in progress, and only acts on a stop (a step, a completion or an auto-promotion,
+        which moves the registry aliases, is the tick's). A store that refuses the stop's record never reaches a
+        user (the stop holds, see `advance`)."""
+        if self.controller.state.mode != "canary" or self._guardrail_check_due:
             return
-        async with self._rollout_lock:
-            try:
+        self._guardrail_check_due = True
+        self._spawn(self._judge_guardrails())
+
+    async def _judge_guardrails(self) -> None:
+        try:
+            async with self._rollout_lock:
+                self._guardrail_check_due = False  # outcomes from here on ask for a check of their own
                 await self.advance(stops_only=True)
-            except Exception as exc:
-                self._store_trouble("a guardrail check after a challenger call failed", exc)
+        except Exception as exc:
+            self._store_trouble("a guardrail check after a challenger call failed", exc)
+        finally:
+            self._guardrail_check_due = False
 
     def _spawn(self, coro: Any) -> None:
         if len(self._background) >= MAX_BACKGROUND:
@@ -1166,11 +1194,18 @@ class Gateway:
     # --- rollout changes ------------------------------------------------------------------------------------
     async def change(self, action: str, body: Any) -> Event:
         """Apply an operator's rollout change and record it; a change the store does not take is undone (503)."""
+        await self.refresh_backends()  # before the lock: probes must not hold up the tick or requests' checks
         async with self._rollout_lock:
-            return await self._change(action, body)
+            replaced = self.controller.replaced_challenger
+            plan = self.controller.state.updated_at
+            try:
+                return await self._change(action, body)
+            except BaseException:
+                if self.controller.state.updated_at == plan:  # nothing changed, or undone
+                    self.controller.replaced_challenger = replaced
+                raise
 
     async def _change(self, action: str, body: Any) -> Event:
-        await self.refresh_backends()
         c = self.controller
         before = c.state.model_copy(deep=True)
         windows, fleet = c.windows, c.fleet_stats
@@ -1179,7 +1214,7 @@ class Gateway:
         elif action == "ab":
             ev = c.start_ab(body)
         elif action == "canary":
-            if body.auto_promote and (rejected := await self._rejected()):
+            if body.auto_promote and (rejected := await self._rejected("canary")):
                 # Promoting such a version by hand takes force; a canary must not do it silently at its end.
                 raise RolloutError(
                     f"canary not started: with auto_promote it would promote the challenger by itself, and {rejected}",
@@ -1189,7 +1224,7 @@ class Gateway:
         elif action == "shadow":
             ev = c.start_shadow(body.sample)
         elif action in ("promote", "rollback"):
-            rejected = await self._rejected() if action == "promote" else None
+            rejected = await self._rejected("promote") if action == "promote" else None
             if rejected and not (body and body.force):
                 raise RolloutError(
                     rejected,
@@ -1224,7 +1259,7 @@ class Gateway:
             except Exception:  # the registry is down too: say so, the operator must set them by hand
                 log.exception("rollout: the registry aliases could not be moved back after an unrecorded %s", ev.action)
 
-    async def _rejected(self) -> str | None:
+    async def _rejected(self, action: str) -> str | None:
         """Why the challenger's training run rejected it, or None (promoting a rejected version takes `force`)."""
         ch = self.controller.state.challenger
         if ch is None or (self.backend("challenger").info or {}).get("source") != "registry":
@@ -1234,7 +1269,7 @@ class Gateway:
         try:
             decision, why = await run_in_threadpool(decision_of, self.settings, ch.version)
         except Exception as exc:  # the registry is down: the promotion would fail on the aliases anyway
-            raise ServiceUnavailableError(f"promote not done: the registry does not answer: {exc}") from exc
+            raise ServiceUnavailableError(f"{action} not done: the registry does not answer: {exc}") from exc
         if decision != "rejected":
             return None
         return f"v{ch.version} was rejected when it was trained" + (f" ({why})" if why else "")
@@ -1385,7 +1420,7 @@ class Gateway:
         try:
             data = json.loads(self._stop_file.read_text())
             plan = (str(data["plan"][0]), float(data["plan"][1]))
-            stopped = RolloutState.model_validate(data["state"])
+            stopped = stored_state(data["state"])
             stop = (Event(str(data["action"]), data.get("reason")), str(data["claim"]), plan)
         except FileNotFoundError:
             return
@@ -1580,10 +1615,12 @@ async def _read_input(request: Request, gw: Gateway, explain: bool = False) -> t
         if (meta["lat"] is None) != (meta["lon"] is None):
             raise _bad_request(422, "give both lat and lon for an uploaded tile, or neither")
         data = await upload.read()
+        meta["received_at"] = time.perf_counter()  # the upload is the client's time, checking it the gateway's
         meta["version"] = _model_ref(fields.get("version"))
         return gw.check_upload(data, upload.content_type or "application/octet-stream", meta["lon"], meta["lat"]), meta
     if ctype in ("application/json", ""):
         raw = await request.body()
+        received_at = time.perf_counter()  # a place's tile fetch is the gateway's time: it counts in latency_ms
         if not raw:
             raise _bad_request(422, "empty request body", JSON_HINT)
         try:
@@ -1600,7 +1637,7 @@ async def _read_input(request: Request, gw: Gateway, explain: bool = False) -> t
             req = model.model_validate(payload)
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from exc
-        meta = req.model_dump()
+        meta = {**req.model_dump(), "received_at": received_at}
         if explain:
             meta["version"] = _model_ref(meta["version"])
             _refuse_if_explainer_gone(gw)  # before the imagery provider is asked for a tile nobody will see
@@ -1777,9 +1814,9 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     async def predict(
         request: Request, x_client_id: Annotated[str | None, Header(max_length=128)] = None
     ) -> PredictResponse:
-        t0 = time.perf_counter()
         tile, meta = await _read_input(request, gw)
-        return await gw.predict(tile, meta.get("client_id") or _utf8(x_client_id), meta.get("source") or "api", t0)
+        client = meta.get("client_id") or _utf8(x_client_id)
+        return await gw.predict(tile, client, meta.get("source") or "api", meta["received_at"])
 
     @app.get(
         "/v1/tile",

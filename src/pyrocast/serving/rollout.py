@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from pyrocast.errors import PyrocastError
 
@@ -36,6 +36,7 @@ Mode = Literal["champion", "ab", "canary", "shadow"]
 Role = Literal["champion", "challenger"]
 MODES: tuple[str, ...] = ("champion", "ab", "canary", "shadow")
 FLEET = "challenger, all gateways"  # the key of the store-wide window in `RolloutController.snapshot()["stats"]`
+STORED = "stored"  # validation context of a state read back from the store (`stored_state`)
 
 
 class RolloutError(PyrocastError):
@@ -67,9 +68,10 @@ class Guardrails(BaseModel):
     window: int = Field(200, ge=10, le=1_000_000, description="judge the last N observations")
 
     @model_validator(mode="after")
-    def _judgeable(self) -> Guardrails:
-        # A window that never holds min_requests observations would never judge: a canary with no guardrails.
-        if self.min_requests > self.window:
+    def _judgeable(self, info: ValidationInfo) -> Guardrails:
+        # A window that never holds min_requests observations would never judge: a canary with no guardrails. A
+        # state stored before this rule (STORED context) still loads: the canary it runs is not dropped.
+        if self.min_requests > self.window and not (info.context or {}).get(STORED):
             raise ValueError(
                 f"min_requests ({self.min_requests}) must not exceed window ({self.window}): the guardrails would "
                 "never have enough observations to judge"
@@ -128,10 +130,14 @@ class RolloutState(BaseModel):
     canary: CanaryPlan | None = None
     canary_started_at: float | None = None
     canary_step: int = 0
+    # When the recorded step took effect (None: as the clock had it, for states stored before this field).
+    canary_step_since: float | None = None
     canary_complete: bool = False
     shadow_sample: float = 1.0
     champion: ModelRef | None = None
     challenger: ModelRef | None = None
+    # The challenger version the running experiment (A/B, canary, shadow) was started for.
+    experiment_challenger: ModelRef | None = None
     previous_champion: ModelRef | None = None
     stopped_reason: str | None = None
     updated_at: float = Field(default_factory=time.time)
@@ -152,10 +158,17 @@ def bucket(key: str, salt: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def canary_step_at(plan: CanaryPlan, started_at: float, now: float) -> int:
-    """The index of the canary step in force at `now`."""
-    elapsed = max(0.0, now - started_at)
-    return min(int(elapsed // plan.step_seconds), len(plan.steps) - 1)
+def stored_state(data: Any) -> RolloutState:
+    """A rollout state read back from the store or a file: rules added since it was written do not reject it."""
+    return RolloutState.model_validate(data, context={STORED: True})
+
+
+def step_since(state: RolloutState) -> float:
+    """When the canary's recorded step took effect."""
+    if state.canary_step_since is not None:
+        return state.canary_step_since
+    assert state.canary is not None and state.canary_started_at is not None
+    return state.canary_started_at + state.canary_step * state.canary.step_seconds
 
 
 def challenger_share(state: RolloutState, now: float) -> float:
@@ -280,6 +293,7 @@ class RolloutController:
         self.state.mode = mode
         self.state.updated_at = time.time()
         self.state.stopped_reason = reason
+        self.state.experiment_challenger = self.state.challenger if mode != "champion" else None
         self.replaced_challenger = None  # a new plan, for the challenger served now
         self._reset_windows()
 
@@ -300,19 +314,19 @@ class RolloutController:
 
     # --- changes ----------------------------------------------------------------------------------------------
     def set_models(self, champion: ModelRef | None, challenger: ModelRef | None) -> None:
-        """What the backends serve now (from their info endpoints). A challenger replaced by another version during
-        an experiment is noted for `tick`, which stops the experiment: the new version would otherwise inherit
-        the old one's canary step (and its auto-promotion) or A/B share without being judged."""
+        """What the backends serve now (from their info endpoints)."""
+        self.state.champion, self.state.challenger = champion, challenger
+
+    def check_challenger(self, served: ModelRef | None) -> None:
+        """Compare what the challenger's service serves, as just probed, with the version the running experiment
+        was started for: another one (the service restarted on another version, perhaps while the gateway was
+        down) is noted for `tick`, which stops the experiment: the new version would otherwise join at the old
+        one's canary step (and auto-promotion) or A/B share without being judged. Call it with a fresh probe's
+        answer only: a probe older than a plan adopted from another gateway would see the version it replaced."""
         st = self.state
-        if (
-            st.mode != "champion"
-            and st.challenger is not None
-            and challenger is not None
-            and challenger != st.challenger
-        ):
-            first = self.replaced_challenger[0] if self.replaced_challenger else st.challenger
-            self.replaced_challenger = (first, challenger)
-        st.champion, st.challenger = champion, challenger
+        planned = st.experiment_challenger
+        if st.mode != "champion" and planned is not None and served is not None and served != planned:
+            self.replaced_challenger = (planned, served)
 
     def _need_challenger(self, what: str) -> None:
         if self.state.challenger is None:
@@ -342,6 +356,7 @@ class RolloutController:
         self.state.canary, self.state.ab = plan, None
         self.state.canary_started_at = time.time() if now is None else now
         self.state.canary_step, self.state.canary_complete = 0, False
+        self.state.canary_step_since = self.state.canary_started_at
         self.state.salt = secrets.token_hex(4)
         self._changed("canary")
         steps = " -> ".join(f"{s:.0%}" for s in plan.steps)
@@ -388,7 +403,7 @@ class RolloutController:
         st = self.state
         if self.replaced_challenger is not None:
             (was, new), self.replaced_challenger = self.replaced_challenger, None
-            if st.mode != "champion" and new == st.challenger:
+            if st.mode != "champion" and st.experiment_challenger == was:
                 what = {"ab": "A/B test", "canary": "canary", "shadow": "shadow traffic"}[st.mode]
                 stop = self.champion_only(
                     f"{what} stopped: the challenger's service serves {new} now, not {was} that the {what} was "
@@ -404,12 +419,15 @@ class RolloutController:
         if reason:
             stop = self.champion_only(f"canary stopped: {reason}")
             return [Event("guardrail-stop", stop.reason)]
+        # Each step serves its `step_seconds` from when it took effect (was recorded): after a store outage the
+        # canary goes on from the step in effect rather than jumping to the clock's, or to its end.
         events: list[Event] = []
-        step = canary_step_at(st.canary, st.canary_started_at, now)
-        if step != st.canary_step:
-            st.canary_step = step
-            events.append(Event("canary-step", f"challenger share {st.canary.steps[step]:.0%}"))
-        done = now - st.canary_started_at >= len(st.canary.steps) * st.canary.step_seconds
+        last = len(st.canary.steps) - 1
+        if st.canary_step < last and now - step_since(st) >= st.canary.step_seconds:
+            st.canary_step += 1
+            st.canary_step_since = now
+            events.append(Event("canary-step", f"challenger share {st.canary.steps[st.canary_step]:.0%}"))
+        done = st.canary_step >= last and now - step_since(st) >= st.canary.step_seconds
         if done and not st.canary_complete:
             st.canary_complete = True
             if st.canary.auto_promote:
@@ -425,9 +443,8 @@ class RolloutController:
         out["challenger_share"] = self.share(now)
         st = self.state
         if st.mode == "canary" and st.canary and st.canary_started_at is not None:
-            step = canary_step_at(st.canary, st.canary_started_at, now)
-            nxt = st.canary_started_at + (step + 1) * st.canary.step_seconds
-            out["canary_next_step_at"] = nxt if step + 1 < len(st.canary.steps) else None
+            nxt = step_since(st) + st.canary.step_seconds
+            out["canary_next_step_at"] = nxt if st.canary_step + 1 < len(st.canary.steps) else None
         out["stats"] = {role: w.summary() for role, w in self.windows.items()}
         if self.fleet_stats is not None:
             out["stats"][FLEET] = self.fleet_stats

@@ -540,6 +540,9 @@ class PredictionStore:
                 if item is not None:
                     batch.append(item)
         spilled = bool(batch) and self._spill(batch)
+        if spilled:
+            self._done(len(batch))
+        self._queue.put(None)  # so that the writer stops if its call ever returns
         log.critical(
             "prediction store at %s: the writer is stuck in a database call after %.0f s; %d queued rows %s; the "
             "rows of the batch it is writing (about %d) are lost if the call never returns",
