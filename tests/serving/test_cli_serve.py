@@ -163,3 +163,9 @@ def test_guardrails_that_could_never_judge_are_refused_and_window_makes_them_pos
     view = rollout(cli_env, "canary", "--min-requests", "300", "--window", "300")
     assert view["state"]["canary"]["guardrails"]["window"] == 300
     rollout(cli_env, "champion")
+
+
+def test_a_negative_weight_is_named_as_a_weight_not_an_unknown_flag() -> None:
+    result = runner.invoke(app, ["rollout", "ab", "-1", "5", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2 and "No such option" not in result.output
+    assert "champion_weight" in result.output and "greater than or equal to 0" in result.output

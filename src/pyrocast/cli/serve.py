@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
     )
     rollout.command("status")(status)
     rollout.command("champion")(champion)
-    rollout.command("ab")(ab)
+    rollout.command("ab", context_settings={"ignore_unknown_options": True})(ab)  # `ab -1 5`: a weight, not a flag
     rollout.command("canary")(canary)
     rollout.command("shadow")(shadow)
     rollout.command("promote")(promote)
