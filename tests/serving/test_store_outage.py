@@ -184,3 +184,39 @@ def test_closing_while_the_writer_retries_spills_at_once_rather_than_after_the_r
     again = PredictionStore(f"sqlite:///{db}", spill_path=spill, emergency_dir=None)  # the next start writes it
     assert [r["request_id"] for r in again.rows()] == ["r0"]
     again.close()
+
+
+def test_a_store_opened_on_a_file_it_may_not_write_catches_up_once_it_may(tmp_path: Path) -> None:
+    """SQLite opens a file it may not write read-only, silently: the store must not keep that connection once the
+    file is writable again (found by hand: an immutable file at start, and the gateway spilled until restarted)."""
+    import shutil
+    import sqlite3
+    import subprocess
+
+    db, spill = tmp_path / "p.db", tmp_path / "spill.jsonl"
+    PredictionStore(f"sqlite:///{db}", emergency_dir=None).close()  # the tables exist
+    # Another reader (the web app) keeps the WAL's -wal and -shm files: SQLite then opens the database itself
+    # read-only rather than refusing to open it.
+    reader = sqlite3.connect(db)
+    reader.execute("PRAGMA journal_mode=WAL").fetchall()
+    reader.execute("SELECT count(*) FROM predictions").fetchall()
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(db)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here (needs root on a file system with the immutable flag)")
+    try:
+        store = PredictionStore(
+            f"sqlite:///{db}", spill_path=spill, retries=1, retry_delay_s=0.01, held_retry_s=0.2, emergency_dir=None
+        ).start()
+        store.put_prediction(row(0))
+        assert _eventually(lambda: spill.exists() and store.write_errors >= 3, 10), "the write was not refused"
+        time.sleep(0.5)  # a few more attempts on the pooled read-only connection
+    finally:
+        subprocess.run([chattr, "-i", str(db)], check=True)
+    try:
+        # The writer retries every 0.2 s: the next attempts write (only the spill file is watched meanwhile: a
+        # read would check another connection out of the pool, a fresh one, and could hide the stale one).
+        assert _eventually(lambda: not spill.exists(), 3), f"still refused: {store.trouble()}"
+        assert store.count() == 1 and store.trouble() is None
+    finally:
+        store.close()
+        reader.close()

@@ -272,6 +272,14 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
+        @event.listens_for(engine, "handle_error")
+        def _reopen_when_read_only(ctx) -> None:  # type: ignore[no-untyped-def]
+            # SQLite opens a file it may not write read-only, without a word; pooled, that connection kept refusing
+            # writes after the file became writable again (the gateway never caught up without a restart). Treated
+            # as a lost connection, the pool drops it and the next attempt opens the file anew.
+            if "readonly database" in str(ctx.original_exception):
+                ctx.is_disconnect = True
+
         return engine
     return create_engine(url, pool_pre_ping=True)
 
