@@ -118,8 +118,9 @@ class Stack:
                 "champion",
                 f"http://{host}:{sv.champion_port}",
                 sv.champion_port,
+                # The version, not the alias: see procs.start_classifier.
                 lambda: procs.start_classifier(
-                    settings, port=sv.champion_port, ref="champion", name="champion", wait=False
+                    settings, port=sv.champion_port, ref=versions["champion"], name="champion", wait=False
                 ),
                 critical=True,
                 what=f"classifier, model v{versions['champion']}",
@@ -134,7 +135,7 @@ class Stack:
                     f"http://{host}:{sv.challenger_port}",
                     sv.challenger_port,
                     lambda: procs.start_classifier(
-                        settings, port=sv.challenger_port, ref="challenger", name="challenger", wait=False
+                        settings, port=sv.challenger_port, ref=chall, name="challenger", wait=False
                     ),
                     what=f"classifier, model v{chall}",
                     setting="serving.challenger_port",

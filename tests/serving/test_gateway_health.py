@@ -312,3 +312,21 @@ def test_a_heatmap_of_a_place_asks_no_tile_of_the_imagery_once_the_explainer_is_
             r = explain_elsewhere()
             assert gone in r.json()["detail"]["error"] and "predictions are not affected" in r.json()["detail"]["hint"]
             assert imagery.hits == hits, "a tile was fetched for a heatmap refused at once"
+
+
+def test_a_worker_restarted_after_the_aliases_moved_loads_the_version_its_service_was_started_for(
+    gw: ServingStack,
+) -> None:
+    """A classifier started for the `champion` alias serves that version for good: after a promotion moved the alias,
+    a worker BentoML restarts (it died) must not load the new champion and answer as the old one's role."""
+    from pyrocast.registry.models import aliases, move_aliases
+
+    assert gw.champion is not None
+    assert httpx.get(f"{gw.champion.url}/model/info", timeout=10).json()["version"] == "1"
+    before = aliases(gw.settings)
+    move_aliases(gw.settings, {"champion": "2", "challenger": "1"})  # what a promotion does to the registry
+    try:
+        _kill_worker(gw, gw.champion, "champion")
+        assert httpx.get(f"{gw.champion.url}/model/info", timeout=10).json()["version"] == "1"
+    finally:
+        move_aliases(gw.settings, before)

@@ -71,6 +71,10 @@ def test_a_gateway_started_while_its_store_is_down_answers_and_catches_up(
             assert said, _get(f"{gw.url}/healthz")
             (refusing,) = said
             assert "refuses writes" in refusing and PASSWORD not in refusing
+            # An answer given a moment ago is not "no such prediction" while the store cannot be read.
+            r = httpx.get(f"{gw.url}/v1/predictions/{answers[0].json()['request_id']}", timeout=30)
+            assert r.status_code == 503 and "cannot be read" in r.json()["detail"]["error"], r.text
+            assert PASSWORD not in r.text
 
         # The database is back: no restart, no new request.
         rid = answers[0].json()["request_id"]

@@ -93,7 +93,8 @@ def serve_classifier(
         env[bundles.ENV_BUNDLE] = str(bundle.resolve())
     else:
         b = bundles.resolve_bundle(s, ref=model or role)  # fetches (and caches) the version once, here
-        env[bundles.ENV_MODEL] = model or role
+        # The version, not the alias: a worker BentoML restarts must not load what a promotion moved it to.
+        env[bundles.ENV_MODEL] = str(b.version)
     p = bundles.resolve_precision(b, precision or s.serving.precision)
     env[bundles.ENV_PRECISION] = p
     env[bundles.ENV_BATCHING] = "1" if batching else "0"

@@ -1981,12 +1981,29 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
 
     @app.get(
         "/v1/predictions/{request_id}",
-        responses={404: {"model": ErrorResponse}},
+        responses={
+            404: {"model": ErrorResponse},
+            503: {"model": ErrorResponse, "description": "the store cannot be read, or has not stored this answer yet"},
+        },
         summary="Every stored row of one request (served answer, shadow copy, failed attempts)",
     )
     async def get_predictions(request_id: Annotated[str, Path(max_length=64)]) -> list[dict[str, Any]]:
         await run_in_threadpool(gw.store.flush, 5.0)
-        rows = await run_in_threadpool(gw.store.predictions_for, request_id)
+        try:
+            rows = await run_in_threadpool(gw.store.predictions_for, request_id)
+        except Exception as exc:  # the database is down: predictions are still answered meanwhile
+            raise _bad_request(
+                503,
+                f"the prediction store ({gw.store.shown_url}) cannot be read: {brief_error(exc)}",
+                "try again once it answers (GET /healthz says when)",
+            ) from exc
+        if not rows and request_id in gw.recent and (trouble := gw.store.trouble()):
+            # Answered a moment ago, but the store refuses writes: "no such prediction" would be false.
+            raise _bad_request(
+                503,
+                f"request {request_id!r} was answered but is not stored yet: {trouble}",
+                "try again once the store takes rows again (GET /healthz says when)",
+            )
         if not rows:
             raise _bad_request(404, f"no prediction with request id {request_id!r}")
         return [{**r, "ts": r["ts"].isoformat()} for r in rows]

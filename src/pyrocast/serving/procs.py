@@ -316,17 +316,30 @@ def start_classifier(
     timeout: float = 90.0,
     wait: bool = True,
 ) -> ServiceProcess:
-    """Start the BentoML classifier for a bundle folder or a registry ref (alias or version)."""
+    """Start the BentoML classifier for a bundle folder or a registry ref (alias or version).
+
+    An alias is pinned to the version it names now: BentoML starts a new worker (after one died) with the same
+    environment, and an alias that a promotion or rollback has moved since would make it load another model, which
+    the gateway would then serve under the role of the one before."""
     port = port or settings.serving.champion_port
     child_env = settings_env(settings)
     if bundle_dir is not None:
         child_env[ENV_BUNDLE] = str(bundle_dir)
     if ref is not None:
-        child_env[ENV_MODEL] = ref
+        child_env[ENV_MODEL] = pinned_version(settings, ref)
     if precision is not None:
         child_env[ENV_PRECISION] = precision
     child_env[ENV_BATCHING] = "1" if batching else "0"
     return _start_bento(settings, name, CLASSIFIER, port, child_env, env, timeout, wait)
+
+
+def pinned_version(settings: Settings, ref: str) -> str:
+    """The version number a registry ref (alias, `latest`, `v3`, `3`) names now."""
+    if ref.isdigit():
+        return ref
+    from pyrocast.registry.models import resolve_version
+
+    return str(resolve_version(settings, ref).version)
 
 
 def start_explainer(
