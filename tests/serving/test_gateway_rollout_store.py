@@ -448,3 +448,54 @@ def test_a_challenger_given_another_version_mid_canary_stops_it_on_every_replica
                     again.store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_guardrail_check_is_never_dropped_with_the_background_budget_full(tmp_path: Path) -> None:
+    """256 shadow and comparison calls in flight fill the background budget: the request path's guardrail check
+    still runs (it was dropped, and its pending flag then kept every later check from being queued)."""
+    from pyrocast.serving.gateway import MAX_BACKGROUND
+    from pyrocast.serving.rollout import Guardrails
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            strict = Guardrails(max_error_rate=0.1, min_requests=5)
+            await started_canary(one, two, CanaryPlan(steps=[0.5], guardrails=strict))
+            never = asyncio.Event()
+            busy = [asyncio.create_task(never.wait()) for _ in range(MAX_BACKGROUND)]
+            one._background.update(busy)
+            try:
+                for _ in range(5):
+                    one.controller.record("challenger", False, None)
+                await one._check_guardrails()
+                await asyncio.wait_for(asyncio.gather(*(t for t in one._background if t not in busy)), 5)
+                assert one.controller.state.mode == "champion" and not one._guardrail_check_due
+            finally:
+                for t in busy:
+                    t.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_canary_step_resumes_for_its_whole_time_after_every_gateway_was_down(tmp_path: Path) -> None:
+    """A canary on its last step when the gateways stopped, started again long after: the step serves its time
+    again (counted, the first tick would have completed and auto-promoted a canary no traffic judged)."""
+    import time
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            await started_canary(one, two, CanaryPlan(steps=[1.0], step_seconds=60, auto_promote=True))
+            saved = one.controller.state.model_dump(mode="json")
+            saved["canary_started_at"] = saved["canary_step_since"] = time.time() - 600  # down for ten minutes
+            one.store.add_event("canary", "canary", saved)
+            again = Gateway(one.settings, PredictionStore(one.store.url))
+            try:
+                again.controller.set_models(V1, V2)
+                await again._resume()
+                assert again.controller.state.mode == "canary"
+                assert await again.advance() == []  # not complete, not promoted
+                assert await again.advance(time.time() + 61) != []
+            finally:
+                await again.client.aclose()
+                again.store.close()
+
+    asyncio.run(scenario())

@@ -137,3 +137,11 @@ def test_a_busy_port_is_refused_before_starting(tmp_path: Path) -> None:
             procs.start_process(
                 "late", [sys.executable, "-c", "pass"], url=f"http://127.0.0.1:{port}", log_path=tmp_path / "l.log"
             )
+
+
+def test_a_version_named_v3_is_pinned_without_asking_the_registry(tmp_path: Path) -> None:
+    from pyrocast.serving.procs import pinned_version
+    from pyrocast.settings import Settings
+
+    settings = Settings(data_dir=tmp_path)  # no registry exists here: a lookup would fail
+    assert pinned_version(settings, "v3") == "3" and pinned_version(settings, "12") == "12"

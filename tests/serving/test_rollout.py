@@ -324,3 +324,18 @@ def test_a_state_stored_before_a_rule_was_added_still_loads() -> None:
     assert st.mode == "canary" and st.canary is not None and st.canary.guardrails.window == 50
     del saved["canary_step_since"]  # a state stored before the field: its step took effect when the clock said
     assert stored_state(saved).canary_step_since is None
+
+
+def test_resizing_an_ab_test_whose_challenger_was_replaced_starts_a_new_test() -> None:
+    """The clients of a test of v2 are not v3's to keep: resized after the challenger's service changed version, the
+    test starts anew (a new salt), and says so."""
+    c = controller()
+    c.start_ab(ABPlan(champion=1, challenger=1))
+    salt = c.state.salt
+    c.start_ab(ABPlan(champion=1, challenger=3))  # a resize of the same test keeps its clients
+    assert c.state.salt == salt
+    c.set_models(V1, V3)
+    c.check_challenger(V3)
+    ev = c.start_ab(ABPlan(champion=1, challenger=1))
+    assert c.state.salt != salt and "a new test of m v3" in (ev.reason or "")
+    assert c.state.experiment_challenger == V3 and c.tick() == []

@@ -273,7 +273,9 @@ def move_aliases(settings: Settings, targets: dict[str, str], client: MlflowClie
                 else:
                     delete_alias(settings, alias, client)
             except Exception:  # the registry is gone altogether: say what is left where
-                log.exception("alias %s left at the new version: it could not be put back to %s", alias, was.get(alias))
+                log.exception(
+                    "alias %s may point at the new version: it could not be put back to %s", alias, was.get(alias)
+                )
         raise
     for alias, version in targets.items():
         log.info("alias %s -> %s version %s", alias, name, version)

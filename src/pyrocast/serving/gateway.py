@@ -53,6 +53,7 @@ from pyrocast.serving.rollout import (
     RolloutError,
     RolloutState,
     Window,
+    step_since,
     stored_state,
     window_of_calls,
 )
@@ -692,6 +693,7 @@ class Gateway:
                         )
                         saved = None
             self._take_up_unrecorded_stop()
+            self._resume_canary_step()
             note = await self._follow_registry()
             self._assign_roles()
             self._check_challenger()  # given another version while this gateway was down
@@ -715,6 +717,8 @@ class Gateway:
         # Let shadow copies in flight finish (briefly), so their rows are stored too.
         if self._background:
             await asyncio.wait(self._background, timeout=5.0)
+            for task in list(self._background):  # past the grace: not left to run against a closed store
+                task.cancel()
         await self.client.aclose()
         if self.session is not None:
             await self.session.close()
@@ -1129,7 +1133,10 @@ class Gateway:
         if self.controller.state.mode != "canary" or self._guardrail_check_due:
             return
         self._guardrail_check_due = True
-        self._spawn(self._judge_guardrails())
+        # Not through `_spawn`: dropped there (256 copies in flight) it would leave the flag set for good.
+        task = asyncio.create_task(self._judge_guardrails())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _judge_guardrails(self) -> None:
         try:
@@ -1201,8 +1208,8 @@ class Gateway:
             try:
                 return await self._change(action, body)
             except BaseException:
-                if self.controller.state.updated_at == plan:  # nothing changed, or undone
-                    self.controller.replaced_challenger = replaced
+                if self.controller.state.updated_at == plan and self.controller.replaced_challenger is None:
+                    self.controller.replaced_challenger = replaced  # nothing changed, or undone: still to act on
                 raise
 
     async def _change(self, action: str, body: Any) -> Event:
@@ -1393,6 +1400,25 @@ class Gateway:
                 await self.follow_store()
                 return events[:i]
         return events
+
+    def _resume_canary_step(self) -> None:
+        """A canary saved before the gateway stopped: the step in effect then serves its whole time again from now
+        (the time the gateway was down judged nothing; counted, the next tick would move on at once, or complete and
+        auto-promote a canary whose last step saw a few seconds of traffic)."""
+        st = self.controller.state
+        if st.mode != "canary" or st.canary is None or st.canary_started_at is None or st.canary_complete:
+            return
+        idle = time.time() - step_since(st)
+        if idle > st.canary.step_seconds:
+            st.canary_step_since = time.time()
+            log.info(
+                "rollout: the canary's step %d (%.0f%%) was due to end %.0f s ago, while no gateway ran: it serves "
+                "its %g s again from now",
+                st.canary_step + 1,
+                100 * st.canary.steps[st.canary_step],
+                idle - st.canary.step_seconds,
+                st.canary.step_seconds,
+            )
 
     def _set_unrecorded_stop(self, stop: tuple[Event, str, tuple[str, float]] | None) -> None:
         """Hold (or clear) a guardrail stop the store has not recorded, in memory and in `_stop_file`."""
@@ -1988,7 +2014,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         summary="Every stored row of one request (served answer, shadow copy, failed attempts)",
     )
     async def get_predictions(request_id: Annotated[str, Path(max_length=64)]) -> list[dict[str, Any]]:
-        await run_in_threadpool(gw.store.flush, 5.0)
+        flushed = await run_in_threadpool(gw.store.flush, 5.0)
         try:
             rows = await run_in_threadpool(gw.store.predictions_for, request_id)
         except Exception as exc:  # the database is down: predictions are still answered meanwhile
@@ -1997,11 +2023,12 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
                 f"the prediction store ({gw.store.shown_url}) cannot be read: {brief_error(exc)}",
                 "try again once it answers (GET /healthz says when)",
             ) from exc
-        if not rows and request_id in gw.recent and (trouble := gw.store.trouble()):
-            # Answered a moment ago, but the store refuses writes: "no such prediction" would be false.
+        if not rows and request_id in gw.recent and (not flushed or gw.store.trouble()):
+            # Answered a moment ago, but the store refuses writes or lags: "no such prediction" would be false.
+            why = gw.store.trouble() or "the store's writer is behind (its queue was not written within 5 s)"
             raise _bad_request(
                 503,
-                f"request {request_id!r} was answered but is not stored yet: {trouble}",
+                f"request {request_id!r} was answered but is not stored yet: {why}",
                 "try again once the store takes rows again (GET /healthz says when)",
             )
         if not rows:

@@ -335,11 +335,21 @@ def start_classifier(
 
 def pinned_version(settings: Settings, ref: str) -> str:
     """The version number a registry ref (alias, `latest`, `v3`, `3`) names now."""
-    if ref.isdigit():
-        return ref
+    if ref.lstrip("vV").isdigit():
+        return ref.lstrip("vV")
+    from pyrocast.errors import PyrocastError
     from pyrocast.registry.models import resolve_version
 
-    return str(resolve_version(settings, ref).version)
+    try:
+        return str(resolve_version(settings, ref).version)
+    except PyrocastError:
+        raise
+    except Exception as exc:  # the registry does not answer
+        raise PyrocastError(
+            f"cannot tell which version {ref!r} names: the model registry (MLflow) does not "
+            f"answer ({type(exc).__name__})",
+            "check the MLflow tracking store, or name the version (e.g. 3) instead of the alias",
+        ) from exc
 
 
 def start_explainer(

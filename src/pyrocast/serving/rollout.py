@@ -342,11 +342,20 @@ class RolloutController:
         only adds clients to it and lowering it only takes some back (nobody else switches sides)."""
         self._need_challenger("an A/B test")
         running = self.state.ab if self.state.mode == "ab" else None
+        replaced = running is not None and (
+            self.replaced_challenger is not None or self.state.experiment_challenger != self.state.challenger
+        )
+        if replaced:  # the test was of another version: its clients are not this one's to keep
+            running = None
         self.state.ab, self.state.canary = plan, None
         if running is None:
             self.state.salt = secrets.token_hex(4)
         self._changed("ab")
         share = f"challenger share {plan.challenger_share:.1%}"
+        if replaced:
+            return Event(
+                "ab", f"{share}; a new test of {self.state.challenger}: the test running was of another version"
+            )
         if running is None:
             return Event("ab", share)
         return Event("ab", f"{share} (was {running.challenger_share:.1%}; same test, clients kept where they were)")
