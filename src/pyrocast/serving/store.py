@@ -541,12 +541,7 @@ class PredictionStore:
     def _abandon_writer(self, waited: float) -> None:
         """The writer is stuck in a database call past `waited` s: spill what is still queued from here (the writer
         is not taking from the queue), never write alongside it."""
-        batch: list[tuple[str, dict[str, Any]]] = []
-        with contextlib.suppress(queue.Empty):
-            while True:
-                item = self._queue.get_nowait()
-                if item is not None:
-                    batch.append(item)
+        batch = self._take_queued()
         spilled = bool(batch) and self._spill(batch)
         if spilled:
             self._done(len(batch))
@@ -592,16 +587,18 @@ class PredictionStore:
             if stop:
                 return
 
-    def _drain_sync(self) -> None:
+    def _take_queued(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every row still in the queue (the writer's stop sentinel left out)."""
         batch: list[tuple[str, dict[str, Any]]] = []
-        while True:
-            try:
+        with contextlib.suppress(queue.Empty):
+            while True:
                 item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                batch.append(item)
-        self._write_with_retry(batch, final=True)  # with the held rows, if any
+                if item is not None:
+                    batch.append(item)
+        return batch
+
+    def _drain_sync(self) -> None:
+        self._write_with_retry(self._take_queued(), final=True)  # with the held rows, if any
 
     def _write_with_retry(self, batch: list[tuple[str, dict[str, Any]]], final: bool) -> None:
         """Write what waits in spill files, then held rows and `batch`; retry, then spill, then hold.
