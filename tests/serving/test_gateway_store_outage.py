@@ -1,5 +1,6 @@
 """A gateway process whose prediction store (a real PostgreSQL server) is down when it starts: it starts, answers,
-says so in /healthz and /v1/rollout, and catches up by itself once the database is back."""
+says so in /healthz and /v1/rollout, and catches up by itself once the database is back; and one whose SQLite store
+is locked by another process: an answer not stored yet is a 503 that says why."""
 
 from __future__ import annotations
 
@@ -94,3 +95,31 @@ def test_a_gateway_started_while_its_store_is_down_answers_and_catches_up(
     store = PredictionStore(postgres_url, emergency_dir=None)
     assert store.count(client_id=tag, served=True) == 5  # each answer stored once
     store.close()
+
+
+def test_an_answer_not_stored_yet_is_a_503_that_says_why_not_a_404(gw: Any, jpeg: bytes) -> None:
+    """Another process holds the SQLite store's write lock (a backup, an operator's open `sqlite3` transaction): the
+    gateway answers, its writer waits, and asking for the answer just given is a 503 naming the lagging writer, not
+    a false "no such prediction"; once the lock goes, the answer is there."""
+    import sqlite3
+
+    db = gw.settings.store_database_url.split(":///", 1)[1]
+    holder = sqlite3.connect(db, timeout=30, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock; readers still read (WAL)
+    try:
+        with gw.client() as c:
+            answer = c.post("/v1/predict", files={"image": ("tile.jpg", jpeg, "image/jpeg")})
+            assert answer.status_code == 200, answer.text
+            rid = answer.json()["request_id"]
+            r = c.get(f"/v1/predictions/{rid}")
+            assert r.status_code == 503, r.text
+            error = r.json()["detail"]["error"]
+            assert "answered but is not stored yet" in error and "writer is behind" in error, error
+            assert c.get(f"/v1/predictions/{'0' * 32}").status_code == 404  # never answered: still a 404
+    finally:
+        holder.rollback()
+        holder.close()
+    with gw.client() as c:
+        assert wait_for(lambda: c.get(f"/v1/predictions/{rid}").status_code == 200, 20), "never stored"
+        rows = c.get(f"/v1/predictions/{rid}").json()
+    assert [(r["request_id"], r["served"]) for r in rows] == [(rid, True)]

@@ -5,9 +5,12 @@ rows again (in order, never twice, without a restart), and logs an outage in a f
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +193,6 @@ def test_a_store_opened_on_a_file_it_may_not_write_catches_up_once_it_may(tmp_pa
     """SQLite opens a file it may not write read-only, silently: the store must not keep that connection once the
     file is writable again (found by hand: an immutable file at start, and the gateway spilled until restarted)."""
     import shutil
-    import sqlite3
     import subprocess
 
     db, spill = tmp_path / "p.db", tmp_path / "spill.jsonl"
@@ -221,3 +223,61 @@ def test_a_store_opened_on_a_file_it_may_not_write_catches_up_once_it_may(tmp_pa
     finally:
         store.close()
         reader.close()
+
+
+@contextlib.contextmanager
+def _write_lock(url: str) -> Iterator[None]:
+    """Another connection holds the write lock on the predictions table while readers still read: an operator's
+    open transaction, a backup, a migration waiting on its lock. The store's writer waits inside its INSERT."""
+    if url.startswith("sqlite"):
+        holder = sqlite3.connect(url.split(":///", 1)[1], timeout=30, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            holder.rollback()
+            holder.close()
+        return
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("LOCK TABLE predictions IN EXCLUSIVE MODE")
+            yield
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_writer_stuck_in_a_database_call_at_close_has_the_queued_rows_spilled(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`close()` does not wait past its timeout for a writer stuck in a database call: the rows still queued go to
+    the spill file (never written beside the stuck writer), the log says so, and once the call returns its own
+    batch is committed: the next start has every row exactly once."""
+    url = f"sqlite:///{tmp_path / 'p.db'}" if backend == "sqlite" else str(request.getfixturevalue("postgres_url"))
+    spill = tmp_path / "spill.jsonl"
+    store = PredictionStore(url, spill_path=spill, interval_s=0.01, emergency_dir=None).start()
+    store.put_prediction(row(0))
+    assert store.flush(10)
+    writer = store._thread
+    assert writer is not None
+    with _write_lock(url):
+        store.put_prediction(row(1))
+        time.sleep(1.0)  # the writer took row 1 and waits for the lock inside its INSERT
+        store.put_prediction(row(2))
+        store.put_prediction(row(3))
+        t = time.monotonic()
+        store.close(timeout=2.0)
+        took = time.monotonic() - t
+        assert took < 6.0, f"close waited {took:.1f} s for a stuck writer"
+        assert [json.loads(line)["row"]["request_id"] for line in spill.read_text().splitlines()] == ["r2", "r3"]
+    writer.join(30)  # the lock is gone: the stuck call returns, its batch commits and the writer stops
+    assert not writer.is_alive()
+    (said,) = [r.getMessage() for r in _store_lines(caplog, logging.CRITICAL)]
+    assert "stuck in a database call" in said and "2 queued rows spilled" in said, said
+    again = PredictionStore(url, spill_path=spill, emergency_dir=None)  # replays the spill file
+    try:
+        assert sorted(r["request_id"] for r in again.rows()) == ["r0", "r1", "r2", "r3"]
+        assert not spill.exists()
+    finally:
+        again.close()
