@@ -132,3 +132,29 @@ def test_moving_two_aliases_moves_both_or_neither(mlflow_settings: Settings, tmp
     assert models.aliases(mlflow_settings) == {"champion": "1", "challenger": "2"}
     models.move_aliases(mlflow_settings, {"champion": "2", "challenger": "1"})
     assert models.aliases(mlflow_settings) == {"champion": "2", "challenger": "1"}
+
+
+def test_an_alias_moved_before_the_registry_failed_is_put_back(mlflow_settings: Settings, tmp_path: Path) -> None:
+    """The registry refuses the second alias after taking the first (its database refuses that write): the first is
+    put back, so a failed promotion leaves the registry as it was, never both aliases on one version."""
+    import sqlite3
+
+    _register(mlflow_settings, tmp_path, "good")
+    _register(mlflow_settings, tmp_path, "always_fire")
+    models.move_aliases(mlflow_settings, {"champion": "1", "challenger": "2"})
+    db = sqlite3.connect(mlflow_settings.mlflow_tracking_uri.removeprefix("sqlite:///"))
+    for op in ("INSERT", "UPDATE"):
+        db.execute(
+            f"CREATE TRIGGER refuse_{op.lower()} BEFORE {op} ON registered_model_aliases "
+            "WHEN NEW.alias = 'challenger' AND NEW.version = 1 BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        )
+    db.commit()
+    try:
+        with pytest.raises(Exception, match="disk I/O error"):
+            models.move_aliases(mlflow_settings, {"champion": "2", "challenger": "1"})  # champion moves, then fails
+        assert models.aliases(mlflow_settings) == {"champion": "1", "challenger": "2"}
+    finally:
+        db.executescript("DROP TRIGGER refuse_insert; DROP TRIGGER refuse_update;")
+        db.close()
+    models.move_aliases(mlflow_settings, {"champion": "2", "challenger": "1"})
+    assert models.aliases(mlflow_settings) == {"champion": "2", "challenger": "1"}
