@@ -248,3 +248,36 @@ def test_an_idle_store_writes_rows_appended_to_its_spill_file(store_url: str, tm
         assert wait_for(lambda: not spill.exists(), 5)
     finally:
         store.close()
+
+
+def test_rows_set_aside_from_a_batch_whose_commit_fails_are_set_aside_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database's disk fills up under a sifted batch: its refused rows were set aside before the commit, which
+    then fails. That set-aside file goes (the batch comes back whole, is spilled after its retries and sifted again
+    from the spill file): the refused rows end up in one file, not in two, and the log names only that one."""
+    spill = tmp_path / "predictions-spill.jsonl"
+    with tmpfs(tmp_path / "small", "size=2m") as small:
+        url = f"sqlite:///{small / 'predictions.db'}"
+        store = PredictionStore(
+            url, spill_path=spill, retries=2, retry_delay_s=0.05, held_retry_s=0.3, emergency_dir=None
+        )
+        filler = small / "filler"
+        with contextlib.suppress(OSError), open(filler, "wb") as f:
+            while True:
+                f.write(b"x" * 1024)
+                f.flush()
+        _received(store, MIXED)
+        store.start()
+        assert wait_for(lambda: spill.exists() and store.queue_depth == 0, 15), store.trouble()
+        assert "full" in (store.trouble() or ""), store.trouble()  # the commit, not the rows, was refused
+        assert store.count() == 0
+        filler.unlink()
+        assert wait_for(lambda: store.count() == 4, 10), "the spilled batch was not written once there was space"
+        store.close()
+        assert _counts(url) == (["r0", "r1", "r2", "r3"], 1)
+    (aside,) = tmp_path.glob("predictions-spill.jsonl.refused-*")
+    kept = [json.loads(line)["row"].get("request_id") for line in aside.read_text().splitlines()]
+    assert kept == [r["request_id"] for _, r in BAD]
+    (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert "rows spilled in" in said and str(aside) in said, said

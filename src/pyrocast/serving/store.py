@@ -750,11 +750,13 @@ class PredictionStore:
                         # Before the commit, so a crash after it loses none of them; a full disk raises, and the
                         # batch goes back whole to be tried again.
                         digest = hashlib.sha256(_refused_lines(refused).encode()).hexdigest()
-                        aside = self._set_aside(self.spill_path, digest, refused, len(batch), "received")
+                        aside = self._set_aside(self.spill_path, digest, refused)
             except BaseException:
                 if aside is not None:  # not committed: the rows go back with the batch, and are set aside again
                     aside.unlink(missing_ok=True)
                 raise
+            if aside is not None and self.spill_path is not None:
+                self._say_set_aside(self.spill_path, aside, refused, len(batch), "received")
             if refused and self.spill_path is None:  # nowhere to keep them: the log is their last record
                 self.dropped += len(refused)
                 log.critical(
@@ -854,6 +856,7 @@ class PredictionStore:
         key = f"spill:{digest}"
         written: dict[str, int] | None = None  # None: written before (a replay the process did not finish)
         refused: list[tuple[tuple[str, dict[str, Any]], str]] = []
+        aside: Path | None = None
         with self.engine.begin() as conn:
             done = conn.execute(select(spill_replays.c.key).where(spill_replays.c.key == key)).first()
             if done is None:
@@ -862,11 +865,13 @@ class PredictionStore:
                 conn.execute(insert(spill_replays).values(key=key, ts=utcnow(), rows=len(batch)))
                 written, refused = _insert_sifted(conn, batch)
                 if refused:  # written before the commit: a crash between the two loses nothing
-                    self._set_aside(path, digest, refused, len(batch))
+                    aside = self._set_aside(path, digest, refused)
         if written is None:
             claimed.unlink()
             log.warning("prediction store: the spilled rows in %s were written before; file removed", claimed)
             return 0
+        if aside is not None:
+            self._say_set_aside(path, aside, refused, len(batch))
         self.refused += len(refused)  # counted, not a standing trouble: a file replayed once, said in its own line
         for name, k in written.items():
             self.written[name] += k
@@ -879,14 +884,7 @@ class PredictionStore:
         log.warning("prediction store: wrote %d spilled rows (from %s)", n, path)
         return n
 
-    def _set_aside(
-        self,
-        path: Path,
-        digest: str,
-        refused: list[tuple[tuple[str, dict[str, Any]], str]],
-        of: int,
-        came: str = "spilled in {path}",
-    ) -> Path:
+    def _set_aside(self, path: Path, digest: str, refused: list[tuple[tuple[str, dict[str, Any]], str]]) -> Path:
         """Keep the rows the database refuses for what they hold in `<spill>.refused-<digest>`, each with the reason.
 
         Retrying them cannot help, and tried before every batch they kept every later row out (the store looked
@@ -899,8 +897,20 @@ class PredictionStore:
             for (table, row), why in refused
         ]
         atomic_write(aside, "".join(lines).encode())
-        # At most one line every 30 s per source (a schema at odds with this version refuses every batch); the
-        # glob names the files the lines held back made.
+        return aside
+
+    def _say_set_aside(
+        self,
+        path: Path,
+        aside: Path,
+        refused: list[tuple[tuple[str, dict[str, Any]], str]],
+        of: int,
+        came: str = "spilled in {path}",
+    ) -> None:
+        """Tell on call where refused rows were kept, once their batch is committed (before, the file may go again).
+
+        At most one line every 30 s per source (a schema at odds with this version refuses every batch); the glob
+        names the files the lines held back made."""
         self._warn(
             f"refused-{came.split()[0]}",
             "prediction store: the database refuses %d of the %d rows %s for what they hold (%s); the "
@@ -915,7 +925,6 @@ class PredictionStore:
             path,
             level=logging.CRITICAL,
         )
-        return aside
 
     # --- rollout events (rare; written synchronously so the state survives a crash) -----------------------------
     def add_event(
