@@ -13,12 +13,20 @@ from pyrocast.errors import InvalidInputError
 TILE_SIZE = 350
 MAX_PIXELS = 4096 * 4096  # beyond this an upload is treated as a decompression bomb
 TRANSPARENT = "transparent_fraction"  # `to_rgb`'s note in `Image.info`: the share of (mostly) transparent pixels
+# The only decoders untrusted bytes reach: Pillow would otherwise try all of its ~40 readers, EPS among them, which
+# runs Ghostscript on whatever PostScript it was sent. A JPEG with multi-picture data opens as MPO (its first frame).
+IMAGE_FORMATS = ("JPEG", "PNG")
+TILE_FORMATS = (*IMAGE_FORMATS, "WEBP")  # what tile servers send besides
+# Read only to name a dataset file's wrong format (a GIF saved as .jpg): plain raster formats, no PostScript.
+RASTER_FORMATS = (*TILE_FORMATS, "GIF", "BMP", "TIFF")
 
 
-def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, what: str = "image") -> Image.Image:
+def decode_image(
+    data: bytes, *, max_pixels: int = MAX_PIXELS, what: str = "image", formats: tuple[str, ...] = IMAGE_FORMATS
+) -> Image.Image:
     """Decode bytes into a fully loaded PIL image, or raise InvalidInputError saying what is wrong.
 
-    Catches: empty input, not an image, truncated data, decompression bombs.
+    Catches: empty input, not an image (or not one of `formats`), truncated data, decompression bombs.
     The mode is left as is: callers decide whether a non-RGB image is an error or gets converted.
     """
     if not data:
@@ -26,7 +34,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, what: str = "imag
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=formats)
             w, h = img.size
             if w * h > max_pixels:
                 raise InvalidInputError(
@@ -39,7 +47,8 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, what: str = "imag
         # Pillow's message quotes Pillow's own (higher) limit: say ours.
         raise InvalidInputError(f"{what} has more pixels than the limit of {max_pixels} (decompression bomb?)") from exc
     except UnidentifiedImageError as exc:
-        raise InvalidInputError(f"{what} is not an image (unrecognised format)") from exc
+        accepted = " or ".join([", ".join(formats[:-1]), formats[-1]] if len(formats) > 1 else formats)
+        raise InvalidInputError(f"{what} is not {accepted} (an unrecognised or refused format)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidInputError(f"{what} is truncated or corrupt: {exc}") from exc
     return img

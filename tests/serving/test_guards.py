@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -35,7 +36,10 @@ def _bomb() -> bytes:
     ("data", "status", "fragment"),
     [
         (b"", 400, "empty"),
-        (b"hello, not an image", 415, "not an image"),
+        (b"hello, not an image", 415, "not JPEG or PNG"),
+        # Never handed to Ghostscript (Pillow's EPS reader runs it on load): refused before any decoder but two.
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n", 415, "not JPEG or PNG"),
+        (encode(tile_image(1, 64), "TIFF"), 415, "not JPEG or PNG"),
         (encode(tile_image(1, 64), "GIF"), 415, "not JPEG or PNG"),
         (encode(tile_image(1, 64), "BMP"), 415, "not JPEG or PNG"),
         (encode(tile_image(1, 64))[:300], 422, "truncated"),
@@ -55,3 +59,15 @@ def test_decompression_bomb_is_refused() -> None:
     with pytest.raises(UploadRejected) as info:
         load_upload(_bomb(), max_bytes=LIMIT)
     assert info.value.status == 422 and "bomb" in str(info.value)
+
+
+def test_a_cameras_multi_picture_jpeg_is_read_as_its_first_frame() -> None:
+    buf = io.BytesIO()
+    first, second = tile_image(1, 64), tile_image(2, 64)
+    first.save(buf, "MPO", save_all=True, append_images=[second])
+    out = load_upload(buf.getvalue(), max_bytes=LIMIT)
+    assert out.mode == "RGB" and out.size == (64, 64)
+    def off(img: Image.Image) -> float:
+        return float(np.abs(np.asarray(out, float) - np.asarray(img, float)).mean())
+
+    assert off(first) < off(second) / 2  # the first picture (JPEG-compressed), not the second

@@ -31,7 +31,7 @@ from pyrocast.data.feed import HttpError, http_get
 from pyrocast.data.layout import IMAGE_SUFFIXES, iter_layout
 from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
 from pyrocast.geo import EARTH_RADIUS_KM, check_coordinates, parse_stem
-from pyrocast.imaging import TILE_SIZE, decode_image, to_rgb
+from pyrocast.imaging import TILE_FORMATS, TILE_SIZE, decode_image, to_rgb
 from pyrocast.settings import Region, Settings
 
 PROVIDERS = ("synthetic", "mapbox", "xyz", "folder")
@@ -139,7 +139,7 @@ class MapboxProvider:
                     422: "Mapbox refused the request: check the coordinates and imagery.mapbox_style",
                 },
             )
-            img = decode_image(data, what=f"Mapbox image for ({_num(lon)}, {_num(lat)})")
+            img = decode_image(data, what=f"Mapbox image for ({_num(lon)}, {_num(lat)})", formats=TILE_FORMATS)
             return _ensure_tile(img, f"Mapbox image for ({_num(lon)}, {_num(lat)})")
         except PyrocastError as exc:
             # Belt and braces: no message leaves this class with the token in it.
@@ -221,7 +221,7 @@ class XyzProvider:
                     f"the tile server has no tile {z}/{x}/{y}", "the point may be outside its coverage"
                 ) from None
             raise
-        img = to_rgb(decode_image(data, what=f"XYZ tile {z}/{x}/{y}"))
+        img = to_rgb(decode_image(data, what=f"XYZ tile {z}/{x}/{y}", formats=TILE_FORMATS))
         if img.size[0] != img.size[1]:
             raise ServiceUnavailableError(f"XYZ tile {z}/{x}/{y} is {img.size[0]}x{img.size[1]}, not square")
         with self._lock:

@@ -31,7 +31,7 @@ from rich.text import Text
 from pyrocast.data.layout import CLASSES, IMAGE_SUFFIXES, MANIFEST, SPLITS, UNSPLIT, Dataset, TileRecord
 from pyrocast.errors import InvalidInputError, PyrocastError
 from pyrocast.geo import EARTH_RADIUS_KM, LonLat, haversine_km, parse_stem
-from pyrocast.imaging import TILE_SIZE, decode_image
+from pyrocast.imaging import RASTER_FORMATS, TILE_SIZE, decode_image
 from pyrocast.progress import progress
 from pyrocast.settings import Region, Settings
 
@@ -141,7 +141,7 @@ def inspect_tile(data: bytes) -> TileCheck:
     if not data:
         return TileCheck(sha, 0, (("empty-file", "the file is empty (0 bytes)"),))
     try:
-        img = decode_image(data, what="the file")
+        img = decode_image(data, what="the file", formats=RASTER_FORMATS)
     except InvalidInputError as exc:
         cause = exc.__cause__
         if isinstance(cause, UnidentifiedImageError):

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from pyrocast.errors import InvalidInputError
 from pyrocast.imaging import MAX_PIXELS, decode_image, to_rgb
 
-FORMATS = ("JPEG", "PNG")
+FORMATS = ("JPEG", "PNG", "MPO")  # MPO: a camera's JPEG with multi-picture data, read as its first frame
 # Modes that become RGB without any assumption about the value range.
 SAFE_MODES = frozenset({"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr", "La", "RGBa"})
 
@@ -49,7 +49,7 @@ def load_upload(data: bytes, *, max_bytes: int, max_pixels: int = MAX_PIXELS, wh
     try:
         img = decode_image(data, max_pixels=max_pixels, what=what)
     except InvalidInputError as exc:
-        status = 415 if "not an image" in exc.message else 422
+        status = 415 if isinstance(exc.__cause__, UnidentifiedImageError) else 422
         raise UploadRejected(exc.message, "send a JPEG or PNG tile", status=status) from exc
     if img.format not in FORMATS:
         raise UploadRejected(
