@@ -76,6 +76,11 @@ def test_a_gateway_started_while_its_store_is_down_answers_and_catches_up(
             r = httpx.get(f"{gw.url}/v1/predictions/{answers[0].json()['request_id']}", timeout=30)
             assert r.status_code == 503 and "cannot be read" in r.json()["detail"]["error"], r.text
             assert PASSWORD not in r.text
+            # Feedback on an answer this gateway no longer holds in memory (a restart, 20,000 requests ago): the
+            # store must be asked, and cannot be: a 503 that says so (was a bare 500).
+            r = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": "f" * 32, "correct": True}, timeout=30)
+            assert r.status_code == 503 and "cannot be read" in r.json()["detail"]["error"], r.text
+            assert PASSWORD not in r.text
 
         # The database is back: no restart, no new request.
         rid = answers[0].json()["request_id"]

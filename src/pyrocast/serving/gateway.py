@@ -1934,6 +1934,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             },
             404: {"model": ErrorResponse, "description": "unknown request id"},
             422: _ERRORS[422],
+            503: {"model": ErrorResponse, "description": "the request is not in memory and the store cannot be read"},
         },
         summary="Say whether an answer was right, or give the true label (delayed ground truth)",
     )
@@ -1944,7 +1945,15 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         # only from its holder; without a token (one machine, `pyrocast demo`) anyone local may send it.
         if body.source != USER_FEEDBACK and gw.admin_token is not None:
             require_token(creds, f"feedback with source {body.source!r} is ground truth: missing or wrong admin token")
-        served = await gw.served(body.request_id)
+        try:
+            served = await gw.served(body.request_id)
+        except Exception as exc:  # an answer this gateway no longer holds in memory, and the database is down
+            raise _bad_request(
+                503,
+                f"the prediction store ({gw.store.shown_url}) cannot be read to find request {body.request_id!r}: "
+                f"{brief_error(exc)}",
+                "send the feedback again once it answers (GET /healthz says when)",
+            ) from exc
         if served is None:
             raise _bad_request(
                 404, f"no prediction with request id {body.request_id!r}", "quote a request_id from /v1/predict"
