@@ -108,6 +108,27 @@ def test_explain_a_tile_and_a_place(gw: ServingStack, jpeg: bytes) -> None:
     assert said and "Traceback" not in log and "[ERROR]" not in log, log
 
 
+def test_explaining_a_role_explains_what_that_role_serves_in_its_precision(gw: ServingStack, jpeg: bytes) -> None:
+    """`champion` and `challenger` name the versions this gateway serves in those roles, before and after a
+    promotion (the explainer kept a model loaded under the alias "champion": after a promotion it went on explaining
+    the old champion), in the precision their classifier scores in."""
+    served = httpx.get(f"http://127.0.0.1:{gw.settings.serving.champion_port}/model/info", timeout=10).json()
+
+    def explained(version: str) -> tuple[str, str]:
+        r = httpx.post(f"{gw.url}/v1/explain", files=upload(jpeg), data={"version": version}, timeout=120)
+        assert r.status_code == 200, r.text
+        return r.headers["x-model-version"], r.headers["x-model-precision"]
+
+    assert explained("champion") == ("1", served["precision"])
+    assert explained("challenger")[0] == "2"
+    gw.set_rollout("promote", {"reason": "test"})
+    try:
+        assert explained("champion")[0] == "2"
+        assert explained("challenger")[0] == "1"
+    finally:
+        gw.set_rollout("rollback", {"reason": "test"})
+
+
 # --- feedback ------------------------------------------------------------------------------------------------
 def test_feedback_is_stored_with_the_true_label(gw: ServingStack, jpeg: bytes) -> None:
     rid = httpx.post(f"{gw.url}/v1/predict", files=upload(jpeg)).json()["request_id"]

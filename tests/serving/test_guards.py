@@ -67,6 +67,7 @@ def test_a_cameras_multi_picture_jpeg_is_read_as_its_first_frame() -> None:
     first.save(buf, "MPO", save_all=True, append_images=[second])
     out = load_upload(buf.getvalue(), max_bytes=LIMIT)
     assert out.mode == "RGB" and out.size == (64, 64)
+
     def off(img: Image.Image) -> float:
         return float(np.abs(np.asarray(out, float) - np.asarray(img, float)).mean())
 

@@ -56,6 +56,13 @@ def resolve_precision(bundle: Bundle, wanted: str | None) -> Precision:
     return wanted  # type: ignore[return-value]
 
 
+def serving_precision(bundle: Bundle, settings: Settings) -> Precision:
+    """The precision a service scores `bundle` in: `$PYROCAST_SERVE_PRECISION`, else Settings.serving.precision.
+
+    One rule for the classifier and the explainer, so that what is explained is what is served."""
+    return resolve_precision(bundle, os.environ.get(ENV_PRECISION) or settings.serving.precision)
+
+
 # Images per ONNX Runtime call. On these CPUs a call's cost per image is flat up to about 16 images and rises
 # beyond (the 8-view model, CPU-ms per tile: 79-80 at 1-2 tiles, 85 at 4-16, 110 at 32, FP32): a batch the
 # dispatcher formed is scored in chunks of this many images, so batching never makes a tile dearer.

@@ -44,11 +44,10 @@ from pyrocast.monitoring.novelty import Novelty
 from pyrocast.monitoring.reference import read_reference
 from pyrocast.serving.bundles import (
     ENV_BUNDLE,
-    ENV_PRECISION,
     SERVING_ORT_CONFIG,
     batching_enabled,
     resolve_bundle,
-    resolve_precision,
+    serving_precision,
     tiles_per_call,
 )
 from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload, quiet_client_errors
@@ -142,7 +141,7 @@ class Classifier:
         self.bundle = resolve_bundle(_settings)
         # "registry" models have aliases the gateway moves on promote/rollback; bundle folders have none.
         self.source = "folder" if os.environ.get(ENV_BUNDLE) else "registry"
-        self.precision = resolve_precision(self.bundle, os.environ.get(ENV_PRECISION) or _serving.precision)
+        self.precision = serving_precision(self.bundle, _settings)
         threads = int(os.environ.get("PYROCAST_SERVE_THREADS", "2"))
         self.model = OnnxClassifier(
             self.bundle, self.precision, threads=threads, config=SERVING_ORT_CONFIG, device=_serving.device

@@ -1,9 +1,10 @@
 """The explainer: an attribution heatmap (PNG) for a tile and a model version, behind BentoML.
 
 Run it with `pyrocast serve explainer`. HTTP API (internal; the gateway's `/v1/explain` is the public door):
-- `POST /explain`, multipart: `image` (JPEG/PNG), `version` (a registry version or alias; default `champion`)
-  -> `image/png`: the tile with the occlusion heatmap laid over it (at most 512 pixels a side). Headers `X-Model-Name`, `X-Model-Version`,
-  `X-Probability`.
+- `POST /explain`, multipart: `image` (JPEG/PNG), `version` (a registry version or alias; default `champion`),
+  `precision` (fp32|int8|auto; default: as the classifier, `PYROCAST_SERVE_PRECISION` else serving.precision)
+  -> `image/png`: the tile with the occlusion heatmap laid over it (at most 512 pixels a side). Headers
+  `X-Model-Name`, `X-Model-Version`, `X-Model-Precision`, `X-Probability`.
 - `GET /model/info`: the models loaded and which process answers (`worker`, as the classifier's: the gateway
   tells a worker BentoML restarted by it).
 - `GET /livez`, `/readyz`, `/metrics` from BentoML.
@@ -35,7 +36,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 from pyrocast.errors import InvalidInputError, PyrocastError
 from pyrocast.model.bundle import Bundle, OnnxClassifier, load_bundle
 from pyrocast.registry.refs import check_model_ref
-from pyrocast.serving.bundles import SERVING_ORT_CONFIG, resolve_bundle, resolve_precision
+from pyrocast.serving.bundles import SERVING_ORT_CONFIG, resolve_bundle, resolve_precision, serving_precision
 from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload, quiet_client_errors
 from pyrocast.serving.worker import worker_identity
 from pyrocast.settings import get_settings
@@ -134,30 +135,37 @@ class Explainer:
     def _bundle(self, version: str) -> Bundle:
         if version in self.folders:
             return load_bundle(self.folders[version])
-        if self.folders:  # folder mode: aliases are not known; "champion" means the first folder given
-            if version in ("champion", "challenger"):
+        if self.folders:  # folder mode: no registry, so no alias but "champion", the first folder given
+            if version == "champion":
                 return load_bundle(next(iter(self.folders.values())))
             raise ExplainError(
-                f"model version {version!r} is not available here (have {', '.join(self.folders)})",
+                f"model version {version!r} is not available here (have {', '.join(self.folders)}; bundle folders "
+                "know no alias but 'champion')",
                 error_code=HTTPStatus.NOT_FOUND,
             )
         return resolve_bundle(_settings, ref=version)
 
-    def classifier(self, version: str) -> OnnxClassifier:
+    def classifier(self, version: str, precision: str | None = None) -> OnnxClassifier:
+        """The model `version` names now, in `precision` (default: the classifier's own rule).
+
+        Loaded models are kept by the version they are, not the name asked for: cached under "champion", the old
+        champion was explained for as long as it stayed loaded after a promotion."""
         with self.lock:
-            if version in self.models:
-                self.models.move_to_end(version)
-                return self.models[version]
             try:
                 bundle = self._bundle(check_model_ref(version))
+                served = resolve_precision(bundle, precision) if precision else serving_precision(bundle, _settings)
             except ExplainError:
                 raise
             except InvalidInputError as exc:  # names no possible version: the client's mistake
                 raise ExplainError(str(exc), error_code=HTTPStatus.UNPROCESSABLE_ENTITY) from exc
             except PyrocastError as exc:
                 raise ExplainError(str(exc), error_code=HTTPStatus.NOT_FOUND) from exc
-            clf = OnnxClassifier(bundle, resolve_precision(bundle, "fp32"), threads=2, config=SERVING_ORT_CONFIG)
-            self.models[version] = clf
+            key = f"{bundle.version}/{served}"
+            if key in self.models:
+                self.models.move_to_end(key)
+                return self.models[key]
+            clf = OnnxClassifier(bundle, served, threads=2, config=SERVING_ORT_CONFIG)
+            self.models[key] = clf
             while len(self.models) > KEEP_MODELS:
                 self.models.popitem(last=False)
             return clf
@@ -175,10 +183,13 @@ class Explainer:
         image: Annotated[Path, AfterValidator(_checked_image)],
         # BentoML's multipart parser JSON-decodes fields, so a version "3" arrives as the number 3.
         version: Annotated[str, BeforeValidator(str), Field(max_length=64)] = "champion",
+        # The precision the classifier serving this version scores in (the gateway knows it); default: the
+        # classifier's own rule (PYROCAST_SERVE_PRECISION, else serving.precision).
+        precision: Annotated[str | None, Field(pattern="^(fp32|int8|auto)$")] = None,
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> Annotated[Path, bentoml.validators.ContentType("image/png")]:
         """The tile with the heatmap of `version` over it, as PNG."""
-        clf = self.classifier(version.strip() or "champion")
+        clf = self.classifier(version.strip() or "champion", precision)
         img: Image.Image = image  # type: ignore[assignment]  # the validator turned the path into an image
         # The heatmap is drawn over a copy at most MAX_SIDE wide: the occlusion sees the model's input size
         # anyway, and colouring and encoding a 4096-pixel upload took seconds (a lever against 2 cores).
@@ -190,6 +201,7 @@ class Explainer:
         prob = float(clf.predict_proba(preprocess(img, clf.bundle.spec)[None])[0])
         ctx.response.headers["X-Model-Name"] = clf.bundle.name
         ctx.response.headers["X-Model-Version"] = clf.bundle.version
+        ctx.response.headers["X-Model-Precision"] = clf.precision
         ctx.response.headers["X-Probability"] = f"{prob:.6f}"
         out = Path(ctx.temp_dir) / "explanation.png"
         out.write_bytes(png)

@@ -1612,6 +1612,31 @@ def _model_ref(version: str | None) -> str | None:
         raise _bad_request(422, exc.message, exc.hint) from exc
 
 
+def _explained(gw: Gateway, version: str | None) -> tuple[str, str | None]:
+    """The version an explain request is about, and the precision the classifier serving it scores in.
+
+    A role's alias is the version this gateway serves in that role (the registry's alias may already name another
+    during a promotion); a version no classifier serves is explained in the explainer's default precision."""
+    roles = {"champion": gw.controller.state.champion, "challenger": gw.controller.state.challenger}
+    if not version or version in roles:
+        role = version or "champion"
+        ref = roles[role]
+        if ref is None:
+            if role == "champion":
+                raise _bad_request(503, "no champion model is being served")
+            raise _bad_request(409, "no challenger model is being served", "name a model version instead")
+        version = ref.version
+    precision = next(
+        (
+            (b.info or {}).get("precision")
+            for b in gw.backends.values()
+            if b.ref is not None and b.ref.version == version and (b.info or {}).get("precision")
+        ),
+        None,
+    )
+    return version, precision
+
+
 async def _read_input(request: Request, gw: Gateway, explain: bool = False) -> tuple[Prepared | Upload, dict[str, Any]]:
     """The tile of a predict/explain request (multipart image, checked in the background, or JSON coordinates)
     and its other fields."""
@@ -1867,19 +1892,14 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     async def explain(request: Request) -> Response:
         incoming, meta = await _read_input(request, gw, explain=True)
         tile = await incoming.check if isinstance(incoming, Upload) else incoming
-        version = meta.get("version")
-        if not version:
-            champ = gw.controller.state.champion
-            if champ is None:
-                raise _bad_request(503, "no champion model is being served")
-            version = champ.version
+        version, precision = _explained(gw, meta.get("version"))
         _refuse_if_explainer_gone(gw)
         probe = gw.explainer
         call = asyncio.ensure_future(
             gw.client.post(
                 gw.explainer_url + "/explain",
                 files={"image": ("tile", tile.data, tile.content_type)},
-                data={"version": version},
+                data={"version": version, **({"precision": precision} if precision else {})},
                 timeout=gw.explain_timeout_s,
             )
         )
