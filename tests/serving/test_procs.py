@@ -145,3 +145,25 @@ def test_a_version_named_v3_is_pinned_without_asking_the_registry(tmp_path: Path
 
     settings = Settings(data_dir=tmp_path)  # no registry exists here: a lookup would fail
     assert pinned_version(settings, "v3") == "3" and pinned_version(settings, "12") == "12"
+
+
+def test_an_exported_model_choice_never_reaches_a_service_started_for_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`export PYROCAST_SERVE_BUNDLE=...` (for an ad-hoc `bentoml serve`) then `pyrocast up`: the classifiers started
+    by ref and the explainer must not serve that folder instead of what they were started for."""
+    monkeypatch.setenv("PYROCAST_SERVE_BUNDLE", "/ad-hoc/bundle")
+    monkeypatch.setenv("PYROCAST_EXPLAIN_BUNDLES", "1=/ad-hoc/bundle")
+    monkeypatch.setenv("PYROCAST_SERVE_PRECISION", "int8")
+    port = free_port()
+    show = "import os, sys; print(sorted(k for k in os.environ if k.startswith('PYROCAST_SERVE') or 'EXPLAIN' in k))"
+    with pytest.raises(ServiceUnavailableError) as info:
+        procs.start_process(
+            "env",
+            [sys.executable, "-c", f"{show}; sys.exit(3)"],
+            url=f"http://127.0.0.1:{port}",
+            log_path=tmp_path / "env.log",
+            env={"PYROCAST_SERVE_MODEL": "3"},  # what the start function chose
+            timeout=30,
+        )
+    assert "['PYROCAST_SERVE_MODEL']" in str(info.value), str(info.value)

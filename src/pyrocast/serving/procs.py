@@ -36,6 +36,8 @@ from pyrocast.settings import Settings
 
 _SECTIONS = ("serving", "imagery", "region", "mlflow", "dataset_bounds")
 _NESTED_PREFIXES = tuple(f"PYROCAST_{k.upper()}__" for k in _SECTIONS)
+# What a service serves: set by the start functions only, never inherited.
+_SERVICE_CHOICES = frozenset({ENV_BUNDLE, ENV_MODEL, ENV_PRECISION, ENV_BATCHING, "PYROCAST_EXPLAIN_BUNDLES"})
 CLASSIFIER = "pyrocast.serving.classifier_service:Classifier"
 EXPLAINER = "pyrocast.serving.explainer_service:Explainer"
 # BentoML's arbiter restarts a worker whose startup failed (a bad model, INT8 asked of a bundle without it)
@@ -242,8 +244,11 @@ def start_process(
         )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_offset = log_path.stat().st_size if log_path.exists() else 0
-    # Inherited PYROCAST_<SECTION>__* variables would override the JSON sections that settings_env passes.
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(_NESTED_PREFIXES)}
+    # Inherited PYROCAST_<SECTION>__* variables would override the JSON sections that settings_env passes, and an
+    # exported PYROCAST_SERVE_BUNDLE (as bundles.py suggests for ad-hoc models) the model a caller chose.
+    inherited = {
+        k: v for k, v in os.environ.items() if not k.startswith(_NESTED_PREFIXES) and k not in _SERVICE_CHOICES
+    }
     tag = f"{name}-{uuid.uuid4().hex}"
     full_env = {**inherited, **(env or {}), PROCESS_TAG: tag}
     if tmp_dir is not None:
