@@ -600,3 +600,39 @@ def test_the_latency_of_a_place_counts_the_fetch_of_its_tile(gw: ServingStack) -
                 if s.name == "pyrocast_gateway_request_seconds_sum"
             ]
             assert sum(seconds) >= 0.3, text
+
+
+def test_imagery_trouble_is_the_imagerys_not_the_clients_nor_a_model_services(gw: ServingStack) -> None:
+    """A place's tile that cannot be had is a 502/503 naming the imagery provider (it was a 422 blaming the client,
+    with a hint to set an environment variable), and the web app says the imagery is down, not a model service."""
+    from fastapi.testclient import TestClient
+
+    from pyrocast.webapp.app import create_app
+    from tests.support.servers import XyzServer
+
+    class CorruptTiles(XyzServer):
+        def answer(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
+            return 200, {"Content-Type": "image/png"}, b"\x89PNG\r\n\x1a\n" + b"\0" * 100
+
+    place = {"lat": 46.2, "lon": -73.5}
+    env = {"PYROCAST_ADMIN_TOKEN": gw.token}
+    with CorruptTiles() as tiles:
+        imagery = gw.settings.imagery.model_copy(update={"provider": "xyz", "xyz_url": tiles.template("png")})
+        settings = gw.settings.model_copy(update={"imagery": imagery})
+        with procs.start_gateway(settings, port=free_port(), env=env) as other:
+            r = httpx.post(f"{other.url}/v1/predict", json=place, timeout=60)
+            assert r.status_code == 502 and r.json()["detail"]["service"] == "imagery", r.text
+            assert "the imagery provider (xyz) sent no usable tile" in r.json()["detail"]["error"]
+            with TestClient(create_app(gw.settings, gateway=other.url)) as web:
+                shown = web.post("/api/predict", json=place)
+            assert shown.status_code == 502 and "satellite imagery is unavailable" in shown.json()["error"], shown.text
+            tiles.stop()
+            r = httpx.post(f"{other.url}/v1/predict", json={"lat": 46.3, "lon": -73.6}, timeout=60)
+            assert r.status_code == 503 and "(xyz) does not answer" in r.json()["detail"]["error"], r.text
+            assert "no tile for a place" in other.log_tail()
+    unset = gw.settings.imagery.model_copy(update={"provider": "xyz", "xyz_url": None})
+    with procs.start_gateway(gw.settings.model_copy(update={"imagery": unset}), port=free_port(), env=env) as other:
+        r = httpx.post(f"{other.url}/v1/predict", json=place, timeout=60)
+        detail = r.json()["detail"]
+        assert r.status_code == 503 and "not set up on this gateway" in detail["error"], r.text
+        assert detail["hint"].startswith("whoever runs Pyrocast: set PYROCAST_IMAGERY__XYZ_URL")

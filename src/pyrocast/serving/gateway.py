@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -34,6 +35,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
@@ -230,6 +232,15 @@ class ShadowBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: Any
+
+
+class ImageryFailed(ServiceUnavailableError):
+    """The imagery provider gave no tile for a valid place: not set up, not answering (503), or what it sent cannot
+    be used (502). Its answers carry `"service": "imagery"`, so the web app says what is down."""
+
+    def __init__(self, message: str, hint: str | None = None, status: int = 503) -> None:
+        super().__init__(message, hint)
+        self.status = status
 
 
 # --- backends --------------------------------------------------------------------------------------------------
@@ -622,6 +633,7 @@ class Gateway:
         self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.tiles: OrderedDict[tuple[float, float], Prepared] = OrderedDict()
         self._provider: Any = None
+        self._provider_lock = threading.Lock()
         self._background: set[asyncio.Task] = set()
         self._ticker: asyncio.Task | None = None
         self._event_id = 0  # the newest rollout event this gateway has written or adopted
@@ -722,6 +734,9 @@ class Gateway:
         await self.client.aclose()
         if self.session is not None:
             await self.session.close()
+        if self._provider is not None and hasattr(self._provider, "close"):
+            with contextlib.suppress(Exception):
+                self._provider.close()
         await run_in_threadpool(self.store.close)
 
     async def _tick_loop(self) -> None:
@@ -915,11 +930,41 @@ class Gateway:
 
     # --- tiles ----------------------------------------------------------------------------------------------
     def provider(self) -> Any:
-        if self._provider is None:
-            from pyrocast.data.imagery import make_provider
+        """The imagery provider, built once (two first requests side by side built two, one never closed)."""
+        with self._provider_lock:
+            if self._provider is None:
+                from pyrocast.data.imagery import make_provider
 
-            self._provider = make_provider(self.settings)
-        return self._provider
+                self._provider = make_provider(self.settings)
+            return self._provider
+
+    def fetch_tile(self, lon: float, lat: float) -> Image.Image:
+        """The provider's tile for a place; what goes wrong on the provider's side is an ImageryFailed (a 502 or
+        503 naming the imagery), never the client's 422: the place was valid (its request was checked)."""
+        from pyrocast.data.imagery import NoImageryError
+
+        name = self.settings.imagery.provider
+        try:
+            try:
+                provider = self.provider()
+            except PyrocastError as exc:
+                raise ImageryFailed(
+                    f"the imagery provider ({name}) is not set up on this gateway: {exc.message}",
+                    f"whoever runs Pyrocast: {exc.hint}" if exc.hint else None,
+                ) from exc
+            try:
+                return provider.fetch(lon, lat)
+            except NoImageryError:
+                raise
+            except ServiceUnavailableError as exc:
+                raise ImageryFailed(f"the imagery provider ({name}) does not answer: {exc.message}", exc.hint) from exc
+            except PyrocastError as exc:  # what it sent cannot be used (a corrupt or odd tile)
+                raise ImageryFailed(
+                    f"the imagery provider ({name}) sent no usable tile: {exc.message}", exc.hint, status=502
+                ) from exc
+        except ImageryFailed as exc:
+            self._warn("imagery", "no tile for a place: %s", exc.message)  # on call's only trace of it
+            raise
 
     async def tile_for(self, lon: float, lat: float) -> Prepared:
         key = (round(lon, 6), round(lat, 6))
@@ -929,7 +974,7 @@ class Gateway:
             return hit
 
         def fetch() -> Prepared:
-            img = self.provider().fetch(lon, lat)
+            img = self.fetch_tile(lon, lat)
             data = encode_jpeg(img, quality=95)
             return Prepared(data, "image/jpeg", hashlib.sha256(data).hexdigest(), image_stats(img), lon, lat)
 
@@ -1822,6 +1867,10 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     async def _pyrocast_error(_: Request, exc: PyrocastError) -> JSONResponse:
         from pyrocast.data.imagery import NoImageryError
 
+        if isinstance(exc, ImageryFailed):
+            return JSONResponse(
+                {"detail": {**_detail(exc.message, exc.hint), "service": "imagery"}}, status_code=exc.status
+            )
         if isinstance(exc, NoImageryError):
             status = 404
         elif isinstance(exc, InvalidInputError):

@@ -109,6 +109,14 @@ def _error_from(r: httpx.Response, what: str) -> GatewayError:
     """A GatewayError from a gateway error answer ({"detail": {"error", "hint"}} or FastAPI's 422 list)."""
     message, hint = _detail(r)
     status = r.status_code
+    if status >= 500 and _service(r) == "imagery":
+        # Not a model service: the satellite imagery for the place could not be had (the gateway says which way).
+        return GatewayError(
+            status,
+            f"The satellite imagery is unavailable ({what}): {message}",
+            "Try again in a moment, or upload a tile instead. Whoever runs Pyrocast: the imagery provider's "
+            "settings and server (docs/OPERATIONS.md, On call).",
+        )
     if status == 503:
         # The gateway's own hint speaks to API users ("check /healthz"); people get one they can act on. (Not "run
         # `pyrocast up` again": a second `up` on a running one refuses to start.)
@@ -124,6 +132,15 @@ def _error_from(r: httpx.Response, what: str) -> GatewayError:
         return GatewayError(502, f"The prediction service failed ({what}): {message}", hint)
     # 4xx: the request was refused; keep the gateway's status (404 no imagery, 422 invalid, ...).
     return GatewayError(status, message, hint)
+
+
+def _service(r: httpx.Response) -> str | None:
+    """The part of the system an error answer blames (`detail.service`), where the gateway names one."""
+    try:
+        detail = r.json().get("detail")
+    except (ValueError, AttributeError):
+        return None
+    return detail.get("service") if isinstance(detail, dict) else None
 
 
 def _detail(r: httpx.Response) -> tuple[str, str | None]:
