@@ -442,7 +442,11 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
         if body.version:
             payload["version"] = body.version
         r = await web(request).gateway.call(
-            "POST", "/v1/explain", what="explanation", json=payload, timeout=EXPLAIN_TIMEOUT_S
+            "POST",
+            "/v1/explain",
+            what="explanation",
+            json=payload,
+            timeout=max(EXPLAIN_TIMEOUT_S, settings.serving.explain_timeout_s + 30),
         )
         headers = {
             k: v for k, v in r.headers.items() if k.lower().startswith("x-model") or k.lower() == "x-probability"
