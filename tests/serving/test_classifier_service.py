@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -82,6 +83,26 @@ def test_huge_upload_is_refused_before_reading(stack: ServingStack) -> None:
     big = b"\xff\xd8" + b"\0" * (stack.settings.serving.max_upload_bytes + 100_000)
     r = httpx.post(stack.champion.url + "/predict", files={"images": ("t.jpg", big, "image/jpeg")})
     assert r.status_code == 413 and "limit" in r.text
+
+
+def test_a_huge_chunked_upload_is_a_413_not_a_500(stack: ServingStack) -> None:
+    """No Content-Length to refuse up front: the limit is passed while the body streams in, inside BentoML, which
+    answered any exception not its own with a 500 (the classifier and the explainer both)."""
+    boundary = "pyrocastboundary"
+    big = b"\xff\xd8" + b"\0" * (stack.settings.serving.max_upload_bytes + 100_000)
+    for url, field in ((stack.champion.url + "/predict", "images"), (stack.explainer.url + "/explain", "image")):
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="t.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+
+        def chunks(body: bytes = head + big + f"\r\n--{boundary}--\r\n".encode()) -> Iterator[bytes]:
+            for i in range(0, len(body), 1 << 20):
+                yield body[i : i + (1 << 20)]
+
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        r = httpx.post(url, content=chunks(), headers=headers, timeout=60)
+        assert r.status_code == 413 and "over the limit" in r.text, (url, r.status_code, r.text)
 
 
 def test_grayscale_and_rgba_are_converted(stack: ServingStack) -> None:

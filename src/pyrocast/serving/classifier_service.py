@@ -50,16 +50,13 @@ from pyrocast.serving.bundles import (
     serving_precision,
     tiles_per_call,
 )
-from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload, quiet_client_errors
+from pyrocast.serving.guards import MULTIPART_SLACK, BodyLimit, UploadRejected, load_upload, quiet_client_errors
 from pyrocast.serving.worker import worker_identity
 from pyrocast.settings import get_settings
 
 log = logging.getLogger("pyrocast.classifier")
 
 LABELS = ("nowildfire", "wildfire")
-# Multipart framing around a file is a few hundred bytes; the per-file limit is checked exactly later.
-MULTIPART_SLACK = 64 * 1024
-
 _settings = get_settings()
 quiet_client_errors()
 _serving = _settings.serving
@@ -203,4 +200,8 @@ class Classifier:
         }
 
 
-Classifier.add_asgi_middleware(BodyLimit, max_bytes=MAX_UPLOAD_BYTES + MULTIPART_SLACK)
+Classifier.add_asgi_middleware(
+    BodyLimit,
+    max_bytes=MAX_UPLOAD_BYTES + MULTIPART_SLACK,
+    refuse=lambda message: UploadError(message, error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+)

@@ -37,7 +37,7 @@ from pyrocast.errors import InvalidInputError, PyrocastError
 from pyrocast.model.bundle import Bundle, OnnxClassifier, load_bundle
 from pyrocast.registry.refs import check_model_ref
 from pyrocast.serving.bundles import SERVING_ORT_CONFIG, resolve_bundle, resolve_precision, serving_precision
-from pyrocast.serving.guards import BodyLimit, UploadRejected, load_upload, quiet_client_errors
+from pyrocast.serving.guards import MULTIPART_SLACK, BodyLimit, UploadRejected, load_upload, quiet_client_errors
 from pyrocast.serving.worker import worker_identity
 from pyrocast.settings import get_settings
 
@@ -208,4 +208,8 @@ class Explainer:
         return out
 
 
-Explainer.add_asgi_middleware(BodyLimit, max_bytes=MAX_UPLOAD_BYTES + 64 * 1024)
+Explainer.add_asgi_middleware(
+    BodyLimit,
+    max_bytes=MAX_UPLOAD_BYTES + MULTIPART_SLACK,
+    refuse=lambda message: ExplainError(message, error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+)

@@ -44,7 +44,7 @@ from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailable
 from pyrocast.imaging import encode_jpeg
 from pyrocast.monitoring.novelty import Novelty, sentences
 from pyrocast.registry.refs import check_model_ref
-from pyrocast.serving.guards import BodyLimit, BodyTooLarge, UploadRejected, load_upload
+from pyrocast.serving.guards import MULTIPART_SLACK, BodyLimit, BodyTooLarge, UploadRejected, load_upload
 from pyrocast.serving.rollout import (
     ABPlan,
     CanaryPlan,
@@ -76,7 +76,6 @@ API_VERSION = "1"
 Source = Literal["api", "web", "replay", "load"]
 Label = Literal["wildfire", "nowildfire"]
 Variant = Literal["champion", "challenger", "champion-fallback"]
-MULTIPART_SLACK = 64 * 1024
 PROBE_INTERVAL_S = 2.0
 GONE_AFTER = 2  # failed probes in a row after which heatmaps no longer wait for the explainer
 DOWN_COOLDOWN_S = 2.0

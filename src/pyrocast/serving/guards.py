@@ -9,12 +9,15 @@ scaling to 8-bit RGB is unknown: converting them silently would feed the model n
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from PIL import Image, UnidentifiedImageError
 
 from pyrocast.errors import InvalidInputError
 from pyrocast.imaging import MAX_PIXELS, decode_image, to_rgb
 
+# Multipart framing around a file is a few hundred bytes; the per-file limit is checked exactly later.
+MULTIPART_SLACK = 64 * 1024
 FORMATS = ("JPEG", "PNG", "MPO")  # MPO: a camera's JPEG with multi-picture data, read as its first frame
 # Modes that become RGB without any assumption about the value range.
 SAFE_MODES = frozenset({"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr", "La", "RGBa"})
@@ -74,10 +77,15 @@ class BodyLimit:
     is refused without being buffered in memory or written to a temporary file.
     """
 
-    def __init__(self, app, max_bytes: int, envelope: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(  # type: ignore[no-untyped-def]
+        self, app, max_bytes: int, envelope: str | None = None, refuse: Callable[[str], Exception] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.envelope = envelope  # the gateway's errors are {"detail": {...}}; the BentoML services' are bare
+        # The exception a chunked body past the limit raises inside the app. BentoML answers every exception but
+        # its own with a 500 before this middleware could answer: its services pass one of BentoML's, with 413.
+        self.refuse = refuse
 
     def _error(self, payload: dict) -> dict:
         return {self.envelope: payload} if self.envelope else payload
@@ -108,6 +116,8 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    if self.refuse is not None:
+                        raise self.refuse(_too_big(None, self.max_bytes)["error"])
                     raise BodyTooLarge(seen)
             return message
 
