@@ -22,12 +22,18 @@ RASTER_FORMATS = (*TILE_FORMATS, "GIF", "BMP", "TIFF")
 
 
 def decode_image(
-    data: bytes, *, max_pixels: int = MAX_PIXELS, what: str = "image", formats: tuple[str, ...] = IMAGE_FORMATS
+    data: bytes,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    what: str = "image",
+    formats: tuple[str, ...] = IMAGE_FORMATS,
+    draft: int | None = None,
 ) -> Image.Image:
     """Decode bytes into a fully loaded PIL image, or raise InvalidInputError saying what is wrong.
 
     Catches: empty input, not an image (or not one of `formats`), truncated data, decompression bombs.
-    The mode is left as is: callers decide whether a non-RGB image is an error or gets converted.
+    The mode is left as is: callers decide whether a non-RGB image is an error or gets converted. `draft`: a
+    JPEG larger than that many pixels a side is decoded at a reduced scale (1/2 to 1/8, never below `draft`).
     """
     if not data:
         raise InvalidInputError(f"{what} is empty (0 bytes)")
@@ -40,6 +46,8 @@ def decode_image(
                 raise InvalidInputError(
                     f"{what} is {w}x{h} pixels, over the limit of {max_pixels} (decompression bomb?)"
                 )
+            if draft is not None and img.format in ("JPEG", "MPO"):
+                img.draft(None, (draft, draft))
             img.load()
     except InvalidInputError:
         raise

@@ -72,3 +72,11 @@ def test_a_cameras_multi_picture_jpeg_is_read_as_its_first_frame() -> None:
         return float(np.abs(np.asarray(out, float) - np.asarray(img, float)).mean())
 
     assert off(first) < off(second) / 2  # the first picture (JPEG-compressed), not the second
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_and_a_tile_at_full() -> None:
+    smooth = Image.new("RGB", (4096, 4096), (90, 120, 60))  # a few kB as JPEG or PNG
+    out = load_upload(encode(smooth), max_bytes=LIMIT)
+    assert out.size == (1024, 1024)  # 1/16 of the decoding's memory: enough for a 350-pixel model input
+    assert load_upload(encode(tile_image(3, 350)), max_bytes=LIMIT).size == (350, 350)
+    assert load_upload(encode(smooth, "PNG"), max_bytes=LIMIT).size == (4096, 4096)
