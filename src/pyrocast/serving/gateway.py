@@ -38,6 +38,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field, ValidationError, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pyrocast.data.layout import atomic_write
 from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
@@ -1688,8 +1689,10 @@ async def _read_input(request: Request, gw: Gateway, explain: bool = False) -> t
     if ctype == "multipart/form-data":
         try:
             form = await request.form(max_files=1, max_fields=20)
-        except (HTTPException, BodyTooLarge):  # BodyLimit answers 413 for a chunked body over the limit
+        except BodyTooLarge:  # BodyLimit answers 413 for a chunked body over the limit
             raise
+        except StarletteHTTPException as exc:  # Starlette's own refusals (too many files or fields)
+            raise _bad_request(exc.status_code, f"malformed multipart body: {exc.detail}") from exc
         except Exception as exc:
             raise _bad_request(400, f"malformed multipart body: {exc}") from exc
         fields = {k: v for k, v in form.items() if k != "image"}
@@ -1842,6 +1845,14 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     @app.exception_handler(UploadRejected)
     async def _upload_rejected(_: Request, exc: UploadRejected) -> JSONResponse:
         return _error(exc.status, exc.message, exc.hint)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        # The framework's own refusals (an unknown path, a body it cannot parse) in the one error envelope.
+        detail = exc.detail if isinstance(exc.detail, dict) else _detail(str(exc.detail), None)
+        if exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
