@@ -440,3 +440,18 @@ def test_models_page_registry_table_follows_a_promote_and_a_rollback_at_once(tmp
             assert aliases(c.get("/models").text) == {"champion": "1", "challenger": "2"}
     finally:
         stack.stop()
+
+
+def test_an_unexpected_error_is_a_plain_page_with_the_security_headers(settings: Settings) -> None:
+    app = create_app(settings, gateway=f"http://127.0.0.1:{free_port()}")
+
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/boom", boom)
+    app.add_api_route("/api/boom", boom)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        for path in ("/boom", "/api/boom"):
+            r = c.get(path)
+            assert r.status_code == 500 and "a bug" not in r.text and "Traceback" not in r.text
+            assert r.headers["x-frame-options"] == "DENY" and "default-src" in r.headers["content-security-policy"]

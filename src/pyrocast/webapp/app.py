@@ -308,8 +308,13 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
         log.exception("unexpected error on %s", request.url.path)
         msg = "Something went wrong on our side; the error was logged."
         if is_api(request):
-            return JSONResponse({"error": msg}, status_code=500)
-        return page_error(request, 500, msg, "Try again; if it persists, check the web app's log.")
+            response: Response = JSONResponse({"error": msg}, status_code=500)
+        else:
+            response = page_error(request, 500, msg, "Try again; if it persists, check the web app's log.")
+        # Answered outside the middleware that adds them (Starlette runs this handler outermost).
+        for k, v in security_headers.items():
+            response.headers.setdefault(k, v)
+        return response
 
     def render(request: Request, name: str, active: str, **ctx: Any) -> HTMLResponse:
         area = service_area(settings)
