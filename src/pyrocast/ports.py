@@ -6,7 +6,7 @@ import random
 import socket
 from pathlib import Path
 
-__all__ = ["LOWEST_FREE_PORT", "free_port", "port_in_use"]
+__all__ = ["LOWEST_FREE_PORT", "free_port", "port_in_use", "service_url"]
 
 LOWEST_FREE_PORT = 20_000
 _handed_out: set[int] = set()
@@ -45,6 +45,21 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.3)
-        return s.connect_ex((host, port)) == 0
+    """Whether something accepts connections on `host`:`port` (IPv4 or IPv6)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+def service_url(host: str, port: int) -> str:
+    """The URL at which this machine reaches a service listening on `host`:`port`.
+
+    A wildcard listen address (0.0.0.0, ::) is reached on loopback; an IPv6 address goes in brackets (`http://:::3000`
+    is no URL)."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"

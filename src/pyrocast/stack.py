@@ -49,7 +49,7 @@ from rich.table import Table
 
 from pyrocast.data.layout import atomic_write
 from pyrocast.errors import PyrocastError, ServiceUnavailableError
-from pyrocast.ports import port_in_use
+from pyrocast.ports import port_in_use, service_url
 from pyrocast.serving import procs
 from pyrocast.settings import Settings
 
@@ -116,7 +116,7 @@ class Stack:
         add(
             Service(
                 "champion",
-                f"http://{host}:{sv.champion_port}",
+                service_url(host, sv.champion_port),
                 sv.champion_port,
                 # The version, not the alias: see procs.start_classifier.
                 lambda: procs.start_classifier(
@@ -132,7 +132,7 @@ class Stack:
             add(
                 Service(
                     "challenger",
-                    f"http://{host}:{sv.challenger_port}",
+                    service_url(host, sv.challenger_port),
                     sv.challenger_port,
                     lambda: procs.start_classifier(
                         settings, port=sv.challenger_port, ref=chall, name="challenger", wait=False
@@ -147,7 +147,7 @@ class Stack:
             add(
                 Service(
                     "explainer",
-                    f"http://{host}:{sv.explainer_port}",
+                    service_url(host, sv.explainer_port),
                     sv.explainer_port,
                     lambda: procs.start_explainer(settings, wait=False),
                     what="attribution heatmaps",
@@ -160,7 +160,7 @@ class Stack:
         add(
             Service(
                 "gateway",
-                f"http://{host}:{sv.gateway_port}",
+                service_url(host, sv.gateway_port),
                 sv.gateway_port,
                 lambda: procs.start_gateway(gw_settings, wait=False),
                 critical=True,
@@ -364,7 +364,7 @@ def _mlflow_service(settings: Settings) -> Service:
         return procs.start_process(
             "mlflow",
             cmd,
-            url=f"http://{host}:{port}",
+            url=service_url(host, port),
             log_path=settings.root / "logs" / f"mlflow-{port}.log",
             health_path="/health",
             env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
@@ -374,7 +374,7 @@ def _mlflow_service(settings: Settings) -> Service:
         )
 
     return Service(
-        "mlflow", f"http://{host}:{port}", port, start, what="MLflow UI (runs, registry)", setting="mlflow.port"
+        "mlflow", service_url(host, port), port, start, what="MLflow UI (runs, registry)", setting="mlflow.port"
     )
 
 
@@ -385,7 +385,7 @@ def _webapp_service(settings: Settings) -> Service:
         return procs.start_process(
             "webapp",
             [sys.executable, "-m", "pyrocast.webapp.app", "--host", host, "--port", str(port)],
-            url=f"http://{host}:{port}",
+            url=service_url(host, port),
             log_path=settings.root / "logs" / f"webapp-{port}.log",
             health_path="/healthz",
             env=procs.settings_env(settings),
@@ -396,7 +396,7 @@ def _webapp_service(settings: Settings) -> Service:
 
     return Service(
         "webapp",
-        f"http://{host}:{port}",
+        service_url(host, port),
         port,
         start,
         what="map, feedback, models, monitoring",

@@ -13,6 +13,7 @@ import typer
 
 from pyrocast.cli.common import GATEWAY, old_gateway_name, out, pick_gateway, settings
 from pyrocast.errors import InvalidInputError, PyrocastError
+from pyrocast.ports import service_url
 from pyrocast.report import Report
 from pyrocast.serving.rollout import FLEET
 from pyrocast.simulate.gateway import check_token, transport_error
@@ -176,7 +177,7 @@ FLAGS = {
 def _gateway(gateway: str | None, url: str | None, data_dir: Path | None) -> tuple[str, str | None]:
     s = settings(data_dir)
     token = s.admin_token.get_secret_value() if s.admin_token else None
-    base = pick_gateway(gateway, url, "--url") or f"http://{s.serving.host}:{s.serving.gateway_port}"
+    base = pick_gateway(gateway, url, "--url") or service_url(s.serving.host, s.serving.gateway_port)
     return base.rstrip("/"), token
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from pyrocast.errors import PyrocastError, ServiceUnavailableError
-from pyrocast.ports import free_port
+from pyrocast.ports import free_port, service_url
 from pyrocast.settings import Settings
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ def start_server(
     cmd = server_command(settings, backend, host, port)
     with log_path.open("ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = MlflowServer(proc, f"http://{host}:{port}", log_path)
+    server = MlflowServer(proc, service_url(host, port), log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

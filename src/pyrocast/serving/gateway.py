@@ -44,6 +44,7 @@ from pyrocast.data.layout import atomic_write
 from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
 from pyrocast.imaging import encode_jpeg
 from pyrocast.monitoring.novelty import Novelty, sentences
+from pyrocast.ports import service_url
 from pyrocast.registry.refs import check_model_ref
 from pyrocast.serving.guards import MULTIPART_SLACK, BodyLimit, BodyTooLarge, UploadRejected, load_upload
 from pyrocast.serving.rollout import (
@@ -619,13 +620,12 @@ class Gateway:
             timeout=httpx.Timeout(30.0, connect=2.0),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
-        base = f"http://{sv.host}"
         self.backends = {
-            "a": Backend("a", f"{base}:{sv.champion_port}", self.client),
-            "b": Backend("b", f"{base}:{sv.challenger_port}", self.client),
+            "a": Backend("a", service_url(sv.host, sv.champion_port), self.client),
+            "b": Backend("b", service_url(sv.host, sv.challenger_port), self.client),
         }
         self.roles: dict[str, str] = {"champion": "a", "challenger": "b"}
-        self.explainer_url = f"{base}:{sv.explainer_port}"
+        self.explainer_url = service_url(sv.host, sv.explainer_port)
         self.explain_timeout_s = sv.explain_timeout_s
         # None where no explainer runs (`pyrocast up --no-explainer`): nothing to warn about or alert on.
         self.explainer = ExplainerProbe(self.explainer_url, self.client) if sv.explainer else None

@@ -25,12 +25,13 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
 
 from pyrocast.errors import ServiceUnavailableError
-from pyrocast.ports import port_in_use
+from pyrocast.ports import port_in_use, service_url
 from pyrocast.serving.bundles import ENV_BATCHING, ENV_BUNDLE, ENV_MODEL, ENV_PRECISION
 from pyrocast.settings import Settings
 
@@ -236,8 +237,9 @@ def start_process(
     Raises ServiceUnavailableError (with the end of the log) when the process exits or is not healthy in time;
     the process group is stopped first so nothing is left running.
     """
-    host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
-    if port_in_use(host, int(port)):
+    where = urlsplit(url)
+    host, port = where.hostname or "127.0.0.1", where.port or 80
+    if port_in_use(host, port):
         raise ServiceUnavailableError(
             f"cannot start {name}: port {port} on {host} is already in use",
             "stop whatever listens there or choose another port in Settings.serving",
@@ -391,7 +393,7 @@ def _start_bento(
     return start_process(
         name,
         [bentoml_exe(), "serve", service, "--host", host, "--port", str(port)],
-        url=f"http://{host}:{port}",
+        url=service_url(host, port),
         log_path=settings.root / "logs" / f"{name}-{port}.log",
         env=child_env,
         cwd=settings.root,
@@ -418,7 +420,7 @@ def start_gateway(
     return start_process(
         "gateway",
         cmd,
-        url=f"http://{host}:{port}",
+        url=service_url(host, port),
         log_path=settings.root / "logs" / f"gateway-{port}.log",
         health_path="/healthz",
         env=child_env,

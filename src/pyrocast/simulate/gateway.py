@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
+from pyrocast.ports import service_url
 from pyrocast.settings import Settings
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -19,7 +20,7 @@ START_HINT = "start it with `pyrocast up` or `pyrocast serve gateway`, or pass -
 
 def gateway_url(settings: Settings, url: str | None = None) -> str:
     """The gateway's base URL (default from Settings.serving); anything but a loopback address is refused."""
-    url = (url or f"http://{settings.serving.host}:{settings.serving.gateway_port}").rstrip("/")
+    url = (url or service_url(settings.serving.host, settings.serving.gateway_port)).rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInputError(f"{url!r} is not an http(s) URL", "e.g. http://127.0.0.1:8000")

@@ -40,6 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
+from pyrocast.ports import service_url
 from pyrocast.settings import Region, Settings, get_settings
 from pyrocast.webapp.proxy import EXPLAIN_TIMEOUT_S, GatewayClient, GatewayError, gateway_url
 from pyrocast.webapp.tiles import MARGIN_DEG, MAX_ZOOM, MIN_ZOOM, TileRenderer
@@ -173,7 +174,7 @@ def mlflow_ui_url(settings: Settings) -> str:
         from pyrocast.registry.mlflow_store import redact
 
         return redact(uri).rstrip("/")
-    return f"http://{settings.serving.host}:{settings.mlflow.port}"
+    return service_url(settings.serving.host, settings.mlflow.port)
 
 
 def registry_snapshot(settings: Settings) -> dict[str, Any]:

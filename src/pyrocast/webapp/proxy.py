@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from pyrocast.ports import service_url
 from pyrocast.settings import Settings
 
 CONNECT_TIMEOUT_S = 2.0
@@ -37,10 +38,7 @@ class GatewayError(Exception):
 
 def gateway_url(settings: Settings) -> str:
     """The gateway's base URL from the settings (a wildcard listen address is reached on loopback)."""
-    host = settings.serving.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    return f"http://{host}:{settings.serving.gateway_port}"
+    return service_url(settings.serving.host, settings.serving.gateway_port)
 
 
 @dataclass
