@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -489,15 +491,19 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
         return JSONResponse(await run_in_threadpool(lambda: recent_feedback(state.engine(), limit)))
 
     # --- map tiles and static files ------------------------------------------------------------------------------
+    # Threads of their own for map tiles: a burst of new tiles (a zoom) waits on two render slots, and in the shared
+    # pool of 40 it held up the pages and the feedback that run there too.
+    tile_threads = anyio.CapacityLimiter(6)
+
     @app.get("/tiles/{z}/{x}/{y}.jpg", include_in_schema=False)
-    def xyz_tile(request: Request, z: int, x: int, y: int) -> Response:
+    async def xyz_tile(request: Request, z: int, x: int, y: int) -> Response:
         tiles = web(request).tiles
         etag = tiles.etag(z, x, y)
         headers = {"Cache-Control": "public, max-age=86400", "ETag": etag}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
         try:
-            data = tiles.get(z, x, y)
+            data = await anyio.to_thread.run_sync(tiles.get, z, x, y, limiter=tile_threads)
         except InvalidInputError as exc:
             return JSONResponse({"error": exc.message}, status_code=404)
         return Response(data, media_type="image/jpeg", headers=headers)

@@ -88,18 +88,20 @@ class TileRenderer:
         path = self.path(z, x, y)
         if path.is_file():
             return path.read_bytes()
-        with self._lock_for(z, x, y):
-            if path.is_file():  # another request rendered it while we waited
-                return path.read_bytes()
-            with self._slots:
-                img = self._region().render_xyz(z, x, y)
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
-            data = buf.getvalue()
-            atomic_write(path, data)
-            self.rendered += 1
-        with self._locks_guard:
-            self._locks.pop((z, x, y), None)
+        try:
+            with self._lock_for(z, x, y):
+                if path.is_file():  # another request rendered it while we waited
+                    return path.read_bytes()
+                with self._slots:
+                    img = self._region().render_xyz(z, x, y)
+                buf = io.BytesIO()
+                img.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+                data = buf.getvalue()
+                atomic_write(path, data)
+                self.rendered += 1
+        finally:  # a failed render (a full disk) too: the lock is not kept for good
+            with self._locks_guard:
+                self._locks.pop((z, x, y), None)
         return data
 
     def _lock_for(self, z: int, x: int, y: int) -> threading.Lock:
