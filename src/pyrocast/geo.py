@@ -22,10 +22,11 @@ class LonLat:
 
     def stem(self) -> str:
         """The dataset file stem for this place, `{lon},{lat}` with up to 6 decimals (about 0.1 m)."""
-        return f"{_fmt(self.lon)},{_fmt(self.lat)}"
+        return f"{coord_text(self.lon)},{coord_text(self.lat)}"
 
 
-def _fmt(x: float) -> str:
+def coord_text(x: float) -> str:
+    """A coordinate as people and file names write it: up to 6 decimals, no trailing zeros, never -0."""
     s = f"{x:.6f}".rstrip("0").rstrip(".")
     return "0" if s in ("-0", "") else s
 

@@ -30,7 +30,7 @@ from PIL import Image
 from pyrocast.data.feed import HttpError, http_get
 from pyrocast.data.layout import IMAGE_SUFFIXES, iter_layout
 from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
-from pyrocast.geo import EARTH_RADIUS_KM, check_coordinates, parse_stem
+from pyrocast.geo import EARTH_RADIUS_KM, check_coordinates, coord_text, parse_stem
 from pyrocast.imaging import TILE_FORMATS, TILE_SIZE, decode_image, to_rgb
 from pyrocast.settings import Region, Settings
 
@@ -117,7 +117,9 @@ class MapboxProvider:
 
     def url_for(self, lon: float, lat: float, token: str | None = None) -> str:
         """The request URL; with `token=None` the shown form, without the token."""
-        path = f"{self.base_url}/styles/v1/{self.style}/static/{_num(lon)},{_num(lat)},{self.zoom},0/350x350"
+        path = (
+            f"{self.base_url}/styles/v1/{self.style}/static/{coord_text(lon)},{coord_text(lat)},{self.zoom},0/350x350"
+        )
         if token is None:
             return path
         return path + "?" + urlencode({"access_token": token, "attribution": "false", "logo": "false"})
@@ -139,8 +141,10 @@ class MapboxProvider:
                     422: "Mapbox refused the request: check the coordinates and imagery.mapbox_style",
                 },
             )
-            img = decode_image(data, what=f"Mapbox image for ({_num(lon)}, {_num(lat)})", formats=TILE_FORMATS)
-            return _ensure_tile(img, f"Mapbox image for ({_num(lon)}, {_num(lat)})")
+            img = decode_image(
+                data, what=f"Mapbox image for ({coord_text(lon)}, {coord_text(lat)})", formats=TILE_FORMATS
+            )
+            return _ensure_tile(img, f"Mapbox image for ({coord_text(lon)}, {coord_text(lat)})")
         except PyrocastError as exc:
             # Belt and braces: no message leaves this class with the token in it.
             if self._token in str(exc):
@@ -149,11 +153,6 @@ class MapboxProvider:
 
     def close(self) -> None:
         self._client.close()
-
-
-def _num(x: float) -> str:
-    s = f"{x:.6f}".rstrip("0").rstrip(".")
-    return "0" if s in ("-0", "") else s
 
 
 # --- XYZ tile servers ------------------------------------------------------------------------------------------
@@ -331,7 +330,7 @@ class FolderProvider:
         path, metres = self.nearest(lon, lat)
         if metres > self.radius_m:
             raise NoImageryError(
-                f"no tile within {self.radius_m:g} m of ({_num(lon)}, {_num(lat)}) in {self.folder}"
+                f"no tile within {self.radius_m:g} m of ({coord_text(lon)}, {coord_text(lat)}) in {self.folder}"
                 f" (nearest: {path.stem}, {metres:,.0f} m away)",
                 "raise imagery.folder_radius_m or use another provider",
             )
@@ -357,7 +356,7 @@ class SyntheticProvider:
         if not self.bounds.contains(lon, lat):
             b = self.bounds
             raise NoImageryError(
-                f"({_num(lon)}, {_num(lat)}) is outside the synthetic region {b.name}"
+                f"({coord_text(lon)}, {coord_text(lat)}) is outside the synthetic region {b.name}"
                 f" (lon {b.lon_min}..{b.lon_max}, lat {b.lat_min}..{b.lat_max})"
             )
         return _ensure_tile(self.region.render_tile(lon, lat), "synthetic tile")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pyrocast.data.layout import atomic_write
+from pyrocast.data.layout import CLASSES, atomic_write
 from pyrocast.errors import InvalidInputError
 from pyrocast.imaging import to_rgb
 from pyrocast.model.bundle import OnnxClassifier
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from pyrocast.model.train import TrainedModel
 
-CLASS_NAMES = ("nowildfire", "wildfire")
+CLASS_NAMES = CLASSES
 
 
 def normalize_heat(heat: np.ndarray, pct: float = 99.0) -> np.ndarray:

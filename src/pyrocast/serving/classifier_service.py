@@ -37,6 +37,7 @@ from fastapi import FastAPI
 from PIL import Image
 from pydantic import AfterValidator
 
+from pyrocast.data.layout import CLASSES
 from pyrocast.errors import PyrocastError
 from pyrocast.model.bundle import Bundle, OnnxClassifier
 from pyrocast.model.preprocess import PreprocessSpec, preprocess
@@ -50,13 +51,13 @@ from pyrocast.serving.bundles import (
     serving_precision,
     tiles_per_call,
 )
-from pyrocast.serving.guards import MULTIPART_SLACK, BodyLimit, UploadRejected, load_upload, quiet_client_errors
+from pyrocast.serving.guards import MULTIPART_SLACK, BodyLimit, load_upload_file, quiet_client_errors
 from pyrocast.serving.worker import worker_identity
 from pyrocast.settings import get_settings
 
 log = logging.getLogger("pyrocast.classifier")
 
-LABELS = ("nowildfire", "wildfire")
+LABELS = CLASSES  # index = the model's output (1 = wildfire)
 _settings = get_settings()
 quiet_client_errors()
 _serving = _settings.serving
@@ -86,14 +87,12 @@ def _novelty(bundle: Bundle) -> Novelty | None:
 
 def _checked_image(path: Path) -> np.ndarray | Image.Image:
     """Runs while the request is parsed, before batching: guards, decode, RGB, preprocessing."""
-    try:
-        data = Path(path).read_bytes()
-        img = load_upload(data, max_bytes=MAX_UPLOAD_BYTES, what="uploaded image")
-    except UploadRejected as exc:
-        raise UploadError(str(exc), error_code=HTTPStatus(exc.status)) from exc
-    finally:
-        Path(path).unlink(missing_ok=True)
+    img = load_upload_file(path, max_bytes=MAX_UPLOAD_BYTES, refuse=_refuse)
     return preprocess(img, _SPEC) if _SPEC is not None else img
+
+
+def _refuse(message: str, status: HTTPStatus) -> UploadError:
+    return UploadError(message, error_code=status)
 
 
 class _StrictMultipart(MultipartSerde):
@@ -203,5 +202,5 @@ class Classifier:
 Classifier.add_asgi_middleware(
     BodyLimit,
     max_bytes=MAX_UPLOAD_BYTES + MULTIPART_SLACK,
-    refuse=lambda message: UploadError(message, error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+    refuse=lambda message: _refuse(message, HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
 )

@@ -37,7 +37,7 @@ from pyrocast.errors import InvalidInputError, PyrocastError
 from pyrocast.model.bundle import Bundle, OnnxClassifier, load_bundle
 from pyrocast.registry.refs import check_model_ref
 from pyrocast.serving.bundles import SERVING_ORT_CONFIG, resolve_bundle, resolve_precision, serving_precision
-from pyrocast.serving.guards import MULTIPART_SLACK, BodyLimit, UploadRejected, load_upload, quiet_client_errors
+from pyrocast.serving.guards import MULTIPART_SLACK, BodyLimit, load_upload_file, quiet_client_errors
 from pyrocast.serving.worker import worker_identity
 from pyrocast.settings import get_settings
 
@@ -52,13 +52,12 @@ class ExplainError(BentoMLException):
     """A request the explainer cannot serve; answered with its status code."""
 
 
+def _refuse(message: str, status: HTTPStatus) -> ExplainError:
+    return ExplainError(message, error_code=status)
+
+
 def _checked_image(path: Path) -> Image.Image:
-    try:
-        return load_upload(Path(path).read_bytes(), max_bytes=MAX_UPLOAD_BYTES, what="uploaded image")
-    except UploadRejected as exc:
-        raise ExplainError(str(exc), error_code=HTTPStatus(exc.status)) from exc
-    finally:
-        Path(path).unlink(missing_ok=True)
+    return load_upload_file(path, max_bytes=MAX_UPLOAD_BYTES, refuse=_refuse)
 
 
 def parse_bundle_map(text: str | None) -> dict[str, Path]:
@@ -211,5 +210,5 @@ class Explainer:
 Explainer.add_asgi_middleware(
     BodyLimit,
     max_bytes=MAX_UPLOAD_BYTES + MULTIPART_SLACK,
-    refuse=lambda message: ExplainError(message, error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+    refuse=lambda message: _refuse(message, HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
 )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from http import HTTPStatus
+from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
@@ -72,6 +74,19 @@ def load_upload(data: bytes, *, max_bytes: int, max_pixels: int = MAX_PIXELS, wh
     if w < 8 or h < 8:
         raise UploadRejected(f"{what} is {w}x{h} pixels, too small to classify", "send a 350x350 tile", status=422)
     return to_rgb(img)
+
+
+def load_upload_file(
+    path: Path, *, max_bytes: int, refuse: Callable[[str, HTTPStatus], Exception], what: str = "uploaded image"
+) -> Image.Image:
+    """`load_upload` on the temporary file a BentoML service was handed, which is removed whatever happens; a bad
+    upload raises `refuse(message, status)` (the service's own BentoML error, answered with that status)."""
+    try:
+        return load_upload(Path(path).read_bytes(), max_bytes=max_bytes, what=what)
+    except UploadRejected as exc:
+        raise refuse(str(exc), HTTPStatus(exc.status)) from exc
+    finally:
+        Path(path).unlink(missing_ok=True)
 
 
 class BodyLimit:

@@ -73,7 +73,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, ProgrammingError, StatementError
 
-from pyrocast.data.layout import atomic_write
+from pyrocast.data.layout import CLASSES, atomic_write
 from pyrocast.database import create_schema
 from pyrocast.errors import PyrocastError
 from pyrocast.imaging import TRANSPARENT
@@ -82,7 +82,7 @@ from pyrocast.serving.warn_every import WarnEvery
 
 log = logging.getLogger(__name__)
 
-LABELS = ("nowildfire", "wildfire")
+LABELS = CLASSES
 SOURCES = ("api", "web", "replay", "load")
 # Feedback sources. Ground truth (the held-out labels `pyrocast replay` sends back, a later fire feed) is known,
 # not judged: it outranks any user's verdict, and a gateway with an admin token takes it only from its holder.
