@@ -36,7 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, Field, StrictFloat
+from pydantic import BaseModel, Field, StrictBool, StrictFloat
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -76,7 +76,7 @@ class ExplainBody(Place):
 
 class FeedbackBody(BaseModel):
     request_id: str = Field(..., min_length=1, max_length=64)
-    correct: bool | None = None
+    correct: StrictBool | None = None  # as the gateway: "yes" or 1 is refused, not read as true
     label: Literal["wildfire", "nowildfire"] | None = None
 
     model_config = {"extra": "forbid"}
