@@ -262,6 +262,32 @@ def test_a_busy_explainer_slow_to_answer_one_probe_still_draws_the_heatmap(tmp_p
             assert "stopped answering" in gateway.log_path.read_text()  # the slow probe was seen as such
 
 
+def test_a_hung_champion_costs_users_a_503_at_once_once_its_probes_failed(gw: ServingStack, jpeg: bytes) -> None:
+    """A champion that accepts connections but never answers (SIGSTOP; a VM pause, a wedged worker): once two probes
+    in a row failed, a prediction is a 503 at once (each waited the whole 30 s call timeout for it), and predictions
+    are answered again once a probe finds it back."""
+    assert gw.champion is not None
+
+    def predict() -> tuple[httpx.Response, float]:
+        t0 = time.perf_counter()
+        r = httpx.post(f"{gw.url}/v1/predict", files={"image": ("t.jpg", jpeg, "image/jpeg")}, timeout=60)
+        return r, time.perf_counter() - t0
+
+    _signal_service(gw.champion, signal.SIGSTOP)
+    try:
+        gone = wait_for(
+            lambda: httpx.get(f"{gw.url}/healthz", timeout=10).json()["backends"]["champion"]["up"] is False
+        )
+        assert gone, "the probes never found the champion hung"
+        time.sleep(2 * 2.0 + 0.5)  # two probes in a row (every 2 s)
+        r, took = predict()
+        assert r.status_code == 503 and "does not answer its health probes" in r.text, r.text
+        assert took < 3.0, f"a prediction waited {took:.1f} s for a champion known to be hung"
+    finally:
+        _signal_service(gw.champion, signal.SIGCONT)
+    assert wait_for(lambda: predict()[0].status_code == 200, 30), "predictions did not come back with the champion"
+
+
 def test_probes_that_fail_side_by_side_count_as_one_failure_not_two_in_a_row() -> None:
     """A rollout change probes the services beside the ticker's probe: a busy explainer slow to answer both is one
     moment seen twice, and must not be given up on (`gone`) as if two probes in a row had failed."""

@@ -283,9 +283,31 @@ class Probed:
         # worker index -> (pid, start time, service pid, service start time) at the last probe (/model/info)
         self.workers: dict[str, tuple[Any, ...]] = {}
         self.new_restarts = 0  # worker restarts seen since the gateway last counted them (refresh_backends)
+        self.failed_probes = 0  # probes in a row that found it not answering (a failed call does not count)
+        self.probed_at = 0.0  # monotonic time of the last probe's answer
+        self._counted_failure_end = 0.0  # when the last failed probe that counted towards `failed_probes` ended
 
     def describe(self) -> str:
         return f"{self.kind} at {self.url}"
+
+    @property
+    def gone(self) -> bool:
+        """Whether a caller should not wait for it: `GONE_AFTER` probes in a row failed, the last one recently (a
+        probe stuck behind a slow store must not keep refusing calls to a service that answers again). One failed
+        probe is not enough: a busy service can be slow to answer its /readyz once."""
+        fresh = time.monotonic() - self.probed_at < 3 * PROBE_INTERVAL_S
+        return self.failed_probes >= GONE_AFTER and fresh
+
+    def _count_probe(self, started: float) -> None:
+        """Count the probe begun at `started` whose outcome `up` now holds."""
+        self.probed_at = time.monotonic()
+        if self.up:
+            self.failed_probes = 0
+        elif started >= self._counted_failure_end:
+            self.failed_probes += 1
+            self._counted_failure_end = self.probed_at
+        # else: this probe ran beside one that failed (a rollout change probes beside the ticker): both saw the same
+        # moment of a busy service, which is one failure, not two in a row.
 
     def _note_worker(self, info: dict[str, Any]) -> None:
         """Say (and count) that another process answers than at the last probe.
@@ -355,34 +377,13 @@ class ExplainerProbe(Probed):
     kind = "explainer"
     restart_effect = "heatmaps it was drawing failed, and heatmaps failed at once until the new worker answered"
 
-    def __init__(self, url: str, client: httpx.AsyncClient) -> None:
-        super().__init__(url, client)
-        self.failed_probes = 0  # probes in a row that found it not answering (a failed call does not count)
-        self.probed_at = 0.0  # monotonic time of the last probe's answer
-        self._counted_failure_end = 0.0  # when the last failed probe that counted towards `failed_probes` ended
-
-    @property
-    def gone(self) -> bool:
-        """Whether a heatmap should not wait for it: `GONE_AFTER` probes in a row failed, the last one recently (a
-        probe stuck behind a slow store must not keep refusing heatmaps of an explainer that answers again). One
-        failed probe is not enough: a busy explainer can be slow to answer its /readyz once."""
-        fresh = time.monotonic() - self.probed_at < 3 * PROBE_INTERVAL_S
-        return self.failed_probes >= GONE_AFTER and fresh
-
     async def probe(self) -> bool:
         started = time.monotonic()
         try:
             self.up = await self.ready()
         except httpx.HTTPError:
             self.up = False
-        self.probed_at = time.monotonic()
-        if self.up:
-            self.failed_probes = 0
-        elif started >= self._counted_failure_end:
-            self.failed_probes += 1
-            self._counted_failure_end = self.probed_at
-        # else: this probe ran beside one that failed (a rollout change probes beside the ticker): both saw the same
-        # moment of a busy explainer, which is one failure, not two in a row.
+        self._count_probe(started)
         if self.up:
             # Which process answers (a worker BentoML restarted); an explainer without it still makes heatmaps.
             with contextlib.suppress(httpx.HTTPError, ValueError):
@@ -430,6 +431,7 @@ class Backend(Probed):
 
     async def probe(self) -> bool:
         """Ask readiness and model info; updates `up` and `info`."""
+        started = time.monotonic()
         try:
             if not await self.ready():
                 raise BackendError("not ready")
@@ -443,12 +445,15 @@ class Backend(Probed):
             self.up, self.down_until = True, 0.0
         except (httpx.HTTPError, BackendError, ValueError):
             self.up = False
+        self._count_probe(started)
         return self.up
 
     async def predict(self, data: bytes, content_type: str) -> Answer:
         # aiohttp for the hot path: about 0.8 CPU-ms per call against httpx's 1.6-2.0 (measured on the classifier).
         if self.session is None:
             raise BackendError(f"{self.url}: the gateway is not started")
+        if self.gone:  # hung (its probes time out): every call waited the whole 30 s for its 503
+            raise BackendError(f"{self.describe()} does not answer its health probes ({self.failed_probes} in a row)")
         form = aiohttp.FormData()
         form.add_field("images", data, filename="tile", content_type=content_type)
         t0 = time.perf_counter()
