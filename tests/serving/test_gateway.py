@@ -643,3 +643,21 @@ def test_imagery_trouble_is_the_imagerys_not_the_clients_nor_a_model_services(gw
         detail = r.json()["detail"]
         assert r.status_code == 503 and "not set up on this gateway" in detail["error"], r.text
         assert detail["hint"].startswith("whoever runs Pyrocast: set PYROCAST_IMAGERY__XYZ_URL")
+
+
+def test_a_refused_upload_leaves_no_error_in_the_classifiers_log(gw: ServingStack, jpeg: bytes) -> None:
+    """The gateway starts the model call with the upload's bytes while it checks them, and cancels it when they are
+    refused: the classifier logged that caller going away as ERROR with a traceback (read as the service failing)."""
+    assert gw.champion is not None
+    sof = jpeg.index(b"\xff\xc0")
+    bomb = bytearray(jpeg)
+    bomb[sof + 5 : sof + 9] = (20000).to_bytes(2, "big") * 2  # 20000x20000 in the header: refused unread
+    body = bytes(bomb) + b"\0" * (8 * 1024 * 1024)  # long enough to be cut off mid-read
+    logged = len(gw.champion.log_path.read_bytes())
+    with gw.client() as c:
+        for _ in range(3):
+            r = c.post("/v1/predict", files=upload(body))
+            assert r.status_code == 422 and "decompression bomb" in r.text, r.text
+    time.sleep(1.0)
+    log = gw.champion.log_path.read_bytes()[logged:].decode(errors="replace")
+    assert "[ERROR]" not in log and "Traceback" not in log, log

@@ -14,6 +14,7 @@ from http import HTTPStatus
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+from starlette.requests import ClientDisconnect
 
 from pyrocast.errors import InvalidInputError
 from pyrocast.imaging import MAX_PIXELS, decode_image, to_rgb
@@ -200,6 +201,14 @@ class _ClientErrorsInOneLine(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ClientDisconnect):
+            # The caller went before its request was read: the gateway gives up a call it started early when the
+            # tile it sent turns out bad, or its client left. Nothing failed here.
+            record.msg = f"{record.getMessage()}: the caller went away before its request was read"
+            record.args = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+            return True
         status = getattr(getattr(exc, "error_code", None), "value", None)
         if isinstance(status, int) and 400 <= status < 500:
             record.msg = f"{record.getMessage()}: answered {status}: {exc}"
