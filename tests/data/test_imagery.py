@@ -210,7 +210,7 @@ def test_folder_says_when_no_tile_is_near(settings: Settings, tmp_path: Path) ->
     root = tmp_path / "tiles"
     _tile(root / "train/wildfire/-73.5,45.5.jpg", (200, 30, 30))
     p = FolderProvider(root, radius_m=500)
-    with pytest.raises(NoImageryError, match=r"no tile within 500 m of \(-73.4, 45.5\)") as err:
+    with pytest.raises(NoImageryError, match=r"no tile within 500 m of lat 45.5, lon -73.4") as err:
         p.fetch(-73.4, 45.5)
     assert "-73.5,45.5, 7,794 m away" in str(err.value)  # the nearest is named
 

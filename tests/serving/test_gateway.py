@@ -246,7 +246,8 @@ def _bad_requests(stack: ServingStack, jpeg: bytes) -> list[tuple[str, str, dict
         ("wrong method", "/v1/predict", {"method": "GET"}, 405),
         ("feedback no verdict", "/v1/feedback", {"json": {"request_id": "x"}}, 422),
         ("feedback bad label", "/v1/feedback", {"json": {"request_id": "x", "label": "maybe"}}, 422),
-        ("feedback bad json", "/v1/feedback", {"content": b"{", "headers": {"content-type": "application/json"}}, 422),
+        ("feedback bad json", "/v1/feedback", {"content": b"{", "headers": {"content-type": "application/json"}}, 400),
+        ("jpeg as the body", "/v1/predict", {"content": jpeg}, 415),
         ("predictions unknown id", "/v1/predictions/nope", {"method": "GET"}, 404),
         ("rollout without token", "/v1/rollout/ab", {"json": {"champion": 1, "challenger": 1}}, 401),
         (

@@ -330,7 +330,7 @@ class FolderProvider:
         path, metres = self.nearest(lon, lat)
         if metres > self.radius_m:
             raise NoImageryError(
-                f"no tile within {self.radius_m:g} m of ({coord_text(lon)}, {coord_text(lat)}) in {self.folder}"
+                f"no tile within {self.radius_m:g} m of lat {coord_text(lat)}, lon {coord_text(lon)} in {self.folder}"
                 f" (nearest: {path.stem}, {metres:,.0f} m away)",
                 "raise imagery.folder_radius_m or use another provider",
             )
@@ -356,8 +356,9 @@ class SyntheticProvider:
         if not self.bounds.contains(lon, lat):
             b = self.bounds
             raise NoImageryError(
-                f"({coord_text(lon)}, {coord_text(lat)}) is outside the synthetic region {b.name}"
-                f" (lon {b.lon_min}..{b.lon_max}, lat {b.lat_min}..{b.lat_max})"
+                f"lat {coord_text(lat)}, lon {coord_text(lon)} is outside the synthetic region {b.name}"
+                f" (lat {b.lat_min}..{b.lat_max}, lon {b.lon_min}..{b.lon_max})",
+                "pick a place inside the region (the web app's map outlines it)",
             )
         return _ensure_tile(self.region.render_tile(lon, lat), "synthetic tile")
 

@@ -1726,6 +1726,10 @@ async def _read_input(request: Request, gw: Gateway, explain: bool = False) -> t
         received_at = time.perf_counter()  # a place's tile fetch is the gateway's time: it counts in latency_ms
         if not raw:
             raise _bad_request(422, "empty request body", JSON_HINT)
+        if raw.startswith((b"\xff\xd8", b"\x89PNG")):  # an image sent as the whole body
+            raise _bad_request(
+                415, "an image must come as a multipart file field 'image'", "curl -F image=@tile.jpg ..."
+            )
         try:
             payload = json.loads(raw, parse_constant=_no_constants)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -1861,6 +1865,10 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        bad_json = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+        if bad_json is not None:  # a body that is not JSON is a 400, as on every other route
+            why = (bad_json.get("ctx") or {}).get("error") or bad_json.get("msg")
+            return _error(400, f"body is not valid JSON: {why}")
         # FastAPI's own handler echoes the inputs; a NaN or bytes among them would turn a 422 into a 500.
         errors = [{k: v for k, v in e.items() if k not in ("input", "ctx", "url")} for e in exc.errors()]
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)

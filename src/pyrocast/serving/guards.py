@@ -178,7 +178,10 @@ class BodyTooLarge(Exception):
 
 def _too_big(n: int | None, limit: int) -> dict:
     size = f"of {n} bytes " if n is not None else ""
-    return {"error": f"request body {size}is over the limit of {limit} bytes", "hint": "send a smaller image"}
+    return {
+        "error": f"request body {size}is over the limit of {limit} bytes",
+        "hint": "send a smaller image (tiles are 350x350 JPEGs of about 30 kB); other bodies are far smaller",
+    }
 
 
 async def _send_json(send, status: int, payload: dict) -> None:  # type: ignore[no-untyped-def]
