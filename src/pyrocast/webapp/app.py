@@ -43,6 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
 from pyrocast.ports import service_url
+from pyrocast.serving.guards import BodyLimit
 from pyrocast.settings import Region, Settings, get_settings
 from pyrocast.webapp.proxy import EXPLAIN_TIMEOUT_S, GatewayClient, GatewayError, gateway_url
 from pyrocast.webapp.tiles import MARGIN_DEG, MAX_ZOOM, MIN_ZOOM, TileRenderer
@@ -72,6 +73,9 @@ class Place(BaseModel):
 
 class ExplainBody(Place):
     version: str | None = Field(None, max_length=64)
+
+
+MAX_BODY_BYTES = 64 * 1024
 
 
 class FeedbackBody(BaseModel):
@@ -238,6 +242,8 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
             await state.gateway.close()
 
     app = FastAPI(title="Pyrocast", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # The browser sends a place or a verdict, never an image: a larger body is refused before it is read.
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     def web(request: Request) -> WebState:
         return request.app.state.web
@@ -302,6 +308,8 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         msg = "Page not found." if exc.status_code == 404 else str(exc.detail)
+        if msg == "There was an error parsing the body":  # FastAPI's words for a body that is not JSON
+            msg = "The request body is not valid JSON."
         if is_api(request) or request.url.path.startswith("/static/"):
             return JSONResponse({"error": msg}, status_code=exc.status_code)
         return page_error(request, exc.status_code, msg, "Use the navigation bar to find your way.")
