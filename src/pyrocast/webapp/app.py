@@ -375,7 +375,10 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
         state = web(request)
         rollout, rollout_error = None, None
         try:
-            rollout = (await state.gateway.call("GET", "/v1/rollout", what="reading the rollout state")).json()
+            # A page waits a few seconds for the gateway, not the 90 s a prediction may take (a hung gateway kept
+            # the models page blank for 30 s).
+            call = state.gateway.call("GET", "/v1/rollout", what="reading the rollout state", timeout=5.0)
+            rollout = (await call).json()
         except GatewayError as exc:
             rollout_error = exc.to_dict()
         registry = await registry_cached(state, rollout_key(rollout))
