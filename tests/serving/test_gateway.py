@@ -662,3 +662,22 @@ def test_a_refused_upload_leaves_no_error_in_the_classifiers_log(gw: ServingStac
     time.sleep(1.0)
     log = gw.champion.log_path.read_bytes()[logged:].decode(errors="replace")
     assert "[ERROR]" not in log and "Traceback" not in log, log
+
+
+def test_the_api_docs_render_from_this_machine_alone(gw: ServingStack) -> None:
+    """`/docs` (which `pyrocast up` prints) was blank without the internet: FastAPI's page loads Swagger UI from a CDN.
+    Now its files come from the gateway, and a real browser with no other origin renders every public route."""
+    from tests.support.webapp import browser
+
+    page_html = httpx.get(f"{gw.url}/docs", timeout=10).text
+    assert "cdn." not in page_html and "https://" not in page_html.replace("https://swagger.io", "")
+    with browser() as b:
+        page = b.new_page()
+        outside: list[str] = []
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(gw.url) else None)
+        page.goto(f"{gw.url}/docs")
+        page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+        paths = page.locator(".opblock-summary-path").all_inner_texts()
+        page.close()
+    assert {"/v1/predict", "/v1/feedback", "/v1/rollout"} <= {p.strip() for p in paths}, paths
+    assert not outside, outside

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -1755,6 +1756,26 @@ async def _read_input(request: Request, gw: Gateway, explain: bool = False) -> t
 JSON_HINT = "send JSON {'lat': .., 'lon': ..} or a multipart 'image' file"
 
 
+def _local_docs(app: FastAPI) -> None:
+    """`/docs`: Swagger UI over the OpenAPI document, its files served from the installed fastapi-offline package."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    static = os.path.join(os.path.dirname(fastapi_offline.__file__), "static")
+    app.mount("/static/docs", StaticFiles(directory=static), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title}: API",
+            swagger_js_url="/static/docs/swagger-ui-bundle.js",
+            swagger_css_url="/static/docs/swagger-ui.css",
+            swagger_favicon_url="/static/docs/favicon.png",
+        )
+
+
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
@@ -1845,8 +1866,11 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         description="Wildfire-risk predictions from satellite tiles, with champion/challenger rollout. "
         "See docs/SERVING.md.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's page loads Swagger UI from a CDN: blank on a machine without the internet
+        redoc_url=None,
     )
     app.state.gateway = gw
+    _local_docs(app)
     app.add_middleware(BodyLimit, max_bytes=settings.serving.max_upload_bytes + MULTIPART_SLACK, envelope="detail")
 
     app.add_middleware(CountRequests, counter=gw.metrics.http, paths=frozenset(PUBLIC_PATHS))
