@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -148,6 +149,16 @@ def test_resplit_keeps_cells_and_new_tiles_join_their_cell(tmp_path: Path, setti
     # the far tiles formed new cells that were spread over the three splits too
     far_splits = {after.find_place(lab, LonLat(lon, lat)).split for lon, lat, lab in far}
     assert far_splits == set(SPLITS)
+
+
+def test_a_resplit_that_changes_nothing_leaves_the_split_file_as_it_was(tmp_path: Path, settings: Settings) -> None:
+    """Byte for byte: a fresh `updated` alone made a new dataset version (DVC) of the same tiles."""
+    ds = fill(tmp_path / "ds", clustered_places(40, seed=3))
+    split_dataset(ds, settings, cell_km=5.0, seed=1)
+    first = (ds.root / SPLITS_FILE).read_bytes()
+    time.sleep(1.1)  # timestamps have a resolution of a second at most
+    split_dataset(Dataset(ds.root), settings)
+    assert (ds.root / SPLITS_FILE).read_bytes() == first
 
 
 def test_changed_cell_size_or_seed_needs_fresh(tmp_path: Path, settings: Settings) -> None:

@@ -262,7 +262,16 @@ def split_dataset(
     assignment = assign_cells(records, cell_km, seed, fractions, existing)
 
     now = now_iso()
-    smap = SplitMap(cell_km, seed, fractions, assignment, stored.created if stored else now, now)
+    same = stored is not None and (stored.cell_km, stored.seed, stored.fractions, stored.cells) == (
+        cell_km,
+        seed,
+        fractions,
+        assignment,
+    )
+    # Nothing changed: the file stays byte for byte (a new `updated` alone made a new dataset version for the same
+    # tiles, and models trained on them looked trained on other data).
+    updated = stored.updated if same and stored is not None else now
+    smap = SplitMap(cell_km, seed, fractions, assignment, stored.created if stored else now, updated)
     # The map is written before any tile moves: if the run dies midway, the next run finishes the same moves.
     atomic_write(dataset.root / SPLITS_FILE, (json.dumps(smap.as_json(), indent=1) + "\n").encode())
 
