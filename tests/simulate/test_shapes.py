@@ -31,6 +31,7 @@ def test_shape_levels() -> None:
     day = [s.users for s in build_stages("diurnal", 100, 60)]
     assert day[0] < day[1] < day[2] and day[3] > day[4] > day[5]  # low at night, high in the middle of the day
     assert day[0] == day[5] and day[2] == day[3]  # symmetric around midday
+    assert max(day) == 100  # the busiest part reaches --users ("most simulated users at once")
 
 
 def test_small_user_counts_never_drop_to_zero() -> None:
@@ -52,6 +53,7 @@ def test_tick_contract() -> None:
     [
         ("sawtooth", 5, 10, "unknown load shape"),
         ("constant", 0, 10, "--users"),
+        ("constant", 100_000, 10, "at most 1000"),
         ("constant", 5, 0, "--duration"),
         ("constant", 5, float("nan"), "--duration"),
         ("ramp", 5, 3, "give --duration 4 or more"),

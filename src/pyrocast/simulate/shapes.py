@@ -14,6 +14,7 @@ from typing import Any
 from pyrocast.errors import InvalidInputError
 
 SHAPES: tuple[str, ...] = ("constant", "ramp", "spike", "diurnal")
+MAX_USERS = 1000
 MIN_STAGE_S = 1.0  # Locust ticks about once a second: a shorter stage could be skipped entirely
 DIURNAL_PARTS = ("night", "morning", "midday", "afternoon", "evening", "late evening")
 
@@ -59,6 +60,12 @@ def build_stages(shape: str, users: int, duration_s: float) -> list[Stage]:
         raise InvalidInputError(f"unknown load shape {shape!r}", f"use one of {', '.join(SHAPES)}")
     if users < 1:
         raise InvalidInputError(f"--users must be at least 1, got {users}")
+    if users > MAX_USERS:
+        # One Locust process on a shared machine cannot run more: it reported 100,000 users that never ran.
+        raise InvalidInputError(
+            f"--users {users} is more than one machine's Locust runs faithfully (at most {MAX_USERS})",
+            "give --users 1000 or fewer; for more, run Locust distributed against the gateway",
+        )
     if not math.isfinite(duration_s) or duration_s <= 0:
         raise InvalidInputError(f"--duration must be a positive number of seconds, got {duration_s}")
     n_parts = {"constant": 1, "ramp": 4, "spike": 3, "diurnal": len(DIURNAL_PARTS)}[shape]
@@ -79,9 +86,10 @@ def build_stages(shape: str, users: int, duration_s: float) -> list[Stage]:
         parts = [("baseline", d * 0.4, base), ("spike", d * 0.2, users), ("recovery", d * 0.4, base)]
     else:
         k = len(DIURNAL_PARTS)
+        level = [0.55 - 0.45 * math.cos(2 * math.pi * (i + 0.5) / k) for i in range(k)]
+        # Scaled so that the busiest parts reach `users` (the cosine's samples peak at 94% of it).
         parts = [
-            (name, d / k, round(users * (0.55 - 0.45 * math.cos(2 * math.pi * (i + 0.5) / k))))
-            for i, name in enumerate(DIURNAL_PARTS)
+            (name, d / k, max(1, round(users * v / max(level)))) for name, v in zip(DIURNAL_PARTS, level, strict=True)
         ]
     return _stages(parts, users)
 
