@@ -22,6 +22,7 @@ from pyrocast.serving import procs
 from pyrocast.serving.store import PredictionStore
 from pyrocast.settings import ServingSettings, Settings
 from pyrocast.webapp.app import COOKIE
+from tests.serving.conftest import encode, tile_image
 from tests.support import store_rows
 from tests.support.browser_pages import Live, Tab, open_tab, served_row, wait_js
 from tests.support.waiting import wait_for
@@ -163,18 +164,34 @@ def test_feedback_models_and_monitoring_pages(live: Live, tab: Tab) -> None:
         for i in range(3):
             d = c.post("/api/predict", json={"lat": 45.6 + i / 10, "lon": -74.0}).json()
             c.post("/api/feedback", json={"request_id": d["request_id"], "correct": i != 1})
+    # An image uploaded with the coordinates of the last place: its row must not show that place's tile.
+    other = encode(tile_image(7))
+    up = httpx.post(
+        f"{live.stack.url}/v1/predict",
+        files={"image": ("t.jpg", other, "image/jpeg")},
+        data={"lat": "45.8", "lon": "-74.0"},
+        timeout=30,
+    ).json()
+    httpx.post(f"{live.stack.url}/v1/feedback", json={"request_id": up["request_id"], "correct": False}, timeout=30)
     # The gateway writes in the background: the pages read the store once the last row is there.
-    wait_for(lambda: live.store.feedback_for(d["request_id"]), what="the last feedback in the store")
+    wait_for(lambda: live.store.feedback_for(up["request_id"]), what="the last feedback in the store")
     page = tab.page
 
     page.goto(live.url + "/feedback")
     page.wait_for_selector("#feedback-table")
-    first = page.locator("#feedback-table tbody tr").first
-    assert first.get_attribute("data-request-id") == d["request_id"]
-    assert "right" in first.inner_text() and "v1" in first.inner_text()
+    rows = page.locator("#feedback-table tbody tr")
+    assert rows.first.get_attribute("data-request-id") == up["request_id"]
+    second = rows.nth(1)
+    assert second.get_attribute("data-request-id") == d["request_id"]
+    assert "right" in second.inner_text() and "v1" in second.inner_text()
     wait_js(
-        page, "[...document.querySelectorAll('#feedback-table img')].slice(0, 3).every(i => i.naturalWidth > 0)", 20
+        page, "[...document.querySelectorAll('#feedback-table img')].slice(0, 4).every(i => i.naturalWidth > 0)", 20
     )
+    shown = [
+        httpx.get(live.url + str(rows.nth(k).locator("img").get_attribute("src")), timeout=30).headers["content-type"]
+        for k in (0, 1)
+    ]
+    assert shown == ["image/svg+xml", "image/jpeg"], shown  # the upload's placeholder, the place's own tile
     page.screenshot(path=SHOTS.format("feedback"), full_page=True)
 
     page.goto(live.url + "/models")

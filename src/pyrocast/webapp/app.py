@@ -76,6 +76,13 @@ class ExplainBody(Place):
 
 
 MAX_BODY_BYTES = 64 * 1024
+# In the feedback table, for an answer given on another image than the place's tile (an upload; new imagery since).
+NOT_THIS_TILE_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" width="72" height="72" viewBox="0 0 72 72">'
+    '<rect width="72" height="72" fill="#e8e8e8"/>'
+    '<text x="36" y="33" font-size="10" font-family="sans-serif" text-anchor="middle" fill="#555">uploaded</text>'
+    '<text x="36" y="47" font-size="10" font-family="sans-serif" text-anchor="middle" fill="#555">image</text></svg>'
+)
 
 
 class FeedbackBody(BaseModel):
@@ -485,10 +492,16 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
         request: Request,
         lat: Annotated[float, Query(allow_inf_nan=False)],
         lon: Annotated[float, Query(allow_inf_nan=False)],
+        sha: Annotated[str | None, Query(pattern="^[0-9a-f]{64}$")] = None,
     ) -> Response:
+        """The place's tile; with `sha` (a stored answer's tile hash), a placeholder unless it is that very image:
+        an uploaded image with coordinates was shown as the place's tile, next to the verdict on another image."""
         lat, lon = check_place(settings, lat, lon)
         r = await web(request).gateway.call("GET", "/v1/tile", what="tile", params={"lat": lat, "lon": lon})
-        return Response(r.content, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+        cache = {"Cache-Control": "private, max-age=3600"}
+        if sha is not None and r.headers.get("x-tile-sha256") != sha:
+            return Response(NOT_THIS_TILE_SVG, media_type="image/svg+xml", headers=cache)
+        return Response(r.content, media_type="image/jpeg", headers=cache)
 
     @app.get("/api/monitoring")
     async def monitoring_api(request: Request, window: str = "1h") -> JSONResponse:
