@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -35,3 +36,15 @@ class Report:
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2, default=str)
+
+
+def uncut_table(title: str, columns: tuple[str, ...], rows: list[tuple[list[str], str]], left: int = 1) -> Table:
+    """A table of `rows` ((cells, style)) whose columns are each as wide as their widest cell: nothing is cut with
+    an ellipsis at 80 columns ("champion-fa…", "afterno…"); the first `left` columns are left-aligned."""
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for i, col in enumerate(columns):
+        wide = max([len(col), *(len(cells[i]) for cells, _ in rows)])
+        t.add_column(col, justify="left" if i < left else "right", no_wrap=True, min_width=wide)
+    for cells, style in rows:
+        t.add_row(*cells, style=style or None)
+    return t

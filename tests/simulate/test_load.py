@@ -197,3 +197,23 @@ def test_a_spike_reports_every_request_the_gateway_answered(stack: ServingStack)
     r = run_load(stack.settings, "spike", users=6, duration_s=6, host=stack.url, wait_s=(0.0, 0.05))
     assert r.total.requests > 20 and r.total.failures == 0, r.total.errors
     assert answered() - before == r.total.requests
+
+
+def test_the_load_table_cuts_nothing_at_80_columns() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from pyrocast.simulate.load import LoadResult, StageStats
+
+    def stage(name: str, users: int | None) -> StageStats:
+        return StageStats(name, users, 10.0, 12345, 67, 1234.5, 12345.6, 23456.7, 34567.8)
+
+    stages = [stage("late evening", 1000), stage("afternoon", 900)]
+    result = LoadResult(
+        "diurnal", "http://127.0.0.1:8000", 1000, 60.0, stages, stage("total", 1000), {}, "now", 60.0, Path("x.log")
+    )
+    shown = StringIO()
+    result.render(Console(file=shown, width=80))
+    table = shown.getvalue()
+    assert "…" not in table and "late evening" in table and "34567.8" in table and "67 (0.5%)" in table, table

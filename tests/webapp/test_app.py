@@ -461,3 +461,9 @@ def test_an_unexpected_error_is_a_plain_page_with_the_security_headers(settings:
             r = c.get(path)
             assert r.status_code == 500 and "a bug" not in r.text and "Traceback" not in r.text
             assert r.headers["x-frame-options"] == "DENY" and "default-src" in r.headers["content-security-policy"]
+
+
+def test_a_few_errors_among_many_never_read_as_none() -> None:
+    from pyrocast.webapp.app import _pct
+
+    assert _pct(3 / 7000) == "<0.1%" and _pct(0.0) == "0.0%" and _pct(0.0123) == "1.2%" and _pct(None) == "–"

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from pyrocast.errors import InvalidInputError, PyrocastError
+from pyrocast.report import uncut_table
 from pyrocast.settings import Settings
 from pyrocast.simulate.gateway import check_gateway, gateway_url
 from pyrocast.simulate.shapes import Stage, build_stages, stage_index, total_duration
@@ -165,17 +165,11 @@ class LoadResult:
         }
 
     def render(self, console: Console) -> None:
-        t = Table(
-            title=f"Load test · {self.shape}, up to {self.users} users, {self.duration_s:g} s against {self.host}",
-            title_justify="left",
-        )
-        for col in ("stage", "users", "s", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"):
-            t.add_column(col, justify="left" if col == "stage" else "right")
+        rows = []
         for s in [*self.stages, self.total]:
-            style = "bold" if s is self.total else None
             err = f"{s.failures} ({100 * s.error_rate:.1f}%)" if s.failures else "0"
             unreached = self.stopped_early and s is not self.total and s.seconds == 0 and not s.requests
-            t.add_row(
+            cells = [
                 f"{s.name} (not reached)" if unreached else s.name,
                 str(s.users or "-"),
                 "-" if unreached else f"{s.seconds:g}",
@@ -183,9 +177,12 @@ class LoadResult:
                 f"{s.throughput_rps:.1f}",
                 *(f"{v:.1f}" if v is not None else "-" for v in (s.p50_ms, s.p95_ms, s.p99_ms)),
                 err,
-                style=style,
-            )
-        console.print(t)
+            ]
+            rows.append((cells, "bold" if s is self.total else ""))
+        users = f"{self.users} user" + ("" if self.users == 1 else "s")
+        title = f"Load test · {self.shape}, up to {users}, {self.duration_s:g} s against {self.host}"
+        columns = ("stage", "users", "s", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors")
+        console.print(uncut_table(title, columns, rows))
         if self.total.variants:
             console.print("answered by: " + ", ".join(f"{k} {v}" for k, v in self.total.variants.items()))
         if self.by_kind:

@@ -25,11 +25,10 @@ from typing import Any, Literal
 
 import httpx
 import numpy as np
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from pyrocast.errors import InvalidInputError
+from pyrocast.report import uncut_table
 from pyrocast.settings import Settings
 from pyrocast.simulate.gateway import admin_headers, check_gateway, gateway_url
 from pyrocast.simulate.load import pick_tiles
@@ -162,21 +161,12 @@ class ReplayResult:
         }
 
     def render(self, console: Console) -> None:
-        t = Table(
-            title=f"Replay of the {self.split} split ({self.by}) through {self.gateway}: live accuracy",
-            title_justify="left",
-            box=box.SIMPLE_HEAD,
-        )
         rows = [(_row(g), "") for g in self.groups]
         if sum(g.variant != "shadow" for g in self.groups) > len(self.versions):  # a version answered as several
             rows += [(_row(g), "bold") for g in self.versions]
-        for i, col in enumerate(("version", "variant", "n", "accuracy", "95% CI", "p50 ms", "p95 ms")):
-            # Nothing cut at 80 columns ("champion-fa…", "0.740-…"): each column as wide as its widest cell.
-            wide = max([len(col), *(len(r[i]) for r, _ in rows)])
-            t.add_column(col, justify="left" if i < 2 else "right", no_wrap=True, min_width=wide)
-        for cells, style in rows:
-            t.add_row(*cells, style=style)
-        console.print(t)
+        title = f"Replay of the {self.split} split ({self.by}) through {self.gateway}: live accuracy"
+        columns = ("version", "variant", "n", "accuracy", "95% CI", "p50 ms", "p95 ms")
+        console.print(uncut_table(title, columns, rows, left=2))
         rate = "-" if self.achieved_rate is None else f"{self.achieved_rate:.1f}"
         console.print(
             f"sent {self.sent} of {self.planned} planned in {self.elapsed_s:.1f} s ({rate}/s, target "

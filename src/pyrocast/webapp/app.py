@@ -634,7 +634,12 @@ def _g(x: float) -> str:
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{100 * x:.{digits}f}%"
+    if x is None:
+        return "–"
+    smallest = 10.0**-digits
+    if 0 < 100 * x < smallest / 2:  # some, though fewer than the digits show: never "0.0%" for 3 errors in 7000
+        return f"<{smallest:g}%"
+    return f"{100 * x:.{digits}f}%"
 
 
 def _num(x: float | None, digits: int = 3) -> str:

@@ -33,7 +33,10 @@ window.Pyrocast = (function () {
 
   function fmtPct(x, digits) {
     if (x === null || x === undefined || isNaN(x)) return "–";
-    return (100 * x).toFixed(digits === undefined ? 1 : digits) + "%";
+    const d = digits === undefined ? 1 : digits;
+    const smallest = Math.pow(10, -d);
+    if (x > 0 && 100 * x < smallest / 2) return "<" + smallest + "%"; // some, never "0.0%"
+    return (100 * x).toFixed(d) + "%";
   }
 
   function fmtMs(x) {

@@ -293,7 +293,7 @@
     document.getElementById("kpi-requests").textContent = req.total;
     document.getElementById("kpi-rate").textContent = rateKpi(d);
     document.getElementById("kpi-errors").textContent = Pyrocast.fmtPct(req.error_rate);
-    document.getElementById("kpi-failed").textContent = req.failed + " failed requests";
+    document.getElementById("kpi-failed").textContent = req.failed + (req.failed === 1 ? " failed request" : " failed requests");
     const o = lat.overall;
     const f = function (x) { return x === null || x === undefined ? "–" : x < 10 ? x.toFixed(1) : Math.round(x).toString(); };
     document.getElementById("kpi-latency").textContent = f(o.p50) + " / " + f(o.p95) + " / " + f(o.p99);
