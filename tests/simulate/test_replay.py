@@ -34,7 +34,7 @@ def test_ab_replay_measures_each_version_and_stores_ground_truth(stack: ServingS
     seen: list[int] = []
     # 16 users (each sends at least one of the 24 tiles): all on one side has odds 1 in 32768 (8 users: 1 in 128).
     result = run_replay(stack.settings, rate=50, duration_s=60, users=16, concurrency=4, on_start=seen.append)
-    assert seen == [N_TEST] and result.sent == N_TEST and result.stopped == "all tiles sent"
+    assert seen == [N_TEST] and result.sent == N_TEST and result.stopped == "all planned tiles sent"
     assert result.errors == 0 and result.feedback_stored == N_TEST
     # Sticky assignment: no simulated user is answered by both models.
     assert result.switching_clients() == 0
@@ -263,8 +263,37 @@ def test_the_replay_table_cuts_nothing_at_80_columns() -> None:
         GroupStats("1", "champion", 30, 27, 0.9, (0.74, 0.97), 12.3, 18.4),
     ]
     shown = StringIO()
-    ReplayResult("http://127.0.0.1:8000", "test", "image", 60, [], 10.0, 6.0, "all tiles sent", groups, groups).render(
-        Console(file=shown, width=80)
-    )
+    ReplayResult(
+        "http://127.0.0.1:8000", "test", "image", 60, [], 10.0, 6.0, "all planned tiles sent", groups, groups
+    ).render(Console(file=shown, width=80))
     table = shown.getvalue()
     assert "…" not in table and "champion-fallback" in table and "0.650-0.990" in table and "20000.2" in table
+
+
+def test_a_replay_stopped_with_ctrl_c_reports_and_exits_130(stack: ServingStack) -> None:
+    """A script must not read an interrupted replay as a complete one (it exited 0)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("pyrocast")
+    env = {**os.environ, "PYROCAST_ADMIN_TOKEN": stack.token, "PYROCAST_QUIET": "1"}
+    cmd = [str(exe), "replay", "--rate", "2", "--duration", "60", "--no-feedback", "--gateway", stack.url]
+    proc = subprocess.Popen(
+        [*cmd, "--data-dir", str(stack.settings.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        time.sleep(4.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (proc.returncode, out, err)
+    assert "interrupted" in out and "Traceback" not in err, (out, err)

@@ -84,6 +84,11 @@ def replay(
     else:
         result.render(out)
     _fail_if_unanswered(result.sent, result.errors)
+    if result.stopped == "interrupted":
+        raise typer.Exit(INTERRUPTED)
+
+
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C: a script must not read the run as complete
 
 
 def _fail_if_unanswered(sent: int, failed: int) -> None:
@@ -135,10 +140,12 @@ def load(
             wait_s=(wait_min, wait_max),
             on_progress=tick,
         )
-        if tasks:
+        if tasks and not result.stopped_early:
             bar.update(tasks[0], completed=duration)
     if as_json:
         print(json.dumps(result.as_dict(), indent=2, default=str))
     else:
         result.render(out)
     _fail_if_unanswered(result.total.requests, result.total.failures)
+    if result.interrupted:
+        raise typer.Exit(INTERRUPTED)

@@ -148,6 +148,7 @@ class LoadResult:
     wall_s: float
     log_path: Path
     stopped_early: bool = False
+    interrupted: bool = False  # Ctrl-C (a script sees exit code 130)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -281,7 +282,7 @@ def run_load(
         total = total_duration(stages)
         started_at = datetime.now(UTC).isoformat(timespec="seconds")
         t0 = time.monotonic()
-        stopped_early = False
+        stopped_early = interrupted = False
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
@@ -299,7 +300,7 @@ def run_load(
                 time.sleep(0.5)
         except KeyboardInterrupt:
             # Ctrl-C ends the run early but still reports what was measured (Locust writes on SIGINT).
-            stopped_early = True
+            stopped_early = interrupted = True
         finally:
             _stop_group(proc)
         wall = time.monotonic() - t0
@@ -321,4 +322,5 @@ def run_load(
         wall_s=wall,
         log_path=log_path,
         stopped_early=stopped_early or (data.get("end_s") or 0) < total - 1.5,
+        interrupted=interrupted,
     )

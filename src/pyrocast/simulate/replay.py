@@ -87,9 +87,10 @@ class ReplayResult:
     outcomes: list[Outcome]
     elapsed_s: float
     rate: float
-    stopped: str  # "all tiles sent", "duration reached", "interrupted"
+    stopped: str  # "all planned tiles sent", "duration reached", "interrupted"
     groups: list[GroupStats] = field(default_factory=list)
     versions: list[GroupStats] = field(default_factory=list)
+    available: int | None = None  # tiles the split (up to --limit) held: more than planned when rate x duration cut
 
     @property
     def sent(self) -> int:
@@ -174,6 +175,12 @@ class ReplayResult:
             f"{self.feedback_stored}; latency p50 {_ms(self.latency(50))} ms, p95 {_ms(self.latency(95))} ms",
             highlight=False,
         )
+        if self.available is not None and self.planned < self.available:
+            console.print(
+                f"{self.available - self.planned} more tiles of the {self.split} split were not sent: --rate x "
+                f"--duration planned {self.planned} (raise --duration to send them all)",
+                highlight=False,
+            )
         switching = self.switching_clients()
         if switching:
             console.print(f"[yellow]{switching} client(s) were answered by more than one model version[/yellow]")
@@ -339,7 +346,7 @@ async def _replay(
                 on_done(o)
 
         t0 = time.monotonic()
-        stopped = "all tiles sent"
+        stopped = "all planned tiles sent"
         tasks: list[asyncio.Task] = []
         for i, tile in enumerate(tiles):
             # Pacing: request i is due at t0 + i/rate; a full semaphore delays it (bounded concurrency wins).
@@ -406,7 +413,8 @@ def run_replay(
     tiles = pick_tiles(settings, split, limit, seed)
     check_gateway(url)
     mode = rollout_mode(url)
-    planned = min(len(tiles), max(1, int(rate * duration_s + 0.999)))
+    available = len(tiles)
+    planned = min(available, max(1, int(rate * duration_s + 0.999)))
     tiles = tiles[:planned]
     if on_start is not None:
         on_start(planned)
@@ -432,7 +440,7 @@ def run_replay(
         )
     except KeyboardInterrupt:
         elapsed = time.monotonic() - t0
-    result = ReplayResult(url, split, by, planned, outcomes, elapsed, rate, stopped)
+    result = ReplayResult(url, split, by, planned, outcomes, elapsed, rate, stopped, available=available)
     # In shadow mode the challenger answered copies nobody saw: their accuracy is what shadow traffic is for.
     shadow = shadow_outcomes(url, outcomes, timeout_s) if mode == "shadow" else []
     result.groups = accuracy_groups(outcomes + shadow, by_variant=True)
