@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import json
 import os
 import signal
@@ -23,12 +24,13 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from rich.console import Console
 
 from pyrocast.errors import PyrocastError, ServiceUnavailableError
 from pyrocast.ports import free_port, port_in_use
 from pyrocast.serving import procs
 from pyrocast.settings import Settings
-from pyrocast.stack import STATE_FILE, Service, Stack, claim_state, group_members, release_claim
+from pyrocast.stack import STATE_FILE, Service, Stack, claim_state, group_members, release_claim, run_up
 from tests.support.disks import tmpfs
 from tests.support.mlflow_db import seed_mlflow_db
 from tests.support.serving import tiny_bundles
@@ -89,6 +91,14 @@ def test_a_busy_port_is_refused_before_anything_starts(settings: Settings) -> No
     assert f"gateway ({svc.port})" in str(exc.value) and "PYROCAST_SERVING__GATEWAY_PORT" in str(exc.value)
     assert started == []
     assert not (settings.root / STATE_FILE).exists()
+    # Through `run_up`: the refusal, and no "stopped: no process left behind" before it (nothing had started).
+    shown = io.StringIO()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", svc.port))
+        sock.listen()
+        with pytest.raises(ServiceUnavailableError):
+            run_up(Stack(settings, [svc]), Console(file=shown, width=120))
+    assert "stopped" not in shown.getvalue(), shown.getvalue()
 
 
 def test_a_service_that_fails_to_start_stops_the_others(settings: Settings) -> None:

@@ -621,12 +621,14 @@ def run_up(
         record(settings, f"failed: {exc}")
         raise
     finally:
+        started = any(s.proc is not None for s in stack.services)
         with signals_ignored():
             left = stack.stop()
         if left:
             console.print(f"[yellow]killed {len(left)} process(es) that outlived their service: {left}[/yellow]")
-        console.print("[green]stopped: no process left behind[/green]" if not left else "stopped")
-        record(settings, "stopped: no process left behind" if not left else f"stopped; killed leftovers {left}")
+        if started or left:  # a start refused before any process (a busy port) has nothing to say it stopped
+            console.print("[green]stopped: no process left behind[/green]" if not left else "stopped")
+            record(settings, "stopped: no process left behind" if not left else f"stopped; killed leftovers {left}")
     return code
 
 
