@@ -414,7 +414,7 @@ def test_models_page_tells_a_missing_challenger_from_a_down_champion(settings: S
     assert 'class="pill down">not answering' in champion
     assert 'class="pill idle">not running' in challenger and "not answering" not in challenger
     stats = re.search(r'id="stats-title">(.*?)</section>', html, re.S)[1]
-    assert "since the last rollout change" in stats
+    assert "since the last rollout change or this gateway's start" in stats and "at most 200" in stats
     rows = {m[0]: m[1] for m in re.findall(r'<th scope="row">([^<]+)</th>(.*?)</tr>', stats, re.S)}
     assert set(rows) >= {"champion", "challenger"}
     cells = re.findall(r"<td>(.*?)</td>", rows["challenger"])
