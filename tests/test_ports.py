@@ -21,7 +21,8 @@ def test_a_service_url_reaches_wildcard_and_ipv6_listen_addresses() -> None:
     from pyrocast.ports import port_in_use, service_url
 
     assert service_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
-    assert service_url("0.0.0.0", 8000) == service_url("::", 8000) == "http://127.0.0.1:8000"
+    assert service_url("0.0.0.0", 8000) == "http://127.0.0.1:8000"
+    assert service_url("::", 8000) == "http://[::1]:8000"  # an IPv6 wildcard may be IPv6 only
     assert service_url("::1", 3000) == "http://[::1]:3000"
     assert service_url("localhost", 5000) == "http://localhost:5000"
     with socket.socket(socket.AF_INET6) as s:

@@ -56,10 +56,12 @@ def port_in_use(host: str, port: int) -> bool:
 def service_url(host: str, port: int) -> str:
     """The URL at which this machine reaches a service listening on `host`:`port`.
 
-    A wildcard listen address (0.0.0.0, ::) is reached on loopback; an IPv6 address goes in brackets (`http://:::3000`
+    A wildcard listen address (0.0.0.0, ::) is reached on its loopback; an IPv6 address goes in brackets (`http://:::3000`
     is no URL)."""
-    if host in ("0.0.0.0", "::", ""):
+    if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
+    elif host == "::":  # an IPv6 wildcard may listen on IPv6 only (bindv6only)
+        host = "::1"
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"http://{host}:{port}"

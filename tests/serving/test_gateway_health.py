@@ -5,6 +5,7 @@ and a classifier or explainer worker that BentoML restarted after a SIGKILL (one
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from http.server import BaseHTTPRequestHandler
@@ -286,6 +287,47 @@ def test_a_hung_champion_costs_users_a_503_at_once_once_its_probes_failed(gw: Se
     finally:
         _signal_service(gw.champion, signal.SIGCONT)
     assert wait_for(lambda: predict()[0].status_code == 200, 30), "predictions did not come back with the champion"
+
+
+def test_a_busy_classifier_that_answers_its_probes_is_never_gone() -> None:
+    """Only probes that get no answer count towards `gone` (calls refused at once): a saturated classifier answering
+    /model/info with 429 (BentoML's max_concurrency exempts only /readyz) keeps serving, and one that answers "not
+    ready" is down, but not hung."""
+    from pyrocast.serving.gateway import Backend
+    from tests.support.servers import LocalServer
+
+    class Classifier(LocalServer):
+        ready, info = 200, 200
+
+        def answer(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
+            if path == "/readyz":
+                return self.ready, {}, b""
+            body = json.dumps({"name": "m", "version": "1"}).encode()
+            return self.info, {"Content-Type": "application/json"}, body
+
+    async def probes(url: str, n: int) -> list[tuple[bool, bool]]:
+        async with httpx.AsyncClient() as client:
+            be = Backend("a", url, client)
+            return [(await be.probe(), be.gone) for _ in range(n)]
+
+    with Classifier() as svc:
+        assert asyncio.run(probes(svc.base, 1)) == [(True, False)]
+
+        async def saturated() -> list[tuple[bool, bool, str | None]]:
+            async with httpx.AsyncClient() as client:
+                be = Backend("a", svc.base, client)
+                svc.info = 200
+                await be.probe()
+                svc.info = 429
+                out = []
+                for _ in range(3):
+                    up = await be.probe()
+                    out.append((up, be.gone, be.ref.version if be.ref else None))
+                return out
+
+        assert asyncio.run(saturated()) == [(True, False, "1")] * 3
+        svc.info, svc.ready = 200, 503
+        assert asyncio.run(probes(svc.base, 3)) == [(False, False)] * 3  # down, answering: not gone
 
 
 def test_probes_that_fail_side_by_side_count_as_one_failure_not_two_in_a_row() -> None:

@@ -80,6 +80,9 @@ def test_api_validation_messages(client: TestClient) -> None:
     assert r.status_code == 400 and r.json()["error"] == "The request body is not valid JSON.", r.text
     r = client.post("/api/predict", content=b" " * 100_000, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "over the limit" in r.json()["error"], r.text  # never read
+    chunks = (b" " * 10_000 for _ in range(10))  # no Content-Length: counted as it comes, read by FastAPI
+    r = client.post("/api/feedback", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "over the limit" in r.json()["error"], r.text
     r = client.post("/api/feedback", json={"request_id": "abc", "correct": "yes"})  # as strict as the gateway
     assert r.status_code == 422 and r.json()["error"] == "Verdict must be true or false.", r.json()
     r = client.get("/api/tile", params={"lat": 95, "lon": -73.5})

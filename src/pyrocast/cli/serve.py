@@ -103,7 +103,9 @@ def serve_classifier(
     _free(s.serving.host, port, "classifier")
     # One BentoML home per service: BentoML wipes the Prometheus files in its home when a server starts.
     env["BENTOML_HOME"] = str(s.root / "bentoml" / f"classifier-{role}-{port}")
-    out.print(f"serving {b.name} v{b.version} ({p}, {s.serving.device}) as {role} on http://{s.serving.host}:{port}")
+    out.print(
+        f"serving {b.name} v{b.version} ({p}, {s.serving.device}) as {role} on {service_url(s.serving.host, port)}"
+    )
     _exec([procs.bentoml_exe(), "serve", procs.CLASSIFIER, "--host", s.serving.host, "--port", str(port)], env)
 
 
@@ -125,7 +127,7 @@ def serve_explainer(
     port = port or s.serving.explainer_port
     _free(s.serving.host, port, "explainer")
     env["BENTOML_HOME"] = str(s.root / "bentoml" / f"explainer-{port}")
-    out.print(f"explainer on http://{s.serving.host}:{port}")
+    out.print(f"explainer on {service_url(s.serving.host, port)}")
     _exec([procs.bentoml_exe(), "serve", procs.EXPLAINER, "--host", s.serving.host, "--port", str(port)], env)
 
 
@@ -139,7 +141,7 @@ def serve_gateway(
     s = settings(data_dir)
     port = port or s.serving.gateway_port
     _free(s.serving.host, port, "gateway")
-    out.print(f"gateway on http://{s.serving.host}:{port} (API docs at /docs)")
+    out.print(f"gateway on {service_url(s.serving.host, port)} (API docs at /docs)")
     main(["--host", s.serving.host, "--port", str(port)], settings=s)
 
 
@@ -153,7 +155,9 @@ def serve_webapp(
     s = settings(data_dir)
     port = port or s.serving.webapp_port
     _free(s.serving.host, port, "web app")
-    out.print(f"web app on http://{s.serving.host}:{port} (gateway http://{s.serving.host}:{s.serving.gateway_port})")
+    out.print(
+        f"web app on {service_url(s.serving.host, port)} (gateway {service_url(s.serving.host, s.serving.gateway_port)})"
+    )
     main(["--host", s.serving.host, "--port", str(port)], settings=s)
 
 

@@ -216,5 +216,5 @@ class Classifier:
 Classifier.add_asgi_middleware(
     BodyLimit,
     max_bytes=MAX_UPLOAD_BYTES + MULTIPART_SLACK,
-    refuse=lambda message: _refuse(message, HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+    refuse=_refuse,
 )

@@ -30,10 +30,11 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI
+from mlflow.exceptions import MlflowException
 from PIL import Image
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from pyrocast.errors import InvalidInputError, PyrocastError
+from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
 from pyrocast.model.bundle import Bundle, OnnxClassifier, load_bundle
 from pyrocast.registry.refs import check_model_ref
 from pyrocast.serving.bundles import SERVING_ORT_CONFIG, resolve_bundle, resolve_precision, serving_precision
@@ -125,6 +126,7 @@ class Explainer:
     def __init__(self) -> None:
         self.folders = parse_bundle_map(os.environ.get("PYROCAST_EXPLAIN_BUNDLES"))
         self.models: OrderedDict[str, OnnxClassifier] = OrderedDict()
+        self.last_for: dict[tuple[str, str | None], str] = {}  # (name asked, precision) -> its model's key, last time
         self.lock = threading.Lock()
         self.worker = worker_identity()
         # Import the attribution code now (torch, captum: seconds), not on the first user's request.
@@ -151,15 +153,26 @@ class Explainer:
         champion was explained for as long as it stayed loaded after a promotion."""
         with self.lock:
             try:
-                bundle = self._bundle(check_model_ref(version))
+                ref = check_model_ref(version)
+                bundle = self._bundle(ref)
                 served = resolve_precision(bundle, precision) if precision else serving_precision(bundle, _settings)
             except ExplainError:
                 raise
             except InvalidInputError as exc:  # names no possible version: the client's mistake
                 raise ExplainError(str(exc), error_code=HTTPStatus.UNPROCESSABLE_ENTITY) from exc
+            except (ServiceUnavailableError, MlflowException, OSError) as exc:  # the registry does not answer
+                last = self.last_for.get((version, precision))
+                if last in self.models:  # the model that name gave last time: better than no heatmap
+                    return self.models[last]
+                raise ExplainError(
+                    f"cannot tell which model {version!r} names: the model registry does not answer ({exc})",
+                    error_code=HTTPStatus.SERVICE_UNAVAILABLE,
+                ) from exc
             except PyrocastError as exc:
                 raise ExplainError(str(exc), error_code=HTTPStatus.NOT_FOUND) from exc
-            key = f"{bundle.version}/{served}"
+            # The folder, not the version: bundles never registered all say version 0.
+            key = f"{bundle.root.resolve()}/{served}"
+            self.last_for[(version, precision)] = key
             if key in self.models:
                 self.models.move_to_end(key)
                 return self.models[key]
@@ -173,7 +186,7 @@ class Explainer:
     def info(self) -> dict[str, Any]:
         """The model versions loaded (most recently used last) and which process answers."""
         with self.lock:
-            loaded = list(self.models)
+            loaded = [f"v{m.bundle.version} ({m.precision})" for m in self.models.values()]
         return {"kind": "explainer", "models_loaded": loaded, "worker": self.worker}
 
     @bentoml.api(route="/explain")
@@ -210,5 +223,5 @@ class Explainer:
 Explainer.add_asgi_middleware(
     BodyLimit,
     max_bytes=MAX_UPLOAD_BYTES + MULTIPART_SLACK,
-    refuse=lambda message: _refuse(message, HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+    refuse=_refuse,
 )

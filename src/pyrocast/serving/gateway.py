@@ -39,6 +39,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field, ValidationError, model_validator
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pyrocast.data.layout import atomic_write
@@ -47,7 +48,7 @@ from pyrocast.imaging import encode_jpeg
 from pyrocast.monitoring.novelty import Novelty, sentences
 from pyrocast.ports import service_url
 from pyrocast.registry.refs import check_model_ref
-from pyrocast.serving.guards import MULTIPART_SLACK, BodyLimit, BodyTooLarge, UploadRejected, load_upload
+from pyrocast.serving.guards import MULTIPART_SLACK, BodyLimit, BodyTooLarge, UploadRejected, load_upload, too_big
 from pyrocast.serving.rollout import (
     ABPlan,
     CanaryPlan,
@@ -80,7 +81,7 @@ Source = Literal["api", "web", "replay", "load"]
 Label = Literal["wildfire", "nowildfire"]
 Variant = Literal["champion", "challenger", "champion-fallback"]
 PROBE_INTERVAL_S = 2.0
-GONE_AFTER = 2  # failed probes in a row after which heatmaps no longer wait for the explainer
+GONE_AFTER = 2  # unanswered probes in a row after which a service is not called (nor waited for) until one answers
 DOWN_COOLDOWN_S = 2.0
 BACKLOG_WARNING = 5000  # rows waiting to be written: the PyrocastStoreBacklog alert's threshold too
 WARN_EVERY_S = 30.0  # a trouble that repeats (the store refusing, a model failing) is logged this often
@@ -299,10 +300,12 @@ class Probed:
         fresh = time.monotonic() - self.probed_at < 3 * PROBE_INTERVAL_S
         return self.failed_probes >= GONE_AFTER and fresh
 
-    def _count_probe(self, started: float) -> None:
-        """Count the probe begun at `started` whose outcome `up` now holds."""
+    def _count_probe(self, started: float, unanswered: bool) -> None:
+        """Count the probe begun at `started`: one that got no answer at all (a timeout, a refused or reset
+        connection) counts towards `gone`; any answer, a refusal included (not ready, 429 when saturated), clears
+        it: a service that answers is busy or broken, not hung, and a call to it does not wait 30 s."""
         self.probed_at = time.monotonic()
-        if self.up:
+        if not unanswered:
             self.failed_probes = 0
         elif started >= self._counted_failure_end:
             self.failed_probes += 1
@@ -380,11 +383,14 @@ class ExplainerProbe(Probed):
 
     async def probe(self) -> bool:
         started = time.monotonic()
+        unanswered = False
         try:
             self.up = await self.ready()
+        except httpx.TransportError:
+            self.up, unanswered = False, True
         except httpx.HTTPError:
             self.up = False
-        self._count_probe(started)
+        self._count_probe(started, unanswered)
         if self.up:
             # Which process answers (a worker BentoML restarted); an explainer without it still makes heatmaps.
             with contextlib.suppress(httpx.HTTPError, ValueError):
@@ -433,10 +439,17 @@ class Backend(Probed):
     async def probe(self) -> bool:
         """Ask readiness and model info; updates `up` and `info`."""
         started = time.monotonic()
+        unanswered = False
         try:
             if not await self.ready():
                 raise BackendError("not ready")
             info = await self.client.get(self.url + "/model/info", timeout=2.0)
+            if info.status_code == 429 and self.info is not None:
+                # Saturated (BentoML refuses /model/info past its max_concurrency, not /readyz): it answers, and
+                # serves the model it served at the last probe.
+                self.up, self.down_until = True, 0.0
+                self._count_probe(started, unanswered)
+                return self.up
             info.raise_for_status()
             self.info = info.json()
             self._note_worker(self.info)
@@ -444,9 +457,11 @@ class Backend(Probed):
             if raw != self._novelty_raw:
                 self._novelty_raw, self.novelty = raw, Novelty.from_dict(raw)
             self.up, self.down_until = True, 0.0
+        except httpx.TransportError:  # no answer: hung, gone or unreachable
+            self.up, unanswered = False, True
         except (httpx.HTTPError, BackendError, ValueError):
             self.up = False
-        self._count_probe(started)
+        self._count_probe(started, unanswered)
         return self.up
 
     async def predict(self, data: bytes, content_type: str) -> Answer:
@@ -947,6 +962,7 @@ class Gateway:
     def fetch_tile(self, lon: float, lat: float) -> Image.Image:
         """The provider's tile for a place; what goes wrong on the provider's side is an ImageryFailed (a 502 or
         503 naming the imagery), never the client's 422: the place was valid (its request was checked)."""
+        from pyrocast.data.feed import HttpError
         from pyrocast.data.imagery import NoImageryError
 
         name = self.settings.imagery.provider
@@ -962,9 +978,9 @@ class Gateway:
                 return provider.fetch(lon, lat)
             except NoImageryError:
                 raise
-            except ServiceUnavailableError as exc:
+            except HttpError as exc:  # no answer, or not the one asked for
                 raise ImageryFailed(f"the imagery provider ({name}) does not answer: {exc.message}", exc.hint) from exc
-            except PyrocastError as exc:  # what it sent cannot be used (a corrupt or odd tile)
+            except PyrocastError as exc:  # what it sent cannot be used (a corrupt tile, one of the wrong size)
                 raise ImageryFailed(
                     f"the imagery provider ({name}) sent no usable tile: {exc.message}", exc.hint, status=502
                 ) from exc
@@ -1167,7 +1183,8 @@ class Gateway:
             if exc.client_error:
                 raise
             self.controller.record("challenger", False, None, windows)
-            self.metrics.fallbacks.labels("down" if "down" in str(exc) else "error").inc()
+            down = "down" in str(exc) or "health probes" in str(exc)
+            self.metrics.fallbacks.labels("down" if down else "error").inc()
             await self._check_guardrails()
             return None
         self.controller.record("challenger", True, answer.latency_ms, windows)
@@ -1676,7 +1693,9 @@ def _explained(gw: Gateway, version: str | None) -> tuple[str, str | None]:
             if role == "champion":
                 raise _bad_request(503, "no champion model is being served")
             raise _bad_request(409, "no challenger model is being served", "name a model version instead")
-        version = ref.version
+        return ref.version, (gw.backend(role).info or {}).get("precision")
+    if version[:1] in ("v", "V") and version[1:].isdigit():
+        version = version[1:]
     precision = next(
         (
             (b.info or {}).get("precision")
@@ -1882,6 +1901,9 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
         # The framework's own refusals (an unknown path, a body it cannot parse) in the one error envelope.
+        if isinstance(exc.__cause__, BodyTooLarge):  # a chunked body past the limit, read by FastAPI for a model
+            limit = settings.serving.max_upload_bytes + MULTIPART_SLACK
+            return JSONResponse({"detail": too_big(None, limit)}, status_code=413)
         detail = exc.detail if isinstance(exc.detail, dict) else _detail(str(exc.detail), None)
         if exc.status_code in (204, 304):
             return Response(status_code=exc.status_code, headers=exc.headers)
@@ -2063,7 +2085,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             require_token(creds, f"feedback with source {body.source!r} is ground truth: missing or wrong admin token")
         try:
             served = await gw.served(body.request_id)
-        except Exception as exc:  # an answer this gateway no longer holds in memory, and the database is down
+        except (SQLAlchemyError, OSError) as exc:  # an answer no longer held in memory, and the database is down
             raise _bad_request(
                 503,
                 f"the prediction store ({gw.store.shown_url}) cannot be read to find request {body.request_id!r}: "

@@ -98,7 +98,11 @@ class BodyLimit:
     """
 
     def __init__(  # type: ignore[no-untyped-def]
-        self, app, max_bytes: int, envelope: str | None = None, refuse: Callable[[str], Exception] | None = None
+        self,
+        app,
+        max_bytes: int,
+        envelope: str | None = None,
+        refuse: Callable[[str, HTTPStatus], Exception] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
@@ -117,15 +121,15 @@ class BodyLimit:
         length = next((v for k, v in scope.get("headers", []) if k == b"content-length"), None)
         if length is not None:
             try:
-                too_big = int(length) > self.max_bytes
+                over = int(length) > self.max_bytes
             except ValueError:
                 await _send_json(send, 400, self._error({"error": "invalid Content-Length header"}))
                 return
-            if too_big:
+            if over:
                 # Read and discard the body (without keeping it) so the client sees the 413 instead of a reset
                 # connection; a body beyond DRAIN_LIMIT is cut off.
                 await _drain(receive, DRAIN_LIMIT)
-                await _send_json(send, 413, self._error(_too_big(int(length), self.max_bytes)))
+                await _send_json(send, 413, self._error(too_big(int(length), self.max_bytes)))
                 return
         seen = 0
         started = False
@@ -137,7 +141,7 @@ class BodyLimit:
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     if self.refuse is not None:
-                        raise self.refuse(_too_big(None, self.max_bytes)["error"])
+                        raise self.refuse(too_big(None, self.max_bytes)["error"], HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
                     raise BodyTooLarge(seen)
             return message
 
@@ -151,7 +155,7 @@ class BodyLimit:
             await self.app(scope, guarded_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await _send_json(send, 413, self._error(_too_big(None, self.max_bytes)))
+                await _send_json(send, 413, self._error(too_big(None, self.max_bytes)))
 
 
 DRAIN_LIMIT = 256 * 1024 * 1024
@@ -176,7 +180,8 @@ class BodyTooLarge(Exception):
         self.seen = seen
 
 
-def _too_big(n: int | None, limit: int) -> dict:
+def too_big(n: int | None, limit: int) -> dict:
+    """The error body of a request over the size limit (`n` bytes when known)."""
     size = f"of {n} bytes " if n is not None else ""
     return {
         "error": f"request body {size}is over the limit of {limit} bytes",

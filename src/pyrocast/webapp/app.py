@@ -43,9 +43,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
 from pyrocast.ports import service_url
-from pyrocast.serving.guards import BodyLimit
+from pyrocast.serving.guards import BodyLimit, BodyTooLarge, too_big
 from pyrocast.settings import Region, Settings, get_settings
-from pyrocast.webapp.proxy import EXPLAIN_TIMEOUT_S, GatewayClient, GatewayError, gateway_url
+from pyrocast.webapp.proxy import EXPLAIN_TIMEOUT_S, PREDICT_TIMEOUT_S, GatewayClient, GatewayError, gateway_url
 from pyrocast.webapp.tiles import MARGIN_DEG, MAX_ZOOM, MIN_ZOOM, TileRenderer
 
 log = logging.getLogger("pyrocast.webapp")
@@ -314,6 +314,8 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if isinstance(exc.__cause__, BodyTooLarge):  # a chunked body past the limit, read by FastAPI
+            return JSONResponse(too_big(None, MAX_BODY_BYTES), status_code=413)
         msg = "Page not found." if exc.status_code == 404 else str(exc.detail)
         if msg == "There was an error parsing the body":  # FastAPI's words for a body that is not JSON
             msg = "The request body is not valid JSON."
@@ -458,6 +460,7 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
             what="prediction",
             json={"lat": lat, "lon": lon, "source": "web"},
             headers={"X-Client-Id": request.state.client_id},
+            timeout=PREDICT_TIMEOUT_S,
         )
         return JSONResponse(r.json())
 
@@ -496,9 +499,16 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
     ) -> Response:
         """The place's tile; with `sha` (a stored answer's tile hash), a placeholder unless it is that very image:
         an uploaded image with coordinates was shown as the place's tile, next to the verdict on another image."""
-        lat, lon = check_place(settings, lat, lon)
-        r = await web(request).gateway.call("GET", "/v1/tile", what="tile", params={"lat": lat, "lon": lon})
         cache = {"Cache-Control": "private, max-age=3600"}
+        try:
+            lat, lon = check_place(settings, lat, lon)
+            r = await web(request).gateway.call("GET", "/v1/tile", what="tile", params={"lat": lat, "lon": lon})
+        except (InvalidInputError, GatewayError):
+            if sha is None:
+                raise
+            # A stored answer's image whose place has no tile (an upload with coordinates off the imagery): it
+            # was not that tile either.
+            return Response(NOT_THIS_TILE_SVG, media_type="image/svg+xml", headers=cache)
         if sha is not None and r.headers.get("x-tile-sha256") != sha:
             return Response(NOT_THIS_TILE_SVG, media_type="image/svg+xml", headers=cache)
         return Response(r.content, media_type="image/jpeg", headers=cache)

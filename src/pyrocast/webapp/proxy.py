@@ -16,10 +16,11 @@ from pyrocast.ports import service_url
 from pyrocast.settings import Settings
 
 CONNECT_TIMEOUT_S = 2.0
+READ_TIMEOUT_S = 30.0
 # Longer than the gateway's own worst cases, so that the web app never gives up on an answer the gateway still
 # gives: a hung challenger's call (30 s) before the champion answers in its place, after a place's tile fetch; a
 # heatmap within serving.explain_timeout_s (120 s by default). A 504 here would hide an answer stored meanwhile.
-READ_TIMEOUT_S = 90.0
+PREDICT_TIMEOUT_S = 90.0
 EXPLAIN_TIMEOUT_S = 150.0
 
 

@@ -88,8 +88,9 @@ class TileRenderer:
         path = self.path(z, x, y)
         if path.is_file():
             return path.read_bytes()
+        lock = self._lock_for(z, x, y)
         try:
-            with self._lock_for(z, x, y):
+            with lock:
                 if path.is_file():  # another request rendered it while we waited
                     return path.read_bytes()
                 with self._slots:
@@ -99,9 +100,10 @@ class TileRenderer:
                 data = buf.getvalue()
                 atomic_write(path, data)
                 self.rendered += 1
-        finally:  # a failed render (a full disk) too: the lock is not kept for good
+        finally:  # a failed render (a full disk) too: the lock is not kept for good (and never a newer one)
             with self._locks_guard:
-                self._locks.pop((z, x, y), None)
+                if self._locks.get((z, x, y)) is lock:
+                    del self._locks[(z, x, y)]
         return data
 
     def _lock_for(self, z: int, x: int, y: int) -> threading.Lock:
