@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from pyrocast.ports import free_port
 from pyrocast.serving import procs
@@ -120,6 +121,7 @@ def test_explaining_a_role_explains_what_that_role_serves_in_its_precision(gw: S
         return r.headers["x-model-version"], r.headers["x-model-precision"]
 
     assert explained("champion") == ("1", served["precision"])
+    assert explained("v1") == ("1", served["precision"])  # "v1" is version 1, in the precision it is served in
     assert explained("challenger")[0] == "2"
     gw.set_rollout("promote", {"reason": "test"})
     try:
@@ -626,7 +628,13 @@ def test_imagery_trouble_is_the_imagerys_not_the_clients_nor_a_model_services(gw
     from tests.support.servers import XyzServer
 
     class CorruptTiles(XyzServer):
+        oblong = False  # then a whole PNG, of the wrong shape
+
         def answer(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
+            if self.oblong:
+                buf = io.BytesIO()
+                Image.new("RGB", (256, 128)).save(buf, "PNG")
+                return 200, {"Content-Type": "image/png"}, buf.getvalue()
             return 200, {"Content-Type": "image/png"}, b"\x89PNG\r\n\x1a\n" + b"\0" * 100
 
     place = {"lat": 46.2, "lon": -73.5}
@@ -641,6 +649,9 @@ def test_imagery_trouble_is_the_imagerys_not_the_clients_nor_a_model_services(gw
             with TestClient(create_app(gw.settings, gateway=other.url)) as web:
                 shown = web.post("/api/predict", json=place)
             assert shown.status_code == 502 and "satellite imagery is unavailable" in shown.json()["error"], shown.text
+            tiles.oblong = True
+            r = httpx.post(f"{other.url}/v1/predict", json={"lat": 46.25, "lon": -73.55}, timeout=60)
+            assert r.status_code == 502 and "not square" in r.json()["detail"]["error"], r.text
             tiles.stop()
             r = httpx.post(f"{other.url}/v1/predict", json={"lat": 46.3, "lon": -73.6}, timeout=60)
             assert r.status_code == 503 and "(xyz) does not answer" in r.json()["detail"]["error"], r.text
