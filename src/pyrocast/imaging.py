@@ -12,6 +12,7 @@ from pyrocast.errors import InvalidInputError
 
 TILE_SIZE = 350
 MAX_PIXELS = 4096 * 4096  # beyond this an upload is treated as a decompression bomb
+FULL_SIZE = "full_size"  # `decode_image`'s note in `Image.info`: the size as sent (a draft decodes it smaller)
 TRANSPARENT = "transparent_fraction"  # `to_rgb`'s note in `Image.info`: the share of (mostly) transparent pixels
 # The only decoders untrusted bytes reach: Pillow would otherwise try all of its ~40 readers, EPS among them, which
 # runs Ghostscript on whatever PostScript it was sent. A JPEG with multi-picture data opens as MPO (its first frame).
@@ -41,14 +42,17 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=formats)
+            full = img.size
+            if draft is not None and img.format in ("JPEG", "MPO"):
+                # Before the pixel limit: what is decoded is the reduced image (a 24 Mpx phone photo is 1.5 Mpx).
+                img.draft(None, (draft, draft))
             w, h = img.size
             if w * h > max_pixels:
                 raise InvalidInputError(
                     f"{what} is {w}x{h} pixels, over the limit of {max_pixels} (decompression bomb?)"
                 )
-            if draft is not None and img.format in ("JPEG", "MPO"):
-                img.draft(None, (draft, draft))
             img.load()
+            img.info[FULL_SIZE] = full  # drift statistics record what was sent, not the reduced decode
     except InvalidInputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -73,6 +77,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
         bg.paste(rgba, mask=alpha)
         # Kept for the out-of-distribution check: a transparent image drawn on white otherwise reads as cloud or snow.
         bg.info[TRANSPARENT] = float((np.asarray(alpha) < 128).mean())
+        if FULL_SIZE in img.info:
+            bg.info[FULL_SIZE] = img.info[FULL_SIZE]
         return bg
     return img.convert("RGB")
 

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from pyrocast.serving.guards import UploadRejected, load_upload
+from pyrocast.serving.store import image_stats
 from tests.serving.conftest import encode, tile_image
 
 LIMIT = 1_000_000
@@ -80,3 +81,7 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_and_a_tile_at_full() -> None
     assert out.size == (1024, 1024)  # 1/16 of the decoding's memory: enough for a 350-pixel model input
     assert load_upload(encode(tile_image(3, 350)), max_bytes=LIMIT).size == (350, 350)
     assert load_upload(encode(smooth, "PNG"), max_bytes=LIMIT).size == (4096, 4096)
+    # A phone's 24 Mpx photo: over the pixel limit as sent, 6 Mpx as decoded; its statistics say what was sent.
+    photo = load_upload(encode(Image.new("RGB", (6000, 4000), (90, 120, 60))), max_bytes=LIMIT)
+    assert photo.size == (3000, 2000)  # the largest reduction that keeps both sides at least 1024
+    assert (image_stats(photo)["width"], image_stats(photo)["height"]) == (6000, 4000)

@@ -392,6 +392,7 @@ def recent_feedback(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
             p.lat,
             p.lon,
             p.tile_sha256,
+            p.source.label("predicted_for"),
         )
         .select_from(feedback.outerjoin(predictions, (p.request_id == f.request_id) & p.served.is_(True)))
         .order_by(f.id.desc())

@@ -300,6 +300,12 @@ class Probed:
         fresh = time.monotonic() - self.probed_at < 3 * PROBE_INTERVAL_S
         return self.failed_probes >= GONE_AFTER and fresh
 
+    def answered(self) -> None:
+        """A call was answered: it answers (a probe that timed out before no longer makes it `gone`: calls refused
+        right after a stall, while it answered them, and 'stopped answering' / 'answers again' lines flapped)."""
+        self.up = True
+        self.failed_probes = 0
+
     def _count_probe(self, started: float, unanswered: bool) -> None:
         """Count the probe begun at `started`: one that got no answer at all (a timeout, a refused or reset
         connection) counts towards `gone`; any answer, a refusal included (not ready, 429 when saturated), clears
@@ -1143,7 +1149,7 @@ class Gateway:
                 # the baseline the challenger's window is read against
                 self.controller.record("champion", False, None, windows)
             raise
-        be.up = True
+        be.answered()
         # Judged here, on the statistics the gateway computed anyway, against the answering model's ranges (unknown
         # when the backend changed model since its last probe): about 2 us a tile, no extra call.
         findings = novelty.check(tile.stats) if novelty is not None and answer.model == ref else None

@@ -76,7 +76,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 from pyrocast.data.layout import CLASSES, atomic_write
 from pyrocast.database import create_schema
 from pyrocast.errors import PyrocastError
-from pyrocast.imaging import TRANSPARENT
+from pyrocast.imaging import FULL_SIZE, TRANSPARENT
 from pyrocast.registry.mlflow_store import redact
 from pyrocast.serving.warn_every import WarnEvery
 
@@ -222,7 +222,7 @@ def request_labels(*where: Any) -> Select:
 
 def image_stats(img: Image.Image) -> dict[str, float]:
     """Drift features of a tile (see STAT_COLUMNS), plus its width and height."""
-    w, h = img.size
+    w, h = img.info.get(FULL_SIZE, img.size)  # as sent, not as decoded at a reduced scale
     # Nearest-neighbour subsampling keeps the pixel distribution (a smoothing resize would shrink std/contrast).
     thumb = img.convert("RGB").resize((64, 64), Image.Resampling.NEAREST)
     # Channel planes (3, N): numpy's reductions along a length-3 inner axis cost 5-10x more than along rows,
