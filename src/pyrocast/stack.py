@@ -305,11 +305,11 @@ class Stack:
         t.add_column("service", no_wrap=True)
         # URLs are never cut: people copy them (the other columns wrap instead).
         t.add_column("URL", no_wrap=True, min_width=max((len(s.url) + 5 for s in self.services), default=10))
-        t.add_column("what")
-        t.add_column("log")
-        for s in self.services:
+        t.add_column("what", overflow="fold")  # names (models, files) folded, never cut with an ellipsis
+        logs = [s.proc.log_path.name if s.proc else "-" for s in self.services]
+        t.add_column("log", no_wrap=True, min_width=max((len(name) for name in logs), default=3))
+        for s, log in zip(self.services, logs, strict=True):
             url = s.url + ("/docs" if s.name == "gateway" else "")
-            log = s.proc.log_path.name if s.proc else "-"
             t.add_row(s.name, url, s.what, log)
         console.print(t)
         for note in self.notes:
