@@ -470,6 +470,11 @@ class Backend(Probed):
         self._count_probe(started, unanswered)
         return self.up
 
+    async def _post(self, form: aiohttp.FormData) -> tuple[int, bytes]:
+        assert self.session is not None
+        async with self.session.post(self.url + "/predict", data=form, timeout=PREDICT_TIMEOUT) as r:
+            return r.status, await r.read()
+
     async def predict(self, data: bytes, content_type: str) -> Answer:
         # aiohttp for the hot path: about 0.8 CPU-ms per call against httpx's 1.6-2.0 (measured on the classifier).
         if self.session is None:
@@ -479,11 +484,21 @@ class Backend(Probed):
         form = aiohttp.FormData()
         form.add_field("images", data, filename="tile", content_type=content_type)
         t0 = time.perf_counter()
+        call = asyncio.ensure_future(self._post(form))
         try:
-            async with self.session.post(self.url + "/predict", data=form, timeout=PREDICT_TIMEOUT) as r:
-                status, body = r.status, await r.read()
+            # Given up once its probes find it hung (a call in flight through a stall waited the whole 30 s).
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=0.5)
+                if done:
+                    status, body = call.result()
+                    break
+                if self.gone:
+                    raise BackendError(f"{self.describe()} stopped answering its health probes during the call")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        finally:
+            if not call.done():
+                call.cancel()
         ms = (time.perf_counter() - t0) * 1000
         if status != 200:
             msg = _error_text(body)
