@@ -76,8 +76,9 @@ def test_api_validation_messages(client: TestClient) -> None:
     assert "right or wrong" in r.json()["error"]
     r = client.post("/api/feedback", json={"request_id": "abc", "correct": True, "label": "maybe"})
     assert r.status_code == 422
-    r = client.post("/api/predict", content=b"[" * 5000, headers={"content-type": "application/json"})
-    assert r.status_code == 400 and r.json()["error"] == "The request body is not valid JSON.", r.text
+    for body in (b"[" * 5000, b"{x"):  # nested too deep, or not JSON at all: one status, one message
+        r = client.post("/api/predict", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"] == "The request body is not valid JSON.", r.text
     r = client.post("/api/predict", content=b" " * 100_000, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "over the limit" in r.json()["error"], r.text  # never read
     chunks = (b" " * 10_000 for _ in range(10))  # no Content-Length: counted as it comes, read by FastAPI
@@ -328,7 +329,7 @@ def test_framework_validation_messages_are_plain_words(client: TestClient) -> No
     assert "Limit must be at most 500." in client.get("/feedback", params={"limit": 501}).text
     assert client.get("/api/feedback", params={"limit": 0}).json() == {"error": "Limit must be at least 1."}
     r = client.post("/api/predict", content=b"{not json", headers={"Content-Type": "application/json"})
-    assert r.status_code == 422 and r.json() == {"error": "The request body is not valid JSON."}
+    assert r.status_code == 400 and r.json() == {"error": "The request body is not valid JSON."}
     r = client.post("/api/predict", json={**INSIDE, "x": 1})
     assert r.json() == {"error": "'x' is not an expected field."}
     # A boolean is not a latitude (lax parsing would read `true` as 1).

@@ -1790,7 +1790,12 @@ async def _read_input(request: Request, gw: Gateway, explain: bool = False) -> t
             meta["version"] = _model_ref(meta["version"])
             _refuse_if_explainer_gone(gw)  # before the imagery provider is asked for a tile nobody will see
         return await gw.tile_for(req.lon, req.lat), meta
-    raise _bad_request(415, f"unsupported content type {ctype!r}", "use multipart/form-data or application/json")
+    raise _bad_request(
+        415,
+        f"unsupported content type {ctype!r}",
+        "send an image as multipart/form-data with a file field 'image' (curl -F image=@tile.jpg ...), or a place as "
+        "application/json {'lat': .., 'lon': ..}",
+    )
 
 
 JSON_HINT = "send JSON {'lat': .., 'lon': ..} or a multipart 'image' file"
@@ -1925,6 +1930,8 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         if isinstance(exc.__cause__, BodyTooLarge):  # a chunked body past the limit, read by FastAPI for a model
             limit = settings.serving.max_upload_bytes + MULTIPART_SLACK
             return JSONResponse({"detail": too_big(None, limit)}, status_code=413)
+        if exc.detail == "There was an error parsing the body":  # FastAPI's words (a body nested too deep)
+            return _error(exc.status_code, "body is not valid JSON (nested too deeply?)", JSON_HINT)
         detail = exc.detail if isinstance(exc.detail, dict) else _detail(str(exc.detail), None)
         if exc.status_code in (204, 304):
             return Response(status_code=exc.status_code, headers=exc.headers)

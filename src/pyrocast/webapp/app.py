@@ -307,6 +307,8 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):  # as a body nested too deep: a 400
+            return JSONResponse({"error": "The request body is not valid JSON."}, status_code=400)
         msg = _validation_message(exc.errors())
         if is_api(request):
             return JSONResponse({"error": msg}, status_code=422)
