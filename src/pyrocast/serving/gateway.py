@@ -450,18 +450,15 @@ class Backend(Probed):
             if not await self.ready():
                 raise BackendError("not ready")
             info = await self.client.get(self.url + "/model/info", timeout=2.0)
-            if info.status_code == 429 and self.info is not None:
-                # Saturated (BentoML refuses /model/info past its max_concurrency, not /readyz): it answers, and
-                # serves the model it served at the last probe.
-                self.up, self.down_until = True, 0.0
-                self._count_probe(started, unanswered)
-                return self.up
-            info.raise_for_status()
-            self.info = info.json()
-            self._note_worker(self.info)
-            raw = self.info.get("novelty") if isinstance(self.info, dict) else None
-            if raw != self._novelty_raw:
-                self._novelty_raw, self.novelty = raw, Novelty.from_dict(raw)
+            # Saturated (BentoML refuses /model/info past its max_concurrency, not /readyz): it answers, and serves
+            # the model it served at the last probe.
+            if not (info.status_code == 429 and self.info is not None):
+                info.raise_for_status()
+                self.info = info.json()
+                self._note_worker(self.info)
+                raw = self.info.get("novelty") if isinstance(self.info, dict) else None
+                if raw != self._novelty_raw:
+                    self._novelty_raw, self.novelty = raw, Novelty.from_dict(raw)
             self.up, self.down_until = True, 0.0
         except httpx.TransportError:  # no answer: hung, gone or unreachable
             self.up, unanswered = False, True
