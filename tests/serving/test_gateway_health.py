@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pyrocast.ports import free_port
 from pyrocast.serving import procs
-from pyrocast.serving.gateway import GONE_AFTER, ExplainerProbe
+from pyrocast.serving.backends import GONE_AFTER, ExplainerProbe
 from tests.support.servers import ThreadedServer, XyzServer
 from tests.support.serving import ServingStack, stack_settings
 from tests.support.waiting import wait_for
@@ -301,7 +301,7 @@ def test_a_busy_classifier_that_answers_its_probes_is_never_gone() -> None:
     """Only probes that get no answer count towards `gone` (calls refused at once): a saturated classifier answering
     /model/info with 429 (BentoML's max_concurrency exempts only /readyz) keeps serving, and one that answers "not
     ready" is down, but not hung."""
-    from pyrocast.serving.gateway import Backend
+    from pyrocast.serving.backends import Backend
     from tests.support.servers import LocalServer
 
     class Classifier(LocalServer):

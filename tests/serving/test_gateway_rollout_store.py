@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pyrocast.ports import free_port
-from pyrocast.serving.gateway import Gateway
 from pyrocast.serving.rollout import CanaryPlan, Event, ModelRef
+from pyrocast.serving.routing import Gateway
 from pyrocast.serving.store import PredictionStore
 from pyrocast.settings import ServingSettings, Settings
 from tests.support.servers import ThreadedServer
@@ -453,8 +453,8 @@ def test_a_challenger_given_another_version_mid_canary_stops_it_on_every_replica
 def test_a_guardrail_check_is_never_dropped_with_the_background_budget_full(tmp_path: Path) -> None:
     """256 shadow and comparison calls in flight fill the background budget: the request path's guardrail check
     still runs (it was dropped, and its pending flag then kept every later check from being queued)."""
-    from pyrocast.serving.gateway import MAX_BACKGROUND
     from pyrocast.serving.rollout import Guardrails
+    from pyrocast.serving.routing import MAX_BACKGROUND
 
     async def scenario() -> None:
         async with replicas(tmp_path) as (one, two):

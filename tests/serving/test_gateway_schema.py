@@ -51,7 +51,7 @@ def test_a_transport_error_without_text_is_named_by_its_kind() -> None:
     """httpx's ReadError('') made the explain 503 end in an empty cause."""
     import httpx
 
-    from pyrocast.serving.gateway import _why
+    from pyrocast.serving.backends import describe_error
 
-    assert _why(httpx.ReadError("")) == "ReadError (no detail given)"
-    assert _why(httpx.ConnectError("All connection attempts failed")) == "All connection attempts failed"
+    assert describe_error(httpx.ReadError("")) == "ReadError (no detail given)"
+    assert describe_error(httpx.ConnectError("All connection attempts failed")) == "All connection attempts failed"

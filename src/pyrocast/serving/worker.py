@@ -2,7 +2,7 @@
 
 BentoML's arbiter replaces a worker that died (SIGKILL, the OOM killer) within a second, with the same worker index
 and not a word in any log: the worker's pid and start time are the only trace, and the gateway compares them at
-each probe (`gateway.Probed`) to log and count such restarts.
+each probe (`backends.Probed`) to log and count such restarts.
 """
 
 from __future__ import annotations
