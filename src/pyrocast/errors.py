@@ -2,6 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import re
+
+# Environment variables that hold secrets a library may echo in its error text (a URL, a failed request).
+SECRET_ENV = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SESSION_TOKEN",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "PYROCAST_MAPBOX_TOKEN",
+    "PYROCAST_ADMIN_TOKEN",
+)
+
+
+def scrub_secrets(text: str) -> str:
+    """`text` with secrets from the environment and passwords in URLs replaced by ***, to show or log it."""
+    for name in SECRET_ENV:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return re.sub(r"(://[^/\s:@]+):[^@\s/]+@", r"\1:***@", text)
+
 
 class PyrocastError(Exception):
     """An error whose message is shown to the user as is (the CLI exits non-zero with it)."""

@@ -33,3 +33,43 @@ def test_two_unregistered_bundles_are_two_models(tmp_path: Path, jpeg: bytes) ->
             assert r.status_code == 200, r.text
             probability.setdefault(version, set()).add(round(float(r.headers["x-probability"]), 3))
     assert probability["1"] == {1.0} and probability["2"] == {0.0}, probability
+
+
+def test_a_registry_that_stops_answering_keeps_the_model_a_name_gave_last(tmp_path: Path, jpeg: bytes) -> None:
+    """With the registry down, "champion" is explained with the model it named last time (was a 500); a name never
+    asked before is a 503 that says the registry does not answer."""
+    from pyrocast.registry import models
+    from pyrocast.registry.mlflow_store import ensure_experiment, get_client, start_server
+    from tests.support.mlflow_db import seed_mlflow_db
+
+    settings = stack_settings(tmp_path / "stack")
+    seed_mlflow_db(settings)
+    server = start_server(settings)
+    try:
+        remote = settings.model_copy(update={"mlflow": settings.mlflow.model_copy(update={"tracking_uri": server.url})})
+        client = get_client(remote)
+        exp = ensure_experiment(remote, client)
+        for kind, alias in (("always_fire", "champion"), ("never_fire", "challenger")):
+            run_id = client.create_run(exp).info.run_id
+            rv = models.register_bundle(remote, run_id, make_standin_bundle(tmp_path / kind, kind))
+            models.set_alias(remote, alias, rv.version)
+        with procs.start_explainer(remote, port=free_port()) as svc:
+
+            def explain(version: str) -> httpx.Response:
+                files = {"image": ("t.jpg", jpeg, "image/jpeg")}
+                return httpx.post(f"{svc.url}/explain", files=files, data={"version": version}, timeout=120)
+
+            first = explain("champion")
+            assert first.status_code == 200, first.text
+            server.stop()
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(server.url + "/health", timeout=1)
+            again = explain("champion")
+            assert again.status_code == 200, again.text
+            assert again.headers["x-model-version"] == first.headers["x-model-version"] == "1"
+            assert float(again.headers["x-probability"]) == pytest.approx(1.0, abs=1e-3)
+            never = explain("challenger")
+            assert never.status_code == 503, never.text
+            assert "registry does not answer" in never.text and "challenger" in never.text
+    finally:
+        server.stop()

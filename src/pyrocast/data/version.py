@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from pyrocast.data.layout import CLASSES, MANIFEST, SPLITS, UNSPLIT, Dataset, atomic_write, now_iso
-from pyrocast.errors import InvalidInputError, PyrocastError
+from pyrocast.errors import InvalidInputError, PyrocastError, scrub_secrets
 from pyrocast.report import Report
 from pyrocast.settings import Settings
 
@@ -39,7 +39,6 @@ VERSIONS_LOG = "versions.jsonl"
 PUSHES_LOG = "pushes.jsonl"
 SHORT = 8
 DVC_TIMEOUT_S = 3600.0  # a push of the full Kaggle set to a slow remote can take a while
-_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
 # DVC tracks only the dataset folder; everything else in the data directory (MLflow, logs, the local
 # remote, these version files, whose .dvc copies DVC would otherwise parse as stages) is ignored.
 DVCIGNORE = (
@@ -48,18 +47,9 @@ DVCIGNORE = (
 
 
 # --- running DVC -----------------------------------------------------------------------------------
-def _scrub(text: str) -> str:
-    """Text with secrets from the environment and passwords in URLs replaced by ***."""
-    for name in _SECRET_ENV:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return re.sub(r"(://[^/\s:@]+):[^@\s/]+@", r"\1:***@", text)
-
-
 def display_remote(url: str) -> str:
     """A remote URL safe to show (no password)."""
-    return _scrub(url)
+    return scrub_secrets(url)
 
 
 def _dvc(settings: Settings, *args: str, what: str | None = None) -> str:
@@ -82,7 +72,7 @@ def _dvc(settings: Settings, *args: str, what: str | None = None) -> str:
             f"dvc {args[0]} did not finish within {DVC_TIMEOUT_S:.0f} s", "check that the DVC remote is reachable"
         ) from exc
     if proc.returncode != 0:
-        reason = _scrub((proc.stderr or proc.stdout or "").strip())
+        reason = scrub_secrets((proc.stderr or proc.stdout or "").strip())
         lines = [
             ln.strip()
             for ln in reason.splitlines()

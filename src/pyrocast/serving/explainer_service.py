@@ -34,11 +34,12 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
+from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError, scrub_secrets
 from pyrocast.model.bundle import Bundle, OnnxClassifier, load_bundle
 from pyrocast.registry.refs import check_model_ref
 from pyrocast.serving.bundles import SERVING_ORT_CONFIG, resolve_bundle, resolve_precision, serving_precision
 from pyrocast.serving.guards import MULTIPART_SLACK, BodyLimit, load_upload_file, quiet_client_errors
+from pyrocast.serving.service_errors import ServerErrorReason, tell_caller
 from pyrocast.serving.worker import worker_identity
 from pyrocast.settings import get_settings
 
@@ -164,10 +165,10 @@ class Explainer:
                 last = self.last_for.get((version, precision))
                 if last in self.models:  # the model that name gave last time: better than no heatmap
                     return self.models[last]
-                raise ExplainError(
-                    f"cannot tell which model {version!r} names: the model registry does not answer ({exc})",
-                    error_code=HTTPStatus.SERVICE_UNAVAILABLE,
-                ) from exc
+                why = scrub_secrets(str(exc))  # an MLflow error may quote the tracking URI, password and all
+                message = f"cannot tell which model {version!r} names: the model registry does not answer ({why})"
+                tell_caller(message)
+                raise ExplainError(message, error_code=HTTPStatus.SERVICE_UNAVAILABLE) from exc
             except PyrocastError as exc:
                 raise ExplainError(str(exc), error_code=HTTPStatus.NOT_FOUND) from exc
             # The folder, not the version: bundles never registered all say version 0.
@@ -220,6 +221,7 @@ class Explainer:
         return out
 
 
+Explainer.add_asgi_middleware(ServerErrorReason)
 Explainer.add_asgi_middleware(
     BodyLimit,
     max_bytes=MAX_UPLOAD_BYTES + MULTIPART_SLACK,

@@ -507,8 +507,9 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
                 503, f"the explainer at {gw.explainer_url} failed: {describe_error(exc)}", _EXPLAINER_DOWN
             ) from exc
         if r.status_code != 200:
-            status = r.status_code if 400 <= r.status_code < 500 else 502
-            if status == 502:
+            # A 503 is the explainer's own word that something it needs (the model registry) does not answer.
+            status = r.status_code if 400 <= r.status_code < 500 or r.status_code == 503 else 502
+            if status >= 500:
                 msg = "explainer failed (HTTP %d): %s; its log has the cause"
                 gw._warn("explainer", msg, r.status_code, backend_message(r))
             raise _bad_request(status, f"explainer: {backend_message(r)}")
