@@ -105,6 +105,9 @@ class ServingSettings(BaseModel):
     # expected to wait longer is refused with 503 (load shedding). 20 ms shed most of a 32-client burst on
     # 2 cores, 2000 ms a third of one on a busy machine; 10 s sheds only under real overload.
     max_latency_ms: int = 10_000
+    # Requests a classifier holds at once (BentoML's max_concurrency): past it, it answers 429, which the gateway
+    # takes as a busy backend (the champion answers for a challenger), never as the client's fault.
+    max_concurrency: int = Field(256, ge=1)
     # How long the gateway waits for one heatmap: a busy explainer (a queue of large uploads) may take a while, and
     # running out of it is a 503 for that caller only, not a sign that the explainer is down.
     explain_timeout_s: float = 120.0

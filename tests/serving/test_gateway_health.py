@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pyrocast.ports import free_port
 from pyrocast.serving import procs
-from pyrocast.serving.backends import GONE_AFTER, ExplainerProbe
+from pyrocast.serving.backends import GONE_AFTER, ExplainerProbe, client_fault
 from tests.support.servers import ThreadedServer, XyzServer
 from tests.support.serving import ServingStack, stack_settings
 from tests.support.waiting import wait_for
@@ -419,3 +419,65 @@ def test_a_worker_restarted_after_the_aliases_moved_loads_the_version_its_servic
         assert httpx.get(f"{gw.champion.url}/model/info", timeout=10).json()["version"] == "1"
     finally:
         move_aliases(gw.settings, before)
+
+
+def test_a_saturated_challenger_is_answered_for_by_the_champion_not_blamed_on_the_user(
+    gw: ServingStack, jpeg: bytes
+) -> None:
+    """A real BentoML challenger past its max_concurrency answers 429: that is the service's state, not the
+    image's fault. Every user gets the champion's answer (a 429 was a 422 "the model service refused the image"),
+    and the refusals are stored as the challenger's failures, which the guardrails count."""
+    assert gw.challenger is not None
+    gw.challenger.stop()
+    serving = gw.settings.serving.model_copy(update={"max_concurrency": 1})
+    one_at_a_time = gw.settings.model_copy(update={"serving": serving})
+    gw.challenger = procs.start_classifier(
+        one_at_a_time, port=serving.challenger_port, name="challenger", bundle_dir=gw.bundles["2"]
+    )
+    try:
+        assert wait_for(lambda: _health(gw.url)["backends"]["challenger"]["up"], 15), "the challenger never answered"
+        gw.set_rollout("ab", {"champion": 0, "challenger": 1})
+
+        async def burst(n: int) -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=gw.url, timeout=60) as client:
+                files = {"image": ("t.jpg", jpeg, "image/jpeg")}
+                return await asyncio.gather(*(client.post("/v1/predict", files=files) for _ in range(n)))
+
+        answers = [r for _ in range(3) for r in asyncio.run(burst(24))]
+        assert [r.status_code for r in answers if r.status_code != 200] == [], answers[0].text
+        variants = [r.json()["variant"] for r in answers]
+        assert "champion-fallback" in variants, "no call was refused: the challenger was never saturated"
+        metrics = httpx.get(f"{gw.url}/metrics", timeout=10).text
+        fallbacks = [
+            s.value
+            for family in text_string_to_metric_families(metrics)
+            for s in family.samples
+            if s.name == "pyrocast_fallbacks_total"
+        ]
+        assert sum(fallbacks) >= variants.count("champion-fallback"), fallbacks
+        ids = [r.json()["request_id"] for r in answers if r.json()["variant"] == "champion-fallback"]
+        stored = _challenger_errors(gw, ids)
+        assert stored and all(e.startswith("HTTP 429") for e in stored), stored
+        assert not any(client_fault(e) for e in stored)  # counted by the fleet's guardrail window
+    finally:
+        gw.challenger.stop()  # the fixture starts a normal one for the next test
+
+
+def _challenger_errors(gw: ServingStack, request_ids: list[str]) -> list[str]:
+    """The stored errors of the challenger's calls for these requests, once the store has written them."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(gw.settings.store_database_url)
+    query = text("SELECT error FROM predictions WHERE variant = 'challenger' AND request_id = :id")
+    found: list[str] = []
+
+    def written() -> bool:
+        with engine.connect() as conn:
+            found[:] = [row[0] for rid in request_ids for row in conn.execute(query, {"id": rid})]
+        return len(found) >= len(request_ids)
+
+    try:
+        wait_for(written, 10)
+    finally:
+        engine.dispose()
+    return found

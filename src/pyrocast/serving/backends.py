@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,9 +36,20 @@ class BackendError(Exception):
         self.client_error = client_error
 
 
+# 4xx answers that are the service's state, not the request's fault: BentoML's 429 past its max_concurrency (a
+# saturated service, by other clients or gateways) and a 408. They count as failures: fallback, guardrails.
+NOT_THE_CLIENT = (408, 429)
+
+
+def is_client_status(status: int) -> bool:
+    """Whether a backend's answer with `status` blames the request (the image), not the backend."""
+    return 400 <= status < 500 and status not in NOT_THE_CLIENT
+
+
 def client_fault(stored_error: str | None) -> bool:
     """Whether a stored failure was the request's fault (the text a BackendError gives a 4xx answer)."""
-    return stored_error is not None and stored_error.startswith("HTTP 4")
+    m = re.match(r"HTTP (\d{3})\b", stored_error or "")
+    return m is not None and is_client_status(int(m.group(1)))
 
 
 @dataclass
@@ -278,7 +290,7 @@ class Backend(Probed):
         ms = (time.perf_counter() - t0) * 1000
         if status != 200:
             msg = _error_text(body)
-            raise BackendError(f"HTTP {status}: {msg}", status, client_error=400 <= status < 500)
+            raise BackendError(f"HTTP {status}: {msg}", status, client_error=is_client_status(status))
         try:
             item = json.loads(body)[0]
             ref = ModelRef(name=str(item["model"]["name"]), version=str(item["model"]["version"]))

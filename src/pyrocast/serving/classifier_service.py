@@ -141,7 +141,7 @@ meta_app = FastAPI(title="pyrocast classifier: model information")
     workers=1,
     threads=1,
     # Many requests in flight at once is what lets the dispatcher form batches.
-    traffic={"timeout": 30, "max_concurrency": 256, "concurrency": 64},
+    traffic={"timeout": 30, "max_concurrency": _settings.serving.max_concurrency, "concurrency": 64},
     logging={"access": {"enabled": False}},
 )
 class Classifier:

@@ -377,6 +377,17 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     async def _backend_error(_: Request, exc: BackendError) -> JSONResponse:
         if exc.client_error:
             return JSONResponse({"detail": {"error": f"the model service refused the image: {exc}"}}, status_code=422)
+        if exc.status == 429:
+            return JSONResponse(
+                {
+                    "detail": {
+                        "error": f"the champion model service is at its limit: {exc}",
+                        "hint": "try again shortly",
+                    }
+                },
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
         return JSONResponse(
             {"detail": {"error": f"the champion model service does not answer: {exc}", "hint": "check /healthz"}},
             status_code=503,
