@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 
@@ -24,6 +25,25 @@ def scrub_secrets(text: str) -> str:
         if value and len(value) >= 4:
             text = text.replace(value, "***")
     return re.sub(r"(://[^/\s:@]+):[^@\s/]+@", r"\1:***@", text)
+
+
+class ScrubSecrets(logging.Filter):
+    """A handler filter that writes every record with `scrub_secrets` applied: a library's exception text (MLflow's
+    "API request to http://user:password@host/... failed") is logged as it comes, wherever it is logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = scrub_secrets(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def scrub_log_secrets() -> None:
+    """Put `ScrubSecrets` on the root logger's handlers (call after configuring them)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, ScrubSecrets) for f in handler.filters):
+            handler.addFilter(ScrubSecrets())
 
 
 class PyrocastError(Exception):

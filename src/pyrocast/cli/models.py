@@ -16,6 +16,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from pyrocast.cli.common import out, settings, show
+from pyrocast.errors import scrub_log_secrets
 from pyrocast.report import Report
 
 DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: PYROCAST_DATA_DIR or ./.pyrocast).")
@@ -50,6 +51,7 @@ def _log_to_stderr() -> None:
     handler = logging.StreamHandler()
     handler.addFilter(_OwnInfo())
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
+    scrub_log_secrets()
     logging.getLogger("pyrocast").setLevel(logging.INFO)
 
 

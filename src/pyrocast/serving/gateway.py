@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
+from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError, scrub_log_secrets
 from pyrocast.registry.refs import check_model_ref
 from pyrocast.serving.api import (
     API_VERSION,
@@ -755,6 +755,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    scrub_log_secrets()
     # httpx logs every backend call at INFO: far too much for a log that should show rollout changes.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     uvicorn.run(

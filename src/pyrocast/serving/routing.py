@@ -28,7 +28,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from pyrocast.data.layout import atomic_write
-from pyrocast.errors import PyrocastError, ServiceUnavailableError
+from pyrocast.errors import PyrocastError, ServiceUnavailableError, scrub_secrets
 from pyrocast.imaging import encode_jpeg
 from pyrocast.monitoring.novelty import sentences
 from pyrocast.ports import service_url
@@ -815,7 +815,9 @@ class Gateway:
         try:
             decision, why = await run_in_threadpool(decision_of, self.settings, ch.version)
         except Exception as exc:  # the registry is down: the promotion would fail on the aliases anyway
-            raise ServiceUnavailableError(f"{action} not done: the registry does not answer: {exc}") from exc
+            raise ServiceUnavailableError(
+                f"{action} not done: the registry does not answer: {scrub_secrets(str(exc))}"
+            ) from exc
         if decision != "rejected":
             return None
         return f"v{ch.version} was rejected when it was trained" + (f" ({why})" if why else "")
@@ -849,7 +851,8 @@ class Gateway:
         except Exception as exc:
             put_back()
             raise ServiceUnavailableError(
-                f"{action} not done: moving the registry aliases failed: {exc}", "check the MLflow registry"
+                f"{action} not done: moving the registry aliases failed: {scrub_secrets(str(exc))}",
+                "check the MLflow registry",
             ) from exc
         self._assign_roles()
         if note:

@@ -41,7 +41,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError
+from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError, scrub_log_secrets
 from pyrocast.ports import service_url
 from pyrocast.serving.guards import BodyLimit, BodyTooLarge, too_big
 from pyrocast.settings import Region, Settings, get_settings
@@ -696,6 +696,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
     p.add_argument("--port", type=int, default=settings.serving.webapp_port)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    scrub_log_secrets()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     run(settings, args.host, args.port)
 
