@@ -13,6 +13,8 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pyrocast.ports import free_port
 from pyrocast.serving.rollout import CanaryPlan, Event, ModelRef
 from pyrocast.serving.routing import Gateway
@@ -497,5 +499,33 @@ def test_a_canary_step_resumes_for_its_whole_time_after_every_gateway_was_down(t
             finally:
                 await again.client.aclose()
                 again.store.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("auto_promote", [False, True])
+def test_a_guardrail_stop_and_a_completion_decided_at_once_by_two_replicas_leave_one_of_them(
+    tmp_path: Path, auto_promote: bool
+) -> None:
+    """Replica one stops the canary on a guardrail while replica two, which has not read that stop yet, completes
+    it: one change out of a plan's step is recorded, not both. Both were (each claim named its own action), the
+    newer completion put the canary back for every replica, and the stop's claim, used up, never let it stop again."""
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            plan = CanaryPlan(steps=[0.1, 0.5], step_seconds=60, auto_promote=auto_promote)
+            t0 = await started_canary(one, two, plan)
+            assert [e.action for e in await one.advance(t0 + 61)] == ["canary-step"]
+            assert await two.follow_store() and two.controller.state.canary_step == 1
+            for _ in range(30):  # replica one has seen the challenger fail
+                one.controller.record("challenger", False, None)
+            assert [e.action for e in await one.advance(t0 + 121)] == ["guardrail-stop"]
+            assert await two.advance(t0 + 121) == []  # its completion (promotion) lost to the stop; it adopts the stop
+            for g in (one, two):
+                await g.follow_store()
+                st = g.controller.state
+                assert st.mode == "champion" and st.champion == V1, (st, g.store.events()[-3:])
+            actions = [e["action"] for e in one.store.events()]
+            assert "guardrail-stop" in actions and not {"canary-complete", "promote"} & set(actions), actions
 
     asyncio.run(scenario())

@@ -97,6 +97,23 @@ class Upload:
     check: asyncio.Future[Prepared]
 
 
+def transition_claims(before: RolloutState, events: list[Event]) -> list[str]:
+    """The claim of each change time decides in one tick, named by the state it leaves (the plan, its canary step,
+    complete or not), not by the change: replicas that decide different changes out of one state at once (one a
+    guardrail stop, another the step or the completion) record one of them; the others adopt it. Keyed by the
+    change, both were recorded, the newer one undid the stop for everyone, and the stop's used-up claim kept it
+    from being recorded again."""
+    step, complete = before.canary_step, before.canary_complete
+    claims = []
+    for ev in events:
+        claims.append(f"{before.mode}@{before.updated_at!r}:leaves step {step}" + (" complete" if complete else ""))
+        if ev.action == "canary-step":
+            step += 1
+        elif ev.action == "canary-complete":
+            complete = True
+    return claims
+
+
 class Gateway:
     """The gateway's state: backends, rollout controller, store, provider, metrics."""
 
@@ -915,9 +932,7 @@ class Gateway:
                 return []
             if note:
                 events[-1].reason = f"{events[-1].reason}; {note}"
-        # One claim per change: a replica that missed a step another one recorded loses that claim and adopts the
-        # step instead of recording it again alongside the completion it decides in the same tick.
-        claims = [f"{before.mode}@{before.updated_at!r}:{ev.action}:{after.canary_step}" for ev in events]
+        claims = transition_claims(before, events)
         try:
             recorded = await self._after_change(events[0], claim=claims[0], state=after)
         except Exception as exc:  # the store is down
@@ -925,7 +940,10 @@ class Gateway:
                 c.state = after
                 c._reset_windows()
                 self._assign_roles()
-                self._set_unrecorded_stop((events[-1], claims[-1], (before.mode, before.updated_at)))
+                # Claimed as a stop, not as a way out of this step: safety first, it is recorded once the store takes
+                # it even when another replica, which saw no failure, recorded the step meanwhile.
+                held = f"{before.mode}@{before.updated_at!r}:guardrail-stop held while the store refused"
+                self._set_unrecorded_stop((events[-1], held, (before.mode, before.updated_at)))
                 self.metrics.rollout_store_errors.inc()
                 log.error("rollout: %s (not recorded yet: the store refused: %r)", events[-1].reason, exc)
                 return []
@@ -934,14 +952,30 @@ class Gateway:
                 self._promote_retry_at = time.monotonic() + PROMOTE_RETRY_S
             self._store_trouble(f"{events[-1].action} not recorded, so not made", exc)
             return []
-        if not recorded:  # another replica recorded this change; its state arrives through the store
+        if not recorded:  # another replica recorded a change out of this state; its state arrives through the store
             await self.follow_store()
+            if any(ev.action == "promote" for ev in events):
+                await self._aliases_as_recorded(after)
             return []
         for i in range(1, len(events)):
             if not await self._after_change(events[i], claim=claims[i]):
                 await self.follow_store()
                 return events[:i]
         return events
+
+    async def _aliases_as_recorded(self, mine: RolloutState) -> None:
+        """After an auto-promotion whose aliases were moved here lost its claim: the registry aliases follow the
+        state the store recorded instead (another replica's stop kept the champion; its promotion, the same
+        aliases)."""
+        st = self.controller.state
+        if (st.champion, st.challenger) == (mine.champion, mine.challenger):
+            return
+        try:
+            await run_in_threadpool(self._move_aliases, st.champion, st.challenger)
+        except Exception:  # the registry is down: the operator must set them by hand
+            log.exception(
+                "rollout: the registry aliases moved for a promotion another gateway overruled could not be moved back"
+            )
 
     def _resume_canary_step(self) -> None:
         """A canary saved before the gateway stopped: the step in effect then serves its whole time again from now
