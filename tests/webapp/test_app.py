@@ -221,6 +221,35 @@ def test_feedback_and_monitoring_pages_show_the_store(settings: Settings, client
     assert 'aria-current="true" class="active">6h<' in mon
 
 
+def test_labelled_requests_count_requests_not_the_shadow_copies_judged_with_them(
+    settings: Settings, client: TestClient
+) -> None:
+    """Two labelled requests in shadow mode are two labelled requests, with two copies judged too (the figure said
+    4 "labelled answers" under "feedback and replayed labels")."""
+    from tests.support.store_rows import row
+
+    store = PredictionStore(settings.store_database_url).start()
+    for i in range(2):
+        store.put_prediction(row(i, source="web"))
+        store.put_prediction(row(i, source="web", served=False, variant="challenger", model_version="2"))
+        store.put_feedback(
+            {
+                "request_id": f"r{i}",
+                "correct": True,
+                "true_label": "wildfire",
+                "served_label": "wildfire",
+                "model_version": "1",
+                "source": "user",
+            }
+        )
+    store.close()
+    page = client.get("/monitoring", params={"window": "1h"}).text
+    assert '<p class="big" id="kpi-labelled">2</p>' in page, page
+    assert "2 shadow or comparison copies judged too" in page
+    feedback = client.get("/feedback").text
+    assert "accuracy on 2 labelled answers in the last 7 days (0 served, 2 shadow or comparison copies)" in feedback
+
+
 def test_feedback_page_marks_the_rows_that_no_longer_give_the_label(settings: Settings, client: TestClient) -> None:
     store = PredictionStore(settings.store_database_url).start()
     now = datetime.now(UTC)

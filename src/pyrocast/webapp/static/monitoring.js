@@ -297,7 +297,11 @@
     const o = lat.overall;
     const f = function (x) { return x === null || x === undefined ? "–" : x < 10 ? x.toFixed(1) : Math.round(x).toString(); };
     document.getElementById("kpi-latency").textContent = f(o.p50) + " / " + f(o.p95) + " / " + f(o.p99);
-    document.getElementById("kpi-labelled").textContent = versions.reduce(function (s, v) { return s + acc.versions[v].n; }, 0);
+    // Requests, not answers: a shadow or comparison copy of a labelled request is judged too, but is no second request.
+    document.getElementById("kpi-labelled").textContent = versions.reduce(function (s, v) { return s + acc.versions[v].served; }, 0);
+    const copies = versions.reduce(function (s, v) { return s + acc.versions[v].copies; }, 0);
+    document.getElementById("kpi-labelled-note").textContent = "with feedback or a replayed label" +
+      (copies ? "; " + copies + " shadow or comparison cop" + (copies === 1 ? "y" : "ies") + " judged too" : "");
 
     const body = document.querySelector("#accuracy-table tbody");
     body.textContent = "";
