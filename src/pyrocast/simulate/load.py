@@ -110,16 +110,25 @@ def _stats(name: str, users: int | None, seconds: float, samples: list[list[Any]
     )
 
 
+def run_end(stages: list[Stage], end_s: float | None) -> float:
+    """When the run ended, in seconds from its start: where it was stopped, at the latest the shape's end."""
+    return total_duration(stages) if end_s is None else min(end_s, total_duration(stages))
+
+
 def summarize(
     stages: list[Stage], samples: list[list[Any]], end_s: float | None
 ) -> tuple[list[StageStats], StageStats]:
     """Per-stage and overall statistics of samples `[start s, ms, ok, kind, variant|error, version, users]`.
 
     A request belongs to the stage in which it started; a stage's time is cut at the run's end (`end_s`), so a
-    run stopped early reports the throughput it really had. The total's users are the most that were running
-    (the 7th field, Locust's count when the request started), else the most of any stage that began.
+    run stopped early reports the throughput it really had. Requests started at or after that end are left out
+    (`late_requests`): Locust checks its shape about once a second, and counted in a time capped at the end they
+    added up to a second of traffic to the last stage (10.9 req/s reported for 10). The total's users are the
+    most that were running (the 7th field, Locust's count when the request started), else the most of any stage
+    that began.
     """
-    end = total_duration(stages) if end_s is None else min(end_s, total_duration(stages))
+    end = run_end(stages, end_s)
+    samples = [s for s in samples if float(s[0]) < end]
     by_stage: dict[int, list[list[Any]]] = {i: [] for i in range(len(stages))}
     for s in samples:
         i = stage_index(stages, max(float(s[0]), 0.0))
@@ -149,6 +158,7 @@ class LoadResult:
     log_path: Path
     stopped_early: bool = False
     interrupted: bool = False  # Ctrl-C (a script sees exit code 130)
+    late_requests: int = 0  # started after the run's end, left out of the statistics
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -159,6 +169,7 @@ class LoadResult:
             "started_at": self.started_at,
             "wall_s": round(self.wall_s, 2),
             "stopped_early": self.stopped_early,
+            "late_requests": self.late_requests,
             "by_kind": self.by_kind,
             "stages": [asdict(s) for s in self.stages],
             "total": asdict(self.total),
@@ -190,6 +201,11 @@ class LoadResult:
             console.print("requests: " + ", ".join(f"{k} {v}" for k, v in self.by_kind.items()))
         for msg, n in self.total.errors.items():
             console.print(f"[red]{n} x[/red] {msg}", highlight=False)
+        if self.late_requests:
+            console.print(
+                f"{self.late_requests} request(s) started after the run's end (Locust checks its shape about once a "
+                "second): left out of these figures"
+            )
         if self.stopped_early:
             console.print("[yellow]the run was stopped before its end[/yellow]")
         console.print(f"locust log: {self.log_path}")
@@ -310,6 +326,7 @@ def run_load(
         data = json.loads(out.read_text())
     samples = data["samples"]
     per, overall = summarize(stages, samples, data.get("end_s"))
+    counted = [s for s in samples if float(s[0]) < run_end(stages, data.get("end_s"))]
     return LoadResult(
         shape=shape,
         host=url,
@@ -317,10 +334,11 @@ def run_load(
         duration_s=duration_s,
         stages=per,
         total=overall,
-        by_kind=dict(Counter(s[3] for s in samples)),
+        by_kind=dict(Counter(s[3] for s in counted)),
         started_at=started_at,
         wall_s=wall,
         log_path=log_path,
         stopped_early=stopped_early or (data.get("end_s") or 0) < total - 1.5,
         interrupted=interrupted,
+        late_requests=len(samples) - len(counted),
     )
