@@ -500,3 +500,19 @@ def test_a_few_errors_among_many_never_read_as_none() -> None:
     from pyrocast.webapp.app import _pct
 
     assert _pct(3 / 7000) == "<0.1%" and _pct(0.0) == "0.0%" and _pct(0.0123) == "1.2%" and _pct(None) == "–"
+
+
+def test_the_monitoring_cache_keeps_one_entry_per_span_and_drops_expired_ones(
+    settings: Settings, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any spelling of a window is accepted ("1h", "60m", "1.0001h"): each was a full scan kept in memory forever."""
+    import pyrocast.webapp.app as webapp
+
+    for window in ("1h", "60m", "1h"):
+        assert client.get("/api/monitoring", params={"window": window}).json()["window"] == window
+    cache = client.app.state.web.monitoring  # type: ignore[attr-defined]
+    assert list(cache) == [3600.0]
+    monkeypatch.setattr(webapp, "MONITORING_TTL_S", 0.0)  # everything cached has expired
+    for window in ("1.0001h", "1.0002h", "15m"):
+        client.get("/api/monitoring", params={"window": window}).raise_for_status()
+    assert list(cache) == [900.0]

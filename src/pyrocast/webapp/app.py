@@ -132,7 +132,7 @@ class WebState:
     # (when read, listing, the rollout then as `rollout_key` gives it: None when unknown, as after warming);
     # one tuple, so the warming thread cannot pair a listing with another read's rollout.
     registry: tuple[float, dict[str, Any], tuple[Any, ...] | None] | None = None
-    monitoring: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    monitoring: dict[float, tuple[float, dict[str, Any]]] = field(default_factory=dict)  # by span (s)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def engine(self) -> Engine:
@@ -427,15 +427,18 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
     async def monitoring_data(request: Request, window: str) -> dict[str, Any]:
         from pyrocast.monitoring.live import overview, parse_window
 
-        parse_window(window)  # a clear 4xx for a bad window before touching the store
+        span_s = parse_window(window).total_seconds()  # a clear 4xx for a bad window before touching the store
         state = web(request)
-        # Several open monitoring pages share one computation (a 100k-row window costs about a second).
+        # Several open monitoring pages share one computation (a 100k-row window costs about a second). Keyed by the
+        # span, not its spelling ("1h", "60m", "1.0001h" were each a full scan kept forever), and expired entries go.
         now = time.monotonic()
-        hit = state.monitoring.get(window)
-        if hit is not None and now - hit[0] < MONITORING_TTL_S:
+        hit = state.monitoring.get(span_s)
+        if hit is not None and now - hit[0] < MONITORING_TTL_S and hit[1].get("window") == window:
             return hit[1]
         data = await run_in_threadpool(lambda: overview(state.engine(), window))
-        state.monitoring[window] = (now, data)
+        for key in [k for k, (at, _) in state.monitoring.items() if now - at >= MONITORING_TTL_S]:
+            del state.monitoring[key]
+        state.monitoring[span_s] = (now, data)
         return data
 
     # --- API (same origin; the browser never calls the gateway itself) -------------------------------------------
