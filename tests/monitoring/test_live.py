@@ -318,3 +318,13 @@ def test_overview_includes_rollout_events_in_the_window(store: PredictionStore) 
     assert data["events"][0]["challenger_version"] == "2"
     assert data["requests"]["total"] == 1
     assert set(data) >= {"since", "until", "bucket_s", "requests", "latency", "traffic", "accuracy", "events"}
+
+
+def test_a_request_a_moment_before_a_bucket_edge_counts_in_its_own_bucket(store: PredictionStore) -> None:
+    """SQLite's strftime('%s') rounds to the millisecond: a request 0.2 ms before the window's end fell in the
+    bucket after it, outside the window, and was missing from every chart while counted in the totals."""
+    store.put_prediction(pred("edge", 0.2 / 60_000))  # 0.2 ms before NOW, the end of the last bucket
+    store.put_prediction(pred("mid", 30))
+    data = live.request_rate(engine_of(store), live.make_span("1h", now=NOW))
+    assert data["total"] == 2
+    assert sum(data["requests"]) == 2 and data["requests"][-1] == 1, data["requests"]

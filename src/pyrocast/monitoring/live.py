@@ -169,7 +169,8 @@ def open_engine(settings: Settings) -> Engine:
 def _seconds(engine: Engine, col: Any) -> Any:
     """Whole seconds since the epoch of a timestamp column, in SQL (exact integers: no float rounding at edges)."""
     if engine.dialect.name == "sqlite":  # the store writes naive UTC 'YYYY-MM-DD HH:MM:SS.ffffff'
-        return cast(func.strftime("%s", col), BigInteger)
+        # strftime rounds fractions to the millisecond (59.9998 s read as the next second): whole seconds first.
+        return cast(func.strftime("%s", func.substr(col, 1, 19)), BigInteger)
     return cast(func.floor(extract("epoch", col)), BigInteger)
 
 
