@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from pyrocast.data.synthetic.region import SyntheticRegion
+from pyrocast.imaging import to_rgb
 from pyrocast.monitoring.novelty import (
     ASPECT,
     COHERENCE,
@@ -256,3 +257,15 @@ def test_a_transparent_upload_is_said_to_be_transparent_not_cloudy(real_stats: d
     edge = np.full((350, 350), 255)
     edge[0, :] = 0  # one transparent row: 0.3%
     assert upload(edge) == []
+
+
+def test_transparency_is_said_first_even_beside_a_tile_of_another_size() -> None:
+    """A small drawing with transparent pixels: the transparency explains the other findings and comes first (a
+    size finding, measured in pixels over a span of one size, outranked it by far)."""
+    novelty = Novelty.from_reference(_rows(40))
+    assert novelty is not None
+    arr = np.zeros((64, 64, 4), np.uint8)
+    arr[:, :32] = (60, 110, 50, 255)  # the left half opaque land, the right half transparent
+    findings = novelty.check(image_stats(to_rgb(Image.fromarray(arr, "RGBA"))))  # as the gateway decodes it
+    stats = [f.stat for f in findings]
+    assert stats[0] == "transparent" and SHORT_SIDE in stats, stats

@@ -239,7 +239,7 @@ def transparency(stats: Mapping[str, Any]) -> Finding | None:
     message = (
         f"{100 * share:.0f}% of the image is transparent (drawn on white here): a satellite tile has no transparency"
     )
-    return Finding("transparent", share, "above", 1000.0 + share, message)  # said first: it explains the rest
+    return Finding("transparent", share, "above", 1000.0 + share, message)  # `check` says it first
 
 
 @dataclass(frozen=True)
@@ -272,7 +272,9 @@ class Novelty:
             x = _value(stats, r.stat)
             if x is not None and not r.low <= x <= r.high:
                 out.append(describe(r, x))
-        out.sort(key=lambda f: -f.severity)
+        # Transparency first whatever the others' severity: it explains them (a size's severity, in pixels over a
+        # one-size training span, reached tens of thousands).
+        out.sort(key=lambda f: (f.stat != "transparent", -f.severity))
         return out
 
     def warnings(self, stats: Mapping[str, Any]) -> list[str]:
