@@ -281,3 +281,30 @@ def test_a_writer_stuck_in_a_database_call_at_close_has_the_queued_rows_spilled(
         assert not spill.exists()
     finally:
         again.close()
+
+
+def test_a_postgresql_lock_held_by_someone_else_is_an_outage_after_the_lock_timeout_not_a_stuck_writer(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's open transaction holding the table: the writer's INSERT gives up after the lock timeout (as
+    SQLite's busy timeout does) and the store says it is in trouble and spills, instead of waiting inside the call
+    for as long as the lock lasts with every later row queued in memory. Once the lock goes, every row is written
+    exactly once."""
+    from pyrocast.serving import store as store_module
+
+    monkeypatch.setattr(store_module, "LOCK_TIMEOUT_S", 0.5)
+    spill = tmp_path / "spill.jsonl"
+    store = PredictionStore(postgres_url, spill_path=spill, interval_s=0.01, retries=2, emergency_dir=None).start()
+    try:
+        store.put_prediction(row(0))
+        assert store.flush(10)
+        with _write_lock(postgres_url):
+            for i in range(1, 4):
+                store.put_prediction(row(i))
+            said = _eventually(store.trouble, 10)
+            assert "lock" in said.lower(), said
+            assert _eventually(spill.exists, 10), "the rows waited in memory behind the lock"
+        assert _eventually(lambda: store.trouble() is None and not spill.exists(), 30), store.trouble()
+        assert sorted(r["request_id"] for r in store.rows()) == ["r0", "r1", "r2", "r3"]
+    finally:
+        store.close()

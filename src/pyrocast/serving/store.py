@@ -74,7 +74,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, ProgrammingError, StatementError
 
 from pyrocast.data.layout import CLASSES, atomic_write
-from pyrocast.database import create_schema
+from pyrocast.database import create_schema, sqlalchemy_url
 from pyrocast.errors import PyrocastError
 from pyrocast.imaging import FULL_SIZE, TRANSPARENT
 from pyrocast.registry.mlflow_store import redact
@@ -255,13 +255,16 @@ def image_stats(img: Image.Image) -> dict[str, float]:
     return out
 
 
+LOCK_TIMEOUT_S = 30.0  # how long a statement waits for a lock another connection holds (SQLite: its busy timeout)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the store; SQLite gets WAL mode, a busy timeout and a created parent folder."""
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": LOCK_TIMEOUT_S})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -269,7 +272,7 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: durable across process crashes, fsync only at checkpoints.
             cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(LOCK_TIMEOUT_S * 1000)}")
             cur.close()
 
         @event.listens_for(engine, "handle_error")
@@ -281,6 +284,13 @@ def make_engine(url: str) -> Engine:
                 ctx.is_disconnect = True
 
         return engine
+    url = sqlalchemy_url(url)
+    if url.startswith(("postgresql+psycopg://", "postgresql+psycopg2://")):
+        # libpq settings: a lock held by someone else (an operator's open transaction, a backup) fails a statement
+        # after LOCK_TIMEOUT_S like SQLite's busy timeout, instead of holding the writer (and every row queued
+        # behind it, in memory) for as long as the lock lasts; the writer then spills and retries as in an outage.
+        options = {"options": f"-c lock_timeout={int(LOCK_TIMEOUT_S * 1000)}", "connect_timeout": 10}
+        return create_engine(url, pool_pre_ping=True, connect_args=options)
     return create_engine(url, pool_pre_ping=True)
 
 
