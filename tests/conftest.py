@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_TILES = Path(os.environ.get("PYROCAST_REAL_TILES", REPO.parent / "shared" / "data" / "wildfire-tiles"))
 
 os.environ.setdefault("PYROCAST_QUIET", "1")
+
+# A suite started in the background of a non-interactive shell (`make test &`, nohup) inherits SIGINT ignored, and
+# so would every process it starts: the Ctrl-C tests would then test nothing but that. Ctrl-C acts as in a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

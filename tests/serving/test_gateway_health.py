@@ -460,7 +460,8 @@ def test_a_saturated_challenger_is_answered_for_by_the_champion_not_blamed_on_th
         assert stored and all(e.startswith("HTTP 429") for e in stored), stored
         assert not any(client_fault(e) for e in stored)  # counted by the fleet's guardrail window
     finally:
-        gw.challenger.stop()  # the fixture starts a normal one for the next test
+        gw.challenger.stop()
+        gw.start_challenger()  # the usual one, for the tests after this one that use the stack as it is
 
 
 def _challenger_errors(gw: ServingStack, request_ids: list[str]) -> list[str]:
