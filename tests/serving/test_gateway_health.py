@@ -482,3 +482,24 @@ def _challenger_errors(gw: ServingStack, request_ids: list[str]) -> list[str]:
     finally:
         engine.dispose()
     return found
+
+
+def test_a_challenger_that_does_not_answer_is_not_promoted_even_with_force(gw: ServingStack) -> None:
+    """Promoting a challenger whose probes fail would give every user a 503 and move the registry aliases to it:
+    refused with 409, the rollout and the champion's answers unchanged, and promoted once it answers again."""
+    assert gw.challenger is not None
+    _signal_service(gw.challenger, signal.SIGSTOP)
+    try:
+        assert wait_for(lambda: _health(gw.url)["backends"]["challenger"]["up"] is False, 15)
+        r = httpx.post(
+            f"{gw.url}/v1/rollout/promote", json={"force": True, "reason": "test"}, headers=gw.admin, timeout=30
+        )
+        assert r.status_code == 409 and "does not answer its health probes" in r.text, r.text
+        view = httpx.get(f"{gw.url}/v1/rollout", timeout=10).json()
+        assert view["state"]["champion"]["version"] == "1" and view["mode"] == "champion", view
+    finally:
+        _signal_service(gw.challenger, signal.SIGCONT)
+    assert wait_for(lambda: _health(gw.url)["backends"]["challenger"]["up"], 15)
+    view = gw.set_rollout("promote", {"reason": "it answers again"})
+    assert view["state"]["champion"]["version"] == "2", view
+    gw.set_rollout("rollback", {"reason": "test reset"})

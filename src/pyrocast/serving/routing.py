@@ -863,6 +863,17 @@ class Gateway:
                 f"start a classifier for v{wanted.version if wanted else '?'} on the challenger's port, then "
                 f"{action} again",
             )
+        # Whoever is to answer everyone must answer now: promoting a challenger whose probes fail (stopped, hung,
+        # dead) made every prediction a 503 and moved the registry aliases to it.
+        target = next(b for b in self.backends.values() if b.ref == c.state.champion)
+        if not target.up or target.gone:
+            wanted = c.state.champion
+            put_back()
+            raise RolloutError(
+                f"cannot {action} to {wanted}: its classifier at {target.url} does not answer its health probes, "
+                "and it would answer every prediction",
+                f"bring it back (GET /healthz says when it answers), then {action} again; nothing was changed",
+            )
         try:
             note = await run_in_threadpool(self._move_aliases, c.state.champion, c.state.challenger)
         except Exception as exc:
