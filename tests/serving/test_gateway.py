@@ -52,6 +52,19 @@ def predict_many(stack: ServingStack, clients: list[str | None], data: bytes) ->
     return [r.json() for r in responses]
 
 
+def traffic_until(stack: ServingStack, done: Any, data: bytes, timeout: float = 20.0, prefix: str = "t") -> bool:
+    """Predictions from fresh clients until `done()`: a canary step ends only once its challenger calls could be
+    judged, not on time alone."""
+    deadline = time.monotonic() + timeout
+    i = 0
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        predict_many(stack, [f"{prefix}-{i}-{k}" for k in range(8)], data)
+        i += 1
+    return True
+
+
 def stored(stack: ServingStack, request_id: str) -> list[dict[str, Any]]:
     r = httpx.get(f"{stack.url}/v1/predictions/{request_id}", timeout=30)
     assert r.status_code == 200, r.text
@@ -386,12 +399,16 @@ def test_shadow_stores_both_and_the_user_gets_the_champion(gw: ServingStack, jpe
 
 
 def test_canary_ramps_on_schedule(gw: ServingStack, jpeg: bytes) -> None:
-    lenient = {"max_disagreement": 1.0, "max_p95_ms": 60000}
+    lenient = {"max_disagreement": 1.0, "max_p95_ms": 60000, "min_requests": 3}
     view = gw.set_rollout("canary", {"steps": [0.2, 1.0], "step_seconds": 1.5, "guardrails": lenient})
     assert view["mode"] == "canary" and view["challenger_share"] == 0.2
     t0 = time.monotonic()
+    time.sleep(2.0)  # its time is up, but no challenger call judged the step: it goes on
+    view = httpx.get(f"{gw.url}/v1/rollout").json()
+    assert view["challenger_share"] == 0.2 and view["state"]["canary_step_calls"] == 0, view["state"]
     # The second step takes effect once the ticker (every 0.5 s) has recorded it, not on the clock alone.
-    assert wait_for(lambda: httpx.get(f"{gw.url}/v1/rollout").json()["challenger_share"] == 1.0, 10.0)
+    share = lambda: httpx.get(f"{gw.url}/v1/rollout").json()["challenger_share"] == 1.0  # noqa: E731
+    assert traffic_until(gw, share, jpeg, prefix="ramp-early")
     assert time.monotonic() - t0 >= 1.4  # not before its time
     events = [e["action"] for e in httpx.get(f"{gw.url}/v1/rollout").json()["events"]][:3]
     assert "canary-step" in events or "canary-complete" in events
@@ -399,13 +416,13 @@ def test_canary_ramps_on_schedule(gw: ServingStack, jpeg: bytes) -> None:
     assert all(a["variant"] == "challenger" for a in answers)  # 100% after the second step
 
 
-def test_a_completed_canary_promotes_itself_and_moves_the_registry_aliases(gw: ServingStack) -> None:
+def test_a_completed_canary_promotes_itself_and_moves_the_registry_aliases(gw: ServingStack, jpeg: bytes) -> None:
     from pyrocast.registry.models import aliases
 
-    lenient = {"max_disagreement": 1.0, "max_p95_ms": 60000}
+    lenient = {"max_disagreement": 1.0, "max_p95_ms": 60000, "min_requests": 3}
     gw.set_rollout("canary", {"steps": [1.0], "step_seconds": 1.0, "guardrails": lenient, "auto_promote": True})
-    view = wait_for(lambda: (v := httpx.get(f"{gw.url}/v1/rollout").json())["mode"] == "champion" and v, 15.0)
-    assert view, "the canary did not complete"
+    assert traffic_until(gw, lambda: httpx.get(f"{gw.url}/v1/rollout").json()["mode"] == "champion", jpeg)
+    view = httpx.get(f"{gw.url}/v1/rollout").json()
     assert view["state"]["champion"]["version"] == "2"
     assert view["events"][0]["action"] == "promote" and "registry aliases moved" in view["events"][0]["reason"]
     assert aliases(gw.settings) == {"champion": "2", "challenger": "1"}  # as a manual promotion does
@@ -557,13 +574,11 @@ def test_gateway_replicas_on_one_store_follow_each_others_rollout_changes(gw: Se
         assert actions[: actions.index("canary")] == ["guardrail-stop"], actions  # recorded once
         assert wait_for(lambda: httpx.get(f"{gw.url}/v1/rollout").json()["mode"] == "champion", 10)
         # A canary both replicas tick through: each step and the auto-promotion are recorded once, not twice.
-        lenient = {"max_disagreement": 1.0, "max_p95_ms": 60000}
+        lenient = {"max_disagreement": 1.0, "max_p95_ms": 60000, "min_requests": 3}
         plan = {"steps": [0.5, 1.0], "step_seconds": 1.0, "guardrails": lenient, "auto_promote": True}
         gw.set_rollout("canary", plan)
-        for url in (gw.url, other.url):
-            assert wait_for(
-                lambda u=url: httpx.get(f"{u}/v1/rollout").json()["state"]["champion"]["version"] == "2", 15
-            )
+        promoted = lambda u: httpx.get(f"{u}/v1/rollout").json()["state"]["champion"]["version"] == "2"  # noqa: E731
+        assert traffic_until(gw, lambda: promoted(gw.url) and promoted(other.url), jpeg, prefix="both")
         events = [e["action"] for e in httpx.get(f"{gw.url}/v1/rollout").json()["events"]]
         since = events[: events.index("canary")]  # this canary's events (earlier tests promoted too)
         assert since == ["promote", "canary-step"], events

@@ -43,6 +43,16 @@ async def replicas(tmp_path: Path) -> AsyncIterator[tuple[Gateway, Gateway]]:
             g.store.close()
 
 
+def judged(*gateways: Gateway) -> None:
+    """Each replica saw the challenger answer (well) as many calls as the canary's guardrails need to judge its
+    step: a step does not end on time alone."""
+    for g in gateways:
+        c = g.controller
+        for _ in range(c.state.canary.guardrails.min_requests if c.state.canary else 20):
+            c.record("challenger", True, 5.0)
+            c.record_agreement(True)
+
+
 async def started_canary(one: Gateway, two: Gateway, plan: CanaryPlan) -> float:
     """A canary started through replica one and adopted by replica two; returns its start time."""
     await one._after_change(one.controller.start_canary(plan))
@@ -84,6 +94,7 @@ def test_replicas_record_each_change_time_decides_once(tmp_path: Path) -> None:
             t0 = await started_canary(one, two, CanaryPlan(steps=[0.1, 0.5], step_seconds=60, auto_promote=True))
 
             # Both replicas see the ramp's next step at the same tick: one records it, the other adopts it.
+            judged(one, two)
             recorded = await asyncio.gather(one.advance(t0 + 61), two.advance(t0 + 61))
             assert sorted(len(r) for r in recorded) == [0, 1]
             assert [e["action"] for e in one.store.events()].count("canary-step") == 1
@@ -92,6 +103,7 @@ def test_replicas_record_each_change_time_decides_once(tmp_path: Path) -> None:
                 assert g.controller.state.mode == "canary" and g.controller.state.canary_step == 1
 
             # The canary completes for both at once: one promotion, and both end with v2 as the champion.
+            judged(one, two)
             recorded = await asyncio.gather(one.advance(t0 + 121), two.advance(t0 + 121))
             assert sorted(len(r) for r in recorded) == [0, 1]
             assert [e["action"] for e in one.store.events()].count("promote") == 1
@@ -131,6 +143,7 @@ def test_a_change_the_store_refuses_is_undone(tmp_path: Path) -> None:
             assert one.controller.state.mode == "canary" and one.controller.state.ab is None
 
             # A change time decides: not made until it is recorded, so it is made on a later tick.
+            judged(one)
             assert await one.advance(t0 + 61) == []
             assert one.controller.state.canary_step == 0
             one.store.engine.dispose()
@@ -175,10 +188,12 @@ def test_a_replica_that_missed_a_recorded_step_does_not_record_it_again_with_the
     async def scenario() -> None:
         async with replicas(tmp_path) as (one, two):
             t0 = await started_canary(one, two, CanaryPlan(steps=[0.1, 0.5], step_seconds=60, auto_promote=True))
+            judged(one, two)
             assert [e.action for e in await one.advance(t0 + 61)] == ["canary-step"]
-            # Replica two did not tick in between: at the end it decides the step and the completion at once.
+            # Replica two did not tick in between: at the end it decides the step (and the completion) at once.
             assert await two.advance(t0 + 121) == []  # the step is replica one's: adopted, not recorded again
             assert two.controller.state.canary_step == 1
+            judged(two)
             assert [e.action for e in await two.advance(t0 + 121)] == ["promote"]
             assert [e["action"] for e in one.store.events()] == ["promote", "canary-step", "canary"]
 
@@ -196,6 +211,7 @@ def test_a_guardrail_stop_not_yet_recorded_is_not_undone_by_a_step_another_repli
             for _ in range(5):
                 one.controller.record("challenger", False, None)  # only replica one sees the challenger fail
             assert await one.advance(t0 + 1) == [] and one.controller.state.mode == "champion"
+            judged(two)
             assert [e.action for e in await two.advance(t0 + 61)] == ["canary-step"]
             assert not await one.follow_store()  # the step of the plan it stopped: the stop holds
             assert one.controller.state.mode == "champion" and one.controller.share(t0 + 62) == 0.0
@@ -305,6 +321,7 @@ def test_a_request_stops_a_canary_but_never_promotes_or_waits_for_another_change
             await one._check_guardrails()
             await asyncio.gather(*one._background)
             assert one.controller.state.mode == "canary" and one.store.events(1)[0]["action"] == "canary"
+            judged(one)
             assert [e.action for e in await one.advance()] == ["promote"]  # the tick's
 
             await one._after_change(one.controller.start_canary(CanaryPlan(steps=[0.5], guardrails=strict)))
@@ -329,17 +346,19 @@ def test_rolling_back_to_a_version_no_classifier_serves_is_refused(tmp_path: Pat
 
     async def scenario() -> None:
         async with replicas(tmp_path) as (one, _):
-            _serving(one, V1, V2)
-            await one.change("promote", None)
-            assert one.controller.state.champion == V2 and one.controller.state.previous_champion == V1
-            _serving(one, ModelRef(name="m", version="3"), V2)
-            try:
-                await one.change("rollback", None)
-            except RolloutError as exc:
-                assert "cannot rollback to m v1: neither classifier serves it" in exc.message, exc.message
-                assert "start a classifier for v1" in (exc.hint or "")
-            else:
-                raise AssertionError("a rollback to a version nobody serves was made")
+            with _Classifier("1") as a, _Classifier("2") as b:  # they answer: the promotion may go to b
+                one.backends["a"].url, one.backends["b"].url = a.base, b.base
+                await one.refresh_backends()
+                await one.change("promote", None)
+                assert one.controller.state.champion == V2 and one.controller.state.previous_champion == V1
+                a.version = "3"
+                try:
+                    await one.change("rollback", None)
+                except RolloutError as exc:
+                    assert "cannot rollback to m v1: neither classifier serves it" in exc.message, exc.message
+                    assert "start a classifier for v1" in (exc.hint or "")
+                else:
+                    raise AssertionError("a rollback to a version nobody serves was made")
             st = one.controller.state
             assert (st.champion, st.previous_champion) == (V2, V1) and one.roles["champion"] == "b"
             assert one.store.events(1)[0]["action"] == "promote"
@@ -494,6 +513,7 @@ def test_a_canary_step_resumes_for_its_whole_time_after_every_gateway_was_down(t
                 again.controller.set_models(V1, V2)
                 await again._resume()
                 assert again.controller.state.mode == "canary"
+                judged(again)
                 assert await again.advance() == []  # not complete, not promoted
                 assert await again.advance(time.time() + 61) != []
             finally:
@@ -515,8 +535,10 @@ def test_a_guardrail_stop_and_a_completion_decided_at_once_by_two_replicas_leave
         async with replicas(tmp_path) as (one, two):
             plan = CanaryPlan(steps=[0.1, 0.5], step_seconds=60, auto_promote=auto_promote)
             t0 = await started_canary(one, two, plan)
+            judged(one)
             assert [e.action for e in await one.advance(t0 + 61)] == ["canary-step"]
             assert await two.follow_store() and two.controller.state.canary_step == 1
+            judged(two)  # replica two saw its step answered well: due, it decides the completion
             for _ in range(30):  # replica one has seen the challenger fail
                 one.controller.record("challenger", False, None)
             assert [e.action for e in await one.advance(t0 + 121)] == ["guardrail-stop"]

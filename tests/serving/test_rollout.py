@@ -28,6 +28,15 @@ def controller() -> RolloutController:
     return c
 
 
+def judged(c: RolloutController) -> RolloutController:
+    """The challenger answered (well) as many calls as the canary's guardrails need to judge its step."""
+    needs = c.state.canary.guardrails.min_requests if c.state.canary else Guardrails().min_requests
+    for _ in range(needs):
+        c.record("challenger", True, 5.0)
+        c.record_agreement(True)
+    return c
+
+
 def test_bucket_is_stable_uniform_and_salted() -> None:
     assert bucket("client-7", "s") == bucket("client-7", "s")  # same on every call (and process: sha256)
     assert bucket("client-7", "s") != bucket("client-7", "t")
@@ -80,7 +89,7 @@ def test_canary_ramps_on_schedule_and_only_adds_clients() -> None:
     clients = [f"c{i}" for i in range(400)]
     on_challenger: set[str] = set()
     for t, share in ((1, 0.05), (11, 0.25), (21, 0.5), (31, 1.0)):
-        c.tick(t)  # the step the gateway records, and then routes on
+        judged(c).tick(t)  # the step the gateway records, and then routes on
         assert c.share(t) == share
         now = {k for k in clients if c.route(k, t).role == "challenger"}
         assert on_challenger <= now  # a ramp never moves a client back to the champion
@@ -93,15 +102,15 @@ def test_canary_tick_reports_steps_and_completion() -> None:
     c = controller()
     c.start_canary(CanaryPlan(steps=[0.1, 1.0], step_seconds=5), now=0.0)
     assert c.tick(1.0) == []
-    assert [e.action for e in c.tick(5.5)] == ["canary-step"]
-    assert [e.action for e in c.tick(10.5)] == ["canary-complete"]
+    assert [e.action for e in judged(c).tick(5.5)] == ["canary-step"]
+    assert [e.action for e in judged(c).tick(10.5)] == ["canary-complete"]
     assert c.state.mode == "canary" and c.share(11) == 1.0
 
 
 def test_canary_auto_promote_at_the_end() -> None:
     c = controller()
     c.start_canary(CanaryPlan(steps=[0.5], step_seconds=1, auto_promote=True), now=0.0)
-    assert [e.action for e in c.tick(2.0)] == ["promote"]
+    assert [e.action for e in judged(c).tick(2.0)] == ["promote"]
     assert c.state.champion == V2 and c.state.previous_champion == V1 and c.state.mode == "champion"
 
 
@@ -252,11 +261,11 @@ def test_a_canary_routes_on_its_recorded_step_and_each_step_serves_its_time() ->
     plan = CanaryPlan(steps=[0.1, 0.5, 1.0], step_seconds=10, auto_promote=True)
     c.start_canary(plan, now=0.0)
     assert c.share(95.0) == 0.1  # the clock says the plan is over: nothing was recorded
-    assert [e.action for e in c.tick(95.0)] == ["canary-step"]  # one step, not the rest of the plan
+    assert [e.action for e in judged(c).tick(95.0)] == ["canary-step"]  # one step, not the rest of the plan
     assert c.share(95.0) == 0.5 and c.snapshot(95.0)["canary_next_step_at"] == 105.0
-    assert c.tick(104.0) == []
+    assert judged(c).tick(104.0) == []
     assert [e.action for e in c.tick(105.0)] == ["canary-step"] and c.share(105.0) == 1.0
-    assert c.tick(114.0) == [] and c.state.mode == "canary"
+    assert judged(c).tick(114.0) == [] and c.state.mode == "canary"
     assert [e.action for e in c.tick(115.0)] == ["promote"]
 
 
@@ -339,3 +348,30 @@ def test_resizing_an_ab_test_whose_challenger_was_replaced_starts_a_new_test() -
     ev = c.start_ab(ABPlan(champion=1, challenger=1))
     assert c.state.salt != salt and "a new test of m v3" in (ev.reason or "")
     assert c.state.experiment_challenger == V3 and c.tick() == []
+
+
+def test_a_canary_step_ends_only_once_its_challenger_calls_could_be_judged() -> None:
+    """On time alone a canary with no challenger traffic ramped to 100% and completed (or auto-promoted) "without
+    breaking a guardrail": a step now waits for `min_requests` calls of its own, here or through all gateways."""
+    c = controller()
+    c.start_canary(CanaryPlan(steps=[0.1, 1.0], step_seconds=5, auto_promote=True), now=0.0)
+    assert c.tick(60.0) == [] and c.state.canary_step == 0  # an hour of nothing: the step goes on
+    snap = c.snapshot(60.0)
+    assert (snap["canary_step_calls"], snap["canary_step_needs"]) == (0, 20)
+    for _ in range(19):
+        c.record("challenger", True, 5.0)
+    assert c.tick(61.0) == []
+    c.record("challenger", True, 5.0)
+    assert [e.action for e in c.tick(62.0)] == ["canary-step"]
+    assert c.snapshot(62.0)["canary_step_calls"] == 0  # the calls of the step before do not count for this one
+    assert c.tick(70.0) == []  # its time is up, but nothing judged it: no promotion
+    c.fleet_stats = {
+        "requests": 25,
+        "errors": 0,
+        "error_rate": 0.0,
+        "p95_ms": 5.0,
+        "compared": 0,
+        "disagreement": 0.0,
+        "step_calls": 25,
+    }  # the other gateways saw enough of this step
+    assert [e.action for e in c.tick(71.0)] == ["promote"]

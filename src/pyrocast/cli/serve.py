@@ -300,6 +300,13 @@ def _show(view: dict[str, Any], as_json: bool) -> None:
     if view["mode"] == "canary" and st.get("canary"):
         c = st["canary"]
         rep.add("canary steps", " -> ".join(map(share_text, c["steps"])) + f", every {c['step_seconds']:g} s")
+        if "canary_step_calls" in st and not st.get("canary_complete"):
+            calls, needs = st["canary_step_calls"], st["canary_step_needs"]
+            rep.add(
+                f"step {st['canary_step'] + 1} judged on",
+                f"{calls} challenger calls"
+                + (f" (ends only once {needs} were judged)" if calls < needs else f" (enough: {needs} needed)"),
+            )
         rep.add(
             "when complete",
             "promotes the challenger itself (auto-promote)" if c.get("auto_promote") else "waits for `rollout promote`",

@@ -198,23 +198,27 @@ class Window:
     """The last N outcomes of one variant: failures, latencies, agreement with the champion."""
 
     size: int = 200
-    outcomes: deque = field(default_factory=deque)  # (ok, latency_ms)
+    outcomes: deque = field(default_factory=deque)  # (ok, latency_ms, step: the canary step it was recorded in)
     agreements: deque = field(default_factory=deque)  # bool
 
     def __post_init__(self) -> None:
         self.outcomes = deque(self.outcomes, maxlen=self.size)
         self.agreements = deque(self.agreements, maxlen=self.size)
 
-    def add(self, ok: bool, latency_ms: float | None) -> None:
-        self.outcomes.append((ok, latency_ms))
+    def add(self, ok: bool, latency_ms: float | None, step: Any = None) -> None:
+        self.outcomes.append((ok, latency_ms, step))
+
+    def count(self, step: Any) -> int:
+        """Outcomes recorded during `step` (as `RolloutController.record` names it) among the last `size`."""
+        return sum(1 for o in self.outcomes if o[2] == step)
 
     def add_agreement(self, agree: bool) -> None:
         self.agreements.append(agree)
 
     def summary(self) -> dict[str, Any]:
         n = len(self.outcomes)
-        errors = sum(1 for ok, _ in self.outcomes if not ok)
-        lat = sorted(ms for ok, ms in self.outcomes if ok and ms is not None)
+        errors = sum(1 for ok, *_ in self.outcomes if not ok)
+        lat = sorted(ms for ok, ms, _ in self.outcomes if ok and ms is not None)
         m = len(self.agreements)
         return {
             "requests": n,
@@ -304,10 +308,20 @@ class RolloutController:
     def share(self, now: float | None = None) -> float:
         return challenger_share(self.state, time.time() if now is None else now)
 
+    def _step(self) -> tuple[float, int]:
+        """The plan and canary step in effect: what each recorded outcome is tagged with."""
+        return (self.state.updated_at, self.state.canary_step)
+
+    def step_calls(self) -> int:
+        """Challenger calls recorded during the canary's current step, here or through every gateway on the store
+        (`fleet_stats["step_calls"]`), whichever saw more."""
+        fleet = int((self.fleet_stats or {}).get("step_calls") or 0)
+        return max(self.windows["challenger"].count(self._step()), fleet)
+
     def record(self, role: Role, ok: bool, latency_ms: float | None, windows: dict[str, Window] | None = None) -> None:
         """Count a call's outcome. windows: the `windows` in force when the call began (a call that outlives its
         plan is counted in that plan's windows, not judged against the next one's guardrails)."""
-        (self.windows if windows is None else windows)[role].add(ok, latency_ms)
+        (self.windows if windows is None else windows)[role].add(ok, latency_ms, self._step())
 
     def record_agreement(self, agree: bool, windows: dict[str, Window] | None = None) -> None:
         (self.windows if windows is None else windows)["challenger"].add_agreement(agree)
@@ -432,7 +446,12 @@ class RolloutController:
         # canary goes on from the step in effect rather than jumping to the clock's, or to its end.
         events: list[Event] = []
         last = len(st.canary.steps) - 1
-        if st.canary_step < last and now - step_since(st) >= st.canary.step_seconds:
+        due = now - step_since(st) >= st.canary.step_seconds
+        # A step ends only once the guardrails could judge it: on time alone a canary with no challenger traffic
+        # (a quiet hour, a 10% share of little) ramped to 100% and completed "without breaking a guardrail".
+        if due and not st.canary_complete and self.step_calls() < g.min_requests:
+            return []
+        if st.canary_step < last and due:
             st.canary_step += 1
             st.canary_step_since = now
             events.append(Event("canary-step", f"challenger share {st.canary.steps[st.canary_step]:.0%}"))
@@ -454,6 +473,9 @@ class RolloutController:
         if st.mode == "canary" and st.canary and st.canary_started_at is not None:
             nxt = step_since(st) + st.canary.step_seconds
             out["canary_next_step_at"] = nxt if st.canary_step + 1 < len(st.canary.steps) else None
+            # The step's challenger calls and how many it needs before it may end (`tick`).
+            out["canary_step_calls"] = self.step_calls()
+            out["canary_step_needs"] = st.canary.guardrails.min_requests
         out["stats"] = {role: w.summary() for role, w in self.windows.items()}
         if self.fleet_stats is not None:
             out["stats"][FLEET] = self.fleet_stats

@@ -345,7 +345,10 @@ class Gateway:
         if now.mode != "canary" or (now.updated_at, now.challenger.version if now.challenger else None) != plan:
             return  # the plan changed while reading
         counted = [call for call in calls if not client_fault(call["error"])]
-        c.fleet_stats = window_of_calls(counted, st.canary.guardrails.window).summary()
+        stats = window_of_calls(counted, st.canary.guardrails.window).summary()
+        began = step_since(st)  # read at most `window` calls: enough to tell whether the step has `min_requests`
+        stats["step_calls"] = sum(1 for call in counted if call["t"] >= began)
+        c.fleet_stats = stats
 
     def _update_gauges(self) -> None:
         m = self.metrics

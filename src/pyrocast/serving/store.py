@@ -1014,13 +1014,13 @@ class PredictionStore:
     def canary_calls(self, version: str, since: datetime, limit: int) -> list[dict[str, Any]]:
         """The newest `limit` challenger calls of a canary since `since`, from every gateway on this store.
 
-        Each: error (None when it answered), latency_ms, label, and champion_label (the champion's answer to the
-        same request, where it was compared). Calls that failed before the challenger's version was known count
-        as its own.
+        Each: error (None when it answered), latency_ms, label, champion_label (the champion's answer to the
+        same request, where it was compared) and t (its time, seconds since the epoch). Calls that failed before the
+        challenger's version was known count as its own.
         """
         p = predictions.c
         calls = (
-            select(p.request_id, p.error, p.latency_ms, p.label)
+            select(p.request_id, p.error, p.latency_ms, p.label, p.ts)
             .where(
                 p.variant == "challenger",
                 p.rollout_mode == "canary",
@@ -1040,6 +1040,7 @@ class PredictionStore:
                 compared.update({r.request_id: r.label for r in conn.execute(q) if r.label is not None})
         for r in rows:
             r["champion_label"] = compared.get(r["request_id"])
+            r["t"] = _utc(r.pop("ts")).timestamp()
         return rows
 
     def label_of(self, request_id: str) -> dict[str, Any] | None:
