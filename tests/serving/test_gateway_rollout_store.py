@@ -551,3 +551,33 @@ def test_a_guardrail_stop_and_a_completion_decided_at_once_by_two_replicas_leave
             assert "guardrail-stop" in actions and not {"canary-complete", "promote"} & set(actions), actions
 
     asyncio.run(scenario())
+
+
+def test_a_guardrail_stop_takes_effect_on_routing_while_the_store_is_slow_to_record_it(tmp_path: Path) -> None:
+    """A store that takes its time (another connection holds the write lock: up to the 30 s lock timeout): the stop
+    is recorded once it can be, but nobody is sent to the failing challenger meanwhile (they were, for ~33 s)."""
+    import sqlite3
+
+    from pyrocast.serving.rollout import Guardrails
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            strict = Guardrails(max_error_rate=0.1, min_requests=5)
+            t0 = await started_canary(one, two, CanaryPlan(steps=[1.0], step_seconds=600, guardrails=strict))
+            assert one.route("someone").role == "challenger"
+            for _ in range(5):
+                one.controller.record("challenger", False, None)
+            holder = sqlite3.connect(one.store.url.removeprefix("sqlite:///"), isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")  # the write lock, as an operator's open transaction holds it
+            try:
+                deciding = asyncio.ensure_future(one.advance(t0 + 1))
+                await asyncio.sleep(0.5)
+                assert not deciding.done(), "the store took the record at once: nothing was checked"
+                assert one.route("someone").role == "champion"
+            finally:
+                holder.rollback()
+                holder.close()
+            assert [e.action for e in await deciding] == ["guardrail-stop"]
+            assert one.controller.state.mode == "champion" and one.route("someone").role == "champion"
+
+    asyncio.run(scenario())

@@ -52,6 +52,7 @@ from pyrocast.serving.rollout import (
     RolloutController,
     RolloutError,
     RolloutState,
+    Route,
     Window,
     step_since,
     stored_state,
@@ -158,6 +159,9 @@ class Gateway:
         self._warn = WarnEvery(WARN_EVERY_S, log)
         # A guardrail stop in effect here, not yet recorded: the stop, its claim, and the plan it stopped.
         self._unrecorded_stop: tuple[Event, str, tuple[str, float]] | None = None
+        # A guardrail stop being recorded: nobody is routed to the challenger meanwhile (a store slow to take the
+        # record, up to its 30 s lock timeout, kept sending users to a failing challenger for as long).
+        self._stopping = False
         # ...kept on disk too, so that a gateway restarted before the store is back does not resume the stopped plan.
         self._stop_file = settings.root / "rollout-unrecorded-stop.json"
         self.session: aiohttp.ClientSession | None = None
@@ -507,6 +511,12 @@ class Gateway:
         return Upload(data, content_type, asyncio.ensure_future(run_in_threadpool(check)))
 
     # --- predictions ----------------------------------------------------------------------------------------
+    def route(self, key: str) -> Route:
+        """Where the request of client (or request) `key` goes: as the rollout says, except that nobody goes to the
+        challenger while a guardrail stop is being recorded."""
+        route = self.controller.route(key)
+        return Route("champion") if self._stopping and route.role == "challenger" else route
+
     async def predict(
         self, incoming: Prepared | Upload, client_id: str | None, source: str, t0: float | None = None
     ) -> PredictResponse:
@@ -514,7 +524,7 @@ class Gateway:
         place's tile fetched since counts in `latency_ms`; the client's upload does not)."""
         t0 = time.perf_counter() if t0 is None else t0
         request_id = uuid.uuid4().hex
-        route = self.controller.route(client_id or request_id)
+        route = self.route(client_id or request_id)
         mode = self.controller.state.mode
         # The plan's windows as this request is routed: its outcomes count there, even if the plan changes meanwhile.
         windows = self.controller.windows
@@ -947,6 +957,17 @@ class Gateway:
             if note:
                 events[-1].reason = f"{events[-1].reason}; {note}"
         claims = transition_claims(before, events)
+        self._stopping = events[-1].action == "guardrail-stop"  # in effect on routing now, recorded below
+        try:
+            return await self._record_decided(before, after, events, claims)
+        finally:
+            self._stopping = False
+
+    async def _record_decided(
+        self, before: RolloutState, after: RolloutState, events: list[Event], claims: list[str]
+    ) -> list[Event]:
+        """Record what a tick decided (`advance`): in effect once recorded, a guardrail stop at once either way."""
+        c = self.controller
         try:
             recorded = await self._after_change(events[0], claim=claims[0], state=after)
         except Exception as exc:  # the store is down
