@@ -308,3 +308,26 @@ def test_a_postgresql_lock_held_by_someone_else_is_an_outage_after_the_lock_time
         assert sorted(r["request_id"] for r in store.rows()) == ["r0", "r1", "r2", "r3"]
     finally:
         store.close()
+
+
+def test_a_clean_close_while_a_lock_holds_the_store_loses_no_row(tmp_path: Path) -> None:
+    """Ctrl-C of `pyrocast up` while an operator's transaction holds the SQLite write lock: the writer's batch fails
+    on the lock timeout before close stops waiting, and is spilled with the queued rows (close gave up first and
+    lost the batch: close waited 15 s, SQLite 30 s). The next start writes every row. Real timeouts (about 10 s):
+    what is tested is how they relate."""
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    spill = tmp_path / "spill.jsonl"
+    store = PredictionStore(url, spill_path=spill, interval_s=0.01, emergency_dir=None).start()
+    store.put_prediction(row(0))
+    assert store.flush(10)
+    with _write_lock(url):
+        store.put_prediction(row(1))
+        time.sleep(0.3)  # the writer took row 1 and waits for the lock inside its INSERT
+        store.put_prediction(row(2))
+        store.close()
+    assert sorted(json.loads(line)["row"]["request_id"] for line in spill.read_text().splitlines()) == ["r1", "r2"]
+    again = PredictionStore(url, spill_path=spill, emergency_dir=None)
+    try:
+        assert sorted(r["request_id"] for r in again.rows()) == ["r0", "r1", "r2"]
+    finally:
+        again.close()

@@ -255,7 +255,10 @@ def image_stats(img: Image.Image) -> dict[str, float]:
     return out
 
 
-LOCK_TIMEOUT_S = 30.0  # how long a statement waits for a lock another connection holds (SQLite: its busy timeout)
+# How long a statement waits for a lock another connection holds (SQLite: its busy timeout). Shorter than what
+# `close` waits for the writer: a write stuck behind a lock at shutdown fails in time to be spilled (at 30 s, a
+# Ctrl-C of `pyrocast up` abandoned it after 15 s and lost its rows).
+LOCK_TIMEOUT_S = 10.0
 
 
 def make_engine(url: str) -> Engine:
@@ -510,11 +513,14 @@ class PredictionStore:
                 self._idle.wait(min(left, 0.5))
         return True
 
-    def close(self, timeout: float = 15.0) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Write everything queued, stop the writer thread; spill what cannot be written.
 
         A writer retrying a refusing database goes straight to the spill file once this is called: its retries
-        (about 16 s) plus the queue's last attempt could outlast the 25 s `pyrocast up` gives a gateway to stop."""
+        (about 16 s) plus the queue's last attempt could outlast the 25 s `pyrocast up` gives a gateway to stop.
+        timeout: how long to wait for the writer (default: past `LOCK_TIMEOUT_S`, so a write waiting on a lock
+        fails and is spilled rather than abandoned)."""
+        timeout = LOCK_TIMEOUT_S + 5.0 if timeout is None else timeout
         self._closing.set()
         if self._thread is not None:
             self._queue.put(None)
@@ -620,7 +626,11 @@ class PredictionStore:
         if not batch and not waiting and self._ready:
             return
         delay = self.retry_delay_s
-        if self._outage_since is not None:
+        if self._outage_since is not None and self._closing.is_set():
+            # Shutting down in an outage: another attempt could wait out a lock again (LOCK_TIMEOUT_S) past what
+            # close waits, and rows abandoned in a call are lost with the process. The next start writes the file.
+            attempts = 0
+        elif self._outage_since is not None:
             attempts = 1
         else:
             attempts = min(3, self.retries) if final else self.retries
