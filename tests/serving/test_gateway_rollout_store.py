@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -581,3 +582,41 @@ def test_a_guardrail_stop_takes_effect_on_routing_while_the_store_is_slow_to_rec
             assert one.controller.state.mode == "champion" and one.route("someone").role == "champion"
 
     asyncio.run(scenario())
+
+
+def test_the_team_is_told_once_when_a_guardrail_stops_a_canary(tmp_path: Path) -> None:
+    """A guardrail stop is notified (PYROCAST_NOTIFY_URLS) by the replica that recorded it, once, and counted in
+    pyrocast_rollout_events_total; before, only training ever notified anyone."""
+    from prometheus_client import generate_latest
+    from pydantic import SecretStr
+
+    from pyrocast.serving.rollout import Guardrails
+    from tests.support.webhook import WebhookReceiver
+
+    async def scenario(hook: WebhookReceiver) -> None:
+        async with replicas(tmp_path) as (one, two):
+            for g in (one, two):
+                g.settings = g.settings.model_copy(
+                    update={"notify_urls": SecretStr(f"json://127.0.0.1:{hook.port}/hook")}
+                )
+            strict = Guardrails(max_error_rate=0.1, min_requests=5)
+            t0 = await started_canary(one, two, CanaryPlan(steps=[1.0], step_seconds=600, guardrails=strict))
+            for g in (one, two):
+                for _ in range(5):
+                    g.controller.record("challenger", False, None)  # both see the challenger fail
+            decided = await asyncio.gather(one.advance(t0 + 1), two.advance(t0 + 1))
+            assert sorted(len(d) for d in decided) == [0, 1]
+            await asyncio.gather(*one._notifications, *two._notifications)
+            counts = [
+                'pyrocast_rollout_events_total{action="guardrail-stop"} 1.0'
+                in generate_latest(g.metrics.registry).decode()
+                for g in (one, two)
+            ]
+            assert sorted(counts) == [False, True]
+
+    with WebhookReceiver() as hook:
+        asyncio.run(scenario(hook))
+        (sent,) = hook.wait_for(1)
+        assert "guardrail-stop" in json.dumps(sent.body) and "error rate" in json.dumps(sent.body), sent.body
+        time.sleep(0.3)
+        assert len(hook.received) == 1, hook.received

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Rollout changes the team is told of (PYROCAST_NOTIFY_URLS) and that have a series from the start.
+NOTIFIED_ACTIONS = ("guardrail-stop", "canary-complete", "promote", "rollback")
+
 
 class Metrics:
     """Prometheus metrics in a registry of their own (several gateways may live in one test process)."""
@@ -67,6 +70,14 @@ class Metrics:
         self.rollout_store_errors = Counter(
             "pyrocast_rollout_store_errors_total", "rollout reads or records the store refused", registry=r
         )
+        self.rollout_events = Counter(
+            "pyrocast_rollout_events_total",
+            "rollout changes this gateway recorded, by action (a guardrail stop is recorded by one replica)",
+            ["action"],
+            registry=r,
+        )
+        for action in NOTIFIED_ACTIONS:  # from the start, so that increase() sees the first one
+            self.rollout_events.labels(action)
         self.rollout_unrecorded = Gauge(
             "pyrocast_rollout_unrecorded_stop",
             "1 while a guardrail stop is in effect here but not yet recorded",

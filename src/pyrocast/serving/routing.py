@@ -31,6 +31,7 @@ from pyrocast.data.layout import atomic_write
 from pyrocast.errors import PyrocastError, ServiceUnavailableError, scrub_secrets
 from pyrocast.imaging import encode_jpeg
 from pyrocast.monitoring.novelty import sentences
+from pyrocast.notify import notify_urls, send
 from pyrocast.ports import service_url
 from pyrocast.serving.api import BackendStatus, ImageryFailed, ModelInfo, PredictResponse, RolloutView, Variant
 from pyrocast.serving.backends import (
@@ -43,7 +44,7 @@ from pyrocast.serving.backends import (
     client_fault,
     swallow_outcome,
 )
-from pyrocast.serving.gateway_metrics import Metrics
+from pyrocast.serving.gateway_metrics import NOTIFIED_ACTIONS, Metrics
 from pyrocast.serving.guards import load_upload
 from pyrocast.serving.rollout import (
     Event,
@@ -162,6 +163,7 @@ class Gateway:
         # A guardrail stop being recorded: nobody is routed to the challenger meanwhile (a store slow to take the
         # record, up to its 30 s lock timeout, kept sending users to a failing challenger for as long).
         self._stopping = False
+        self._notifications: set[asyncio.Future[Any]] = set()  # rollout notifications being sent
         # ...kept on disk too, so that a gateway restarted before the store is back does not resume the stopped plan.
         self._stop_file = settings.root / "rollout-unrecorded-stop.json"
         self.session: aiohttp.ClientSession | None = None
@@ -244,6 +246,8 @@ class Gateway:
             await asyncio.wait(self._background, timeout=5.0)
             for task in list(self._background):  # past the grace: not left to run against a closed store
                 task.cancel()
+        if self._notifications:  # a rollback just before a stop is still told
+            await asyncio.wait(self._notifications, timeout=5.0)
         await self.client.aclose()
         if self.session is not None:
             await self.session.close()
@@ -1094,8 +1098,29 @@ class Gateway:
             log.warning("rollout: %s: %s", ev.action, ev.reason)
         else:
             log.info("rollout: %s%s", ev.action, f": {ev.reason}" if ev.reason else "")
+        self.metrics.rollout_events.labels(ev.action).inc()
+        self._tell_team(ev)
         self._update_gauges()
         return True
+
+    def _tell_team(self, ev: Event) -> None:
+        """Notify the team (PYROCAST_NOTIFY_URLS) of a change on call must know of: a canary stopped or complete, a
+        promotion, a rollback. In the background: a slow webhook never holds the rollout. Only the replica that
+        recorded the change gets here, so the team hears of it once."""
+        if ev.action not in NOTIFIED_ACTIONS or not notify_urls(self.settings):
+            return
+        st = self.controller.state
+        title = f"Pyrocast rollout: {ev.action}"
+        body = "\n".join(
+            [
+                ev.reason or ev.action,
+                f"champion: {st.champion or '-'}; challenger: {st.challenger or '-'}",
+                f"gateway: {service_url(self.settings.serving.host, self.settings.serving.gateway_port)}",
+            ]
+        )
+        task = asyncio.ensure_future(run_in_threadpool(send, self.settings, title, body))
+        self._notifications.add(task)
+        task.add_done_callback(self._notifications.discard)
 
     async def _record(self, ev: Event, claim: str | None = None, state: RolloutState | None = None) -> bool:
         st = state or self.controller.state
