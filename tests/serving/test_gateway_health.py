@@ -16,11 +16,13 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from pyrocast.ports import free_port
 from pyrocast.serving import procs
 from pyrocast.serving.backends import GONE_AFTER, ExplainerProbe, client_fault
+from pyrocast.webapp.app import create_app
 from tests.support.servers import ThreadedServer, XyzServer
 from tests.support.serving import ServingStack, stack_settings
 from tests.support.waiting import wait_for
@@ -102,6 +104,9 @@ def test_a_hung_explainer_is_a_warning_in_healthz_and_metrics_without_slowing_he
         assert _samples(gw.url, "pyrocast_backend_up") == {"champion": 1.0, "challenger": 1.0, "explainer": 0.0}
         view = httpx.get(f"{gw.url}/v1/rollout", timeout=10).json()
         assert not [w for w in view["warnings"] if "explainer" in w]  # the rollout does not depend on it
+        with TestClient(create_app(gw.settings, gateway=gw.url)) as web:  # every page's status indicator says so
+            status = web.get("/api/status").json()
+            assert status["gateway"] == "ok" and expected in status["warnings"], status
     finally:
         _signal_service(gw.explainer, signal.SIGCONT)
     assert wait_for(lambda: _health(gw.url)["explainer"]["up"], 15), "the explainer did not come back"
@@ -488,15 +493,19 @@ def test_a_challenger_that_does_not_answer_is_not_promoted_even_with_force(gw: S
     """Promoting a challenger whose probes fail would give every user a 503 and move the registry aliases to it:
     refused with 409, the rollout and the champion's answers unchanged, and promoted once it answers again."""
     assert gw.challenger is not None
+    gw.set_rollout("ab", {"champion": 1, "challenger": 1})
     _signal_service(gw.challenger, signal.SIGSTOP)
     try:
         assert wait_for(lambda: _health(gw.url)["backends"]["challenger"]["up"] is False, 15)
+        with TestClient(create_app(gw.settings, gateway=gw.url)) as web:  # the models page shows the warning
+            page = web.get("/models").text
+            assert 'id="gateway-warnings"' in page and "does not answer during the ab" in page, page
         r = httpx.post(
             f"{gw.url}/v1/rollout/promote", json={"force": True, "reason": "test"}, headers=gw.admin, timeout=30
         )
         assert r.status_code == 409 and "does not answer its health probes" in r.text, r.text
         view = httpx.get(f"{gw.url}/v1/rollout", timeout=10).json()
-        assert view["state"]["champion"]["version"] == "1" and view["mode"] == "champion", view
+        assert view["state"]["champion"]["version"] == "1" and view["mode"] == "ab", view
     finally:
         _signal_service(gw.challenger, signal.SIGCONT)
     assert wait_for(lambda: _health(gw.url)["backends"]["challenger"]["up"], 15)

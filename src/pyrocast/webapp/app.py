@@ -454,7 +454,14 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
         except GatewayError as exc:
             return JSONResponse({"gateway": "down", **exc.to_dict()})
         body = r.json()
-        return JSONResponse({"gateway": body.get("status", "ok"), "backends": body.get("backends", {})})
+        return JSONResponse(
+            {
+                "gateway": body.get("status", "ok"),
+                "backends": body.get("backends", {}),
+                # What is wrong short of the champion being down (store refusing writes, explainer gone, ...).
+                "warnings": body.get("warnings", []),
+            }
+        )
 
     @app.post("/api/predict")
     async def predict(request: Request, place: Place) -> JSONResponse:

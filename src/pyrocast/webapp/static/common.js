@@ -57,7 +57,14 @@ window.Pyrocast = (function () {
       return;
     }
     const champ = r.data.backends && r.data.backends.champion;
-    if (r.data.gateway === "ok") {
+    const warnings = r.data.warnings || [];
+    if (r.data.gateway === "ok" && warnings.length) {
+      // Answering, but something on call must know of (the store refusing writes, the explainer gone).
+      box.classList.add("degraded");
+      text.textContent = (champ && champ.model ? "Live · champion v" + champ.model.version : "Live") +
+        " · " + warnings.length + (warnings.length === 1 ? " warning" : " warnings");
+      box.title = warnings.join("\n");
+    } else if (r.data.gateway === "ok") {
       box.classList.add("up");
       text.textContent = champ && champ.model ? "Live · champion v" + champ.model.version : "Live";
       box.title = "The gateway and the champion model answer";
