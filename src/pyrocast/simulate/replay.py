@@ -171,7 +171,7 @@ class ReplayResult:
         rate = "-" if self.achieved_rate is None else f"{self.achieved_rate:.1f}"
         console.print(
             f"sent {self.sent} of {self.planned} planned in {self.elapsed_s:.1f} s ({rate}/s, target "
-            f"{self.rate:g}/s; {self.stopped}); errors {self.errors}; ground truth stored for "
+            f"{self.rate:g}/s; {self.stopped}); errors {self.errors}; ground truth accepted by the gateway for "
             f"{self.feedback_stored}; latency p50 {_ms(self.latency(50))} ms, p95 {_ms(self.latency(95))} ms",
             highlight=False,
         )
