@@ -39,12 +39,20 @@ class Report:
 
 
 def uncut_table(title: str, columns: tuple[str, ...], rows: list[tuple[list[str], str]], left: int = 1) -> Table:
-    """A table of `rows` ((cells, style)) whose columns are each as wide as their widest cell: nothing is cut with
-    an ellipsis at 80 columns ("champion-fa…", "afterno…"); the first `left` columns are left-aligned."""
+    """A table of `rows` ((cells, style)) that cuts nothing at 80 columns: no cell ends in an ellipsis
+    ("champion-fa…", "afterno…") and no column is left out. The first `left` columns are left-aligned text that
+    may wrap between words when the rest would not fit (Rich drops whole columns otherwise: a stopped load run's
+    "(not reached)" stages lost the errors column); the others are as wide as their widest cell."""
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for i, col in enumerate(columns):
-        wide = max([len(col), *(len(cells[i]) for cells, _ in rows)])
-        t.add_column(col, justify="left" if i < left else "right", no_wrap=True, min_width=wide)
+    every = [[col, *(cells[i] for cells, _ in rows)] for i, col in enumerate(columns)]
+    widths = [max(len(c) for c in cells) for cells in every]
+    fits = sum(widths) + 2 * (len(widths) - 1) <= 80  # two spaces between columns, none at the edges
+    for i, (col, cells) in enumerate(zip(columns, every, strict=True)):
+        if i < left and not fits:
+            word = max(len(w) for c in cells for w in (c.split() or [""]))
+            t.add_column(col, justify="left", min_width=word, overflow="fold")
+        else:
+            t.add_column(col, justify="left" if i < left else "right", no_wrap=True, min_width=widths[i])
     for cells, style in rows:
         t.add_row(*cells, style=style or None)
     return t

@@ -228,3 +228,49 @@ def test_requests_started_after_the_runs_end_are_left_out_not_counted_in_its_tim
     per, total = summarize(stages, samples, end_s=None)
     assert total.requests == 100 and total.throughput_rps == 10.0
     assert sum(s.requests for s in per) == 100
+
+
+def test_a_stopped_runs_table_keeps_its_errors_column_at_80_columns() -> None:
+    """The "(not reached)" stages of a stopped ramp made the table too wide for 80 columns, and Rich left out the
+    errors column: the stage names wrap instead."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from pyrocast.simulate.load import LoadResult, StageStats
+
+    def stage(name: str, users: int, requests: int = 0, failures: int = 0) -> StageStats:
+        ran = requests > 0
+        return StageStats(
+            name,
+            users,
+            10.0 if ran else 0.0,
+            requests,
+            failures,
+            123.4 if ran else 0.0,
+            *((1234.5, 2345.6, 3456.7) if ran else (None, None, None)),
+        )
+
+    stages = [
+        stage("ramp 1 of 4", 250, 1234, 5),
+        stage("ramp 2 of 4", 500, 2345),
+        stage("ramp 3 of 4", 750),
+        stage("ramp 4 of 4", 1000),
+    ]
+    result = LoadResult(
+        "ramp",
+        "http://127.0.0.1:8000",
+        1000,
+        60.0,
+        stages,
+        stage("total", 500, 3579, 5),
+        {},
+        "now",
+        60.0,
+        Path("x.log"),
+        stopped_early=True,
+    )
+    shown = StringIO()
+    result.render(Console(file=shown, width=80))
+    table = shown.getvalue()
+    assert "errors" in table and "5 (0.4%)" in table and "not" in table and "…" not in table, table
