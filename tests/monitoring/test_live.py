@@ -177,6 +177,8 @@ def test_request_rate_counts_requests_failures_and_sources(store: PredictionStor
     assert data["by_source"] == {"replay": 10, "web": 22}
     assert data["rate_per_s"][-1] == pytest.approx(1 / 60, abs=1e-3)
     assert data["mean_rate_per_s"] == pytest.approx(32 / 3600, abs=1e-4)
+    # The rate over the time traffic covers starts at the first request (29.5 minutes ago), not its bucket.
+    assert data["first_at"] == (NOW - timedelta(minutes=29.5)).isoformat().replace("+00:00", "Z")
 
 
 def test_latency_percentiles_overall_per_variant_and_per_bucket(store: PredictionStore) -> None:

@@ -235,7 +235,8 @@ def test_monitoring_says_utc_and_labels_what_it_draws(live: Live, tab: Tab) -> N
     assert hover and any("rollout champion" in h and "monitoring labels test" in h for h in hover[0])
     assert page.inner_text("#updated").strip() == f"Updated {data['until'][11:19]} UTC."
     assert re.fullmatch(
-        r"[\d.]+ per (second|minute|hour) over the last \d+(\.\d)? (s|min|h)", page.inner_text("#kpi-rate")
+        r"([\d.]+ per (second|minute|hour) over|\d+ requests? in) the last \d+(\.\d)? (s|min|h)",
+        page.inner_text("#kpi-rate"),
     )
     tab.assert_clean()
 

@@ -196,19 +196,21 @@ class Scan:
     source: np.ndarray
     latency_ms: np.ndarray  # float, NaN where unknown
     ok: np.ndarray  # bool: the model answered (no error)
+    second: np.ndarray  # whole seconds since the epoch
 
 
 def scan(engine: Engine, span: Span) -> Scan:
     """Read the window's predictions once (through the time index), for the charts that share them."""
     p = predictions.c
-    k = _bucket(engine, _seconds(engine, p.ts), span)
-    q = select(k, p.request_id, p.served, p.variant, p.model_version, p.source, p.latency_ms, p.error.is_(None)).where(
-        _in_window(span)
-    )
+    seconds = _seconds(engine, p.ts)
+    k = _bucket(engine, seconds, span)
+    q = select(
+        k, p.request_id, p.served, p.variant, p.model_version, p.source, p.latency_ms, p.error.is_(None), seconds
+    ).where(_in_window(span))
     with engine.connect() as conn:
         rows = conn.execute(q).all()
     n = len(rows)
-    cols = list(zip(*rows, strict=True)) if rows else [()] * 8
+    cols = list(zip(*rows, strict=True)) if rows else [()] * 9
     return Scan(
         bucket=np.fromiter((int(b) for b in cols[0]), dtype=np.int64, count=n) - span.first,
         request_id=np.array(cols[1], dtype=object),
@@ -218,6 +220,7 @@ def scan(engine: Engine, span: Span) -> Scan:
         source=np.array(cols[5], dtype=object),
         latency_ms=np.array([np.nan if v is None else v for v in cols[6]], dtype=np.float64),
         ok=np.array(cols[7], dtype=bool),
+        second=np.fromiter((int(s) for s in cols[8]), dtype=np.int64, count=n),
     )
 
 
@@ -261,6 +264,13 @@ def request_rate(engine: Engine, span: Span, rows: Scan | None = None) -> dict[s
         "failed": failed,
         "error_rate": round(failed / total, 4) if total else None,
         "mean_rate_per_s": round(total / seconds, 4) if seconds > 0 else None,
+        # When the window's first request came (UTC): a rate over the time traffic covers, not over whole buckets
+        # (20 minutes of traffic in a 7 d window's 3 h bucket read as a ninth of its rate).
+        "first_at": (
+            datetime.fromtimestamp(int(r.second[user].min()), UTC).isoformat().replace("+00:00", "Z")
+            if user.any()
+            else None
+        ),
         "by_source": dict(sorted(by_source.items())),
     }
 

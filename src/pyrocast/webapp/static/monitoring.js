@@ -157,10 +157,11 @@
   function rateKpi(d) {
     const req = d.requests;
     if (!req.total) return "no requests in this window";
-    const first = req.requests.findIndex(function (n) { return n > 0; });
     const until = Date.parse(d.until);
-    const since = first < 0 ? Date.parse(d.since) : Math.max(Date.parse(d.since), Date.parse(req.start[first]));
-    const seconds = Math.max(d.bucket_s, (until - since) / 1000);
+    const since = req.first_at ? Math.max(Date.parse(d.since), Date.parse(req.first_at)) : Date.parse(d.since);
+    const seconds = (until - since) / 1000;
+    // Less than a minute of traffic has no meaningful rate: say what it was.
+    if (seconds < 60) return req.total + (req.total === 1 ? " request" : " requests") + " in the last " + duration(Math.max(seconds, 1));
     return rateText(req.total / seconds) + " over the last " + duration(seconds);
   }
 
