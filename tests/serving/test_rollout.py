@@ -167,7 +167,7 @@ def test_canary_stops_on_what_all_gateways_saw_when_this_one_saw_too_little() ->
 def test_a_window_of_calls_keeps_the_newest() -> None:
     calls = [{"error": None, "latency_ms": float(i), "label": "wildfire", "champion_label": None} for i in range(30)]
     w = window_of_calls(calls, 10)  # newest first: latencies 0..9 are the newest ten
-    assert w.summary()["requests"] == 10 and w.summary()["p95_ms"] == 9.0
+    assert w.summary()["requests"] == 10 and w.summary()["p95_ms"] == 8.55  # p95 of 0..9, as every page says it
 
 
 def test_shadow_routes_to_champion_with_copies() -> None:
@@ -375,3 +375,18 @@ def test_a_canary_step_ends_only_once_its_challenger_calls_could_be_judged() -> 
         "step_calls": 25,
     }  # the other gateways saw enough of this step
     assert [e.action for e in c.tick(71.0)] == ["promote"]
+
+
+def test_the_guardrails_p95_is_the_monitoring_pages_p95() -> None:
+    """One definition of a percentile: the models page (the canary's window) and the monitoring page read 15.8 and
+    16.0 ms for the same calls."""
+    import numpy as np
+
+    from pyrocast.monitoring.live import _percentiles
+    from pyrocast.serving.rollout import Window
+
+    latencies = [float(x) for x in np.random.default_rng(0).gamma(4.0, 3.0, 60)]
+    w = Window(200)
+    for ms in latencies:
+        w.add(True, ms)
+    assert w.summary()["p95_ms"] == _percentiles(np.array(latencies))["p95"]

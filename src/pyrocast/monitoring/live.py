@@ -34,6 +34,7 @@ from sqlalchemy import BigInteger, Engine, and_, case, cast, extract, func, sele
 
 from pyrocast.errors import InvalidInputError
 from pyrocast.model.metrics import wilson_interval
+from pyrocast.percentiles import percentile
 from pyrocast.serving.store import (
     create_tables,
     feedback,
@@ -464,8 +465,8 @@ def _percentiles(values: np.ndarray) -> dict[str, Any]:
     if a.size == 0:
         return {"n": 0, **{f"p{q}": None for q in PERCENTILES}, "mean": None}
     out: dict[str, Any] = {"n": int(a.size)}
-    for q, v in zip(PERCENTILES, np.percentile(a, PERCENTILES), strict=True):
-        out[f"p{q}"] = round(float(v), 3)
+    for q in PERCENTILES:
+        out[f"p{q}"] = percentile(a, q)
     out["mean"] = round(float(a.mean()), 3)
     return out
 

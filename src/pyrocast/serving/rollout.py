@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from pyrocast.errors import PyrocastError
+from pyrocast.percentiles import percentile
 
 Mode = Literal["champion", "ab", "canary", "shadow"]
 Role = Literal["champion", "challenger"]
@@ -224,8 +225,8 @@ class Window:
             "requests": n,
             "errors": errors,
             "error_rate": errors / n if n else 0.0,
-            "p50_ms": _quantile(lat, 0.50),
-            "p95_ms": _quantile(lat, 0.95),
+            "p50_ms": percentile(lat, 50),
+            "p95_ms": percentile(lat, 95),
             "compared": m,
             "disagreement": (m - sum(self.agreements)) / m if m else 0.0,
         }
@@ -240,13 +241,6 @@ def window_of_calls(calls: Iterable[dict[str, Any]], size: int) -> Window:
         if ok and call.get("champion_label") is not None:
             w.add_agreement(call["label"] == call["champion_label"])
     return w
-
-
-def _quantile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    i = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
-    return round(float(sorted_values[i]), 3)
 
 
 def check_guardrails(g: Guardrails, stats: dict[str, Any]) -> str | None:

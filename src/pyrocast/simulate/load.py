@@ -25,10 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 
 from pyrocast.errors import InvalidInputError, PyrocastError
+from pyrocast.percentiles import percentile
 from pyrocast.report import uncut_table
 from pyrocast.settings import Settings
 from pyrocast.simulate.gateway import check_gateway, gateway_url
@@ -87,7 +87,7 @@ class StageStats:
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 2) if values else None
+    return percentile(values, q, 2)
 
 
 def _stats(name: str, users: int | None, seconds: float, samples: list[list[Any]]) -> StageStats:

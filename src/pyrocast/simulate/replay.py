@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-import numpy as np
 from rich.console import Console
 
 from pyrocast.errors import InvalidInputError
+from pyrocast.percentiles import percentile
 from pyrocast.report import uncut_table
 from pyrocast.settings import Settings
 from pyrocast.simulate.gateway import admin_headers, check_gateway, gateway_url
@@ -114,7 +114,7 @@ class ReplayResult:
 
     def latency(self, q: float) -> float | None:
         ms = [o.latency_ms for o in self.outcomes if o.latency_ms is not None]
-        return round(float(np.percentile(ms, q)), 2) if ms else None
+        return percentile(ms, q, 2)
 
     def switching_clients(self) -> int:
         """Clients answered by more than one model version, fallbacks aside (0 when assignment is sticky)."""
@@ -229,8 +229,8 @@ def accuracy_groups(outcomes: list[Outcome], by_variant: bool = True) -> list[Gr
                 correct=correct,
                 accuracy=correct / n,
                 ci95=(lo, hi),
-                p50_ms=round(float(np.percentile(ms, 50)), 2) if ms else None,
-                p95_ms=round(float(np.percentile(ms, 95)), 2) if ms else None,
+                p50_ms=percentile(ms, 50, 2),
+                p95_ms=percentile(ms, 95, 2),
             )
         )
     return sorted(out, key=lambda g: (_version_key(g.model_version), g.variant))
