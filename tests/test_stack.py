@@ -466,3 +466,31 @@ def test_sigterm_stops_run_up_like_ctrl_c(settings: Settings) -> None:
     events = [ln.split(" ", 1)[1] for ln in (settings.root / "logs" / "up.log").read_text().splitlines()]
     assert events[0].startswith("pyrocast up (pid") and events[1] == f"running: explainer {svc.url}"
     assert events[2:] == ["stop asked (Ctrl-C, SIGTERM or SIGHUP)", "stopped: no process left behind"]
+
+
+def test_a_service_whose_leader_died_alone_leaves_no_worker_answering_on_its_port(settings: Settings) -> None:
+    """BentoML's workers live in sessions of their own: the leader's group SIGKILLed, a worker went on answering on
+    the port while `up` said the service exited, and starting it again by hand failed with "port in use"."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = f"{sys.executable} -m http.server {port} --bind 127.0.0.1"
+    cmd = ["bash", "-c", f"setsid {server} & wait"]  # the worker in a session of its own, as BentoML's are
+
+    def start() -> procs.ServiceProcess:
+        log = settings.root / "logs" / "c.log"
+        return procs.start_process("challenger", cmd, url=url, log_path=log, health_path="/", wait=False)
+
+    side = Service("challenger", url, port, start)
+    stack = Stack(settings, [side]).start(timeout=30)
+    try:
+        assert side.proc is not None
+        os.killpg(side.proc.pid, signal.SIGKILL)  # the leader's group only: the worker is outside it
+        time.sleep(0.5)
+        assert port_in_use("127.0.0.1", port), "the worker died with its leader: nothing was checked"
+        polls = iter(range(4))
+        assert stack.supervise(until=lambda: next(polls, None) is None) == 0
+        assert not port_in_use("127.0.0.1", port)
+    finally:
+        assert stack.stop() == []
+    up_log = (settings.root / "logs" / "up.log").read_text()
+    assert "challenger exited with code -9 (not restarted; 1 of its processes left running were stopped)" in up_log

@@ -237,12 +237,19 @@ class Stack:
             if s.proc is not None and not s.reported_dead and not s.proc.alive():
                 s.reported_dead = True
                 newly.append(s)
+                # Its workers live in sessions of their own: a leader killed alone (SIGKILL of its group, the OOM
+                # killer) leaves them answering on its port, "exited" while it still serves, and a restart by hand
+                # refused with "port in use". They go with it.
+                left = [p for p in s.proc.descendants() if p.pid != s.proc.pid]
+                if left:
+                    s.proc.stop(timeout=5.0)
+                swept = f"; {len(left)} of its processes left running were stopped" if left else ""
                 self.console.print(
-                    f"[red]{s.name} exited with code {s.proc.proc.returncode}[/red] (not restarted); "
+                    f"[red]{s.name} exited with code {s.proc.proc.returncode}[/red] (not restarted{swept}); "
                     f"end of {s.proc.log_path}:\n{s.proc.log_tail(15)}",
                     highlight=False,
                 )
-                record(self.settings, f"{s.name} exited with code {s.proc.proc.returncode} (not restarted)")
+                record(self.settings, f"{s.name} exited with code {s.proc.proc.returncode} (not restarted{swept})")
         return newly
 
     def supervise(self, until: Callable[[], bool] | None = None) -> int:
