@@ -331,3 +331,26 @@ def test_a_clean_close_while_a_lock_holds_the_store_loses_no_row(tmp_path: Path)
         assert sorted(r["request_id"] for r in again.rows()) == ["r0", "r1", "r2"]
     finally:
         again.close()
+
+
+def test_a_writer_waiting_on_a_lock_is_said_before_its_write_fails(tmp_path: Path) -> None:
+    """Rows queue behind a write waiting on a lock: /healthz (`trouble`) says so after SLOW_WRITE_S, not only once
+    the write fails on the lock timeout (on call saw nothing for the first 30-40 s while the queue grew)."""
+    from pyrocast.serving.store import LOCK_TIMEOUT_S, SLOW_WRITE_S
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    store = PredictionStore(url, spill_path=tmp_path / "spill.jsonl", interval_s=0.01, emergency_dir=None).start()
+    try:
+        store.put_prediction(row(0))
+        assert store.flush(10)
+        assert store.trouble() is None
+        with _write_lock(url):
+            t0 = time.monotonic()
+            store.put_prediction(row(1))
+            said = _eventually(store.trouble, LOCK_TIMEOUT_S)
+            assert time.monotonic() - t0 < LOCK_TIMEOUT_S - 1, "said only once the write failed"
+            assert "kept its writer waiting" in said and "rows wait to be written" in said, said
+            assert time.monotonic() - t0 >= SLOW_WRITE_S
+        assert _eventually(lambda: store.trouble() is None and store.count() == 2, 20), store.trouble()
+    finally:
+        store.close()

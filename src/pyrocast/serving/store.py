@@ -259,6 +259,7 @@ def image_stats(img: Image.Image) -> dict[str, float]:
 # `close` waits for the writer: a write stuck behind a lock at shutdown fails in time to be spilled (at 30 s, a
 # Ctrl-C of `pyrocast up` abandoned it after 15 s and lost its rows).
 LOCK_TIMEOUT_S = 10.0
+SLOW_WRITE_S = 3.0  # a database call running this long is said in `trouble` (/healthz) before it fails
 
 
 def make_engine(url: str) -> Engine:
@@ -442,7 +443,8 @@ class PredictionStore:
         self.write_errors = 0
         self._warn = WarnEvery(WARN_EVERY_S, log)
         self._ready = False  # the tables are known to exist
-        self._outage_since: float | None = None  # monotonic time of the first failure since the last success
+        self._outage_since: float | None = None  # when the first attempt that failed since the last success began
+        self._attempt_started: float | None = None  # when the database call running now began (None: none runs)
         self._outage_failures = 0
         self._traced = False  # a traceback was logged in this outage (one is enough)
         self._last_error = ""
@@ -636,6 +638,7 @@ class PredictionStore:
             attempts = min(3, self.retries) if final else self.retries
         written = False
         for attempt in range(attempts):
+            self._attempt_started = time.monotonic()
             try:
                 if not self._ready:
                     create_tables(self.engine)
@@ -649,6 +652,8 @@ class PredictionStore:
                 break
             except Exception as exc:  # the database may be locked or down: retry, never lose the rows
                 self._failed(exc, attempt + 1)
+            finally:
+                self._attempt_started = None
                 if attempt + 1 < attempts:
                     if final:  # the drain at close: its few short retries
                         time.sleep(delay)
@@ -685,8 +690,8 @@ class PredictionStore:
         """Count and (rate-limited) log a failed attempt; the outage's first logged line carries the traceback."""
         self.write_errors += 1
         self._last_error = brief_error(exc)
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
+        if self._outage_since is None:  # from when the failed call began: a lock's wait is part of the outage
+            self._outage_since = self._attempt_started or time.monotonic()
         self._outage_failures += 1
         logged = self._warn(
             "write",
@@ -713,7 +718,16 @@ class PredictionStore:
 
     def trouble(self) -> str | None:
         """What is wrong while the store refuses writes (its last attempt failed, or rows were spilled or held
-        since its last successful write); None while it takes them."""
+        since its last successful write, or its writer has waited `SLOW_WRITE_S` on the database); None while it
+        takes them."""
+        started = self._attempt_started
+        if started is not None and self._outage_since is None and (waited := time.monotonic() - started) > SLOW_WRITE_S:
+            # Not failed yet, but every row queues behind this call (a lock another connection holds: up to
+            # LOCK_TIMEOUT_S): on call sees it now, not once the call fails.
+            return (
+                f"the prediction store ({self.shown_url}) has kept its writer waiting {waited:.0f} s (a lock another "
+                f"connection holds, or a slow database): {self.queue_depth} rows wait to be written"
+            )
         if self._refused_since_whole and self._outage_since is None and not self._spilled_since_ok and not self._held:
             return (
                 f"the prediction store ({self.shown_url}) refuses rows for what they hold ({self._last_refusal}): "
