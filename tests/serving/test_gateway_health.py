@@ -512,3 +512,25 @@ def test_a_challenger_that_does_not_answer_is_not_promoted_even_with_force(gw: S
     view = gw.set_rollout("promote", {"reason": "it answers again"})
     assert view["state"]["champion"]["version"] == "2", view
     gw.set_rollout("rollback", {"reason": "test reset"})
+
+
+def test_a_fallback_answer_stores_the_time_its_user_waited_for_the_failed_challenger_too(
+    gw: ServingStack, jpeg: bytes
+) -> None:
+    """A user sent to a hung challenger waits until its probes give it up, then gets the champion's answer: that
+    answer's stored latency (the monitoring page's) includes the wait, not the champion's few ms alone."""
+    assert gw.challenger is not None
+    gw.set_rollout("ab", {"champion": 0, "challenger": 1})
+    _signal_service(gw.challenger, signal.SIGSTOP)
+    try:
+        t0 = time.perf_counter()
+        r = httpx.post(f"{gw.url}/v1/predict", files={"image": ("t.jpg", jpeg, "image/jpeg")}, timeout=60)
+        waited_ms = (time.perf_counter() - t0) * 1000
+        assert r.status_code == 200 and r.json()["variant"] == "champion-fallback", r.text
+        assert waited_ms > 1000, "the challenger failed at once: nothing was checked"
+        rows = wait_for(lambda: httpx.get(f"{gw.url}/v1/predictions/{r.json()['request_id']}", timeout=10).json(), 10)
+        served = next(row for row in rows if row["served"])
+        assert served["latency_ms"] > 0.8 * waited_ms, (served["latency_ms"], waited_ms)
+    finally:
+        _signal_service(gw.challenger, signal.SIGCONT)
+        gw.set_rollout("champion", {"reason": "test reset"})

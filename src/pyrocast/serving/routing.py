@@ -539,9 +539,12 @@ class Gateway:
         base = self._base_row(tile, request_id, client_id, source, mode)
         answer: Answer | None = None
         variant: Variant = "champion"
+        waited_ms = 0.0
         if route.role == "challenger":
+            t_challenger = time.perf_counter()
             answer = await self._call_challenger(tile, base, windows, started if first == "challenger" else None)
             variant = "challenger"
+            waited_ms = (time.perf_counter() - t_challenger) * 1000
         if answer is None:
             if route.role == "challenger":
                 variant = "champion-fallback"
@@ -553,6 +556,7 @@ class Gateway:
                 served=True,
                 started=started if first == "champion" else None,
                 windows=windows,
+                waited_ms=waited_ms if variant == "champion-fallback" else 0.0,
             )
         total_ms = (time.perf_counter() - t0) * 1000
         self.metrics.request_latency.labels(variant, answer.model.version).observe(total_ms / 1000)
@@ -612,9 +616,11 @@ class Gateway:
         served: bool,
         started: asyncio.Task[Answer] | None = None,
         windows: dict[str, Window] | None = None,
+        waited_ms: float = 0.0,
     ) -> Answer:
         """Call a role's backend (or finish the call `started` for it) and store the outcome (a served champion's in
-        `windows`, the rollout windows in force when the request was routed).
+        `windows`, the rollout windows in force when the request was routed). waited_ms: model time this answer's
+        user already spent (a challenger that failed first), stored with the answer's latency.
 
         Raises BackendError on failure (stored too)."""
         be = self.backend(role)
@@ -667,7 +673,9 @@ class Gateway:
                 "precision": answer.precision,
                 "probability": answer.probability,
                 "label": answer.label,
-                "latency_ms": round(answer.latency_ms, 3),
+                # What the user waited for the models: a fallback's includes the challenger's failed call (stored
+                # alone, monitoring showed a champion-fallback p95 of 9.5 ms for answers that took 5-10 s).
+                "latency_ms": round(answer.latency_ms + waited_ms, 3),
                 "ood": None if findings is None else bool(findings),
                 "ood_stats": ",".join(f.stat for f in findings) if findings else None,
             }
