@@ -67,6 +67,8 @@ def registered(settings: Settings, tmp_path: Path) -> Settings:
         run_id = client.create_run(exp).info.run_id
         client.log_metric(run_id, "test_accuracy", 0.9 if kind == "good" else 0.5)
         client.log_metric(run_id, "test_n", 40)
+        if kind == "always_fire":  # the decision measured the exported model as served: lower than torch's
+            client.log_metric(run_id, "decision_new_accuracy", 0.45)
         rv = registry.register_bundle(settings, run_id, make_standin_bundle(tmp_path / kind, kind))
         registry.set_alias(settings, alias, rv.version)
     return settings
@@ -128,7 +130,14 @@ def test_models_reads_at_80_columns_when_piped(registered: Settings) -> None:
     r = cli("models", settings=registered, env={"COLUMNS": "80"})  # captured: not a terminal, as `| cat` is
     assert r.returncode == 0, r.stderr
     assert "…" not in r.stdout and max(map(len, r.stdout.splitlines())) <= 80, r.stdout
-    for whole in ("v2  challenger", "v1  champion", "accuracy 0.9000", "accuracy 0.5000", "test n 40", "created 20"):
+    for whole in (
+        "v2  challenger",
+        "v1  champion",
+        "accuracy 0.9000",
+        "accuracy 0.5000 (served 0.4500)",
+        "test n 40",
+        "created 20",
+    ):
         assert whole in r.stdout, r.stdout
     rows = json.loads(cli("models", "--json", settings=registered, env={"COLUMNS": "80"}).stdout)
     assert [x["n_test"] for x in rows] == [40, 40] and all(type(x["n_test"]) is int for x in rows)

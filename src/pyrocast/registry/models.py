@@ -339,6 +339,9 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
                 "run_id": mv.run_id,
                 **{k: metrics.get(f"test_{k}", metrics.get(k)) for k in KEY_METRICS},
                 "n_test": metrics.get("test_n"),
+                # The exported model as served (its precision, INT8 or FP32), on the test tiles, where the decision
+                # compared it with a champion; `accuracy` is the trained (torch) model's.
+                "served_accuracy": metrics.get("decision_new_accuracy"),
                 "decision": tags.get(TAG_DECISION),
                 "reason": tags.get(TAG_REASON),
                 "artifacts": tags.get(TAG_ARTIFACTS, "unverified"),
