@@ -413,6 +413,12 @@ def canary(
         raise InvalidInputError(f"--steps must increase, got {' -> '.join(map(share_text, shares))}")
     if not 0 < every < float("inf"):
         raise InvalidInputError(f"--every must be a positive number of seconds, got {every:g}")
+    if min_requests > window:  # said in the flags' words (the gateway's 422 names its API fields)
+        raise InvalidInputError(
+            f"--min-requests ({min_requests}) must not exceed --window ({window}): the guardrails would never have "
+            "enough observations to judge",
+            f"e.g. --min-requests {min_requests} --window {max(min_requests, 200)}",
+        )
     if not as_json:
         out.print(read_as, highlight=False)
     body = {
