@@ -159,7 +159,7 @@ def test_rollout_bodies_with_unknown_fields_are_refused(cli_env: ServingStack) -
 
 def test_guardrails_that_could_never_judge_are_refused_and_window_makes_them_possible(cli_env: ServingStack) -> None:
     result = runner.invoke(app, ["rollout", "canary", "--min-requests", "300", "--url", cli_env.url])
-    assert result.exit_code != 0 and "must not exceed window (200)" in str(result.exception), result.output
+    assert result.exit_code != 0 and "must not exceed --window (200)" in str(result.exception), result.output
     view = rollout(cli_env, "canary", "--min-requests", "300", "--window", "300")
     assert view["state"]["canary"]["guardrails"]["window"] == 300
     rollout(cli_env, "champion")

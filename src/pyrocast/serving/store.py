@@ -652,7 +652,6 @@ class PredictionStore:
                 break
             except Exception as exc:  # the database may be locked or down: retry, never lose the rows
                 self._failed(exc, attempt + 1)
-            finally:
                 self._attempt_started = None
                 if attempt + 1 < attempts:
                     if final:  # the drain at close: its few short retries
@@ -660,6 +659,8 @@ class PredictionStore:
                     elif self._closing.wait(delay):
                         break  # shutting down: to the spill file now, not after the retries
                     delay = min(delay * 2, 5.0)
+            finally:
+                self._attempt_started = None
         if not written:
             if not batch:
                 return
