@@ -77,6 +77,24 @@ def test_secrets_are_scrubbed_from_an_mlflow_error_and_from_every_log_line(monke
     logger.addHandler(handler)
     try:
         logger.warning("promotion postponed: %s", raw)
+        try:
+            raise RuntimeError(raw)
+        except RuntimeError:
+            logger.exception("rollback failed")  # the traceback quotes it too
     finally:
         logger.removeHandler(handler)
-    assert "promotion postponed" in stream.getvalue() and "s3cret-pw" not in stream.getvalue(), stream.getvalue()
+    shown = stream.getvalue()
+    assert "promotion postponed" in shown and "RuntimeError" in shown and "s3cret-pw" not in shown, shown
+    assert "tok-123456" not in shown
+
+
+def test_secrets_given_by_configuration_are_scrubbed_too(tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    from pyrocast.errors import scrub_secrets
+    from pyrocast.settings import Settings
+
+    hook = "json://127.0.0.1:9/hooks/abcdef-webhook-token"
+    Settings(data_dir=tmp_path, notify_urls=SecretStr(hook), mapbox_token=SecretStr("pk.configured-in-yaml"))
+    said = scrub_secrets(f"delivery to {hook} failed; tile with pk.configured-in-yaml refused")
+    assert "abcdef-webhook-token" not in said and "pk.configured-in-yaml" not in said, said

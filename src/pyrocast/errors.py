@@ -18,32 +18,59 @@ SECRET_ENV = (
 )
 
 
+_KNOWN: set[str] = set()  # secrets given by configuration (pyrocast.yaml), not only by the environment
+
+
+def add_secrets(*values: str | None) -> None:
+    """Make `scrub_secrets` replace these values too (settings' secrets, wherever they were read from)."""
+    _KNOWN.update(v for v in values if v and len(v) >= 4)
+
+
 def scrub_secrets(text: str) -> str:
-    """`text` with secrets from the environment and passwords in URLs replaced by ***, to show or log it."""
-    for name in SECRET_ENV:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
+    """`text` with secrets (the environment's, those given to `add_secrets`) and passwords in URLs replaced by ***,
+    to show or log it."""
+    known = {os.environ.get(name) or "" for name in SECRET_ENV} | _KNOWN
+    for value in sorted(known, key=len, reverse=True):  # a longer secret first: it may contain a shorter one
+        if len(value) >= 4:
             text = text.replace(value, "***")
     return re.sub(r"(://[^/\s:@]+):[^@\s/]+@", r"\1:***@", text)
 
 
 class ScrubSecrets(logging.Filter):
-    """A handler filter that writes every record with `scrub_secrets` applied: a library's exception text (MLflow's
-    "API request to http://user:password@host/... failed") is logged as it comes, wherever it is logged."""
+    """A handler filter that writes every record with `scrub_secrets` applied, its traceback included: a library's
+    exception text (MLflow's "API request to http://user:password@host/... failed") is logged as it comes, wherever
+    it is logged."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: logging reports it as it always did, never at the caller
+            return True
         clean = scrub_secrets(message)
         if clean != message:
             record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:  # formatted here, as the handler's formatter would, scrubbed
+            record.exc_text = scrub_secrets(_FORMATTER.formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = scrub_secrets(record.exc_text)
+        if record.stack_info:
+            record.stack_info = scrub_secrets(record.stack_info)
         return True
 
 
+_FORMATTER = logging.Formatter()
+
+
 def scrub_log_secrets() -> None:
-    """Put `ScrubSecrets` on the root logger's handlers (call after configuring them)."""
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, ScrubSecrets) for f in handler.filters):
-            handler.addFilter(ScrubSecrets())
+    """Put `ScrubSecrets` on every handler configured so far: the root logger's and any other logger's (uvicorn's
+    and BentoML's do not propagate). Call after configuring them."""
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, ScrubSecrets) for f in handler.filters):
+                handler.addFilter(ScrubSecrets())
 
 
 class PyrocastError(Exception):

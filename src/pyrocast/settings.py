@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
@@ -144,6 +144,16 @@ class Settings(BaseSettings):
     mapbox_token: SecretStr | None = None
     notify_urls: SecretStr | None = None
     admin_token: SecretStr | None = None
+
+    def model_post_init(self, __context: Any) -> None:
+        # Whatever a library echoes of them (a webhook URL, a token in a request) is scrubbed from logs and answers.
+        from pyrocast.errors import add_secrets
+
+        urls = self.notify_urls.get_secret_value() if self.notify_urls else ""
+        add_secrets(
+            *(s.get_secret_value() for s in (self.mapbox_token, self.admin_token, self.notify_urls) if s),
+            *(u.strip() for u in urls.replace("\n", ",").split(",")),
+        )
 
     @classmethod
     def settings_customise_sources(

@@ -39,7 +39,7 @@ from PIL import Image
 from pydantic import AfterValidator
 
 from pyrocast.data.layout import CLASSES
-from pyrocast.errors import PyrocastError
+from pyrocast.errors import PyrocastError, scrub_log_secrets
 from pyrocast.model.bundle import Bundle, OnnxClassifier
 from pyrocast.model.preprocess import PreprocessSpec, preprocess
 from pyrocast.monitoring.novelty import Novelty
@@ -148,6 +148,7 @@ class Classifier:
     """One model version, scored with ONNX Runtime."""
 
     def __init__(self) -> None:
+        scrub_log_secrets()  # BentoML's handlers exist by now: a traceback quoting a password is scrubbed
         self.bundle = resolve_bundle(_settings)
         # "registry" models have aliases the gateway moves on promote/rollback; bundle folders have none.
         self.source = "folder" if os.environ.get(ENV_BUNDLE) else "registry"

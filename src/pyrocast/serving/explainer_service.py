@@ -34,7 +34,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError, scrub_secrets
+from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError, scrub_log_secrets, scrub_secrets
 from pyrocast.model.bundle import Bundle, OnnxClassifier, load_bundle
 from pyrocast.registry.refs import check_model_ref
 from pyrocast.serving.bundles import SERVING_ORT_CONFIG, resolve_bundle, resolve_precision, serving_precision
@@ -125,6 +125,7 @@ class Explainer:
     """Occlusion heatmaps for any served model version."""
 
     def __init__(self) -> None:
+        scrub_log_secrets()  # BentoML's handlers exist by now: a traceback quoting a password is scrubbed
         self.folders = parse_bundle_map(os.environ.get("PYROCAST_EXPLAIN_BUNDLES"))
         self.models: OrderedDict[str, OnnxClassifier] = OrderedDict()
         self.last_for: dict[tuple[str, str | None], str] = {}  # (name asked, precision) -> its model's key, last time

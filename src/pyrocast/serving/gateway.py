@@ -765,6 +765,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
         log_level=args.log_level,
         access_log=False,
         timeout_graceful_shutdown=20,
+        log_config=None,  # uvicorn's lines (an ASGI exception's traceback) go through the root's scrubbing handler
     )
 
 

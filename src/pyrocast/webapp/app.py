@@ -695,6 +695,7 @@ def run(settings: Settings | None = None, host: str | None = None, port: int | N
         port=port or settings.serving.webapp_port,
         log_level="warning",
         access_log=False,
+        log_config=None,  # uvicorn's lines go through the root's scrubbing handler
     )
 
 
