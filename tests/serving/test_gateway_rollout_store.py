@@ -35,9 +35,13 @@ async def replicas(tmp_path: Path) -> AsyncIterator[tuple[Gateway, Gateway]]:
     settings.ensure_dirs()
     one, two = (Gateway(settings, PredictionStore(settings.store_database_url)) for _ in range(2))
     try:
-        for g in (one, two):
-            g.controller.set_models(V1, V2)
-        yield one, two
+        # Classifiers that answer their probes (v1 and v2): a promotion goes only to one that answers.
+        with _Classifier("1") as a, _Classifier("2") as b:
+            for g in (one, two):
+                g.backends["a"].url, g.backends["b"].url = a.base, b.base
+                await g.refresh_backends()
+                g.controller.set_models(V1, V2)
+            yield one, two
     finally:
         for g in (one, two):
             await g.client.aclose()
@@ -407,9 +411,10 @@ class _Classifier(ThreadedServer):
     """A classifier as the gateway's probe sees it: /readyz, and /model/info with a version that can change (its
     service restarted on another version)."""
 
-    def __init__(self, version: str) -> None:
+    def __init__(self, version: str, ready: bool = True) -> None:
         super().__init__()
         self.version = version
+        self.ready = ready  # False: /readyz answers 503 (loading, or broken)
 
     def start(self) -> _Classifier:
         server = self
@@ -419,7 +424,8 @@ class _Classifier(ThreadedServer):
                 body = b""
                 if self.path == "/model/info":
                     body = json.dumps({"name": "m", "version": server.version, "source": "folder"}).encode()
-                self.send_response(200 if self.path in ("/readyz", "/model/info") else 404)
+                ok = self.path == "/model/info" or (self.path == "/readyz" and server.ready)
+                self.send_response(200 if ok else 503 if self.path == "/readyz" else 404)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -511,6 +517,9 @@ def test_a_canary_step_resumes_for_its_whole_time_after_every_gateway_was_down(t
             one.store.add_event("canary", "canary", saved)
             again = Gateway(one.settings, PredictionStore(one.store.url))
             try:
+                for slot in ("a", "b"):  # the same classifiers, answering
+                    again.backends[slot].url = one.backends[slot].url
+                await again.refresh_backends()
                 again.controller.set_models(V1, V2)
                 await again._resume()
                 assert again.controller.state.mode == "canary"
@@ -620,3 +629,24 @@ def test_the_team_is_told_once_when_a_guardrail_stops_a_canary(tmp_path: Path) -
         assert "guardrail-stop" in json.dumps(sent.body) and "error rate" in json.dumps(sent.body), sent.body
         time.sleep(0.3)
         assert len(hook.received) == 1, hook.received
+
+
+def test_a_canary_does_not_auto_promote_a_challenger_that_does_not_answer(tmp_path: Path) -> None:
+    """Its last step judged, the canary completes: the promotion waits while the challenger's classifier fails its
+    probes (it would answer everyone: every prediction a 503), as a manual promote is refused."""
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            t0 = await started_canary(one, two, CanaryPlan(steps=[1.0], step_seconds=60, auto_promote=True))
+            judged(one)
+            with _Classifier("2", ready=False) as broken:
+                one.backends["b"].url = broken.base
+                await one.refresh_backends()
+                assert await one.advance(t0 + 61) == []
+                assert one.controller.state.mode == "canary" and one.controller.state.champion == V1
+                broken.ready = True
+                await one.refresh_backends()
+                one._promote_retry_at = 0.0  # the 30 s wait before trying again, skipped
+                assert [e.action for e in await one.advance(t0 + 62)] == ["promote"]
+
+    asyncio.run(scenario())

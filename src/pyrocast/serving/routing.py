@@ -960,6 +960,15 @@ class Gateway:
         if any(ev.action == "promote" for ev in events):
             if time.monotonic() < self._promote_retry_at:
                 return []
+            target = next((b for b in self.backends.values() if b.ref == after.champion), None)
+            if target is None or not target.up or target.gone:  # it would answer everyone: as a manual promote
+                self._promote_retry_at = time.monotonic() + PROMOTE_RETRY_S
+                self._warn(
+                    "promote-down",
+                    "canary complete, promotion postponed: the classifier serving %s does not answer its probes",
+                    after.champion,
+                )
+                return []
             try:
                 note = await run_in_threadpool(self._move_aliases, after.champion, after.challenger)
             except Exception as exc:  # the canary stays at its last step; tried again in PROMOTE_RETRY_S
