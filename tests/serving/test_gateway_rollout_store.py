@@ -650,3 +650,27 @@ def test_a_canary_does_not_auto_promote_a_challenger_that_does_not_answer(tmp_pa
                 assert [e.action for e in await one.advance(t0 + 62)] == ["promote"]
 
     asyncio.run(scenario())
+
+
+def test_a_guardrail_stop_that_loses_to_another_replicas_promotion_rolls_it_back(tmp_path: Path) -> None:
+    """Both at the canary's end: replica two, which saw the challenger answer well, records the auto-promotion a
+    moment before replica one, which saw it fail, records its stop. One claim per state: the stop loses, and it
+    used to be dropped, leaving the failing challenger champion for everyone. Now it rolls the promotion back."""
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            plan = CanaryPlan(steps=[1.0], step_seconds=60, auto_promote=True)
+            t0 = await started_canary(one, two, plan)
+            judged(two)
+            for _ in range(30):
+                one.controller.record("challenger", False, None)
+            assert [e.action for e in await two.advance(t0 + 61)] == ["promote"]
+            assert [e.action for e in await one.advance(t0 + 61)] == ["rollback"]
+            for g in (one, two):
+                await g.follow_store()
+                assert g.controller.state.champion == V1 and g.controller.state.mode == "champion"
+            actions = [e["action"] for e in one.store.events()]
+            assert actions[:3] == ["rollback", "promote", "canary"], actions
+            assert "as another gateway promoted it" in (one.store.events(1)[0]["reason"] or "")
+
+    asyncio.run(scenario())

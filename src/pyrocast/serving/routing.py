@@ -33,7 +33,15 @@ from pyrocast.imaging import encode_jpeg
 from pyrocast.monitoring.novelty import sentences
 from pyrocast.notify import notify_urls, send
 from pyrocast.ports import service_url
-from pyrocast.serving.api import BackendStatus, ImageryFailed, ModelInfo, PredictResponse, RolloutView, Variant
+from pyrocast.serving.api import (
+    BackendStatus,
+    ImageryFailed,
+    ModelInfo,
+    PredictResponse,
+    ReasonBody,
+    RolloutView,
+    Variant,
+)
 from pyrocast.serving.backends import (
     PROBE_INTERVAL_S,
     Answer,
@@ -1012,12 +1020,29 @@ class Gateway:
             await self.follow_store()
             if any(ev.action == "promote" for ev in events):
                 await self._aliases_as_recorded(after)
+            if events[-1].action == "guardrail-stop":
+                return await self._overrule_promotion(before, events[-1])
             return []
         for i in range(1, len(events)):
             if not await self._after_change(events[i], claim=claims[i]):
                 await self.follow_store()
                 return events[:i]
         return events
+
+    async def _overrule_promotion(self, before: RolloutState, stop: Event) -> list[Event]:
+        """A guardrail stop here lost its claim to another replica's auto-promotion of the very challenger it stopped
+        (both decided at the canary's end): safety first, that promotion is rolled back (recorded and told like an
+        operator's), rather than leaving a challenger that breaks a guardrail answering everyone."""
+        st = self.controller.state
+        if before.challenger is None or st.mode != "champion" or st.champion != before.challenger:
+            return []
+        reason = f"{stop.reason}, as another gateway promoted it: rolled back"
+        log.error("rollout: %s", reason)
+        try:
+            return [await self._change("rollback", ReasonBody(reason=reason))]
+        except Exception as exc:  # the previous champion does not answer, or the store refuses: on call must act
+            log.error("rollout: could not roll back %s (%s): roll back by hand", st.champion, exc)
+            return []
 
     async def _aliases_as_recorded(self, mine: RolloutState) -> None:
         """After an auto-promotion whose aliases were moved here lost its claim: the registry aliases follow the
