@@ -365,16 +365,28 @@ def test_a_canary_step_ends_only_once_its_challenger_calls_could_be_judged() -> 
     assert [e.action for e in c.tick(62.0)] == ["canary-step"]
     assert c.snapshot(62.0)["canary_step_calls"] == 0  # the calls of the step before do not count for this one
     assert c.tick(70.0) == []  # its time is up, but nothing judged it: no promotion
-    c.fleet_stats = {
-        "requests": 25,
-        "errors": 0,
-        "error_rate": 0.0,
-        "p95_ms": 5.0,
-        "compared": 0,
-        "disagreement": 0.0,
-        "step_calls": 25,
-    }  # the other gateways saw enough of this step
+    fleet = {"requests": 25, "errors": 0, "error_rate": 0.0, "p95_ms": 5.0, "compared": 0, "disagreement": 0.0}
+    c.fleet_stats = {**fleet, "step_calls": 25, "step": (c.state.updated_at, 0)}  # counted for the step before
+    assert c.tick(70.5) == []
+    c.fleet_stats = {**fleet, "step_calls": 25, "step": (c.state.updated_at, 1)}  # other gateways saw this one
     assert [e.action for e in c.tick(71.0)] == ["promote"]
+
+
+def test_a_canary_stored_with_min_requests_over_window_still_ends() -> None:
+    """Allowed in states stored before the rule: a window keeps at most `window` calls, so `min_requests` more could
+    never be counted, and such a canary stayed on its step for good."""
+    from pyrocast.serving.rollout import stored_state
+
+    c = controller()
+    c.start_canary(CanaryPlan(steps=[1.0], step_seconds=5), now=0.0)
+    saved = c.state.model_dump(mode="json")
+    saved["canary"]["guardrails"].update(window=10, min_requests=30)
+    c.state = stored_state(saved)
+    c._reset_windows()
+    for _ in range(10):
+        c.record("challenger", True, 5.0)
+    assert c.snapshot(6.0)["canary_step_needs"] == 10
+    assert [e.action for e in c.tick(6.0)] == ["canary-complete"]
 
 
 def test_the_guardrails_p95_is_the_monitoring_pages_p95() -> None:

@@ -243,6 +243,12 @@ def window_of_calls(calls: Iterable[dict[str, Any]], size: int) -> Window:
     return w
 
 
+def step_needs(g: Guardrails) -> int:
+    """Challenger calls a canary step needs before it may end: `min_requests`, at most the `window` the counts are
+    kept in (a canary stored before that rule held with min_requests over window would never end)."""
+    return min(g.min_requests, g.window)
+
+
 def check_guardrails(g: Guardrails, stats: dict[str, Any]) -> str | None:
     """The reason to stop a canary, or None. Each test needs `min_requests` observations first."""
     n, m = stats["requests"], stats["compared"]
@@ -309,8 +315,10 @@ class RolloutController:
     def step_calls(self) -> int:
         """Challenger calls recorded during the canary's current step, here or through every gateway on the store
         (`fleet_stats["step_calls"]`), whichever saw more."""
-        fleet = int((self.fleet_stats or {}).get("step_calls") or 0)
-        return max(self.windows["challenger"].count(self._step()), fleet)
+        fleet = self.fleet_stats or {}
+        # Counted for this very step (a count read before a step was recorded here would let the next one end unseen).
+        counted = int(fleet.get("step_calls") or 0) if fleet.get("step") == self._step() else 0
+        return max(self.windows["challenger"].count(self._step()), counted)
 
     def record(self, role: Role, ok: bool, latency_ms: float | None, windows: dict[str, Window] | None = None) -> None:
         """Count a call's outcome. windows: the `windows` in force when the call began (a call that outlives its
@@ -443,7 +451,7 @@ class RolloutController:
         due = now - step_since(st) >= st.canary.step_seconds
         # A step ends only once the guardrails could judge it: on time alone a canary with no challenger traffic
         # (a quiet hour, a 10% share of little) ramped to 100% and completed "without breaking a guardrail".
-        if due and not st.canary_complete and self.step_calls() < g.min_requests:
+        if due and not st.canary_complete and self.step_calls() < step_needs(g):
             return []
         if st.canary_step < last and due:
             st.canary_step += 1
@@ -469,7 +477,7 @@ class RolloutController:
             out["canary_next_step_at"] = nxt if st.canary_step + 1 < len(st.canary.steps) else None
             # The step's challenger calls and how many it needs before it may end (`tick`).
             out["canary_step_calls"] = self.step_calls()
-            out["canary_step_needs"] = st.canary.guardrails.min_requests
+            out["canary_step_needs"] = step_needs(st.canary.guardrails)
         out["stats"] = {role: w.summary() for role, w in self.windows.items()}
         if self.fleet_stats is not None:
             out["stats"][FLEET] = self.fleet_stats

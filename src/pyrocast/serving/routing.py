@@ -364,6 +364,7 @@ class Gateway:
         stats = window_of_calls(counted, st.canary.guardrails.window).summary()
         began = step_since(st)  # read at most `window` calls: enough to tell whether the step has `min_requests`
         stats["step_calls"] = sum(1 for call in counted if call["t"] >= began)
+        stats["step"] = (st.updated_at, st.canary_step)  # the step they were counted for
         c.fleet_stats = stats
 
     def _update_gauges(self) -> None:
