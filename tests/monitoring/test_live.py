@@ -189,13 +189,17 @@ def test_latency_percentiles_overall_per_variant_and_per_bucket(store: Predictio
         store.put_prediction(pred(f"x{i}", 20.5, variant="challenger", model_version="2", latency_ms=200.0))
     store.put_prediction(pred("s", 1, variant="shadow", served=False, latency_ms=5000.0))
     store.put_prediction(pred("e", 1, served=False, latency_ms=None, error="boom", label=None))
+    # A fallback answer: its latency includes the challenger's failed call, its user's wait, not v1's own time.
+    store.put_prediction(pred("f", 2, variant="champion-fallback", latency_ms=6000.0))
     data = live.latency_percentiles(engine_of(store), live.make_span("1h", now=NOW))
+    assert data["by_variant"]["champion-fallback"]["p50"] == 6000.0
+    assert data["by_version"]["1"]["n"] == 100 and data["by_version"]["1"]["p99"] == pytest.approx(99.01)
     assert data["by_variant"]["champion"]["n"] == 100
     assert data["by_variant"]["champion"]["p50"] == pytest.approx(50.5)
     assert data["by_variant"]["champion"]["p99"] == pytest.approx(99.01)
     assert data["by_variant"]["challenger"]["p95"] == 200.0
     assert "shadow" not in data["by_variant"]  # nobody waited for a shadow answer
-    assert data["overall"]["n"] == 120
+    assert data["overall"]["n"] == 121  # every answer a user waited for, the fallback too
     assert data["by_version"]["2"]["p50"] == 200.0
     assert list(data["by_version"]) == ["1", "2"]
     assert data["p50"][-21] == 200.0  # the challenger's bucket, 20.5 minutes ago

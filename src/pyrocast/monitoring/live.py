@@ -291,9 +291,13 @@ def latency_percentiles(engine: Engine, span: Span, rows: Scan | None = None) ->
     return {
         "overall": _percentiles(ms),
         "by_variant": {str(v): _percentiles(ms[variants == v]) for v in sorted(set(variants.tolist()))},
+        # A version's own answering time: a champion-fallback answer's latency includes the challenger's failed call
+        # (what its user waited), which is not the champion's (it has its own variant above).
         "by_version": {
-            str(v): _percentiles(ms[versions == v])
-            for v in sorted(set(versions.tolist()), key=lambda x: _version_key((x, None)))
+            str(v): _percentiles(ms[(versions == v) & (variants != "champion-fallback")])
+            for v in sorted(
+                set(versions[variants != "champion-fallback"].tolist()), key=lambda x: _version_key((x, None))
+            )
         },
         **span.axis(),
         **series,
