@@ -354,3 +354,17 @@ def test_a_writer_waiting_on_a_lock_is_said_before_its_write_fails(tmp_path: Pat
         assert _eventually(lambda: store.trouble() is None and store.count() == 2, 20), store.trouble()
     finally:
         store.close()
+
+
+def test_the_lock_timeout_is_added_to_the_options_a_postgresql_url_gives(postgres_url: str) -> None:
+    """A URL's own libpq options (a search_path) are kept beside the store's lock timeout: connect_args replace the
+    URL's, and the store's tables went to `public`."""
+    from pyrocast.serving.store import make_engine
+
+    engine = make_engine(postgres_url + "?options=-csearch_path%3Dpyrocast_test%2Cpublic")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW search_path").scalar() == "pyrocast_test,public"
+            assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "10s"
+    finally:
+        engine.dispose()

@@ -254,15 +254,16 @@ class Gateway:
             await asyncio.wait(self._background, timeout=5.0)
             for task in list(self._background):  # past the grace: not left to run against a closed store
                 task.cancel()
-        if self._notifications:  # a rollback just before a stop is still told
-            await asyncio.wait(self._notifications, timeout=5.0)
         await self.client.aclose()
         if self.session is not None:
             await self.session.close()
         if self._provider is not None and hasattr(self._provider, "close"):
             with contextlib.suppress(Exception):
                 self._provider.close()
-        await run_in_threadpool(self.store.close)
+        # The store closes while notifications still being sent finish (a rollback just before a stop is still
+        # told), within the time `pyrocast up` gives a gateway to stop, not after it.
+        told = asyncio.wait(self._notifications, timeout=5.0) if self._notifications else asyncio.sleep(0)
+        await asyncio.gather(run_in_threadpool(self.store.close), told)
 
     async def _tick_loop(self) -> None:
         last_probe = 0.0

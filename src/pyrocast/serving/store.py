@@ -71,6 +71,7 @@ from sqlalchemy import (
     or_,
     select,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, ProgrammingError, StatementError
 
 from pyrocast.data.layout import CLASSES, atomic_write
@@ -293,8 +294,15 @@ def make_engine(url: str) -> Engine:
         # libpq settings: a lock held by someone else (an operator's open transaction, a backup) fails a statement
         # after LOCK_TIMEOUT_S like SQLite's busy timeout, instead of holding the writer (and every row queued
         # behind it, in memory) for as long as the lock lasts; the writer then spills and retries as in an outage.
-        options = {"options": f"-c lock_timeout={int(LOCK_TIMEOUT_S * 1000)}", "connect_timeout": 10}
-        return create_engine(url, pool_pre_ping=True, connect_args=options)
+        # Added to what the URL sets (?options=-csearch_path%3D...): connect_args replace the URL's, not merge.
+        query = make_url(url).query
+        given = query.get("options")
+        given = " ".join(given) if isinstance(given, tuple) else given
+        lock = f"-c lock_timeout={int(LOCK_TIMEOUT_S * 1000)}"
+        args: dict[str, Any] = {"options": f"{given} {lock}" if given else lock}
+        if "connect_timeout" not in query:
+            args["connect_timeout"] = 10
+        return create_engine(url, pool_pre_ping=True, connect_args=args)
     return create_engine(url, pool_pre_ping=True)
 
 
