@@ -24,7 +24,7 @@ from pyrocast.serving import procs
 from pyrocast.serving.backends import GONE_AFTER, ExplainerProbe, client_fault
 from pyrocast.webapp.app import create_app
 from tests.support.servers import ThreadedServer, XyzServer
-from tests.support.serving import ServingStack, stack_settings
+from tests.support.serving import ServingStack, metric_sum, stack_settings
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration  # real processes on 127.0.0.1
@@ -452,14 +452,8 @@ def test_a_saturated_challenger_is_answered_for_by_the_champion_not_blamed_on_th
         assert [r.status_code for r in answers if r.status_code != 200] == [], answers[0].text
         variants = [r.json()["variant"] for r in answers]
         assert "champion-fallback" in variants, "no call was refused: the challenger was never saturated"
-        metrics = httpx.get(f"{gw.url}/metrics", timeout=10).text
-        fallbacks = [
-            s.value
-            for family in text_string_to_metric_families(metrics)
-            for s in family.samples
-            if s.name == "pyrocast_fallbacks_total"
-        ]
-        assert sum(fallbacks) >= variants.count("champion-fallback"), fallbacks
+        fallbacks = metric_sum(gw.url, "pyrocast_fallbacks_total")
+        assert fallbacks >= variants.count("champion-fallback"), fallbacks
         ids = [r.json()["request_id"] for r in answers if r.json()["variant"] == "champion-fallback"]
         stored = _challenger_errors(gw, ids)
         assert stored and all(e.startswith("HTTP 429") for e in stored), stored

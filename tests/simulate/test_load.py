@@ -18,7 +18,7 @@ from pyrocast.serving import procs
 from pyrocast.settings import Settings
 from pyrocast.simulate.load import gateway_url, run_load, summarize
 from pyrocast.simulate.shapes import build_stages
-from tests.support.serving import ServingStack, stack_settings
+from tests.support.serving import ServingStack, metric_sum, stack_settings
 
 
 def test_samples_are_split_by_the_stage_they_started_in() -> None:
@@ -183,16 +183,7 @@ def test_a_spike_reports_every_request_the_gateway_answered(stack: ServingStack)
     stack.set_rollout("champion", {"reason": "test reset"})
 
     def answered() -> float:
-        import httpx
-        from prometheus_client.parser import text_string_to_metric_families
-
-        text = httpx.get(stack.url + "/metrics", timeout=5).text
-        return sum(
-            s.value
-            for f in text_string_to_metric_families(text)
-            for s in f.samples
-            if s.name == "pyrocast_gateway_http_requests_total" and s.labels.get("endpoint") == "/v1/predict"
-        )
+        return metric_sum(stack.url, "pyrocast_gateway_http_requests_total", endpoint="/v1/predict")
 
     before = answered()
     r = run_load(stack.settings, "spike", users=6, duration_s=6, host=stack.url, wait_s=(0.0, 0.05))

@@ -162,3 +162,16 @@ def start_stack(
         stack.stop()
         raise
     return stack
+
+
+def metric_sum(url: str, name: str, **labels: str) -> float:
+    """The sum of a gateway's /metrics samples called `name` whose labels include `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url.rstrip("/") + "/metrics", timeout=10).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
