@@ -215,15 +215,20 @@ def test_a_guardrail_stop_not_yet_recorded_is_not_undone_by_a_step_another_repli
             _refusing(one.store)  # replica one can read the store but not write to it (a partition)
             for _ in range(5):
                 one.controller.record("challenger", False, None)  # only replica one sees the challenger fail
+            stopped_at = time.time()
             assert await one.advance(t0 + 1) == [] and one.controller.state.mode == "champion"
             judged(two)
             assert [e.action for e in await two.advance(t0 + 61)] == ["canary-step"]
             assert not await one.follow_store()  # the step of the plan it stopped: the stop holds
             assert one.controller.state.mode == "champion" and one.controller.share(t0 + 62) == 0.0
+            await asyncio.sleep(1.0)  # the store is back a while later
             one.store.engine.dispose()
             one.store.engine = two.store.engine  # writable again: the stop is recorded and reaches replica two
             await one.advance(t0 + 63)
-            assert one.store.events(1)[0]["action"] == "guardrail-stop"
+            (stop,) = one.store.events(1)
+            assert stop["action"] == "guardrail-stop"
+            # In the history when it took effect, not when the store took it (06:54:52 read as 06:55:01).
+            assert abs(stop["ts"].timestamp() - stopped_at) < 0.5, (stop["ts"], stopped_at)
             assert await two.follow_store() and two.controller.state.mode == "champion"
 
             # A newer decision made through another replica replaces a stopped plan that could not be recorded.

@@ -272,6 +272,7 @@ class Event:
 
     action: str
     reason: str | None = None
+    at: float | None = None  # when it took effect, where that is before it is recorded (a guardrail stop)
 
 
 class RolloutController:

@@ -989,6 +989,8 @@ class Gateway:
                 events[-1].reason = f"{events[-1].reason}; {note}"
         claims = transition_claims(before, events)
         self._stopping = events[-1].action == "guardrail-stop"  # in effect on routing now, recorded below
+        if self._stopping:
+            events[-1].at = time.time()  # its time in the history, however long the store takes to record it
         try:
             return await self._record_decided(before, after, events, claims)
         finally:
@@ -1091,6 +1093,7 @@ class Gateway:
             data = {
                 "action": ev.action,
                 "reason": ev.reason,
+                "at": ev.at,
                 "claim": claim,
                 "plan": list(plan),
                 "state": self.controller.state.model_dump(mode="json"),
@@ -1106,7 +1109,7 @@ class Gateway:
             data = json.loads(self._stop_file.read_text())
             plan = (str(data["plan"][0]), float(data["plan"][1]))
             stopped = stored_state(data["state"])
-            stop = (Event(str(data["action"]), data.get("reason")), str(data["claim"]), plan)
+            stop = (Event(str(data["action"]), data.get("reason"), data.get("at")), str(data["claim"]), plan)
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
@@ -1177,6 +1180,7 @@ class Gateway:
             st.champion.version if st.champion else None,
             st.challenger.version if st.challenger else None,
             claim,
+            ev.at,
         )
         if event_id is None:
             return False

@@ -979,14 +979,16 @@ class PredictionStore:
         champion_version: str | None = None,
         challenger_version: str | None = None,
         claim: str | None = None,
+        at: float | None = None,
     ) -> int | None:
         """Write a rollout event with its state snapshot; returns its id (ids grow with every event).
 
         claim: a key naming a change that time decides (several gateway replicas decide it at once). The event is
         written only by the first to claim the key, in the same transaction; the others get None and write nothing.
+        at: when the change took effect (seconds since the epoch), where that was before now.
         """
         row = {
-            "ts": utcnow(),
+            "ts": utcnow() if at is None else datetime.fromtimestamp(at, UTC),
             "action": action,
             "mode": mode,
             "reason": reason,
