@@ -86,10 +86,6 @@ class StageStats:
         return self.failures / self.requests if self.requests else 0.0
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    return percentile(values, q, 2)
-
-
 def _stats(name: str, users: int | None, seconds: float, samples: list[list[Any]]) -> StageStats:
     ok = [s for s in samples if s[2]]
     bad = [s for s in samples if not s[2]]
@@ -102,9 +98,9 @@ def _stats(name: str, users: int | None, seconds: float, samples: list[list[Any]
         requests=len(samples),
         failures=len(bad),
         throughput_rps=round(len(ok) / seconds, 2) if seconds > 0 else 0.0,
-        p50_ms=_pct(ms, 50),
-        p95_ms=_pct(ms, 95),
-        p99_ms=_pct(ms, 99),
+        p50_ms=percentile(ms, 50, 2),
+        p95_ms=percentile(ms, 95, 2),
+        p99_ms=percentile(ms, 99, 2),
         variants=dict(Counter(str(s[4]) for s in ok).most_common()),
         errors=dict(Counter(str(s[4])[:160] for s in bad).most_common(5)),
     )
@@ -113,6 +109,12 @@ def _stats(name: str, users: int | None, seconds: float, samples: list[list[Any]
 def run_end(stages: list[Stage], end_s: float | None) -> float:
     """When the run ended, in seconds from its start: where it was stopped, at the latest the shape's end."""
     return total_duration(stages) if end_s is None else min(end_s, total_duration(stages))
+
+
+def within_run(stages: list[Stage], samples: list[list[Any]], end_s: float | None) -> list[list[Any]]:
+    """The samples of requests started before the run's end (`run_end`): the ones its figures count."""
+    end = run_end(stages, end_s)
+    return [s for s in samples if float(s[0]) < end]
 
 
 def summarize(
@@ -128,7 +130,7 @@ def summarize(
     that began.
     """
     end = run_end(stages, end_s)
-    samples = [s for s in samples if float(s[0]) < end]
+    samples = within_run(stages, samples, end_s)
     by_stage: dict[int, list[list[Any]]] = {i: [] for i in range(len(stages))}
     for s in samples:
         i = stage_index(stages, max(float(s[0]), 0.0))
@@ -326,7 +328,7 @@ def run_load(
         data = json.loads(out.read_text())
     samples = data["samples"]
     per, overall = summarize(stages, samples, data.get("end_s"))
-    counted = [s for s in samples if float(s[0]) < run_end(stages, data.get("end_s"))]
+    counted = within_run(stages, samples, data.get("end_s"))
     return LoadResult(
         shape=shape,
         host=url,
