@@ -679,3 +679,62 @@ def test_a_guardrail_stop_that_loses_to_another_replicas_promotion_rolls_it_back
             assert "as another gateway promoted it" in (one.store.events(1)[0]["reason"] or "")
 
     asyncio.run(scenario())
+
+
+def test_a_safety_rollback_goes_ahead_with_the_registry_down_and_its_aliases_follow_when_it_is_back(
+    tmp_path: Path, bundle_dirs: dict[str, Path]
+) -> None:
+    """The overruled promotion above, with the registry down when the stop's rollback is made: the rollback used to
+    be refused (the failing challenger answered everyone), and aliases a gateway could not move were left for
+    someone to notice. Now routing rolls back, the aliases are owed (health, gauge, a file), a restarted gateway
+    does not take the stale `champion` alias for a decision, and the tick moves them once the registry answers."""
+    from pyrocast.registry.models import aliases
+    from tests.support.serving import register_bundles
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            register_bundles(one.settings, bundle_dirs)  # champion -> 1, challenger -> 2
+            for g in (one, two):
+                _serving(g, V1, V2, source="registry")
+            plan = CanaryPlan(steps=[1.0], step_seconds=60, auto_promote=True)
+            t0 = await started_canary(one, two, plan)
+            judged(two)
+            for _ in range(30):
+                one.controller.record("challenger", False, None)
+            assert [e.action for e in await two.advance(t0 + 61)] == ["promote"]
+            assert aliases(one.settings) == {"champion": "2", "challenger": "1"}
+            registry = one.settings.mlflow.tracking_uri
+            one.settings.mlflow.tracking_uri = f"http://127.0.0.1:{free_port()}"  # nobody answers there
+            assert [e.action for e in await one.advance(t0 + 61)] == ["rollback"]
+            assert one.controller.state.champion == V1 and one.route("anyone").role == "champion"
+            assert "registry aliases not moved yet" in (one.store.events(1)[0]["reason"] or "")
+            warning = [w for w in one.warnings(one.backend_statuses()) if "registry aliases" in w]
+            assert warning and "does not answer" in warning[0], warning
+            assert one.metrics.registry.get_sample_value("pyrocast_rollout_aliases_owed") == 1.0
+            await one._pay_aliases()  # not before its time, and not while the registry is down
+            one._aliases_retry_at = 0.0
+            await one._pay_aliases()
+            assert one._aliases_owed is not None
+
+            # A gateway started now reads the rollback and the owed aliases: the registry's `champion` alias (v2) is
+            # stale, not a training run's decision to follow.
+            one.settings.mlflow.tracking_uri = registry
+            three = Gateway(one.settings, PredictionStore(one.settings.store_database_url))
+            try:
+                for slot in ("a", "b"):
+                    three.backends[slot].url = one.backends[slot].url
+                await three.refresh_backends()
+                _serving(three, V1, V2, source="registry")
+                await three._resume()
+                assert three.controller.state.champion == V1, "followed a stale alias"
+                assert three.metrics.registry.get_sample_value("pyrocast_rollout_aliases_owed") == 1.0
+                await three._pay_aliases()
+                assert aliases(one.settings) == {"champion": "1", "challenger": "2"}
+                assert three._aliases_owed is None and not three.warnings(three.backend_statuses())
+                assert three.metrics.registry.get_sample_value("pyrocast_rollout_aliases_owed") == 0.0
+                assert not three._aliases_file.exists()
+            finally:
+                await three.client.aclose()
+                three.store.close()
+
+    asyncio.run(scenario())

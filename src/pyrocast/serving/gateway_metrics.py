@@ -78,6 +78,11 @@ class Metrics:
         )
         for action in NOTIFIED_ACTIONS:  # from the start, so that increase() sees the first one
             self.rollout_events.labels(action)
+        self.rollout_aliases_owed = Gauge(
+            "pyrocast_rollout_aliases_owed",
+            "1 while the registry aliases do not follow the roles in effect here (the registry refused to move them)",
+            registry=r,
+        )
         self.rollout_unrecorded = Gauge(
             "pyrocast_rollout_unrecorded_stop",
             "1 while a guardrail stop is in effect here but not yet recorded",

@@ -75,6 +75,7 @@ log = logging.getLogger("pyrocast.gateway")
 
 BACKLOG_WARNING = 5000  # rows waiting to be written: the PyrocastStoreBacklog alert's threshold too
 WARN_EVERY_S = 30.0  # a trouble that repeats (the store refusing, a model failing) is logged this often
+ALIAS_RETRY_S = 10.0  # registry aliases the registry refused to move to the roles in effect are tried this often
 PROMOTE_RETRY_S = 30.0  # a canary's auto-promotion whose registry aliases could not be moved waits this long
 MAX_BACKGROUND = 256  # shadow/compare calls in flight; beyond this copies are dropped (and counted)
 RECENT_REQUESTS = 20_000  # request ids kept in memory for feedback (about 10 MB); older ones are looked up in the store
@@ -174,6 +175,12 @@ class Gateway:
         self._notifications: set[asyncio.Future[Any]] = set()  # rollout notifications being sent
         # ...kept on disk too, so that a gateway restarted before the store is back does not resume the stopped plan.
         self._stop_file = settings.root / "rollout-unrecorded-stop.json"
+        # The registry aliases do not follow the roles in effect (a move back or a safety rollback the registry refused
+        # to follow): why, for /healthz; the tick moves them every ALIAS_RETRY_S. Kept on disk too: a gateway started
+        # again must neither forget them nor take the stale `champion` alias for a training run's decision.
+        self._aliases_owed: tuple[str, str] | None = None  # (why they were to move, why they did not)
+        self._aliases_retry_at = 0.0
+        self._aliases_file = settings.root / "rollout-aliases-owed.json"
         self.session: aiohttp.ClientSession | None = None
         admin = settings.admin_token
         self.admin_token = admin.get_secret_value() if admin else None
@@ -229,7 +236,7 @@ class Gateway:
                         saved = None
             self._take_up_unrecorded_stop()
             self._resume_canary_step()
-            note = await self._follow_registry()
+            note = None if self._take_up_aliases_owed() else await self._follow_registry()
             self._assign_roles()
             self._check_challenger()  # given another version while this gateway was down
             self._resumed = True
@@ -303,6 +310,7 @@ class Gateway:
         except Exception as exc:  # judged on what this gateway sees (and the last reading) meanwhile
             self._store_trouble("the canary's calls through other gateways not read", exc)
         await self.advance()
+        await self._pay_aliases()
 
     def _store_trouble(self, what: str, exc: BaseException) -> None:
         """Say that the store refused something, at most every WARN_EVERY_S (the tick runs twice a second)."""
@@ -803,7 +811,9 @@ class Gateway:
                     self.controller.replaced_challenger = replaced  # nothing changed, or undone: still to act on
                 raise
 
-    async def _change(self, action: str, body: Any) -> Event:
+    async def _change(self, action: str, body: Any, aliases_may_wait: bool = False) -> Event:
+        """`change` under the lock. aliases_may_wait: a promotion or rollback goes ahead when the registry refuses to
+        move the aliases (a safety rollback), which are then owed (`_align_aliases`); an operator's is refused."""
         c = self.controller
         before = c.state.model_copy(deep=True)
         windows, fleet = c.windows, c.fleet_stats
@@ -828,7 +838,7 @@ class Gateway:
                     rejected,
                     'promote it anyway with force (API: {"force": true}; CLI: --force); your reason is recorded',
                 )
-            ev = await self._promote_or_rollback(action, body.reason if body else None)
+            ev = await self._promote_or_rollback(action, body.reason if body else None, aliases_may_wait)
             if rejected:
                 ev.reason = f"{ev.reason}; forced: {rejected}"
         else:  # pragma: no cover - routes only pass known actions
@@ -852,10 +862,7 @@ class Gateway:
         self.controller.state = before
         self._assign_roles()
         if ev.action in ("promote", "rollback"):
-            try:
-                await run_in_threadpool(self._move_aliases, before.champion, before.challenger)
-            except Exception:  # the registry is down too: say so, the operator must set them by hand
-                log.exception("rollout: the registry aliases could not be moved back after an unrecorded %s", ev.action)
+            await self._align_aliases(f"they were to move back after a {ev.action} the store did not record")
 
     async def _rejected(self, action: str) -> str | None:
         """Why the challenger's training run rejected it, or None (promoting a rejected version takes `force`)."""
@@ -874,7 +881,7 @@ class Gateway:
             return None
         return f"v{ch.version} was rejected when it was trained" + (f" ({why})" if why else "")
 
-    async def _promote_or_rollback(self, action: str, reason: str | None) -> Event:
+    async def _promote_or_rollback(self, action: str, reason: str | None, aliases_may_wait: bool = False) -> Event:
         c = self.controller
         before = c.state.model_copy(deep=True)
         windows, fleet = c.windows, c.fleet_stats
@@ -911,7 +918,15 @@ class Gateway:
             )
         try:
             note = await run_in_threadpool(self._move_aliases, c.state.champion, c.state.challenger)
+            if self._aliases_owed is not None:
+                self._set_aliases_owed(None)
         except Exception as exc:
+            if aliases_may_wait:
+                self._set_aliases_owed(f"they were to follow a {action} made without them", exc)
+                self._assign_roles()
+                wait = f"registry aliases not moved yet (the registry refused), tried every {ALIAS_RETRY_S:.0f} s"
+                ev.reason = f"{ev.reason}; {wait}"
+                return ev
             put_back()
             raise ServiceUnavailableError(
                 f"{action} not done: moving the registry aliases failed: {scrub_secrets(str(exc))}",
@@ -936,6 +951,81 @@ class Gateway:
         return f"registry aliases moved: champion -> v{champion.version if champion else '-'}, " + (
             f"challenger -> v{challenger.version}" if challenger else "no challenger"
         )
+
+    async def _align_aliases(self, why: str) -> bool:
+        """Move the registry aliases to the roles in effect; when the registry refuses, they are owed: said in
+        /healthz and the log, kept on disk, and moved again by the tick every ALIAS_RETRY_S. False when owed."""
+        st = self.controller.state
+        try:
+            note = await run_in_threadpool(self._move_aliases, st.champion, st.challenger)
+        except Exception as exc:
+            self._set_aliases_owed(why, exc)
+            return False
+        if self._aliases_owed is not None:
+            log.warning("rollout: the registry aliases follow the rollout again (%s)", note)
+        self._set_aliases_owed(None)
+        return True
+
+    def _set_aliases_owed(self, why: str | None, exc: BaseException | None = None) -> None:
+        """Owe (why given) or settle the registry aliases, in memory, in the gauge and in `_aliases_file`."""
+        st = self.controller.state
+        first = self._aliases_owed is None
+        failed = scrub_secrets(brief_error(exc)) if exc is not None else "not tried yet"
+        self._aliases_owed = None if why is None else (why, failed)
+        self._aliases_retry_at = time.monotonic() + ALIAS_RETRY_S
+        self.metrics.rollout_aliases_owed.set(0 if why is None else 1)
+        if why is not None:
+            (log.error if first else log.debug)(
+                "rollout: the registry aliases do not follow the rollout in effect (champion %s, challenger %s): %s, "
+                "but moving them failed (%s); tried again every %d s",
+                st.champion,
+                st.challenger,
+                why,
+                failed,
+                ALIAS_RETRY_S,
+            )
+        try:
+            if why is None:
+                self._aliases_file.unlink(missing_ok=True)
+                return
+            roles = {"champion": st.champion, "challenger": st.challenger}
+            data = {k: (ref.model_dump(mode="json") if ref else None) for k, ref in roles.items()} | {"why": why}
+            atomic_write(self._aliases_file, json.dumps(data, indent=1).encode())
+        except OSError as exc:  # owed in memory all the same
+            log.error("rollout: the owed registry aliases could not be kept in %s: %s", self._aliases_file, exc)
+
+    def _take_up_aliases_owed(self) -> bool:
+        """At start, after the saved state is read: aliases a previous run owed are owed again if the roles are still
+        those it owed them for (True: the registry's `champion` alias is stale, not a training run's decision); a
+        file left from other roles is dropped (the change that set them moved the aliases itself)."""
+        try:
+            data = json.loads(self._aliases_file.read_text())
+            owed = tuple(ModelRef.model_validate(data[k]) if data[k] else None for k in ("champion", "challenger"))
+            why = str(data["why"])
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("rollout: %s is unreadable (%s); the registry aliases are followed", self._aliases_file, exc)
+            return False
+        st = self.controller.state
+        if owed != (st.champion, st.challenger):
+            self._aliases_file.unlink(missing_ok=True)
+            return False
+        self._aliases_owed = (why, "not moved before this gateway stopped")
+        self._aliases_retry_at = 0.0  # at the first tick
+        self.metrics.rollout_aliases_owed.set(1)
+        log.error(
+            "rollout: the registry aliases were owed when this gateway stopped (%s): the registry's champion alias is "
+            "not followed, it is moved to %s",
+            why,
+            st.champion,
+        )
+        return True
+
+    async def _pay_aliases(self) -> None:
+        """The tick's part: move owed registry aliases once their retry time has come."""
+        if self._aliases_owed is not None and time.monotonic() >= self._aliases_retry_at:
+            await self._align_aliases(self._aliases_owed[0])
 
     async def advance(self, now: float | None = None, stops_only: bool = False) -> list[Event]:
         """Let time act on the rollout (canary steps, guardrail stops, completion) and record what changed.
@@ -987,6 +1077,8 @@ class Gateway:
                 return []
             if note:
                 events[-1].reason = f"{events[-1].reason}; {note}"
+            if self._aliases_owed is not None:
+                self._set_aliases_owed(None)
         claims = transition_claims(before, events)
         self._stopping = events[-1].action == "guardrail-stop"  # in effect on routing now, recorded below
         if self._stopping:
@@ -1043,7 +1135,7 @@ class Gateway:
         reason = f"{stop.reason}, as another gateway promoted it: rolled back"
         log.error("rollout: %s", reason)
         try:
-            return [await self._change("rollback", ReasonBody(reason=reason))]
+            return [await self._change("rollback", ReasonBody(reason=reason), aliases_may_wait=True)]
         except Exception as exc:  # the previous champion does not answer, or the store refuses: on call must act
             log.error("rollout: could not roll back %s (%s): roll back by hand", st.champion, exc)
             return []
@@ -1055,12 +1147,7 @@ class Gateway:
         st = self.controller.state
         if (st.champion, st.challenger) == (mine.champion, mine.challenger):
             return
-        try:
-            await run_in_threadpool(self._move_aliases, st.champion, st.challenger)
-        except Exception:  # the registry is down: the operator must set them by hand
-            log.exception(
-                "rollout: the registry aliases moved for a promotion another gateway overruled could not be moved back"
-            )
+        await self._align_aliases("they were moved here for a promotion another gateway's change overruled")
 
     def _resume_canary_step(self) -> None:
         """A canary saved before the gateway stopped: the step in effect then serves its whole time again from now
@@ -1198,6 +1285,13 @@ class Gateway:
             out.append(trouble)
         elif self.store.queue_depth > BACKLOG_WARNING:
             out.append(f"{self.store.queue_depth} predictions wait to be written: the store is slower than traffic")
+        if self._aliases_owed is not None:
+            why, failed = self._aliases_owed
+            st = self.controller.state
+            out.append(
+                f"the registry aliases do not follow the rollout in effect (champion {st.champion}): {why}, but "
+                f"moving them failed ({failed}); tried again every {ALIAS_RETRY_S:.0f} s (check the MLflow registry)"
+            )
         if self._state_unread:
             out.append(
                 "the saved rollout state has not been read from the prediction store yet: the champion answers "
