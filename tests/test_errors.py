@@ -98,3 +98,32 @@ def test_secrets_given_by_configuration_are_scrubbed_too(tmp_path: Path) -> None
     Settings(data_dir=tmp_path, notify_urls=SecretStr(hook), mapbox_token=SecretStr("pk.configured-in-yaml"))
     said = scrub_secrets(f"delivery to {hook} failed; tile with pk.configured-in-yaml refused")
     assert "abcdef-webhook-token" not in said and "pk.configured-in-yaml" not in said, said
+
+
+def test_passwords_holding_slashes_or_at_signs_are_scrubbed() -> None:
+    """The URL scrubber stopped at a "/" in a password (common in generated ones) and showed it whole."""
+    from pyrocast.errors import scrub_secrets
+
+    for pw in ("Xk9/aQ+zSecret", "s3cr/et?x", "p@ss/w0rd"):
+        said = scrub_secrets(f"store at postgresql+psycopg://postgres:{pw}@127.0.0.1:5432/db refuses writes (x)")
+        assert "postgresql+psycopg://postgres:***@127.0.0.1:5432/db refuses writes (x)" in said, said
+    assert scrub_secrets("see http://host:8000/a and mail ops@example.org") == (
+        "see http://host:8000/a and mail ops@example.org"
+    )
+
+
+def test_database_passwords_in_the_settings_are_scrubbed_wherever_a_driver_quotes_them(tmp_path: Path) -> None:
+    """psycopg quotes what follows an unescaped "@" as the host name; an encoded password is shown decoded."""
+    from pyrocast.errors import scrub_secrets
+    from pyrocast.settings import MlflowSettings, Settings
+
+    Settings(
+        data_dir=tmp_path,
+        store_url="postgresql://u:first-half@second-half@db/x",
+        optuna_storage="postgresql://u:pct%2Fencoded-pw@db/y",
+        mlflow=MlflowSettings(tracking_uri="http://ml:tracking-pw-1@ml:5000"),
+    )
+    said = scrub_secrets(
+        'could not translate host name "second-half@db"; password for pct/encoded-pw refused; tracking-pw-1'
+    )
+    assert "second-half" not in said and "pct/encoded-pw" not in said and "tracking-pw-1" not in said, said

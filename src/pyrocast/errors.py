@@ -33,7 +33,20 @@ def scrub_secrets(text: str) -> str:
     for value in sorted(known, key=len, reverse=True):  # a longer secret first: it may contain a shorter one
         if len(value) >= 4:
             text = text.replace(value, "***")
-    return re.sub(r"(://[^/\s:@]+):[^@\s/]+@", r"\1:***@", text)
+    # The password runs to the token's last "@": one may hold "/" (generated ones often do) or an unescaped "@".
+    return re.sub(r"(://[^/\s:@]*):\S*@", r"\1:***@", text)
+
+
+def url_password(url: str | None) -> list[str]:
+    """The password in a URL's user part, as written and percent-decoded, and its parts around an unescaped "@" (a
+    driver quotes what follows one as the host name): to give `add_secrets`."""
+    m = re.match(r"^[A-Za-z][\w+.-]*://[^:/@\s]*:(\S*)@", url or "")
+    if not m or not m.group(1):
+        return []
+    from urllib.parse import unquote
+
+    pw = m.group(1)
+    return [pw, unquote(pw), *pw.split("@")]
 
 
 class ScrubSecrets(logging.Filter):

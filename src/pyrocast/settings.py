@@ -147,12 +147,14 @@ class Settings(BaseSettings):
 
     def model_post_init(self, __context: Any) -> None:
         # Whatever a library echoes of them (a webhook URL, a token in a request) is scrubbed from logs and answers.
-        from pyrocast.errors import add_secrets
+        from pyrocast.errors import add_secrets, url_password
 
         urls = self.notify_urls.get_secret_value() if self.notify_urls else ""
         add_secrets(
             *(s.get_secret_value() for s in (self.mapbox_token, self.admin_token, self.notify_urls) if s),
             *(u.strip() for u in urls.replace("\n", ",").split(",")),
+            # A database's or a server's password, whatever a driver's error quotes of its URL.
+            *(pw for u in (self.store_url, self.optuna_storage, self.mlflow.tracking_uri) for pw in url_password(u)),
         )
 
     @classmethod

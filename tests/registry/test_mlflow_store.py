@@ -45,6 +45,12 @@ def test_dead_server_fails_fast_with_a_clear_message(settings: Settings) -> None
 def test_redact() -> None:
     assert redact("postgresql://u:pw@db:5432/mlflow?sslmode=require") == "postgresql://***@db:5432/mlflow"
     assert redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    # Generated passwords hold "/" and "?"; an unescaped "@" is a mistake, still not to be shown.
+    for pw in ("Xk9/aQ+zSecret", "a?b/c", "p@ss/word"):
+        assert (
+            redact(f"postgresql+psycopg://postgres:{pw}@db:5432/x?sslmode=require")
+            == "postgresql+psycopg://***@db:5432/x"
+        )
 
 
 def test_unreachable_database_is_clear(settings: Settings) -> None:

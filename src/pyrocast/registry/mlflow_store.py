@@ -49,8 +49,9 @@ def quiet_mlflow_env() -> None:
 
 
 def redact(uri: str) -> str:
-    """A URI safe to print: user, password and query string removed."""
-    uri = re.sub(r"//[^/@]*@", "//***@", uri)
+    """A URI safe to print: user, password and query string removed. The user part runs to the last "@": a
+    password may hold "/", "?" or an unescaped "@"."""
+    uri = re.sub(r"^([A-Za-z][\w+.-]*://)\S*@", r"\1***@", uri)
     return uri.split("?", 1)[0]
 
 
