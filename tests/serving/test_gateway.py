@@ -271,6 +271,8 @@ def _bad_requests(stack: ServingStack, jpeg: bytes) -> list[tuple[str, str, dict
         ("feedback bad json", "/v1/feedback", {"content": b"{", "headers": {"content-type": "application/json"}}, 400),
         ("jpeg as the body", "/v1/predict", {"content": jpeg}, 415),
         ("predictions unknown id", "/v1/predictions/nope", {"method": "GET"}, 404),
+        ("predictions NUL in id", "/v1/predictions/ab%00cd", {"method": "GET"}, 422),
+        ("feedback NUL in id", "/v1/feedback", {"json": {"request_id": "ab\u0000cd", "correct": True}}, 422),
         ("rollout without token", "/v1/rollout/ab", {"json": {"champion": 1, "challenger": 1}}, 401),
         (
             "rollout bad token",
@@ -311,6 +313,28 @@ def test_malformed_requests_get_a_4xx_never_a_500(gw: ServingStack, jpeg: bytes)
     metrics = httpx.get(f"{gw.url}/metrics").text
     refused = re.search(r'pyrocast_gateway_http_requests_total\{endpoint="/v1/predict",status="413"\} (\S+)', metrics)
     assert refused is not None and float(refused.group(1)) >= 2, metrics
+
+
+def test_a_tile_declared_with_a_malformed_type_is_judged_by_its_bytes(gw: ServingStack, jpeg: bytes) -> None:
+    """A part's Content-Type with a control character was passed on to the classifier call, which aiohttp refused:
+    a 500, nothing stored. The services judge the bytes; the declared type is only passed on when well formed."""
+    for declared in (b"image/jpeg\x7f", b"a\x00b", b"image/jpeg; q=1"):
+        body = (
+            b'--b\r\nContent-Disposition: form-data; name="image"; filename="t.jpg"\r\nContent-Type: '
+            + declared
+            + b"\r\n\r\n"
+            + jpeg
+            + b"\r\n--b--\r\n"
+        )
+        r = httpx.post(
+            f"{gw.url}/v1/predict",
+            content=body,
+            headers={"content-type": "multipart/form-data; boundary=b"},
+            timeout=30,
+        )
+        assert r.status_code == 200, (declared, r.text)
+        rows = httpx.get(f"{gw.url}/v1/predictions/{r.json()['request_id']}", timeout=30).json()
+        assert rows and rows[0]["served"], rows
 
 
 def test_error_messages_say_what_was_wrong(gw: ServingStack, jpeg: bytes) -> None:

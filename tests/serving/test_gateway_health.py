@@ -30,6 +30,10 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.integration  # real processes on 127.0.0.1
 
 
+def _rollout(url: str) -> dict[str, Any]:
+    return httpx.get(f"{url}/v1/rollout", timeout=10).json()  # type: ignore[no-any-return]
+
+
 def _health(url: str) -> dict[str, Any]:
     r = httpx.get(f"{url}/healthz", timeout=10)
     assert r.status_code == 200, r.text
@@ -461,6 +465,71 @@ def test_a_saturated_challenger_is_answered_for_by_the_champion_not_blamed_on_th
     finally:
         gw.challenger.stop()
         gw.start_challenger()  # the usual one, for the tests after this one that use the stack as it is
+
+
+ANSWER = {"model": {"name": "pyrocast-wildfire", "version": "2"}, "precision": "fp32"}
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (404, b'{"error": "Not Found"}'),  # another service on the port, or a route a new version renamed
+        (200, json.dumps([{**ANSWER, "probability": float("nan"), "label": "wildfire"}]).encode()),
+        (200, json.dumps([{**ANSWER, "probability": 0.5, "label": "maybe"}]).encode()),
+    ],
+    ids=["404", "nan", "unknown-label"],
+)
+def test_a_challenger_answering_nonsense_is_a_failure_the_champion_answers_for_and_the_canary_stops_on(
+    gw: ServingStack, jpeg: bytes, status: int, body: bytes
+) -> None:
+    """A challenger's 404 gave users a 422 "the model service refused the image" (any 4xx blamed the image), and
+    the canary's guardrails never saw a failure; a NaN or an unknown label was stored as served, then answered with
+    a bare 500. Only the statuses a service refuses an image with (400, 413, 415, 422) are the client's, and an
+    answer out of range is the service's failure."""
+    from http.server import ThreadingHTTPServer
+
+    assert gw.challenger is not None
+    gw.challenger.stop()
+
+    class Standin(BaseHTTPRequestHandler):
+        def _send(self, code: int, payload: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_GET(self) -> None:
+            info = {"name": "pyrocast-wildfire", "version": "2", "source": "folder"}
+            known = self.path in ("/readyz", "/model/info")
+            self._send(200 if known else 404, json.dumps(info).encode() if known else b"{}")
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._send(status, body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", gw.settings.serving.challenger_port), Standin)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: _health(gw.url)["backends"]["challenger"]["up"], 15), "the stand-in never answered"
+        guard = {"max_error_rate": 0.1, "min_requests": 5, "window": 50}
+        gw.set_rollout("canary", {"steps": [1.0], "step_seconds": 600, "guardrails": guard})
+        with gw.client() as c:
+            answers = [c.post("/v1/predict", files={"image": ("t.jpg", jpeg, "image/jpeg")}) for _ in range(8)]
+        assert [r.status_code for r in answers] == [200] * 8, answers[0].text
+        assert {r.json()["variant"] for r in answers} <= {"champion", "champion-fallback"}
+        view = wait_for(lambda: (v := _rollout(gw.url))["mode"] == "champion" and v, 15)
+        assert view and "error rate" in view["state"]["stopped_reason"], _rollout(gw.url)
+        ids = [r.json()["request_id"] for r in answers if r.json()["variant"] == "champion-fallback"]
+        stored = _challenger_errors(gw, ids)  # stored as the challenger's failures, not as served answers
+        assert len(ids) >= 5 and len(stored) == len(ids) and all(stored), stored
+    finally:
+        server.shutdown()
+        server.server_close()
+        gw.start_challenger()
 
 
 def _challenger_errors(gw: ServingStack, request_ids: list[str]) -> list[str]:

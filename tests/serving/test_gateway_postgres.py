@@ -49,6 +49,10 @@ def test_a_gateway_on_postgresql_stores_everything_and_a_restart_keeps_it(
         fb = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": rid, "correct": True}, timeout=30)
         assert fb.status_code == 200, fb.text
         rows = httpx.get(f"{gw.url}/v1/predictions/{rid}", timeout=30).json()
+        # A NUL in an id reached PostgreSQL, which refused it: a 503 "the store cannot be read" blamed the store.
+        nul = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": "ab\u0000cd", "correct": True}, timeout=30)
+        assert nul.status_code == 422, nul.text
+        assert httpx.get(f"{gw.url}/v1/predictions/ab%00cd", timeout=30).status_code == 422
         assert {r["variant"] for r in rows} <= {"champion", "shadow"} and rows[0]["ts"].endswith("+00:00")
 
         assert gw.stop() in (0, -signal.SIGTERM), gw.log_tail()  # SIGTERM: a clean shutdown drains the queue

@@ -67,10 +67,17 @@ class ExplainCoordinates(CoordinatesRequest):
     version: str | None = Field(None, max_length=64, description="model version to explain (default: champion)")
 
 
+# What a request id may hold (the gateway gives uuid4 hex): anything else names no request. A NUL sent on to
+# PostgreSQL was a 503 "the store cannot be read" instead of a 4xx.
+REQUEST_ID = r"^[A-Za-z0-9_.:-]+$"
+
+
 class FeedbackRequest(BaseModel):
     """A verdict on an answer (`correct`), the true label, or both (they must agree)."""
 
-    request_id: str = Field(..., min_length=1, max_length=64)
+    request_id: str = Field(
+        ..., min_length=1, max_length=64, pattern=REQUEST_ID, description="as /v1/predict answered it"
+    )
     correct: bool | None = Field(None, strict=True, description="true or false (JSON booleans only)")
     label: Label | None = Field(None, description="the true label, when known (e.g. delayed ground truth)")
     source: Literal["user", "replay", "feed"] = Field(

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import httpx
 
+from pyrocast.data.layout import CLASSES
 from pyrocast.monitoring.novelty import Novelty
 from pyrocast.serving.api import BackendStatus, ModelInfo
 from pyrocast.serving.rollout import ModelRef
@@ -36,14 +37,16 @@ class BackendError(Exception):
         self.client_error = client_error
 
 
-# 4xx answers that are the service's state, not the request's fault: BentoML's 429 past its max_concurrency (a
-# saturated service, by other clients or gateways) and a 408. They count as failures: fallback, guardrails.
-NOT_THE_CLIENT = (408, 429)
+# The statuses a model service refuses an image with (guards.load_upload: 400 empty, 413 too large, 415 not a JPEG or
+# PNG, 422 corrupt or unusable). Any other 4xx is the service's state, not the request's fault, and counts as a
+# failure (fallback, guardrails): BentoML's 429 past its max_concurrency, a 408, a 404 or 405 from another service
+# on the port or a renamed route (which users routed to the challenger got as a 422 "refused the image").
+IMAGE_REFUSED = (400, 413, 415, 422)
 
 
 def is_client_status(status: int) -> bool:
     """Whether a backend's answer with `status` blames the request (the image), not the backend."""
-    return 400 <= status < 500 and status not in NOT_THE_CLIENT
+    return status in IMAGE_REFUSED
 
 
 def client_fault(stored_error: str | None) -> bool:
@@ -294,9 +297,14 @@ class Backend(Probed):
         try:
             item = json.loads(body)[0]
             ref = ModelRef(name=str(item["model"]["name"]), version=str(item["model"]["version"]))
-            return Answer(float(item["probability"]), str(item["label"]), ref, item.get("precision"), ms)
+            answer = Answer(float(item["probability"]), str(item["label"]), ref, item.get("precision"), ms)
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise BackendError(f"unexpected answer: {body[:200]!r}") from exc
+        # Checked before anyone stores or answers it: a NaN or an unknown label was stored as served and then failed
+        # the response model with a bare 500.
+        if not 0.0 <= answer.probability <= 1.0 or answer.label not in CLASSES:
+            raise BackendError(f"unexpected answer (probability or label out of range): {body[:200]!r}")
+        return answer
 
     def status(self, role: str) -> BackendStatus:
         ref = self.ref

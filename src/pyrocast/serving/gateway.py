@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -37,6 +38,7 @@ from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailable
 from pyrocast.registry.refs import check_model_ref
 from pyrocast.serving.api import (
     API_VERSION,
+    REQUEST_ID,
     CoordinatesRequest,
     ErrorResponse,
     ExplainCoordinates,
@@ -117,6 +119,18 @@ def _utf8(header: str | None) -> str | None:
         return header
 
 
+def media_type(declared: str | None) -> str:
+    """The upload's declared type as it is passed on to the model services: a well-formed `type/subtype` (its
+    parameters dropped), else application/octet-stream. A control character in it made the call to the classifier
+    fail with a 500 (aiohttp refuses such a header); the services judge the bytes anyway."""
+    main = (declared or "").split(";", 1)[0].strip().lower()
+    return (
+        main
+        if re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", main)
+        else "application/octet-stream"
+    )
+
+
 def _model_ref(version: str | None) -> str | None:
     """The model version an explain request names (None: the champion), or a 422 when it names none."""
     if version is None or not version.strip():
@@ -187,7 +201,7 @@ async def _read_input(request: Request, gw: Gateway, explain: bool = False) -> t
         data = await upload.read()
         meta["received_at"] = time.perf_counter()  # the upload is the client's time, checking it the gateway's
         meta["version"] = _model_ref(fields.get("version"))
-        return gw.check_upload(data, upload.content_type or "application/octet-stream", meta["lon"], meta["lat"]), meta
+        return gw.check_upload(data, media_type(upload.content_type), meta["lon"], meta["lat"]), meta
     if ctype in ("application/json", ""):
         raw = await request.body()
         received_at = time.perf_counter()  # a place's tile fetch is the gateway's time: it counts in latency_ms
@@ -626,7 +640,9 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         },
         summary="Every stored row of one request (served answer, shadow copy, failed attempts)",
     )
-    async def get_predictions(request_id: Annotated[str, Path(max_length=64)]) -> list[dict[str, Any]]:
+    async def get_predictions(
+        request_id: Annotated[str, Path(max_length=64, pattern=REQUEST_ID)],
+    ) -> list[dict[str, Any]]:
         flushed = await run_in_threadpool(gw.store.flush, 5.0)
         try:
             rows = await run_in_threadpool(gw.store.predictions_for, request_id)

@@ -43,6 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailableError, scrub_log_secrets
 from pyrocast.ports import service_url
+from pyrocast.serving.api import REQUEST_ID
 from pyrocast.serving.guards import BodyLimit, BodyTooLarge, too_big
 from pyrocast.settings import Region, Settings, get_settings
 from pyrocast.webapp.proxy import EXPLAIN_TIMEOUT_S, PREDICT_TIMEOUT_S, GatewayClient, GatewayError, gateway_url
@@ -86,7 +87,7 @@ NOT_THIS_TILE_SVG = (
 
 
 class FeedbackBody(BaseModel):
-    request_id: str = Field(..., min_length=1, max_length=64)
+    request_id: str = Field(..., min_length=1, max_length=64, pattern=REQUEST_ID)
     correct: StrictBool | None = None  # as the gateway: "yes" or 1 is refused, not read as true
     label: Literal["wildfire", "nowildfire"] | None = None
 
