@@ -27,6 +27,36 @@ def test_background_writes_are_batched_and_complete(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_flush_under_steady_traffic_waits_for_the_rows_put_before_it_only(tmp_path: Path) -> None:
+    """`flush` waited for an empty queue: under steady traffic (a replay reads back each answer) the queue never
+    emptied and every read waited its whole timeout, holding a worker thread the predictions need too."""
+    import threading
+
+    store = PredictionStore(f"sqlite:///{tmp_path / 'p.db'}").start()
+    done = threading.Event()
+
+    def traffic() -> None:  # far more rows than the writer takes in one batching window, without a pause
+        i = 1
+        while not done.is_set():
+            for _ in range(20):
+                store.put_prediction(row(i))
+                i += 1
+            time.sleep(0.005)
+
+    producer = threading.Thread(target=traffic, daemon=True)
+    producer.start()
+    try:
+        time.sleep(0.5)
+        mine = row(0)
+        store.put_prediction(mine)
+        assert store.flush(10.0), "the flush waited for rows put after it"
+        assert store.predictions_for(mine["request_id"]), "flushed, yet the row put before it is not written"
+    finally:
+        done.set()
+        producer.join()
+        store.close()
+
+
 def test_close_drains_the_queue_nothing_lost(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'p.db'}"
     store = PredictionStore(url, interval_s=5.0).start()  # a long batching window: rows still queued at close

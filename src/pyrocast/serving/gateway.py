@@ -643,7 +643,8 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     async def get_predictions(
         request_id: Annotated[str, Path(max_length=64, pattern=REQUEST_ID)],
     ) -> list[dict[str, Any]]:
-        flushed = await run_in_threadpool(gw.store.flush, 5.0)
+        # Only an answer this gateway gave may still wait in its write queue (others' are in their own queues).
+        flushed = await run_in_threadpool(gw.store.flush, 5.0) if request_id in gw.recent else True
         try:
             rows = await run_in_threadpool(gw.store.predictions_for, request_id)
         except Exception as exc:  # the database is down: predictions are still answered meanwhile

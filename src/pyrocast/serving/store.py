@@ -443,6 +443,10 @@ class PredictionStore:
         self._last_refusal = ""
         self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
         self._pending = 0  # rows taken from the queue but not yet committed
+        # Rows put and rows done since start: rows are done in the order they were put, so a flush waits for the
+        # rows put before it only (waiting for an empty queue never ended under steady traffic).
+        self._put_total = 0
+        self._done_total = 0
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
@@ -498,6 +502,7 @@ class PredictionStore:
         row.setdefault("ts", utcnow())
         with self._lock:
             self._pending += 1
+            self._put_total += 1
         self._queue.put((table, row))
 
     @property
@@ -510,13 +515,15 @@ class PredictionStore:
         return len(self._held)
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every row put so far is committed (or `timeout`); True when all are written."""
+        """Wait until every row put so far is committed or spilled (or `timeout`); True when they all are. Rows
+        put meanwhile are not waited for."""
         if self._thread is None:
             self._drain_sync()
             return True
         deadline = time.monotonic() + timeout
         with self._idle:
-            while self._pending > 0:
+            target = self._put_total
+            while self._done_total < target:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -693,6 +700,7 @@ class PredictionStore:
     def _done(self, n: int) -> None:
         with self._idle:
             self._pending -= n
+            self._done_total += n
             self._idle.notify_all()
 
     def _failed(self, exc: BaseException, attempt: int) -> None:
