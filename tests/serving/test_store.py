@@ -246,3 +246,40 @@ def test_the_writer_does_not_wait_between_batches_it_wrote(tmp_path: Path) -> No
         assert took < 2.0, f"5 batches took {took:.1f} s: the writer waited between them"
     finally:
         store.close()
+
+
+def test_unreadable_lines_of_two_spill_files_replayed_together_are_both_kept(tmp_path: Path) -> None:
+    """A replay cut short by a crash left its claimed file, and the spill file started anew has a torn tail too:
+    both files' torn lines were written to one `.bad-<second>` file, the second replacing the first."""
+    import json
+
+    def line(i: int) -> str:
+        return json.dumps({"table": "predictions", "row": row(i, ts="2026-11-28T10:00:00+00:00")}) + "\n"
+
+    spill = tmp_path / "predictions-spill.jsonl"
+    (tmp_path / "predictions-spill.jsonl.replaying-0123456789abcdef").write_text(line(1) + '{"row": {"request_id": "A')
+    spill.write_text(line(2) + '{"table": "predictions", "row": {"request_id": "B')
+    store = PredictionStore(f"sqlite:///{tmp_path / 'p.db'}", spill_path=spill, emergency_dir=None)
+    assert store.count() == 2
+    store.close()
+    kept = sorted(p.read_text() for p in tmp_path.glob("predictions-spill.jsonl.bad-*"))
+    assert len(kept) == 2 and '"A' in kept[0] + kept[1] and '"B' in kept[0] + kept[1], kept
+
+
+def test_a_long_outage_s_spill_file_is_written_back_in_chunks(tmp_path: Path) -> None:
+    """A spill file was read whole and written in one transaction (100,000 rows: 430 MB more memory, 12 s before
+    the gateway listened). It is read as it is written, REPLAY_CHUNK lines per transaction, each with its key."""
+    import json
+
+    from pyrocast.serving.store import REPLAY_CHUNK
+
+    spill = tmp_path / "predictions-spill.jsonl"
+    n = 2 * REPLAY_CHUNK + 7
+    at = "2026-11-28T10:00:00+00:00"
+    spill.write_text("".join(json.dumps({"table": "predictions", "row": row(i, ts=at)}) + "\n" for i in range(n)))
+    store = PredictionStore(f"sqlite:///{tmp_path / 'p.db'}", spill_path=spill, emergency_dir=None)
+    assert store.count() == n and not spill.exists()
+    with sqlite3.connect(tmp_path / "p.db") as conn:
+        keys = [k for (k,) in conn.execute("SELECT key FROM spill_replays")]
+    assert sorted(k.rsplit(":", 1)[1] for k in keys) == ["0", "1", "2"], keys
+    store.close()

@@ -19,7 +19,7 @@ from sqlalchemy import create_engine
 
 from pyrocast.serving.store import PredictionStore
 from tests.support.postgres import PostgresServer
-from tests.support.store_rows import row
+from tests.support.store_rows import leftover_claim, row
 
 PASSWORD = "S3cretPassw0rd"  # the test server trusts everyone; it stands for a real store's password
 
@@ -120,11 +120,11 @@ def test_a_spill_file_written_before_a_crash_is_never_written_twice(tmp_path: Pa
     spilled = spill.read_bytes()
     PredictionStore(url, spill_path=spill, emergency_dir=None).close()  # the next start writes them
     # What a process that died after committing the rows, before removing the file, leaves behind.
-    spill.write_bytes(spilled)
+    leftover = leftover_claim(url, spill, spilled)
     again = PredictionStore(url, spill_path=spill, emergency_dir=None)
-    assert again.count() == 3 and not spill.exists()
+    assert again.count() == 3 and not spill.exists() and not leftover.exists()
     # Cut short after the commit with the file renamed aside, while a later run spilled new rows: the new rows only.
-    (tmp_path / "spill.jsonl.replaying").write_bytes(spilled)
+    leftover_claim(url, spill, spilled)
     _unwritable(again, db)
     again.put_prediction(row(3))
     again.close()

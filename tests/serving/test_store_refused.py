@@ -15,7 +15,7 @@ import pytest
 
 from pyrocast.serving.store import PredictionStore, utcnow
 from tests.support.disks import tmpfs
-from tests.support.store_rows import row
+from tests.support.store_rows import leftover_claim, row
 from tests.support.waiting import wait_for
 
 
@@ -72,7 +72,7 @@ def test_refused_spilled_rows_are_kept_aside_and_the_rest_of_their_file_is_writt
     assert store.flush(10)
     store.close()
     assert _counts(store_url) == (["r0", "r1", "r2", "r3", "r5"], 1)
-    assert not spill.exists() and not (tmp_path / "predictions-spill.jsonl.replaying").exists()
+    assert not spill.exists() and not list(tmp_path.glob("predictions-spill.jsonl.replaying*"))
 
     (aside,) = tmp_path.glob("predictions-spill.jsonl.refused-*")
     kept = [json.loads(line) for line in aside.read_text().splitlines()]
@@ -86,7 +86,7 @@ def test_refused_spilled_rows_are_kept_aside_and_the_rest_of_their_file_is_writt
     assert "wrote 5 spilled rows" in caplog.text
 
     # Never written twice: the same file left by a process that died after its commit, before removing it.
-    (tmp_path / "predictions-spill.jsonl.replaying").write_bytes(original)
+    leftover_claim(store_url, spill, original)
     PredictionStore(store_url, spill_path=spill, emergency_dir=None).close()
     assert _counts(store_url) == (["r0", "r1", "r2", "r3", "r5"], 1)
     assert list(tmp_path.glob("predictions-spill.jsonl*")) == [aside]
@@ -281,3 +281,36 @@ def test_rows_set_aside_from_a_batch_whose_commit_fails_are_set_aside_once(
     assert kept == [r["request_id"] for _, r in BAD]
     (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
     assert "rows spilled in" in said and str(aside) in said, said
+
+
+def test_refused_rows_appended_again_after_the_database_is_fixed_are_written(tmp_path: Path) -> None:
+    """Appended before the database was fixed, refused rows are refused again into a file of the same bytes; appended
+    once more after the fix, they were skipped as "written before" (a replay was known by its bytes alone) and
+    never written. A spill file is now known by the name it was claimed under."""
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    spill = tmp_path / "predictions-spill.jsonl"
+    store = PredictionStore(url, spill_path=spill, emergency_dir=None)
+    with store.engine.begin() as conn:  # a rule of the database's refusing a row, as a NOT NULL added by hand would
+        conn.execute(
+            text(
+                "CREATE TRIGGER no_bad BEFORE INSERT ON predictions WHEN NEW.client_id = 'bad' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by rule'); END"
+            )
+        )
+    store.put_prediction(row(1, client_id="bad"))
+    store.close()
+    (first,) = tmp_path.glob("predictions-spill.jsonl.refused-*")
+    spill.write_bytes(first.read_bytes())  # appended too early: refused again
+    PredictionStore(url, spill_path=spill, emergency_dir=None).close()
+    asides = list(tmp_path.glob("predictions-spill.jsonl.refused-*"))
+    assert len(asides) == 2 and len({a.read_bytes() for a in asides}) == 1
+    fixed = PredictionStore(url, spill_path=spill, emergency_dir=None)
+    with fixed.engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER no_bad"))
+    fixed.close()
+    spill.write_bytes(first.read_bytes())  # appended again, as the log says, once the database takes them
+    again = PredictionStore(url, spill_path=spill, emergency_dir=None)
+    assert again.count() == 1 and not spill.exists()
+    again.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def row(i: int, **kw: object) -> dict:
     """Prediction row number `i` as the gateway stores it; keyword arguments replace fields."""
@@ -17,3 +19,19 @@ def row(i: int, **kw: object) -> dict:
         "latency_ms": 3.0,
         **kw,
     }
+
+
+def leftover_claim(store_url: str, spill: Path, data: bytes) -> Path:
+    """What a process that died after committing a spill file's rows, before removing the file, leaves behind: the
+    file under the name it claimed it by (`<spill>.replaying-<id>`, the id in the replay's committed keys)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            key = conn.execute(text("SELECT key FROM spill_replays ORDER BY ts DESC LIMIT 1")).scalar_one()
+    finally:
+        engine.dispose()
+    claimed = spill.with_name(f"{spill.name}.replaying-{key.split(':')[1]}")
+    claimed.write_bytes(data)
+    return claimed

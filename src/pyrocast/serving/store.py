@@ -37,6 +37,7 @@ Tables (times are UTC):
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -44,6 +45,8 @@ import os
 import queue
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -389,6 +392,7 @@ def add_missing_columns(
 
 WARN_EVERY_S = 30.0  # store trouble that repeats (every write attempt of an outage) is logged this often
 MAX_HELD = 100_000  # rows kept in memory while neither the database nor the spill file takes them (~100 MB)
+REPLAY_CHUNK = 5000  # spill lines written per transaction (a long outage's file, read as it is written back)
 # Where rows still held at shutdown go when the database and the disk refuse them: memory-backed, so a full disk
 # does not stop it; it outlives the process (not a reboot), and the next start on the same store replays it.
 EMERGENCY_DIR = Path("/dev/shm")
@@ -839,7 +843,8 @@ class PredictionStore:
             ).encode()
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _append_whole(path, data)
+                with _exclusive(path):  # never into a file another process is renaming to write it back
+                    _append_whole(path, data)
                 return True
             except OSError as exc:
                 why = f"the spill file {path} cannot be written ({exc.strerror or exc})"
@@ -860,7 +865,7 @@ class PredictionStore:
         return [p for p in (self.spill_path, self.emergency_path) if p is not None]
 
     def _spill_waiting(self) -> bool:
-        return any(p.is_file() or _claimed(p).is_file() for p in self._spill_files())
+        return any(p.is_file() or _claimed_files(p) for p in self._spill_files())
 
     def _replay_spill(self) -> int:
         """Write every spill file's rows (oldest first); raises when the database refuses (nothing is lost)."""
@@ -872,40 +877,61 @@ class PredictionStore:
     def _replay(self, path: Path) -> int:
         """Write the rows of the spill file `path`; the number written.
 
-        The file is first renamed aside (`.replaying`), so rows spilled meanwhile start a new file and the one
-        being written never changes: its digest, committed with its rows, says that it was written. A replay
-        cut short by a crash is finished first, and never written twice; one the database refuses is put back."""
-        claimed = _claimed(path)
-        n = self._replay_claimed(claimed, path) if claimed.is_file() else 0
-        if path.is_file():
-            os.replace(path, claimed)
+        The file is first renamed aside under a name of its own (`.replaying-<id>`), so rows spilled meanwhile
+        start a new file and the one being written never changes. Its rows are written in chunks, each committed
+        with a key naming the claimed file and the chunk: a replay cut short by a crash is finished first, never
+        written twice, and rows appended again later (corrected refused rows, the same bytes) are a new file. One
+        process's rename never takes a file another is appending to (`_exclusive`); two processes replaying one claimed
+        file write it once (a chunk's key and rows commit together), the second's attempt fails and is retried."""
+        n = sum(self._replay_claimed(claimed, path) for claimed in _claimed_files(path))
+        if not path.is_file():  # nothing spilled; and a device standing for a spill file (/dev/full) is never moved
+            return n
+        claimed = path.with_name(f"{path.name}.replaying-{uuid.uuid4().hex[:16]}")
+        with _exclusive(path):  # no process appends to the file while it is renamed
             try:
-                n += self._replay_claimed(claimed, path)
-            except BaseException:
+                os.replace(path, claimed)
+            except FileNotFoundError:  # nothing spilled (or another process claimed it a moment ago)
+                return n
+        try:
+            n += self._replay_claimed(claimed, path)
+        except BaseException:
+            with _exclusive(path):
                 if not path.exists():  # refused: back where operators look for it (nothing spilled meanwhile)
                     os.replace(claimed, path)
-                raise
+            raise
         return n
 
     def _replay_claimed(self, claimed: Path, path: Path) -> int:
-        data = claimed.read_bytes()
-        batch, torn = [], []
-        for line in data.split(b"\n"):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                row = rec["row"]
-                if isinstance(row.get("ts"), str):
-                    row["ts"] = datetime.fromisoformat(row["ts"])
-                if rec["table"] not in TABLES:  # no table to write it to: kept with the unreadable lines, not dropped
-                    raise KeyError(rec["table"])
-                batch.append((str(rec["table"]), row))
-            except (ValueError, KeyError, TypeError, AttributeError):  # a line torn by a crash or a full disk mid-write
-                torn.append(line)
-        digest = hashlib.sha256(data).hexdigest()
-        key = f"spill:{digest}"
-        written: dict[str, int] | None = None  # None: written before (a replay the process did not finish)
+        """Write a claimed spill file chunk by chunk (REPLAY_CHUNK lines per transaction, read as it goes: a long
+        outage's file is not held in memory), then keep its unreadable lines aside and remove it."""
+        ident = claimed.name.rpartition(".replaying")[2].lstrip("-")
+        n, already, torn = 0, 0, []
+        with claimed.open("rb") as f:
+            # A file claimed by an earlier version (`.replaying`, no id) was keyed by its digest, in one transaction.
+            chunks = _line_chunks(f, None if not ident else REPLAY_CHUNK)
+            for index, lines in enumerate(chunks):
+                batch, bad = _spill_rows(lines)
+                torn += bad
+                key = f"spill:{ident}:{index}" if ident else f"spill:{hashlib.sha256(b''.join(lines)).hexdigest()}"
+                written = self._replay_chunk(path, key, batch)
+                if written is None:
+                    already += 1
+                    continue
+                n += sum(written.values())
+        if torn:  # named by the claimed file, written whole before it goes: a second file never replaces the first
+            aside = path.with_name(f"{path.name}.bad-{ident or int(time.time())}")
+            atomic_write(aside, b"\n".join(torn) + b"\n")
+            log.warning("prediction store: %d unreadable spill lines kept aside in %s", len(torn), aside)
+        claimed.unlink()
+        if already and not n:
+            log.warning("prediction store: the spilled rows in %s were written before; file removed", claimed)
+        else:
+            log.warning("prediction store: wrote %d spilled rows (from %s)", n, path)
+        return n
+
+    def _replay_chunk(self, path: Path, key: str, batch: list[tuple[str, dict[str, Any]]]) -> dict[str, int] | None:
+        """Write one chunk of a spill file with its key, in one transaction; None when the key says it was written."""
+        written: dict[str, int] | None = None
         refused: list[tuple[tuple[str, dict[str, Any]], str]] = []
         aside: Path | None = None
         with self.engine.begin() as conn:
@@ -916,24 +942,15 @@ class PredictionStore:
                 conn.execute(insert(spill_replays).values(key=key, ts=utcnow(), rows=len(batch)))
                 written, refused = _insert_sifted(conn, batch)
                 if refused:  # written before the commit: a crash between the two loses nothing
-                    aside = self._set_aside(path, digest, refused)
+                    aside = self._set_aside(path, hashlib.sha256(key.encode()).hexdigest(), refused)
         if written is None:
-            claimed.unlink()
-            log.warning("prediction store: the spilled rows in %s were written before; file removed", claimed)
-            return 0
+            return None
         if aside is not None:
             self._say_set_aside(path, aside, refused, len(batch))
         self.refused += len(refused)  # counted, not a standing trouble: a file replayed once, said in its own line
         for name, k in written.items():
             self.written[name] += k
-        if torn:
-            aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
-            aside.write_bytes(b"\n".join(torn) + b"\n")
-            log.warning("prediction store: %d unreadable spill lines kept aside in %s", len(torn), aside)
-        claimed.unlink()
-        n = sum(written.values())
-        log.warning("prediction store: wrote %d spilled rows (from %s)", n, path)
-        return n
+        return written
 
     def _set_aside(self, path: Path, digest: str, refused: list[tuple[tuple[str, dict[str, Any]], str]]) -> Path:
         """Keep the rows the database refuses for what they hold in `<spill>.refused-<digest>`, each with the reason.
@@ -1180,9 +1197,59 @@ def _refused_lines(refused: list[tuple[tuple[str, dict[str, Any]], str]]) -> str
     return "".join(json.dumps({"table": t, "row": r}, default=_json_default) + "\n" for (t, r), _ in refused)
 
 
-def _claimed(path: Path) -> Path:
-    """Where a spill file is while it is written to the database."""
-    return path.with_name(f"{path.name}.replaying")
+def _claimed_files(path: Path) -> list[Path]:
+    """The spill file's claimed copies being (or left from being) written to the database, oldest first."""
+    found = [p for p in path.parent.glob(f"{path.name}.replaying*") if p.is_file()] if path.parent.is_dir() else []
+    return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Appending to the spill file `path` and renaming it to write it back, one process at a time (replicas may
+    share a data directory): a lock on its folder, held for an append or a rename only. Where the folder cannot be
+    opened, the spill file cannot be written either."""
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _line_chunks(f: Any, size: int | None) -> Iterator[list[bytes]]:
+    """A file's lines in lists of `size` (all in one list when None); a last line without its newline included."""
+    chunk: list[bytes] = []
+    for line in f:
+        chunk.append(line)
+        if size is not None and len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _spill_rows(lines: list[bytes]) -> tuple[list[tuple[str, dict[str, Any]]], list[bytes]]:
+    """The rows in spill lines, and the lines that are none (torn by a crash or a full disk mid-write)."""
+    batch, torn = [], []
+    for raw in lines:
+        line = raw.rstrip(b"\n")
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            row = rec["row"]
+            if isinstance(row.get("ts"), str):
+                row["ts"] = datetime.fromisoformat(row["ts"])
+            if rec["table"] not in TABLES:  # no table to write it to: kept with the unreadable lines, not dropped
+                raise KeyError(rec["table"])
+            batch.append((str(rec["table"]), row))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            torn.append(line)
+    return batch, torn
 
 
 def brief_error(exc: BaseException) -> str:
