@@ -131,6 +131,30 @@ def test_refused_rows_that_cannot_be_set_aside_on_a_full_disk_wait_in_the_spill_
         store.close()
 
 
+def test_a_spill_file_whose_torn_lines_cannot_be_kept_aside_on_a_full_disk_is_written_once(tmp_path: Path) -> None:
+    """Its rows committed, a spill file whose torn lines found no space was put back under its first name (the
+    store's start failed with the OSError): claimed again under another, its rows would be written twice. Now it
+    stays claimed until the lines fit, and its rows are written once."""
+    with tmpfs(tmp_path / "small") as small:
+        url = f"sqlite:///{tmp_path / 'predictions.db'}"
+        spill = small / "predictions-spill.jsonl"
+        spill.write_text("".join(_line(t, r) for t, r in GOOD) + '{"table": "predictions", "row": {"req')
+        filler = small / "filler"
+        with contextlib.suppress(OSError), open(filler, "wb") as f:
+            while True:
+                f.write(b"x" * 1024)
+                f.flush()
+        store = PredictionStore(url, spill_path=spill, held_retry_s=0.2, emergency_dir=None)
+        assert store.count() == 4 and store.count("feedback") == 1
+        assert not spill.exists() and len(list(small.glob("predictions-spill.jsonl.replaying-*"))) == 1
+        store.start()
+        filler.unlink()
+        assert wait_for(lambda: len(list(small.glob("predictions-spill.jsonl.bad-*"))) == 1, 10)
+        assert wait_for(lambda: not list(small.glob("predictions-spill.jsonl.replaying*")), 5)
+        assert store.count() == 4 and store.count("feedback") == 1  # written once
+        store.close()
+
+
 def _received(store: PredictionStore, rows: list[tuple[str, dict[str, Any]]]) -> None:
     for table, data in rows:
         (store.put_prediction if table == "predictions" else store.put_feedback)(dict(data))

@@ -892,18 +892,23 @@ class PredictionStore:
                 os.replace(path, claimed)
             except FileNotFoundError:  # nothing spilled (or another process claimed it a moment ago)
                 return n
+        committed: list[int] = []
         try:
-            n += self._replay_claimed(claimed, path)
+            n += self._replay_claimed(claimed, path, committed)
         except BaseException:
+            # Refused before any chunk was committed: back where operators look for it (nothing spilled meanwhile).
+            # Once one was, the file keeps the name its keys carry: claimed again under another, it would be
+            # written twice.
             with _exclusive(path):
-                if not path.exists():  # refused: back where operators look for it (nothing spilled meanwhile)
+                if not committed and not path.exists():
                     os.replace(claimed, path)
             raise
         return n
 
-    def _replay_claimed(self, claimed: Path, path: Path) -> int:
+    def _replay_claimed(self, claimed: Path, path: Path, committed: list[int] | None = None) -> int:
         """Write a claimed spill file chunk by chunk (REPLAY_CHUNK lines per transaction, read as it goes: a long
-        outage's file is not held in memory), then keep its unreadable lines aside and remove it."""
+        outage's file is not held in memory), then keep its unreadable lines aside and remove it. `committed` gets
+        the chunks this call committed."""
         ident = claimed.name.rpartition(".replaying")[2].lstrip("-")
         n, already, torn = 0, 0, []
         with claimed.open("rb") as f:
@@ -918,9 +923,24 @@ class PredictionStore:
                     already += 1
                     continue
                 n += sum(written.values())
+                if committed is not None:
+                    committed.append(index)
         if torn:  # named by the claimed file, written whole before it goes: a second file never replaces the first
             aside = path.with_name(f"{path.name}.bad-{ident or int(time.time())}")
-            atomic_write(aside, b"\n".join(torn) + b"\n")
+            try:
+                atomic_write(aside, b"\n".join(torn) + b"\n")
+            except OSError as exc:  # a full disk: the claimed file stays (its rows are written) until they fit
+                self._warn(
+                    "bad-lines",
+                    "prediction store: %d unreadable spill lines cannot be kept aside in %s (%s): %s, whose rows are "
+                    "written, stays until they can",
+                    len(torn),
+                    aside,
+                    exc.strerror or exc,
+                    claimed,
+                    level=logging.ERROR,
+                )
+                return n
             log.warning("prediction store: %d unreadable spill lines kept aside in %s", len(torn), aside)
         claimed.unlink()
         if already and not n:
