@@ -96,6 +96,12 @@ def test_canary_errors_use_the_cli_units_and_flags(gw: ServingStack) -> None:
     assert "--every" in msg and "step_seconds" not in msg
     msg = error_of(invoke(gw, "canary", "--max-error-rate", "2"))  # refused by the gateway, named by the CLI
     assert "--max-error-rate: Input should be less than or equal to 1" in msg and "guardrails" not in msg
+    for flag in ("--max-p95-ms", "--max-error-rate", "--max-disagreement"):  # typer takes them; JSON cannot
+        for value in ("inf", "nan"):
+            msg = error_of(invoke(gw, "canary", flag, value))
+            assert f"{flag} must be a finite number" in msg, msg
+    msg = error_of(invoke(gw, "ab", "inf", "1"))
+    assert "the champion's weight must be a finite number" in msg, msg
     msg = error_of(invoke(gw, "canary", "--min-requests", "300"))  # a rule across two flags: both named
     assert "--min-requests (300) must not exceed --window (200)" in msg and "min_requests" not in msg, msg
     assert view(gw)["mode"] == "champion"

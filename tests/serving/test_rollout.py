@@ -75,7 +75,7 @@ def test_resizing_a_running_ab_test_moves_clients_one_way_only() -> None:
     ev = c.start_ab(ABPlan(champion=7, challenger=3))
     at30 = {k for k in keys if c.route(k).role == "challenger"}
     assert at20 < at30 and len(at30) > len(at20)  # nobody left the challenger, some joined
-    assert ev.reason is not None and "was 20.0%" in ev.reason
+    assert ev.reason is not None and "was 20%" in ev.reason
     c.start_ab(ABPlan(champion=7, challenger=3))
     assert {k for k in keys if c.route(k).role == "challenger"} == at30
     c.start_ab(ABPlan(champion=9, challenger=1))
@@ -402,3 +402,22 @@ def test_the_guardrails_p95_is_the_monitoring_pages_p95() -> None:
     for ms in latencies:
         w.add(True, ms)
     assert w.summary()["p95_ms"] == _percentiles(np.array(latencies))["p95"]
+
+
+def test_shares_in_events_and_reports_keep_the_precision_they_need() -> None:
+    """A canary of 0.5% -> 2.5% was recorded as "0% -> 2%", a 0.01% shadow sample as "copying 0%"."""
+    from pyrocast.serving.rollout import share_text
+
+    assert [share_text(x) for x in (0.005, 0.025, 0.125, 1 / 3, 1.0, 0.0, 1e-300)] == [
+        "0.5%",
+        "2.5%",
+        "12.5%",
+        "33.33%",
+        "100%",
+        "0%",
+        "<0.01%",
+    ]
+    c = RolloutController()
+    c.set_models(V1, V2)
+    assert "0.5% -> 2.5%" in (c.start_canary(CanaryPlan(steps=[0.005, 0.025])).reason or "")
+    assert c.start_shadow(0.0001).reason == "copying 0.01% of requests to the challenger"

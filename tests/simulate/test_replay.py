@@ -84,6 +84,9 @@ def test_replay_reports_the_rate_it_sent_at(stack: ServingStack) -> None:
     assert result.as_dict()["achieved_rate"] == pytest.approx(4.0, rel=0.1)
     one = run_replay(stack.settings, rate=4, limit=1, duration_s=60, feedback=False)
     assert one.sent == 1 and one.achieved_rate is None  # one send has no interval to measure
+    # Each finite, the product of rate and duration overflowed (a traceback): as many tiles as there are then.
+    huge = run_replay(stack.settings, rate=1e200, limit=2, duration_s=1e200, feedback=False)
+    assert huge.sent == 2
 
 
 def test_replay_refuses_the_training_split(stack: ServingStack) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from pyrocast.cli.common import GATEWAY, old_gateway_name, out, pick_gateway, se
 from pyrocast.errors import InvalidInputError, PyrocastError
 from pyrocast.ports import service_url
 from pyrocast.report import Report
-from pyrocast.serving.rollout import FLEET
+from pyrocast.serving.rollout import FLEET, share_text
 from pyrocast.simulate.gateway import check_token, transport_error
 
 DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: PYROCAST_DATA_DIR or ./.pyrocast).")
@@ -255,11 +256,6 @@ def parse_shares(text: str, flag: str, example: str) -> tuple[list[float], str]:
     )
 
 
-def share_text(x: float) -> str:
-    """A share as a percent with what precision it needs: 0.05% stays 0.05%, not 0%."""
-    return f"{100 * x:.3g}%"
-
-
 def _model(ref: dict | None) -> str:
     return f"{ref['name']} v{ref['version']}" if ref else "-"
 
@@ -314,8 +310,8 @@ def _show(view: dict[str, Any], as_json: bool) -> None:
         g = c["guardrails"]
         rep.add(
             "guardrails",
-            f"errors <= {g['max_error_rate']:.0%}, p95 <= {g['max_p95_ms']:g} ms, "
-            f"disagreement <= {g['max_disagreement']:.0%} (after {g['min_requests']} requests)",
+            f"errors <= {share_text(g['max_error_rate'])}, p95 <= {g['max_p95_ms']:g} ms, "
+            f"disagreement <= {share_text(g['max_disagreement'])} (after {g['min_requests']} requests)",
         )
     if view["mode"] == "shadow":
         rep.add("shadow sample", share_text(st["shadow_sample"]))
@@ -362,6 +358,12 @@ def champion(
     _change("champion", {"reason": reason}, gateway, url, data_dir, as_json)
 
 
+def _finite(flag: str, value: float | None) -> None:
+    """Refuse inf and nan, which typer takes for floats and JSON cannot carry (a traceback, before)."""
+    if value is not None and not math.isfinite(value):
+        raise InvalidInputError(f"{flag} must be a finite number, got {value}")
+
+
 def ab(
     champion_weight: float | None = typer.Argument(None, min=0.0, help="Champion's weight (default 50)."),
     challenger_weight: float | None = typer.Argument(None, min=0.0, help="Challenger's weight (default 50)."),
@@ -377,6 +379,8 @@ def ab(
         champion_weight = challenger_weight = 50.0
         if not as_json:
             out.print("no weights given: an even split, champion 50 / challenger 50")
+    _finite("the champion's weight", champion_weight)
+    _finite("the challenger's weight", challenger_weight)
     body = {"champion": champion_weight, "challenger": challenger_weight}
     _change("ab", body, gateway, url, data_dir, as_json)
 
@@ -411,6 +415,12 @@ def canary(
         read_as = "no --steps given: " + " -> ".join(map(share_text, shares))
     if any(b <= a for a, b in itertools.pairwise(shares)):
         raise InvalidInputError(f"--steps must increase, got {' -> '.join(map(share_text, shares))}")
+    for flag, value in (
+        ("--max-error-rate", max_error_rate),
+        ("--max-p95-ms", max_p95_ms),
+        ("--max-disagreement", max_disagreement),
+    ):
+        _finite(flag, value)
     if not 0 < every < float("inf"):
         raise InvalidInputError(f"--every must be a positive number of seconds, got {every:g}")
     if min_requests > window:  # said in the flags' words (the gateway's 422 names its API fields)

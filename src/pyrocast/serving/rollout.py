@@ -101,6 +101,13 @@ class CanaryPlan(BaseModel):
         return steps
 
 
+def share_text(x: float) -> str:
+    """A share as a percent with the precision it needs: 0.5% stays 0.5% (it was "0%" in events), 12.5% stays
+    12.5%, and a share too small to show is "<0.01%", never "0%" or "1e-298%"."""
+    p = 100 * x
+    return "<0.01%" if 0 < p < 0.01 else f"{p:.4g}%"
+
+
 class ABPlan(BaseModel):
     """A/B weights (any non-negative numbers; the challenger's share is its weight over the sum)."""
 
@@ -254,14 +261,17 @@ def check_guardrails(g: Guardrails, stats: dict[str, Any]) -> str | None:
     n, m = stats["requests"], stats["compared"]
     if n >= g.min_requests:
         if stats["error_rate"] > g.max_error_rate:
-            return f"challenger error rate {stats['error_rate']:.1%} over the limit of {g.max_error_rate:.1%} ({n} requests)"
+            return (
+                f"challenger error rate {stats['error_rate']:.1%} over the limit of {share_text(g.max_error_rate)} "
+                f"({n} requests)"
+            )
         p95 = stats["p95_ms"]
         if p95 is not None and p95 > g.max_p95_ms:
             return f"challenger p95 latency {p95:.0f} ms over the limit of {g.max_p95_ms:.0f} ms ({n} requests)"
     if m >= g.min_requests and stats["disagreement"] > g.max_disagreement:
         return (
             f"challenger disagrees with the champion on {stats['disagreement']:.1%} of requests, over the limit "
-            f"of {g.max_disagreement:.1%} ({m} compared)"
+            f"of {share_text(g.max_disagreement)} ({m} compared)"
         )
     return None
 
@@ -368,14 +378,16 @@ class RolloutController:
         if running is None:
             self.state.salt = secrets.token_hex(4)
         self._changed("ab")
-        share = f"challenger share {plan.challenger_share:.1%}"
+        share = f"challenger share {share_text(plan.challenger_share)}"
         if replaced:
             return Event(
                 "ab", f"{share}; a new test of {self.state.challenger}: the test running was of another version"
             )
         if running is None:
             return Event("ab", share)
-        return Event("ab", f"{share} (was {running.challenger_share:.1%}; same test, clients kept where they were)")
+        return Event(
+            "ab", f"{share} (was {share_text(running.challenger_share)}; same test, clients kept where they were)"
+        )
 
     def start_canary(self, plan: CanaryPlan, now: float | None = None) -> Event:
         self._need_challenger("a canary")
@@ -385,7 +397,7 @@ class RolloutController:
         self.state.canary_step_since = self.state.canary_started_at
         self.state.salt = secrets.token_hex(4)
         self._changed("canary")
-        steps = " -> ".join(f"{s:.0%}" for s in plan.steps)
+        steps = " -> ".join(share_text(s) for s in plan.steps)
         return Event("canary", f"steps {steps}, every {plan.step_seconds:g} s")
 
     def start_shadow(self, sample: float = 1.0) -> Event:
@@ -396,7 +408,7 @@ class RolloutController:
         self.state.ab, self.state.canary = None, None
         self.state.salt = secrets.token_hex(4)
         self._changed("shadow")
-        return Event("shadow", f"copying {sample:.0%} of requests to the challenger")
+        return Event("shadow", f"copying {share_text(sample)} of requests to the challenger")
 
     def promote(self, reason: str | None = None) -> Event:
         """The challenger becomes the champion; the old champion is kept for rollback (and as challenger)."""
@@ -457,7 +469,7 @@ class RolloutController:
         if st.canary_step < last and due:
             st.canary_step += 1
             st.canary_step_since = now
-            events.append(Event("canary-step", f"challenger share {st.canary.steps[st.canary_step]:.0%}"))
+            events.append(Event("canary-step", f"challenger share {share_text(st.canary.steps[st.canary_step])}"))
         done = st.canary_step >= last and now - step_since(st) >= st.canary.step_seconds
         if done and not st.canary_complete:
             st.canary_complete = True

@@ -414,7 +414,8 @@ def run_replay(
     check_gateway(url)
     mode = rollout_mode(url)
     available = len(tiles)
-    planned = min(available, max(1, int(rate * duration_s + 0.999)))
+    wanted = rate * duration_s  # each finite, their product may not be (1e200 x 1e200): then every tile
+    planned = available if wanted >= available else max(1, int(wanted + 0.999))
     tiles = tiles[:planned]
     if on_start is not None:
         on_start(planned)

@@ -45,6 +45,7 @@ from pyrocast.errors import InvalidInputError, PyrocastError, ServiceUnavailable
 from pyrocast.ports import service_url
 from pyrocast.serving.api import REQUEST_ID
 from pyrocast.serving.guards import BodyLimit, BodyTooLarge, too_big
+from pyrocast.serving.rollout import share_text
 from pyrocast.settings import Region, Settings, get_settings
 from pyrocast.webapp.proxy import EXPLAIN_TIMEOUT_S, PREDICT_TIMEOUT_S, GatewayClient, GatewayError, gateway_url
 from pyrocast.webapp.tiles import MARGIN_DEG, MAX_ZOOM, MIN_ZOOM, TileRenderer
@@ -233,6 +234,7 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
     settings = settings or get_settings()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["pct"] = _pct
+    templates.env.filters["share"] = share_text
     templates.env.filters["num"] = _num
     templates.env.filters["when"] = _when
     templates.env.filters["g"] = _g
