@@ -597,3 +597,28 @@ def test_a_fallback_answer_stores_the_time_its_user_waited_for_the_failed_challe
     finally:
         _signal_service(gw.challenger, signal.SIGCONT)
         gw.set_rollout("champion", {"reason": "test reset"})
+
+
+def test_a_gateway_started_without_an_explainer_says_so_and_calls_nobody_on_its_port(tmp_path: Path) -> None:
+    """`pyrocast up --no-explainer`: a heatmap was a 503 "the explainer ... does not answer ... until it answers
+    again (GET /healthz says when)", though /healthz reports no explainer at all, after posting the tile to the
+    explainer's port (another user's service there would have got it). The web app said "try again in a moment"."""
+    import socket
+
+    from pyrocast.serving.gateway import create_app as gateway_app
+    from pyrocast.webapp.proxy import _error_from
+
+    settings = stack_settings(tmp_path)
+    settings.serving.explainer = False
+    with socket.socket() as someone_else:  # whoever holds the explainer's port on a shared machine
+        someone_else.bind(("127.0.0.1", settings.serving.explainer_port))
+        someone_else.listen()
+        someone_else.settimeout(0.2)
+        with TestClient(gateway_app(settings)) as c:
+            r = c.post("/v1/explain", json={"lat": 46.2, "lon": -73.4})
+        with pytest.raises(TimeoutError):
+            someone_else.accept()
+    assert r.status_code == 503 and "no explainer runs with this gateway" in r.json()["detail"]["error"], r.text
+    assert "healthz" not in r.text
+    shown = _error_from(httpx.Response(503, json=r.json()), "explanation")
+    assert shown.message.startswith("Heatmaps are off") and "moment" not in (shown.hint or ""), shown.to_dict()

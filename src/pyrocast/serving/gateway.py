@@ -74,8 +74,21 @@ _EXPLAINER_DOWN = "heatmaps fail until it answers again (GET /healthz says when)
 
 
 def _refuse_if_explainer_gone(gw: Gateway) -> None:
-    """A 503 at once when the explainer's probes find it gone (`ExplainerProbe.gone`), rather than a heatmap waited for."""
-    if gw.explainer is not None and gw.explainer.gone:
+    """A 503 at once when the explainer's probes find it gone (`ExplainerProbe.gone`), rather than a heatmap waited for;
+    and where none runs (`pyrocast up --no-explainer`), without calling its port (another service may hold it)."""
+    if gw.explainer is None:
+        raise HTTPException(
+            503,
+            detail={
+                **_detail(
+                    "no explainer runs with this gateway (it was started without one: `pyrocast up --no-explainer`, "
+                    "serving.explainer off), so there are no heatmaps",
+                    "start Pyrocast without --no-explainer for heatmaps; predictions are not affected",
+                ),
+                "service": "explainer-off",
+            },
+        )
+    if gw.explainer.gone:
         raise _bad_request(
             503, f"the explainer at {gw.explainer_url} does not answer its health probes", _EXPLAINER_DOWN
         )

@@ -119,6 +119,12 @@ def _error_from(r: httpx.Response, what: str) -> GatewayError:
             "Try again in a moment, or upload a tile instead. Whoever runs Pyrocast: the imagery provider's "
             "settings and server (docs/OPERATIONS.md, On call).",
         )
+    if status == 503 and _service(r) == "explainer-off":  # not down: never started (`pyrocast up --no-explainer`)
+        return GatewayError(
+            503,
+            "Heatmaps are off: this Pyrocast runs without an explainer.",
+            "The prediction itself is not affected. Whoever runs Pyrocast: start it without --no-explainer.",
+        )
     if status == 503:
         # The gateway's own hint speaks to API users ("check /healthz"); people get one they can act on. (Not "run
         # `pyrocast up` again": a second `up` on a running one refuses to start.)
