@@ -265,6 +265,19 @@ def _bad_requests(stack: ServingStack, jpeg: bytes) -> list[tuple[str, str, dict
         ("explain bad json", "/v1/explain", {"content": b"[", "headers": {"content-type": "application/json"}}, 400),
         ("feedback unknown id", "/v1/feedback", {"json": {"request_id": "nope", "correct": True}}, 404),
         ("feedback nested json", "/v1/feedback", nested, 400),
+        ("feedback text not json", "/v1/feedback", {"content": b"xx{", "headers": {"content-type": "text/plain"}}, 400),
+        (
+            "rollout text not json",
+            "/v1/rollout/ab",
+            {"content": b"xx{", "headers": {**auth, "content-type": "text/plain"}},
+            400,
+        ),
+        (
+            "feedback json sent as text",
+            "/v1/feedback",
+            {"content": b'{"request_id": "x", "correct": true}', "headers": {"content-type": "text/plain"}},
+            415,
+        ),
         ("wrong method", "/v1/predict", {"method": "GET"}, 405),
         ("feedback no verdict", "/v1/feedback", {"json": {"request_id": "x"}}, 422),
         ("feedback bad label", "/v1/feedback", {"json": {"request_id": "x", "label": "maybe"}}, 422),
@@ -347,6 +360,8 @@ def test_error_messages_say_what_was_wrong(gw: ServingStack, jpeg: bytes) -> Non
         assert r.json()["detail"]["error"] == "body is not valid JSON: nested too deeply"
         r = c.post("/v1/predict", content=b'{"lat": ' + b"9" * 5000 + b', "lon": 1}', headers=JSON)
         assert r.json()["detail"]["error"] == "body is not valid JSON: a number in it has more than 4300 digits"
+        r = c.post("/v1/feedback", content=b"[" * 5000 + b"]" * 5000, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "lat" not in r.json()["detail"]["hint"], r.text  # not predict's hint
         r = c.post("/v1/predict", json={"lat": 10.0, "lon": 10.0})  # no imagery there
         assert r.status_code == 404 and r.json()["detail"].get("hint", "absent") is not None, r.text  # no null
 

@@ -254,6 +254,13 @@ async def _read_input(request: Request, gw: Gateway, explain: bool = False) -> t
 JSON_HINT = "send JSON {'lat': .., 'lon': ..} or a multipart 'image' file"
 
 
+def _body_hint(request: Request) -> str:
+    """What the route wants: a place or a tile for predictions and heatmaps, a JSON object elsewhere."""
+    if request.url.path in ("/v1/predict", "/v1/explain"):
+        return JSON_HINT
+    return "send a JSON object (see /docs for this route's fields)"
+
+
 def _local_docs(app: FastAPI) -> None:
     """`/docs`: Swagger UI over the OpenAPI document, its files served from the installed fastapi-offline package."""
     import fastapi_offline
@@ -378,24 +385,43 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         return _error(exc.status, exc.message, exc.hint)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # The framework's own refusals (an unknown path, a body it cannot parse) in the one error envelope.
         if isinstance(exc.__cause__, BodyTooLarge):  # a chunked body past the limit, read by FastAPI for a model
             limit = settings.serving.max_upload_bytes + MULTIPART_SLACK
             return JSONResponse({"detail": too_big(None, limit)}, status_code=413)
         if exc.detail == "There was an error parsing the body":  # FastAPI's words (a body nested too deep)
-            return _error(exc.status_code, "body is not valid JSON (nested too deeply?)", JSON_HINT)
+            return _error(400, "body is not valid JSON (nested too deeply?)", _body_hint(request))
         detail = exc.detail if isinstance(exc.detail, dict) else _detail(str(exc.detail), None)
         if exc.status_code in (204, 304):
             return Response(status_code=exc.status_code, headers=exc.headers)
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         bad_json = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
         if bad_json is not None:  # a body that is not JSON is a 400, as on every other route
             why = (bad_json.get("ctx") or {}).get("error") or bad_json.get("msg")
-            return _error(400, f"body is not valid JSON: {why}")
+            return _error(400, f"body is not valid JSON: {why}", _body_hint(request))
+        # A body FastAPI did not read as JSON (its Content-Type is not JSON's) where a JSON object is wanted: said
+        # as such, not as "Input should be a valid dictionary" (a 422 the same bytes never got on /v1/predict).
+        raw = next(
+            (
+                e.get("input")
+                for e in exc.errors()
+                if tuple(e.get("loc") or ()) == ("body",)
+                and e.get("type") in ("model_attributes_type", "dict_type")
+                and isinstance(e.get("input"), (bytes, str))
+            ),
+            None,
+        )
+        if raw:
+            try:
+                json.loads(raw)
+            except ValueError as err:
+                return _error(400, f"body is not valid JSON: {type(err).__name__}", _body_hint(request))
+            ctype = request.headers.get("content-type") or "none"
+            return _error(415, f"body is JSON sent as {ctype!r}", "send it with Content-Type: application/json")
         # FastAPI's own handler echoes the inputs; a NaN or bytes among them would turn a 422 into a 500.
         errors = [{k: v for k, v in e.items() if k not in ("input", "ctx", "url")} for e in exc.errors()]
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
