@@ -127,6 +127,19 @@ def test_replay_refuses_what_it_cannot_do(stack: ServingStack, tmp_path) -> None
         run_replay(s, gateway=f"http://127.0.0.1:{free_port()}")
 
 
+def test_replay_refuses_the_web_app_for_a_gateway(stack: ServingStack) -> None:
+    """The web app's /healthz answers 200 too: replay went on, and every request failed with its 404s and 413s."""
+    from tests.support.webapp import start_webapp
+
+    web = start_webapp(stack.settings)
+    try:
+        with pytest.raises(ServiceUnavailableError, match="not a Pyrocast gateway") as err:
+            run_replay(stack.settings, gateway=web.url, limit=2)
+        assert "not the web app's" in (err.value.hint or "")
+    finally:
+        web.stop()
+
+
 def test_shadow_replay_reports_the_challengers_accuracy_on_the_copies(stack: ServingStack) -> None:
     stack.set_rollout("shadow", {"sample": 1.0})
     try:

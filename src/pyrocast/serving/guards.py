@@ -45,7 +45,7 @@ def check_size(n_bytes: int, max_bytes: int, what: str = "image") -> None:
     if n_bytes > max_bytes:
         raise UploadRejected(
             f"{what} is {n_bytes} bytes, over the limit of {max_bytes} bytes",
-            "send a smaller tile (tiles are 350x350 JPEGs of about 30 kB)",
+            "send a smaller tile (tiles are 350x350 JPEGs of 30 to 80 kB)",
             status=413,
         )
 
@@ -185,7 +185,7 @@ def too_big(n: int | None, limit: int) -> dict:
     size = f"of {n} bytes " if n is not None else ""
     return {
         "error": f"request body {size}is over the limit of {limit} bytes",
-        "hint": "send a smaller image (tiles are 350x350 JPEGs of about 30 kB); other bodies are far smaller",
+        "hint": "send a smaller image (tiles are 350x350 JPEGs of 30 to 80 kB); other bodies are far smaller",
     }
 
 

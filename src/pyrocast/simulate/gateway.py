@@ -95,3 +95,13 @@ def check_gateway(url: str, timeout_s: float = 5.0) -> None:
             f"the gateway at {url} is not healthy (HTTP {r.status_code} from /healthz)",
             "is this the Pyrocast gateway's address?",
         )
+    try:
+        health = r.json()
+    except ValueError:
+        health = None
+    if not isinstance(health, dict) or not isinstance(health.get("backends"), dict):
+        # The web app's /healthz answers 200 too: every request would then fail with its 404s and 413s.
+        raise ServiceUnavailableError(
+            f"{url} answers /healthz but is not a Pyrocast gateway (its answer names no model backends)",
+            "give the gateway's address (default http://127.0.0.1:8000), not the web app's",
+        )
