@@ -170,3 +170,40 @@ def test_a_negative_weight_is_named_as_a_weight_not_an_unknown_flag() -> None:
     said = " ".join(result.output.replace("│", " ").split())  # the error box wraps its lines
     assert result.exit_code == 2 and "No such option" not in said
     assert "champion_weight" in said and "greater than or equal to 0" in said, said
+
+
+def test_a_hand_started_classifier_keeps_its_temporary_files_in_the_data_directory(
+    bundle_dirs: dict, tmp_path: Path, jpeg: bytes
+) -> None:
+    """The runbook's `pyrocast serve classifier`, killed with SIGKILL, left BentoML's per-request folders and
+    sockets in /tmp for good (`pyrocast up` gives its services a TMPDIR of their own; a hand-started one had
+    none). Its TMPDIR is now under the data directory, and the next start on that port empties it."""
+    import signal
+    import sys
+
+    import httpx
+
+    from pyrocast.ports import free_port
+    from pyrocast.serving import procs
+
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "pyrocast"), "serve", "classifier", "--bundle", str(bundle_dirs["1"])]
+    cmd += ["--port", str(port), "--data-dir", str(tmp_path)]
+    tmp = tmp_path / "tmp" / f"classifier-champion-{port}"
+
+    def start() -> procs.ServiceProcess:
+        return procs.start_process(
+            "classifier", cmd, url=f"http://127.0.0.1:{port}", log_path=tmp_path / "classifier.log", timeout=90
+        )
+
+    service = start()
+    try:
+        r = httpx.post(f"{service.url}/predict", files={"images": ("t.jpg", jpeg, "image/jpeg")}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert tmp.is_dir() and any(tmp.iterdir()), "BentoML's temporary files went elsewhere"
+        service.stop(sig=signal.SIGKILL)
+        (tmp / "left-by-the-killed-run").write_text("x")
+        service = start()
+        assert not (tmp / "left-by-the-killed-run").exists()
+    finally:
+        service.stop()
