@@ -21,8 +21,9 @@ from pyrocast.settings import Region, Settings
 
 MIN_ZOOM, MAX_ZOOM = 5, 15
 JPEG_QUALITY = 85
-# Tiles beyond the region (plus this margin, degrees) are not served: the map stops at the region.
-MARGIN_DEG = 0.5
+# Tiles beyond the region (plus this margin, degrees) are not served: the map stops near the region. Wide enough
+# that a common window (1280x800 to 1920x1080) sees the whole region at its fitted zoom without grey bands.
+MARGIN_DEG = 2.5
 MAX_RENDERS = 2
 
 

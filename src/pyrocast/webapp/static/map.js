@@ -40,6 +40,16 @@
   L.tileLayer(cfg.tiles, tileOptions).addTo(map);
   L.rectangle(bounds, { color: "#f97316", weight: 2, fill: false, dashArray: "6 6", interactive: false }).addTo(map);
   map.fitBounds(bounds);
+  // Never zoomed out past the tiles there are: a view wider than them showed grey bands at its sides (at the
+  // fitted zoom on 1280x720 and 1920x1080, and wider at each zoom out). The least zoom is the one whose view fits
+  // inside the tile bounds, for the window's size now.
+  function keepInsideTiles() {
+    const least = Math.max(cfg.min_zoom, map.getBoundsZoom(viewBounds, true));
+    map.setMinZoom(least);
+    if (map.getZoom() < least) map.setView(bounds.getCenter(), least, { animate: false });
+  }
+  keepInsideTiles();
+  map.on("resize", keepInsideTiles);
   let marker = null;
 
   map.on("click", function (e) {
