@@ -90,6 +90,8 @@ def test_small_shares_keep_their_decimals(gw: ServingStack) -> None:
 def test_canary_errors_use_the_cli_units_and_flags(gw: ServingStack) -> None:
     msg = error_of(invoke(gw, "canary", "--steps", "5,200"))
     assert "--steps" in msg and "got 200 (read as percent)" in msg and "2.0" not in msg
+    msg = error_of(invoke(gw, "shadow", "--sample", "1"))  # 100%? while 2 is 2%: asked, not guessed
+    assert "ambiguous" in msg and "1%" in msg, msg
     msg = error_of(invoke(gw, "canary", "--steps", "5%,0.25"))
     assert "mixes values with and without %" in msg
     msg = error_of(invoke(gw, "canary", "--every", "0"))

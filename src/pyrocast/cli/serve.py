@@ -247,7 +247,8 @@ def _change(
 def parse_shares(text: str, flag: str, example: str) -> tuple[list[float], str]:
     """Shares in (0, 1] from "5%,25%", "0.05,0.25" or "5,25", and how they were read.
 
-    With a % sign, or any value above 1, every value is a percent; otherwise every value is a fraction.
+    With a % sign, or any value above 1, every value is a percent; otherwise every value is a fraction. A bare 1
+    alone (or only 1s) is refused as ambiguous.
     """
     parts = [p.strip() for p in text.split(",")]
     marked = [p.endswith("%") for p in parts]
@@ -258,6 +259,12 @@ def parse_shares(text: str, flag: str, example: str) -> tuple[list[float], str]:
     except ValueError:
         raise InvalidInputError(f"{flag} wants percents or fractions, got {text!r}", f"e.g. {example}") from None
     percent = all(marked) or any(v > 1 for v in values)
+    if not percent and all(v == 1 for v in values):
+        # Alone, a bare 1 reads as a fraction (100%) while 2 reads as 2%: an operator raising a sample from 1 to 2
+        # cut it from 100% to 2%. Said, not guessed.
+        raise InvalidInputError(
+            f"{flag} {text} is ambiguous: 1 could be the fraction 1 (100%) or 1%", "write 100% or 1%"
+        )
     shares = [v / 100 if percent else v for v in values]
     for raw, share in zip(parts, shares, strict=True):
         if not 0 < share <= 1:  # also false for NaN
