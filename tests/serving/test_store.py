@@ -181,12 +181,16 @@ def test_a_full_disk_mid_spill_leaves_whole_lines_and_the_next_start_replays_the
             store.put_prediction(row(i))
         store.flush()
         assert store.held == 190
-        assert spill.read_bytes() == spilled  # cut back to its last whole line
+        # The 10 spilled rows wait claimed (the database refused their write-back); the new spill file, cut back
+        # to its last whole line, holds nothing.
+        (claimed,) = small.glob("spill.jsonl.replaying-*")
+        assert claimed.read_bytes() == spilled and (not spill.exists() or spill.read_bytes() == b"")
         store.close()  # the 190 held rows go to the memory-backed emergency file
         assert store.dropped == 0 and store.emergency_path is not None and store.emergency_path.parent == shm
         assert len(store.emergency_path.read_bytes().splitlines()) == 190
         again = PredictionStore(f"sqlite:///{db}", spill_path=spill, emergency_dir=shm)
         assert again.count() == 200 and not spill.exists() and not list(shm.iterdir())
+        assert not list(small.glob("spill.jsonl.replaying-*"))
         again.close()
 
 
@@ -282,4 +286,31 @@ def test_a_long_outage_s_spill_file_is_written_back_in_chunks(tmp_path: Path) ->
     with sqlite3.connect(tmp_path / "p.db") as conn:
         keys = [k for (k,) in conn.execute("SELECT key FROM spill_replays")]
     assert sorted(k.rsplit(":", 1)[1] for k in keys) == ["0", "1", "2"], keys
+    store.close()
+
+
+def test_a_claimed_spill_file_another_process_is_writing_back_is_left_to_it(tmp_path: Path) -> None:
+    """Two gateways starting at once on one data directory both wrote back a leftover claimed file: the second
+    failed its start on the replay key (IntegrityError), or on the file the first had just removed. A claimed file is
+    now locked while written back, and one another process holds is left to it."""
+    import fcntl
+    import json
+
+    spill = tmp_path / "predictions-spill.jsonl"
+    claimed = tmp_path / "predictions-spill.jsonl.replaying-0123456789abcdef"
+    at = "2026-11-28T10:00:00+00:00"
+    claimed.write_text("".join(json.dumps({"table": "predictions", "row": row(i, ts=at)}) + "\n" for i in range(3)))
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    with claimed.open("r+b") as other:  # the other gateway, writing it back now
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        store = PredictionStore(url, spill_path=spill, held_retry_s=0.2, emergency_dir=None)  # starts
+        assert store.count() == 0 and claimed.exists()
+        store.start()
+        time.sleep(0.5)
+        assert store.count() == 0 and store.trouble() is None
+    # The other gateway died before it finished: the lock went with it, and this one writes the file back.
+    deadline = time.monotonic() + 10
+    while claimed.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not claimed.exists() and store.count() == 3
     store.close()

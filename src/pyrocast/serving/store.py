@@ -49,7 +49,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -437,6 +437,11 @@ class PredictionStore:
         self.interval_s = interval_s
         self.spill_path = spill_path
         self.emergency_path = emergency_spill_path(url, spill_path, emergency_dir)
+        # Appends to and claims of both spill files, between processes (`_exclusive`): a hidden file beside the spill
+        # file, in the data directory; without a spill file there is no folder to share.
+        # A device standing for one (/dev/full in the tests) gets no lock file beside it.
+        shared = spill_path is not None and (spill_path.is_file() or not spill_path.exists())
+        self._lock_path = spill_path.with_name(f".{spill_path.name}.lock") if shared and spill_path else None
         self.retries = retries
         self.retry_delay_s = retry_delay_s
         self.held_retry_s = held_retry_s
@@ -843,7 +848,7 @@ class PredictionStore:
             ).encode()
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                with _exclusive(path):  # never into a file another process is renaming to write it back
+                with self._exclusive():  # never into a file another process is renaming to write it back
                     _append_whole(path, data)
                 return True
             except OSError as exc:
@@ -880,38 +885,50 @@ class PredictionStore:
         The file is first renamed aside under a name of its own (`.replaying-<id>`), so rows spilled meanwhile
         start a new file and the one being written never changes. Its rows are written in chunks, each committed
         with a key naming the claimed file and the chunk: a replay cut short by a crash is finished first, never
-        written twice, and rows appended again later (corrected refused rows, the same bytes) are a new file. One
-        process's rename never takes a file another is appending to (`_exclusive`); two processes replaying one claimed
-        file write it once (a chunk's key and rows commit together), the second's attempt fails and is retried."""
+        written twice, and rows appended again later (corrected refused rows, the same bytes) are a new file. A file
+        the database refuses waits under its claimed name. One process's rename never takes a file another is
+        appending to (`_exclusive`), and one process at a time writes a claimed file back (a lock on the file)."""
+        # Files claimed before first, oldest first (rows keep their order); one that fails raises here, so that an
+        # outage leaves at most one claimed file beside the spill file.
         n = sum(self._replay_claimed(claimed, path) for claimed in _claimed_files(path))
         if not path.is_file():  # nothing spilled; and a device standing for a spill file (/dev/full) is never moved
             return n
-        claimed = path.with_name(f"{path.name}.replaying-{uuid.uuid4().hex[:16]}")
-        with _exclusive(path):  # no process appends to the file while it is renamed
-            try:
-                os.replace(path, claimed)
-            except FileNotFoundError:  # nothing spilled (or another process claimed it a moment ago)
-                return n
-        committed: list[int] = []
+        with self.engine.connect() as conn:  # unreachable: the file stays as it is, and grows, under its own name
+            conn.exec_driver_sql("SELECT 1")
         try:
-            n += self._replay_claimed(claimed, path, committed)
-        except BaseException:
-            # Refused before any chunk was committed: back where operators look for it (nothing spilled meanwhile).
-            # Once one was, the file keeps the name its keys carry: claimed again under another, it would be
-            # written twice.
-            with _exclusive(path):
-                if not committed and not path.exists():
-                    os.replace(claimed, path)
-            raise
-        return n
+            f = path.open("r+b")
+        except FileNotFoundError:  # another process claimed it a moment ago
+            return n
+        with f:
+            # Locked before it is renamed: another process finding it claimed leaves it to this one.
+            if not self._lock_file(f.fileno()):
+                return n
+            claimed = path.with_name(f"{path.name}.replaying-{uuid.uuid4().hex[:16]}")
+            with self._exclusive():  # no process appends to the file while it is renamed
+                if not _same_file(f.fileno(), path):  # claimed and written back by another process meanwhile
+                    return n
+                os.replace(path, claimed)
+            # Never put back under its first name, even refused: claimed again under another, the chunks committed
+            # under this one (or by a commit whose answer was lost) would be written again. It waits claimed.
+            return n + self._replay_claimed(claimed, path, f)
 
-    def _replay_claimed(self, claimed: Path, path: Path, committed: list[int] | None = None) -> int:
+    def _replay_claimed(self, claimed: Path, path: Path, locked: BinaryIO | None = None) -> int:
         """Write a claimed spill file chunk by chunk (REPLAY_CHUNK lines per transaction, read as it goes: a long
-        outage's file is not held in memory), then keep its unreadable lines aside and remove it. `committed` gets
-        the chunks this call committed."""
+        outage's file is not held in memory), then keep its unreadable lines aside and remove it. A file another
+        process is writing back (it holds the file's lock), or has just removed, is left to it. `locked`: the file,
+        open and locked by the caller."""
         ident = claimed.name.rpartition(".replaying")[2].lstrip("-")
         n, already, torn = 0, 0, []
-        with claimed.open("rb") as f:
+        if locked is not None:
+            f = locked
+        else:
+            try:
+                f = claimed.open("r+b")  # writable: an exclusive lock on NFS needs it
+            except FileNotFoundError:
+                return 0
+        with f:
+            if locked is None and (not self._lock_file(f.fileno()) or not _same_file(f.fileno(), claimed)):
+                return 0
             # A file claimed by an earlier version (`.replaying`, no id) was keyed by its digest, in one transaction.
             chunks = _line_chunks(f, None if not ident else REPLAY_CHUNK)
             for index, lines in enumerate(chunks):
@@ -923,31 +940,76 @@ class PredictionStore:
                     already += 1
                     continue
                 n += sum(written.values())
-                if committed is not None:
-                    committed.append(index)
-        if torn:  # named by the claimed file, written whole before it goes: a second file never replaces the first
-            aside = path.with_name(f"{path.name}.bad-{ident or int(time.time())}")
-            try:
-                atomic_write(aside, b"\n".join(torn) + b"\n")
-            except OSError as exc:  # a full disk: the claimed file stays (its rows are written) until they fit
-                self._warn(
-                    "bad-lines",
-                    "prediction store: %d unreadable spill lines cannot be kept aside in %s (%s): %s, whose rows are "
-                    "written, stays until they can",
-                    len(torn),
-                    aside,
-                    exc.strerror or exc,
-                    claimed,
-                    level=logging.ERROR,
-                )
-                return n
-            log.warning("prediction store: %d unreadable spill lines kept aside in %s", len(torn), aside)
-        claimed.unlink()
+            if torn:  # named by the claimed file, written whole before it goes: a second file never replaces the first
+                aside = path.with_name(f"{path.name}.bad-{ident or int(time.time())}")
+                try:
+                    atomic_write(aside, b"\n".join(torn) + b"\n")
+                except OSError as exc:  # a full disk: the claimed file stays (its rows are written) until they fit
+                    self._warn(
+                        "bad-lines",
+                        "prediction store: %d unreadable spill lines cannot be kept aside in %s (%s): %s, whose rows "
+                        "are written, stays until they can",
+                        len(torn),
+                        aside,
+                        exc.strerror or exc,
+                        claimed,
+                        level=logging.ERROR,
+                    )
+                    return n
+                log.warning("prediction store: %d unreadable spill lines kept aside in %s", len(torn), aside)
+            claimed.unlink(missing_ok=True)  # while its lock is held: nobody else has it open for writing back
         if already and not n:
             log.warning("prediction store: the spilled rows in %s were written before; file removed", claimed)
         else:
             log.warning("prediction store: wrote %d spilled rows (from %s)", n, path)
         return n
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Appending to a spill file and renaming it to write it back, one process at a time (replicas may share a
+        data directory): a lock file beside the spill file, held for an append or a rename only. Where it cannot be
+        locked (a file system without locks), said once, and done without."""
+        if self._lock_path is None:
+            yield
+            return
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            self._warn(
+                "spill-lock",
+                "prediction store: %s cannot be opened to lock the spill file (%s)",
+                self._lock_path,
+                exc,
+                level=logging.WARNING,
+            )
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                self._warn(
+                    "spill-lock",
+                    "prediction store: %s cannot be locked (%s): spilling without the lock",
+                    self._lock_path,
+                    exc,
+                    level=logging.WARNING,
+                )
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _lock_file(self, fd: int) -> bool:
+        """Take a claimed spill file's lock without waiting; False when another process holds it."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError as exc:  # no locks on this file system: write it back all the same
+            self._warn(
+                "spill-lock", "prediction store: a claimed spill file cannot be locked (%s)", exc, level=logging.WARNING
+            )
+        return True
 
     def _replay_chunk(self, path: Path, key: str, batch: list[tuple[str, dict[str, Any]]]) -> dict[str, int] | None:
         """Write one chunk of a spill file with its key, in one transaction; None when the key says it was written."""
@@ -1219,25 +1281,21 @@ def _refused_lines(refused: list[tuple[tuple[str, dict[str, Any]], str]]) -> str
 
 def _claimed_files(path: Path) -> list[Path]:
     """The spill file's claimed copies being (or left from being) written to the database, oldest first."""
-    found = [p for p in path.parent.glob(f"{path.name}.replaying*") if p.is_file()] if path.parent.is_dir() else []
-    return sorted(found, key=lambda p: p.stat().st_mtime)
+    found: list[tuple[float, Path]] = []
+    with contextlib.suppress(OSError):
+        for p in path.parent.glob(f"{path.name}.replaying*"):
+            with contextlib.suppress(OSError):  # removed meanwhile by the process that wrote it back
+                if p.is_file():
+                    found.append((p.stat().st_mtime, p))
+    return [p for _, p in sorted(found)]
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Appending to the spill file `path` and renaming it to write it back, one process at a time (replicas may
-    share a data directory): a lock on its folder, held for an append or a rename only. Where the folder cannot be
-    opened, the spill file cannot be written either."""
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` still names the open file `fd` (not removed, nor replaced, by the process that wrote it back)."""
     try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _line_chunks(f: Any, size: int | None) -> Iterator[list[bytes]]:
