@@ -903,7 +903,8 @@ class PredictionStore:
             # Locked before it is renamed: another process finding it claimed leaves it to this one.
             if not self._lock_file(f.fileno()):
                 return n
-            claimed = path.with_name(f"{path.name}.replaying-{uuid.uuid4().hex[:16]}")
+            # The chunk size in the name too: a release with another REPLAY_CHUNK finds the same chunks under its keys.
+            claimed = path.with_name(f"{path.name}.replaying-{uuid.uuid4().hex[:16]}-{REPLAY_CHUNK}")
             with self._exclusive():  # no process appends to the file while it is renamed
                 if not _same_file(f.fileno(), path):  # claimed and written back by another process meanwhile
                     return n
@@ -930,7 +931,8 @@ class PredictionStore:
             if locked is None and (not self._lock_file(f.fileno()) or not _same_file(f.fileno(), claimed)):
                 return 0
             # A file claimed by an earlier version (`.replaying`, no id) was keyed by its digest, in one transaction.
-            chunks = _line_chunks(f, None if not ident else REPLAY_CHUNK)
+            _, dash, size = ident.rpartition("-")
+            chunks = _line_chunks(f, None if not ident else int(size) if dash and size.isdigit() else REPLAY_CHUNK)
             for index, lines in enumerate(chunks):
                 batch, bad = _spill_rows(lines)
                 torn += bad
