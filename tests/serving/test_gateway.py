@@ -272,6 +272,7 @@ def _bad_requests(stack: ServingStack, jpeg: bytes) -> list[tuple[str, str, dict
             {"content": b"xx{", "headers": {**auth, "content-type": "text/plain"}},
             400,
         ),
+        ("feedback a JSON string", "/v1/feedback", {"content": b'"{}"', "headers": json_type}, 422),
         (
             "feedback json sent as text",
             "/v1/feedback",

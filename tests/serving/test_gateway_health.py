@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import psutil
 import pytest
@@ -526,6 +527,19 @@ def test_a_challenger_answering_nonsense_is_a_failure_the_champion_answers_for_a
         ids = [r.json()["request_id"] for r in answers if r.json()["variant"] == "champion-fallback"]
         stored = _challenger_errors(gw, ids)  # stored as the challenger's failures, not as served answers
         assert len(ids) >= 5 and len(stored) == len(ids) and all(stored), stored
+        # An answer that arrived is no lost connection: without its status the service was marked down (a champion
+        # answering one odd tile with NaN was then down for everyone until the next probe).
+        from pyrocast.serving.backends import Backend, BackendError
+
+        async def call() -> BackendError:
+            async with httpx.AsyncClient() as client, aiohttp.ClientSession() as session:
+                be = Backend("b", f"http://127.0.0.1:{gw.settings.serving.challenger_port}", client)
+                be.session = session
+                with pytest.raises(BackendError) as err:
+                    await be.predict(jpeg, "image/jpeg")
+                return err.value
+
+        assert asyncio.run(call()).status == status
     finally:
         server.shutdown()
         server.server_close()

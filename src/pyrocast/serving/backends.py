@@ -294,16 +294,18 @@ class Backend(Probed):
         if status != 200:
             msg = _error_text(body)
             raise BackendError(f"HTTP {status}: {msg}", status, client_error=is_client_status(status))
+        # An answer that arrived but cannot be used carries its status: without one, the caller takes the service for
+        # gone (no answer at all) and marks it down, a champion for every request until the next probe.
         try:
             item = json.loads(body)[0]
             ref = ModelRef(name=str(item["model"]["name"]), version=str(item["model"]["version"]))
             answer = Answer(float(item["probability"]), str(item["label"]), ref, item.get("precision"), ms)
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise BackendError(f"unexpected answer: {body[:200]!r}") from exc
+            raise BackendError(f"unexpected answer: {body[:200]!r}", status) from exc
         # Checked before anyone stores or answers it: a NaN or an unknown label was stored as served and then failed
         # the response model with a bare 500.
         if not 0.0 <= answer.probability <= 1.0 or answer.label not in CLASSES:
-            raise BackendError(f"unexpected answer (probability or label out of range): {body[:200]!r}")
+            raise BackendError(f"unexpected answer (probability or label out of range): {body[:200]!r}", status)
         return answer
 
     def status(self, role: str) -> BackendStatus:

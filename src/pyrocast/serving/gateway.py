@@ -313,6 +313,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "the champion model service (or the explainer) does not answer"},
 }
 
+# A JSON body's own refusals, on the routes that take a JSON object.
+_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "the body is not valid JSON"},
+    415: {"model": ErrorResponse, "description": "a JSON body sent with another Content-Type"},
+}
+
 _bearer = HTTPBearer(auto_error=False)
 # Where a request can be refused before routing (its body is over the limit): counted under these paths.
 PUBLIC_PATHS = ("/v1/predict", "/v1/explain", "/v1/feedback")
@@ -405,23 +411,26 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             return _error(400, f"body is not valid JSON: {why}", _body_hint(request))
         # A body FastAPI did not read as JSON (its Content-Type is not JSON's) where a JSON object is wanted: said
         # as such, not as "Input should be a valid dictionary" (a 422 the same bytes never got on /v1/predict).
+        ctype = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+        sent_as_json = ctype == "application/json" or ctype.endswith("+json")  # then parsed: a string is a JSON string
         raw = next(
             (
                 e.get("input")
                 for e in exc.errors()
                 if tuple(e.get("loc") or ()) == ("body",)
                 and e.get("type") in ("model_attributes_type", "dict_type")
-                and isinstance(e.get("input"), (bytes, str))
+                and isinstance(e.get("input"), bytes)
             ),
             None,
         )
-        if raw:
+        if raw and not sent_as_json:
             try:
                 json.loads(raw)
             except ValueError as err:
                 return _error(400, f"body is not valid JSON: {type(err).__name__}", _body_hint(request))
-            ctype = request.headers.get("content-type") or "none"
-            return _error(415, f"body is JSON sent as {ctype!r}", "send it with Content-Type: application/json")
+            return _error(
+                415, f"body is JSON sent as {ctype or 'no type'!r}", "send it with Content-Type: application/json"
+            )
         # FastAPI's own handler echoes the inputs; a NaN or bytes among them would turn a 422 into a 500.
         errors = [{k: v for k, v in e.items() if k not in ("input", "ctx", "url")} for e in exc.errors()]
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
@@ -589,7 +598,9 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
                 "description": "source replay or feed (ground truth) without the admin token, when the gateway has "
                 "one (without one, every source is taken)",
             },
+            400: _BODY_ERRORS[400],
             404: {"model": ErrorResponse, "description": "unknown request id"},
+            415: _BODY_ERRORS[415],
             422: _ERRORS[422],
             503: {"model": ErrorResponse, "description": "the request is not in memory and the store cannot be read"},
         },
@@ -713,6 +724,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         return await gw.view()
 
     _admin_responses: dict[int | str, dict[str, Any]] = {
+        **_BODY_ERRORS,
         401: {"model": ErrorResponse, "description": "missing or wrong token"},
         403: {"model": ErrorResponse, "description": "no admin token configured"},
         409: {"model": ErrorResponse, "description": "not possible now (no challenger, nothing to roll back)"},
