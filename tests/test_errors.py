@@ -110,6 +110,23 @@ def test_passwords_holding_slashes_or_at_signs_are_scrubbed() -> None:
     assert scrub_secrets("see http://host:8000/a and mail ops@example.org") == (
         "see http://host:8000/a and mail ops@example.org"
     )
+    # Not past the URL: a UI link's path holding "@" beside a store URL in one JSON line was swallowed whole.
+    both = '{"store":"postgresql://u:pw@h/db","mlflow":"http://mlflow:5000/#/models/pyrocast@champion"}'
+    assert scrub_secrets(both) == both.replace("u:pw@", "u:***@")
+
+
+def test_weak_or_split_passwords_do_not_scrub_ordinary_words(tmp_path: Path) -> None:
+    """A store password "postgres" turned every "postgresql" into ***, and "pass@word" every "pass" and "word"."""
+    from pyrocast.errors import scrub_secrets
+    from pyrocast.settings import Settings
+
+    Settings(
+        data_dir=tmp_path,
+        store_url="postgresql://postgres:postgres@db/x",
+        optuna_storage="postgresql://u:pass@word@db/y",
+    )
+    said = "the password was refused; give a keyword or a passlist for postgresql"
+    assert scrub_secrets(said) == said
 
 
 def test_database_passwords_in_the_settings_are_scrubbed_wherever_a_driver_quotes_them(tmp_path: Path) -> None:

@@ -26,6 +26,16 @@ def add_secrets(*values: str | None) -> None:
     _KNOWN.update(v for v in values if v and len(v) >= 4)
 
 
+# A URL's user part: a user, then ":" and a password that is no port (":5000/" is a host's), up to the last "@"
+# before something that reads as a host, within the URL (not past a quote or a comma: JSON holding two URLs). A
+# password may hold "/", "?", "#" (generated ones do) or an unescaped "@".
+_USER = r"[^/\s:@]*"
+_PASSWORD = r""":(?!\d+(?:[/?#\s]|$))[^\s"'<>,]*"""
+_HOST_AHEAD = r"(?=[\w.\[\]-]+(?::\d+)?(?:[/?#\s\"',;)\]}]|$))"
+_IN_TEXT = re.compile(rf"(://{_USER}){_PASSWORD}@{_HOST_AHEAD}")
+_URL_USERINFO = re.compile(rf"^([A-Za-z][\w+.-]*://)({_USER}(?:{_PASSWORD})?)@{_HOST_AHEAD}")
+
+
 def scrub_secrets(text: str) -> str:
     """`text` with secrets (the environment's, those given to `add_secrets`) and passwords in URLs replaced by ***,
     to show or log it."""
@@ -33,20 +43,32 @@ def scrub_secrets(text: str) -> str:
     for value in sorted(known, key=len, reverse=True):  # a longer secret first: it may contain a shorter one
         if len(value) >= 4:
             text = text.replace(value, "***")
-    # The password runs to the token's last "@": one may hold "/" (generated ones often do) or an unescaped "@".
-    return re.sub(r"(://[^/\s:@]*):\S*@", r"\1:***@", text)
+    return _IN_TEXT.sub(r"\1:***@", text)
+
+
+def redact_url(uri: str) -> str:
+    """A URL safe to print: its user part (user and password) replaced by ***, its query and fragment cut off."""
+    m = _URL_USERINFO.match(uri)
+    if m:
+        uri = f"{m.group(1)}***@{uri[m.end() :]}"
+    return re.split(r"[?#]", uri, maxsplit=1)[0]
 
 
 def url_password(url: str | None) -> list[str]:
-    """The password in a URL's user part, as written and percent-decoded, and its parts around an unescaped "@" (a
-    driver quotes what follows one as the host name): to give `add_secrets`."""
-    m = re.match(r"^[A-Za-z][\w+.-]*://[^:/@\s]*:(\S*)@", url or "")
-    if not m or not m.group(1):
+    """The password in a URL's user part, as written and percent-decoded, to give `add_secrets`: only where it
+    does not also stand in the URL's other parts (a password "postgres" would turn every "postgresql" into ***)."""
+    m = _URL_USERINFO.match(url or "")
+    user_part = m.group(2) if m else ""
+    if ":" not in user_part:
         return []
     from urllib.parse import unquote
 
-    pw = m.group(1)
-    return [pw, unquote(pw), *pw.split("@")]
+    pw = user_part.split(":", 1)[1]
+    rest = (url or "").replace(user_part, "", 1)
+    # The parts around an unescaped "@" too (a driver quotes what follows one as the host name), when long enough
+    # not to be ordinary words ("pass@word" would scrub every "word").
+    parts = [p for p in pw.split("@") if len(p) >= 8] if "@" in pw else []
+    return [v for v in {pw, unquote(pw), *parts} if v and v not in rest]
 
 
 class ScrubSecrets(logging.Filter):

@@ -46,6 +46,7 @@ def test_redact() -> None:
     assert redact("postgresql://u:pw@db:5432/mlflow?sslmode=require") == "postgresql://***@db:5432/mlflow"
     assert redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     # Generated passwords hold "/" and "?"; an unescaped "@" is a mistake, still not to be shown.
+    assert redact("http://mlflow:5000/api?user=a@b") == "http://mlflow:5000/api"  # a port, not a password
     for pw in ("Xk9/aQ+zSecret", "a?b/c", "p@ss/word"):
         assert (
             redact(f"postgresql+psycopg://postgres:{pw}@db:5432/x?sslmode=require")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -49,10 +48,10 @@ def quiet_mlflow_env() -> None:
 
 
 def redact(uri: str) -> str:
-    """A URI safe to print: user, password and query string removed. The user part runs to the last "@": a
-    password may hold "/", "?" or an unescaped "@"."""
-    uri = re.sub(r"^([A-Za-z][\w+.-]*://)\S*@", r"\1***@", uri)
-    return uri.split("?", 1)[0]
+    """A URI safe to print: user, password, query string and fragment removed (`errors.redact_url`)."""
+    from pyrocast.errors import redact_url
+
+    return redact_url(uri)
 
 
 def is_remote(uri: str) -> bool:
