@@ -738,3 +738,39 @@ def test_a_safety_rollback_goes_ahead_with_the_registry_down_and_its_aliases_fol
                 three.store.close()
 
     asyncio.run(scenario())
+
+
+def test_owed_aliases_never_undo_a_decision_the_registry_took_since(
+    tmp_path: Path, bundle_dirs: dict[str, Path]
+) -> None:
+    """Aliases owed after a safety rollback, then a training run (the registry back) makes a third version champion:
+    the owed move would put v1 back over that decision. The debt is dropped once the registry shows a champion that
+    is neither the stale one nor the owed one, at a restart and on the tick alike."""
+    from pyrocast.registry.mlflow_store import ensure_experiment, get_client
+    from pyrocast.registry.models import aliases, register_bundle, set_alias
+    from tests.support.serving import register_bundles
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            register_bundles(one.settings, bundle_dirs)
+            for g in (one, two):
+                _serving(g, V1, V2, source="registry")
+            t0 = await started_canary(one, two, CanaryPlan(steps=[1.0], step_seconds=60, auto_promote=True))
+            judged(two)
+            for _ in range(30):
+                one.controller.record("challenger", False, None)
+            assert [e.action for e in await two.advance(t0 + 61)] == ["promote"]
+            registry = one.settings.mlflow.tracking_uri
+            one.settings.mlflow.tracking_uri = f"http://127.0.0.1:{free_port()}"
+            assert [e.action for e in await one.advance(t0 + 61)] == ["rollback"] and one._aliases_owed is not None
+            one.settings.mlflow.tracking_uri = registry
+            client = get_client(one.settings)  # a training run registers v3 and makes it champion
+            run = client.create_run(ensure_experiment(one.settings, client))
+            assert register_bundle(one.settings, run.info.run_id, bundle_dirs["1"], client=client).version == "3"
+            set_alias(one.settings, "champion", "3", client)
+            one._aliases_retry_at = 0.0
+            await one._pay_aliases()  # the tick's payment
+            assert one._aliases_owed is None and aliases(one.settings)["champion"] == "3"
+            assert not one._aliases_file.exists()
+
+    asyncio.run(scenario())

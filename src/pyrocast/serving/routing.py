@@ -179,7 +179,11 @@ class Gateway:
         # to follow): why, for /healthz; the tick moves them every ALIAS_RETRY_S. Kept on disk too: a gateway started
         # again must neither forget them nor take the stale `champion` alias for a training run's decision.
         self._aliases_owed: tuple[str, str] | None = None  # (why they were to move, why they did not)
+        # The champion version the registry held when the debt began: one it shows since, other than the owed one,
+        # is a newer decision (a training run's), which the debt must not undo.
+        self._aliases_stale: str | None = None
         self._aliases_retry_at = 0.0
+        self._alias_task: asyncio.Task | None = None
         self._aliases_file = settings.root / "rollout-aliases-owed.json"
         self.session: aiohttp.ClientSession | None = None
         admin = settings.admin_token
@@ -236,7 +240,7 @@ class Gateway:
                         saved = None
             self._take_up_unrecorded_stop()
             self._resume_canary_step()
-            note = None if self._take_up_aliases_owed() else await self._follow_registry()
+            note = None if await self._take_up_aliases_owed() else await self._follow_registry()
             self._assign_roles()
             self._check_challenger()  # given another version while this gateway was down
             self._resumed = True
@@ -256,6 +260,10 @@ class Gateway:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        if self._alias_task is not None:
+            self._alias_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._alias_task
         # Let shadow copies in flight finish (briefly), so their rows are stored too.
         if self._background:
             await asyncio.wait(self._background, timeout=5.0)
@@ -283,6 +291,9 @@ class Gateway:
                 if not self._rollout_lock.locked():  # a change in progress: the next tick (probes go on meanwhile)
                     async with self._rollout_lock:
                         await self._tick_rollout()
+                # Outside the lock, in a task of its own: a registry that hangs must not hold up the tick.
+                if self._aliases_owed is not None and (self._alias_task is None or self._alias_task.done()):
+                    self._alias_task = asyncio.create_task(self._pay_aliases())
                 self._update_gauges()
             except Exception:  # the loop must survive anything (a store hiccup, a backend oddity)
                 log.exception("gateway tick failed")
@@ -310,7 +321,6 @@ class Gateway:
         except Exception as exc:  # judged on what this gateway sees (and the last reading) meanwhile
             self._store_trouble("the canary's calls through other gateways not read", exc)
         await self.advance()
-        await self._pay_aliases()
 
     def _store_trouble(self, what: str, exc: BaseException) -> None:
         """Say that the store refused something, at most every WARN_EVERY_S (the tick runs twice a second)."""
@@ -859,10 +869,12 @@ class Gateway:
     async def _undo(self, before: RolloutState, ev: Event) -> None:
         """Back to `before` after a change the store did not record (other replicas never saw it): the registry
         aliases too, after a promotion or rollback (`_move_aliases` leaves bundle-folder models alone)."""
+        moved = self.controller.state.champion  # what the change moved the registry's champion alias to
         self.controller.state = before
         self._assign_roles()
         if ev.action in ("promote", "rollback"):
-            await self._align_aliases(f"they were to move back after a {ev.action} the store did not record")
+            why = f"they were to move back after a {ev.action} the store did not record"
+            await self._align_aliases(why, moved.version if moved else None)
 
     async def _rejected(self, action: str) -> str | None:
         """Why the challenger's training run rejected it, or None (promoting a rejected version takes `force`)."""
@@ -916,13 +928,15 @@ class Gateway:
                 "and it would answer every prediction",
                 f"bring it back (GET /healthz says when it answers), then {action} again; nothing was changed",
             )
+        await self._alias_payment_done()
         try:
             note = await run_in_threadpool(self._move_aliases, c.state.champion, c.state.challenger)
             if self._aliases_owed is not None:
                 self._set_aliases_owed(None)
         except Exception as exc:
             if aliases_may_wait:
-                self._set_aliases_owed(f"they were to follow a {action} made without them", exc)
+                stale = before.champion.version if before.champion else None
+                self._set_aliases_owed(f"they were to follow a {action} made without them", exc, stale)
                 self._assign_roles()
                 wait = f"registry aliases not moved yet (the registry refused), tried every {ALIAS_RETRY_S:.0f} s"
                 ev.reason = f"{ev.reason}; {wait}"
@@ -952,25 +966,37 @@ class Gateway:
             f"challenger -> v{challenger.version}" if challenger else "no challenger"
         )
 
-    async def _align_aliases(self, why: str) -> bool:
+    async def _alias_payment_done(self) -> None:
+        """Wait for a payment of owed aliases in flight: a move made meanwhile must land after it, not be undone by
+        it (callers hold the rollout lock, which the payment does not take)."""
+        task = self._alias_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+
+    async def _align_aliases(self, why: str, stale: str | None) -> bool:
         """Move the registry aliases to the roles in effect; when the registry refuses, they are owed: said in
-        /healthz and the log, kept on disk, and moved again by the tick every ALIAS_RETRY_S. False when owed."""
+        /healthz and the log, kept on disk, and moved again every ALIAS_RETRY_S (`_pay_aliases`) unless the registry's
+        champion alias moves from `stale` meanwhile. False when owed."""
+        await self._alias_payment_done()
         st = self.controller.state
         try:
             note = await run_in_threadpool(self._move_aliases, st.champion, st.challenger)
         except Exception as exc:
-            self._set_aliases_owed(why, exc)
+            self._set_aliases_owed(why, exc, stale)
             return False
         if self._aliases_owed is not None:
             log.warning("rollout: the registry aliases follow the rollout again (%s)", note)
         self._set_aliases_owed(None)
         return True
 
-    def _set_aliases_owed(self, why: str | None, exc: BaseException | None = None) -> None:
+    def _set_aliases_owed(self, why: str | None, exc: BaseException | None = None, stale: str | None = None) -> None:
         """Owe (why given) or settle the registry aliases, in memory, in the gauge and in `_aliases_file`."""
         st = self.controller.state
         first = self._aliases_owed is None
         failed = scrub_secrets(brief_error(exc)) if exc is not None else "not tried yet"
+        if first or why is None:
+            self._aliases_stale = stale
         self._aliases_owed = None if why is None else (why, failed)
         self._aliases_retry_at = time.monotonic() + ALIAS_RETRY_S
         self.metrics.rollout_aliases_owed.set(0 if why is None else 1)
@@ -989,19 +1015,39 @@ class Gateway:
                 self._aliases_file.unlink(missing_ok=True)
                 return
             roles = {"champion": st.champion, "challenger": st.challenger}
-            data = {k: (ref.model_dump(mode="json") if ref else None) for k, ref in roles.items()} | {"why": why}
+            data = {k: (ref.model_dump(mode="json") if ref else None) for k, ref in roles.items()}
+            data |= {"why": why, "stale": self._aliases_stale}
             atomic_write(self._aliases_file, json.dumps(data, indent=1).encode())
         except OSError as exc:  # owed in memory all the same
             log.error("rollout: the owed registry aliases could not be kept in %s: %s", self._aliases_file, exc)
 
-    def _take_up_aliases_owed(self) -> bool:
+    def _registry_champion_moved(self, target: ModelRef | None) -> str | None:
+        """The registry's champion alias when it shows a version other than the stale one and the owed one (a
+        newer decision, a training run's), else None. Raises when the registry cannot be read."""
+        if self._aliases_stale is None:
+            return None
+        from pyrocast.registry.models import aliases
+
+        now = aliases(self.settings).get("champion")
+        return now if now not in (self._aliases_stale, target.version if target else None) else None
+
+    def _drop_owed_aliases(self, moved_to: str) -> None:
+        log.warning(
+            "rollout: the registry's champion alias moved to v%s since the aliases were owed (v%s then): a newer "
+            "decision, left as it is; the owed move is dropped",
+            moved_to,
+            self._aliases_stale,
+        )
+        self._set_aliases_owed(None)
+
+    async def _take_up_aliases_owed(self) -> bool:
         """At start, after the saved state is read: aliases a previous run owed are owed again if the roles are still
-        those it owed them for (True: the registry's `champion` alias is stale, not a training run's decision); a
-        file left from other roles is dropped (the change that set them moved the aliases itself)."""
+        those it owed them for and the registry's champion alias has not moved to a third version since (True: the
+        registry's `champion` alias is stale, not a training run's decision); otherwise the file is dropped."""
         try:
             data = json.loads(self._aliases_file.read_text())
             owed = tuple(ModelRef.model_validate(data[k]) if data[k] else None for k in ("champion", "challenger"))
-            why = str(data["why"])
+            why, stale = str(data["why"]), data.get("stale")
         except FileNotFoundError:
             return False
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -1010,6 +1056,14 @@ class Gateway:
         st = self.controller.state
         if owed != (st.champion, st.challenger):
             self._aliases_file.unlink(missing_ok=True)
+            return False
+        self._aliases_stale = None if stale is None else str(stale)
+        try:
+            moved = await run_in_threadpool(self._registry_champion_moved, st.champion)
+        except Exception:  # the registry is down: owed still, and its alias not followed
+            moved = None
+        if moved is not None:
+            self._drop_owed_aliases(moved)
             return False
         self._aliases_owed = (why, "not moved before this gateway stopped")
         self._aliases_retry_at = 0.0  # at the first tick
@@ -1023,9 +1077,33 @@ class Gateway:
         return True
 
     async def _pay_aliases(self) -> None:
-        """The tick's part: move owed registry aliases once their retry time has come."""
-        if self._aliases_owed is not None and time.monotonic() >= self._aliases_retry_at:
-            await self._align_aliases(self._aliases_owed[0])
+        """Move owed registry aliases once their retry time has come, outside the rollout lock (in a task of the
+        tick's): settled only while the roles are still those moved to, dropped when the registry's champion alias
+        moved to a newer decision meanwhile."""
+        if self._aliases_owed is None or time.monotonic() < self._aliases_retry_at:
+            return
+        why = self._aliases_owed[0]
+        st = self.controller.state
+        roles = (st.champion, st.challenger)
+
+        def move() -> tuple[str | None, str | None]:
+            moved = self._registry_champion_moved(roles[0])
+            return (moved, None) if moved is not None else (None, self._move_aliases(*roles))
+
+        try:
+            moved, note = await run_in_threadpool(move)
+        except Exception as exc:
+            if self._aliases_owed is not None:
+                self._set_aliases_owed(why, exc)
+            return
+        now = (self.controller.state.champion, self.controller.state.challenger)
+        if self._aliases_owed is None or now != roles:  # settled, or owed anew, by a change made meanwhile
+            return
+        if moved is not None:
+            self._drop_owed_aliases(moved)
+            return
+        log.warning("rollout: the registry aliases follow the rollout again (%s)", note)
+        self._set_aliases_owed(None)
 
     async def advance(self, now: float | None = None, stops_only: bool = False) -> list[Event]:
         """Let time act on the rollout (canary steps, guardrail stops, completion) and record what changed.
@@ -1069,6 +1147,7 @@ class Gateway:
                     after.champion,
                 )
                 return []
+            await self._alias_payment_done()
             try:
                 note = await run_in_threadpool(self._move_aliases, after.champion, after.challenger)
             except Exception as exc:  # the canary stays at its last step; tried again in PROMOTE_RETRY_S
@@ -1147,7 +1226,8 @@ class Gateway:
         st = self.controller.state
         if (st.champion, st.challenger) == (mine.champion, mine.challenger):
             return
-        await self._align_aliases("they were moved here for a promotion another gateway's change overruled")
+        why = "they were moved here for a promotion another gateway's change overruled"
+        await self._align_aliases(why, mine.champion.version if mine.champion else None)
 
     def _resume_canary_step(self) -> None:
         """A canary saved before the gateway stopped: the step in effect then serves its whole time again from now
