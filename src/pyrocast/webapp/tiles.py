@@ -112,9 +112,11 @@ class TileRenderer:
             return self._locks.setdefault((z, x, y), threading.Lock())
 
     def overview_tiles(self, zooms: tuple[int, ...] = (7, 8)) -> list[tuple[int, int, int]]:
-        """The tiles covering the region at `zooms` (what the map's first view needs)."""
-        r = self.region
-        return [(t.z, t.x, t.y) for t in mercantile.tiles(r.lon_min, r.lat_min, r.lon_max, r.lat_max, list(zooms))]
+        """The tiles the map's first view needs at `zooms`: the region and the margin around it, which a window's
+        fitted view shows too (the first visitor waited for those)."""
+        r, m = self.region, MARGIN_DEG
+        box = (r.lon_min - m, r.lat_min - m, r.lon_max + m, r.lat_max + m)
+        return [(t.z, t.x, t.y) for t in mercantile.tiles(*box, list(zooms)) if tile_in_region(r, t.z, t.x, t.y)]
 
     def warm(self, zooms: tuple[int, ...] = (7, 8), stop: threading.Event | None = None) -> int:
         """Render the overview tiles not cached yet (in the caller's thread); returns how many were rendered."""
