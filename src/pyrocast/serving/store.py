@@ -442,6 +442,8 @@ class PredictionStore:
         # A device standing for one (/dev/full in the tests) gets no lock file beside it.
         shared = spill_path is not None and (spill_path.is_file() or not spill_path.exists())
         self._lock_path = spill_path.with_name(f".{spill_path.name}.lock") if shared and spill_path else None
+        # Claimed files whose rows are written but whose torn lines found no space: not re-read before this time.
+        self._torn_waiting: dict[Path, float] = {}
         self.retries = retries
         self.retry_delay_s = retry_delay_s
         self.held_retry_s = held_retry_s
@@ -890,7 +892,12 @@ class PredictionStore:
         appending to (`_exclusive`), and one process at a time writes a claimed file back (a lock on the file)."""
         # Files claimed before first, oldest first (rows keep their order); one that fails raises here, so that an
         # outage leaves at most one claimed file beside the spill file.
-        n = sum(self._replay_claimed(claimed, path) for claimed in _claimed_files(path))
+        now = time.monotonic()
+        n = sum(
+            self._replay_claimed(claimed, path)
+            for claimed in _claimed_files(path)
+            if self._torn_waiting.get(claimed, 0.0) <= now  # rows written, torn lines waiting for space: not each batch
+        )
         if not path.is_file():  # nothing spilled; and a device standing for a spill file (/dev/full) is never moved
             return n
         with self.engine.connect() as conn:  # unreachable: the file stays as it is, and grows, under its own name
@@ -957,7 +964,9 @@ class PredictionStore:
                         claimed,
                         level=logging.ERROR,
                     )
+                    self._torn_waiting[claimed] = time.monotonic() + self.held_retry_s
                     return n
+                self._torn_waiting.pop(claimed, None)
                 log.warning("prediction store: %d unreadable spill lines kept aside in %s", len(torn), aside)
             claimed.unlink(missing_ok=True)  # while its lock is held: nobody else has it open for writing back
         if already and not n:
