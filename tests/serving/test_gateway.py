@@ -596,8 +596,9 @@ def test_gateway_replicas_on_one_store_follow_each_others_rollout_changes(gw: Se
         assert answer["variant"] == "champion"
         assert wait_for(lambda: any(row["variant"] == "shadow" for row in stored(gw, answer["request_id"])))
         # A canary judged on both replicas' traffic: 6 compared calls through each stay under min_requests on
-        # either one, the 12 through both break the disagreement limit (v2 never agrees with v1).
-        guard = {"max_disagreement": 0.2, "min_requests": 10, "max_p95_ms": 60000}
+        # either one, the 12 through both break the disagreement limit (v2 never agrees with v1). min_requests is
+        # all 12: with 10, a tick reading the fleet's calls mid-loop stopped the canary before the last two.
+        guard = {"max_disagreement": 0.2, "min_requests": 12, "max_p95_ms": 60000}
         gw.set_rollout("canary", {"steps": [1.0], "step_seconds": 600, "guardrails": guard})
         assert wait_for(lambda: httpx.get(f"{other.url}/v1/rollout", timeout=10).json()["mode"] == "canary", 10)
         assert {a["variant"] for a in predict_many(gw, [f"fleet-{i}" for i in range(6)], jpeg)} == {"challenger"}
