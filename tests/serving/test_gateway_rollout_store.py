@@ -67,6 +67,17 @@ async def started_canary(one: Gateway, two: Gateway, plan: CanaryPlan) -> float:
     return t0
 
 
+async def promoted_by_two_while_one_saw_it_fail(one: Gateway, two: Gateway) -> float:
+    """A one-step canary with auto-promotion, at its end: replica two, which saw the challenger answer well, has
+    recorded the promotion; replica one saw it fail and has not ticked yet. Returns the canary's start time."""
+    t0 = await started_canary(one, two, CanaryPlan(steps=[1.0], step_seconds=60, auto_promote=True))
+    judged(two)
+    for _ in range(30):
+        one.controller.record("challenger", False, None)
+    assert [e.action for e in await two.advance(t0 + 61)] == ["promote"]
+    return t0
+
+
 def test_a_replica_adopts_changes_and_keeps_its_canary_window_across_step_records(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with replicas(tmp_path) as (one, two):
@@ -664,12 +675,7 @@ def test_a_guardrail_stop_that_loses_to_another_replicas_promotion_rolls_it_back
 
     async def scenario() -> None:
         async with replicas(tmp_path) as (one, two):
-            plan = CanaryPlan(steps=[1.0], step_seconds=60, auto_promote=True)
-            t0 = await started_canary(one, two, plan)
-            judged(two)
-            for _ in range(30):
-                one.controller.record("challenger", False, None)
-            assert [e.action for e in await two.advance(t0 + 61)] == ["promote"]
+            t0 = await promoted_by_two_while_one_saw_it_fail(one, two)
             assert [e.action for e in await one.advance(t0 + 61)] == ["rollback"]
             for g in (one, two):
                 await g.follow_store()
@@ -696,12 +702,7 @@ def test_a_safety_rollback_goes_ahead_with_the_registry_down_and_its_aliases_fol
             register_bundles(one.settings, bundle_dirs)  # champion -> 1, challenger -> 2
             for g in (one, two):
                 _serving(g, V1, V2, source="registry")
-            plan = CanaryPlan(steps=[1.0], step_seconds=60, auto_promote=True)
-            t0 = await started_canary(one, two, plan)
-            judged(two)
-            for _ in range(30):
-                one.controller.record("challenger", False, None)
-            assert [e.action for e in await two.advance(t0 + 61)] == ["promote"]
+            t0 = await promoted_by_two_while_one_saw_it_fail(one, two)
             assert aliases(one.settings) == {"champion": "2", "challenger": "1"}
             registry = one.settings.mlflow.tracking_uri
             one.settings.mlflow.tracking_uri = f"http://127.0.0.1:{free_port()}"  # nobody answers there
@@ -755,11 +756,7 @@ def test_owed_aliases_never_undo_a_decision_the_registry_took_since(
             register_bundles(one.settings, bundle_dirs)
             for g in (one, two):
                 _serving(g, V1, V2, source="registry")
-            t0 = await started_canary(one, two, CanaryPlan(steps=[1.0], step_seconds=60, auto_promote=True))
-            judged(two)
-            for _ in range(30):
-                one.controller.record("challenger", False, None)
-            assert [e.action for e in await two.advance(t0 + 61)] == ["promote"]
+            t0 = await promoted_by_two_while_one_saw_it_fail(one, two)
             registry = one.settings.mlflow.tracking_uri
             one.settings.mlflow.tracking_uri = f"http://127.0.0.1:{free_port()}"
             assert [e.action for e in await one.advance(t0 + 61)] == ["rollback"] and one._aliases_owed is not None

@@ -47,6 +47,16 @@ BAD = [
 ]
 
 
+def fill_up(disk: Path) -> Path:
+    """Fill the small file system `disk` with one file, which is returned (delete it to free the space)."""
+    filler = disk / "filler"
+    with contextlib.suppress(OSError), open(filler, "wb") as f:
+        while True:
+            f.write(b"x" * 1024)
+            f.flush()
+    return filler
+
+
 def _counts(url: str) -> tuple[list[str], int]:
     store = PredictionStore(url, emergency_dir=None)
     try:
@@ -112,11 +122,7 @@ def test_refused_rows_that_cannot_be_set_aside_on_a_full_disk_wait_in_the_spill_
         url = f"sqlite:///{tmp_path / 'predictions.db'}"
         spill = small / "predictions-spill.jsonl"
         spill.write_text("".join(_line(t, r) for t, r in GOOD + BAD))
-        filler = small / "filler"
-        with contextlib.suppress(OSError), open(filler, "wb") as f:
-            while True:
-                f.write(b"x" * 1024)
-                f.flush()
+        filler = fill_up(small)
         store = PredictionStore(url, spill_path=spill, held_retry_s=0.2, emergency_dir=None)
         trouble = store.trouble()
         assert trouble is not None and "No space left on device" in trouble, trouble
@@ -142,11 +148,7 @@ def test_a_spill_file_whose_torn_lines_cannot_be_kept_aside_on_a_full_disk_is_wr
         url = f"sqlite:///{tmp_path / 'predictions.db'}"
         spill = small / "predictions-spill.jsonl"
         spill.write_text("".join(_line(t, r) for t, r in GOOD) + '{"table": "predictions", "row": {"req')
-        filler = small / "filler"
-        with contextlib.suppress(OSError), open(filler, "wb") as f:
-            while True:
-                f.write(b"x" * 1024)
-                f.flush()
+        filler = fill_up(small)
         store = PredictionStore(url, spill_path=spill, held_retry_s=0.2, emergency_dir=None)
         assert store.count() == 4 and store.count("feedback") == 1
         assert not spill.exists() and len(list(small.glob("predictions-spill.jsonl.replaying-*"))) == 1
@@ -200,11 +202,7 @@ def test_received_rows_whose_refused_part_cannot_be_set_aside_are_written_once_t
     is space the good rows are written exactly once and the refused ones set aside once."""
     with tmpfs(tmp_path / "small") as small:
         spill = small / "predictions-spill.jsonl"
-        filler = small / "filler"
-        with contextlib.suppress(OSError), open(filler, "wb") as f:
-            while True:
-                f.write(b"x" * 1024)
-                f.flush()
+        filler = fill_up(small)
         store = PredictionStore(
             store_url, spill_path=spill, retries=2, retry_delay_s=0.05, held_retry_s=0.2, emergency_dir=None
         )
@@ -289,11 +287,7 @@ def test_rows_set_aside_from_a_batch_whose_commit_fails_are_set_aside_once(
         store = PredictionStore(
             url, spill_path=spill, retries=2, retry_delay_s=0.05, held_retry_s=0.3, emergency_dir=None
         )
-        filler = small / "filler"
-        with contextlib.suppress(OSError), open(filler, "wb") as f:
-            while True:
-                f.write(b"x" * 1024)
-                f.flush()
+        filler = fill_up(small)
         _received(store, MIXED)
         store.start()
         assert wait_for(lambda: spill.exists() and store.queue_depth == 0, 15), store.trouble()

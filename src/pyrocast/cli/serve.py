@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,17 +56,6 @@ def _exec(cmd: list[str], env: dict[str, str]) -> None:
     os.execvpe(cmd[0], cmd, {**os.environ, **env})
 
 
-def _private_tmp(s: Any, name: str, port: int) -> dict[str, str]:
-    """A TMPDIR of the service's own under the data directory, emptied now (the port is free: what is there was
-    left by a run killed with SIGKILL): BentoML's per-request folders and sockets otherwise stayed in /tmp."""
-    from pyrocast.serving import procs
-
-    tmp = procs.service_tmp_dir(s, name, port)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True, exist_ok=True)
-    return {"TMPDIR": str(tmp), "TEMP": str(tmp), "TMP": str(tmp)}
-
-
 def _free(host: str, port: int, what: str) -> None:
     """A clear error before starting a service on a port something already listens on (BentoML and uvicorn
     answer that with a traceback)."""
@@ -116,7 +104,9 @@ def serve_classifier(
     _free(s.serving.host, port, "classifier")
     # One BentoML home per service: BentoML wipes the Prometheus files in its home when a server starts.
     env["BENTOML_HOME"] = str(s.root / "bentoml" / f"classifier-{role}-{port}")
-    env.update(_private_tmp(s, f"classifier-{role}", port))
+    # A TMPDIR of its own under the data directory, emptied now (the port is free): BentoML's per-request folders
+    # and sockets of a run killed with SIGKILL otherwise stayed in /tmp.
+    env.update(procs.fresh_tmp_env(procs.service_tmp_dir(s, f"classifier-{role}", port)))
     out.print(
         f"serving {b.name} v{b.version} ({p}, {s.serving.device}) as {role} on {service_url(s.serving.host, port)}"
     )
@@ -141,7 +131,7 @@ def serve_explainer(
     port = port or s.serving.explainer_port
     _free(s.serving.host, port, "explainer")
     env["BENTOML_HOME"] = str(s.root / "bentoml" / f"explainer-{port}")
-    env.update(_private_tmp(s, "explainer", port))
+    env.update(procs.fresh_tmp_env(procs.service_tmp_dir(s, "explainer", port)))  # as the classifier's
     out.print(f"explainer on {service_url(s.serving.host, port)}")
     _exec([procs.bentoml_exe(), "serve", procs.EXPLAINER, "--host", s.serving.host, "--port", str(port)], env)
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from pyrocast.errors import PyrocastError, ServiceUnavailableError
+from pyrocast.errors import redact_url as redact  # the name this module's callers use
 from pyrocast.ports import free_port, service_url
 from pyrocast.settings import Settings
 
@@ -45,13 +46,6 @@ def quiet_mlflow_env() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-def redact(uri: str) -> str:
-    """A URI safe to print: user, password, query string and fragment removed (`errors.redact_url`)."""
-    from pyrocast.errors import redact_url
-
-    return redact_url(uri)
 
 
 def is_remote(uri: str) -> bool:

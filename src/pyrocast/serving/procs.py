@@ -254,10 +254,7 @@ def start_process(
     tag = f"{name}-{uuid.uuid4().hex}"
     full_env = {**inherited, **(env or {}), PROCESS_TAG: tag}
     if tmp_dir is not None:
-        # The port was free, so no live service of this name and port still uses a folder left by a crash.
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        tmp_dir.mkdir(parents=True)
-        full_env.update(TMPDIR=str(tmp_dir), TEMP=str(tmp_dir), TMP=str(tmp_dir))
+        full_env.update(fresh_tmp_env(tmp_dir))
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             cmd,
@@ -277,6 +274,14 @@ def start_process(
 def bentoml_exe() -> str:
     exe = Path(sys.executable).with_name("bentoml")
     return str(exe) if exe.exists() else "bentoml"
+
+
+def fresh_tmp_env(tmp_dir: Path) -> dict[str, str]:
+    """Empty `tmp_dir` (created) and return the environment that makes it a process's TMPDIR. Call once the
+    service's port is known free: no live service of that name and port still uses a folder left by a crash."""
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    return {"TMPDIR": str(tmp_dir), "TEMP": str(tmp_dir), "TMP": str(tmp_dir)}
 
 
 def service_tmp_dir(settings: Settings, name: str, port: int) -> Path:

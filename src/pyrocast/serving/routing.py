@@ -292,7 +292,8 @@ class Gateway:
                     async with self._rollout_lock:
                         await self._tick_rollout()
                 # Outside the lock, in a task of its own: a registry that hangs must not hold up the tick.
-                if self._aliases_owed is not None and (self._alias_task is None or self._alias_task.done()):
+                due = self._aliases_owed is not None and time.monotonic() >= self._aliases_retry_at
+                if due and (self._alias_task is None or self._alias_task.done()):
                     self._alias_task = asyncio.create_task(self._pay_aliases())
                 self._update_gauges()
             except Exception:  # the loop must survive anything (a store hiccup, a backend oddity)
