@@ -14,7 +14,7 @@ from sqlalchemy import create_engine
 
 from pyrocast.serving.store import STAT_COLUMNS, PredictionStore, image_stats
 from tests.support.disks import tmpfs
-from tests.support.store_rows import row
+from tests.support.store_rows import reopened, row
 
 
 def test_background_writes_are_batched_and_complete(tmp_path: Path) -> None:
@@ -90,7 +90,7 @@ def test_rows_that_cannot_be_written_are_spilled_then_replayed(tmp_path: Path) -
     store.put_prediction(row(2))
     store.close()
     assert spill.exists() and len(spill.read_text().splitlines()) == 2
-    again = PredictionStore(f"sqlite:///{db}", spill_path=spill)  # the next start writes them
+    again = reopened(f"sqlite:///{db}", spill_path=spill)  # the next start writes them
     assert again.count() == 2 and not spill.exists()
     again.close()
 
@@ -188,7 +188,7 @@ def test_a_full_disk_mid_spill_leaves_whole_lines_and_the_next_start_replays_the
         store.close()  # the 190 held rows go to the memory-backed emergency file
         assert store.dropped == 0 and store.emergency_path is not None and store.emergency_path.parent == shm
         assert len(store.emergency_path.read_bytes().splitlines()) == 190
-        again = PredictionStore(f"sqlite:///{db}", spill_path=spill, emergency_dir=shm)
+        again = reopened(f"sqlite:///{db}", spill_path=spill, emergency_dir=shm)
         assert again.count() == 200 and not spill.exists() and not list(shm.iterdir())
         assert not list(small.glob("spill.jsonl.replaying-*"))
         again.close()
@@ -210,7 +210,7 @@ def test_rows_nobody_takes_at_shutdown_are_counted_lost_only_without_an_emergenc
         assert store.dropped == lost and store.held == 0
     assert store.emergency_path is not None
     assert re.fullmatch(r"pyrocast-spill-[0-9a-f]{16}\.jsonl", store.emergency_path.name)  # a digest, no URL
-    again = PredictionStore(f"sqlite:///{db}", spill_path=Path("/dev/full"), emergency_dir=shm)
+    again = reopened(f"sqlite:///{db}", spill_path=Path("/dev/full"), emergency_dir=shm)
     assert again.count() == 3 and not list(shm.iterdir())
     again.close()
 
@@ -224,7 +224,7 @@ def test_a_spill_file_torn_by_a_crash_is_replayed_up_to_its_last_whole_line(tmp_
     store.close()
     whole = spill.read_bytes()
     spill.write_bytes(whole + whole.splitlines()[0][:57])  # the process died in the middle of a line
-    again = PredictionStore(f"sqlite:///{db}", spill_path=spill)
+    again = reopened(f"sqlite:///{db}", spill_path=spill)
     assert again.count() == 2 and not spill.exists()
     (aside,) = tmp_path.glob("spill.jsonl.bad-*")
     assert aside.read_bytes() == whole.splitlines()[0][:57] + b"\n"  # kept, not dropped
@@ -263,7 +263,7 @@ def test_unreadable_lines_of_two_spill_files_replayed_together_are_both_kept(tmp
     spill = tmp_path / "predictions-spill.jsonl"
     (tmp_path / "predictions-spill.jsonl.replaying-0123456789abcdef").write_text(line(1) + '{"row": {"request_id": "A')
     spill.write_text(line(2) + '{"table": "predictions", "row": {"request_id": "B')
-    store = PredictionStore(f"sqlite:///{tmp_path / 'p.db'}", spill_path=spill, emergency_dir=None)
+    store = reopened(f"sqlite:///{tmp_path / 'p.db'}", spill_path=spill, emergency_dir=None)
     assert store.count() == 2
     store.close()
     kept = sorted(p.read_text() for p in tmp_path.glob("predictions-spill.jsonl.bad-*"))
@@ -281,7 +281,7 @@ def test_a_long_outage_s_spill_file_is_written_back_in_chunks(tmp_path: Path) ->
     n = 2 * REPLAY_CHUNK + 7
     at = "2026-11-28T10:00:00+00:00"
     spill.write_text("".join(json.dumps({"table": "predictions", "row": row(i, ts=at)}) + "\n" for i in range(n)))
-    store = PredictionStore(f"sqlite:///{tmp_path / 'p.db'}", spill_path=spill, emergency_dir=None)
+    store = reopened(f"sqlite:///{tmp_path / 'p.db'}", spill_path=spill, emergency_dir=None)
     assert store.count() == n and not spill.exists()
     with sqlite3.connect(tmp_path / "p.db") as conn:
         keys = [k for (k,) in conn.execute("SELECT key FROM spill_replays")]

@@ -19,7 +19,7 @@ from sqlalchemy import create_engine
 
 from pyrocast.serving.store import PredictionStore
 from tests.support.postgres import PostgresServer
-from tests.support.store_rows import leftover_claim, row
+from tests.support.store_rows import leftover_claim, reopened, row
 
 PASSWORD = "S3cretPassw0rd"  # the test server trusts everyone; it stands for a real store's password
 
@@ -121,14 +121,14 @@ def test_a_spill_file_written_before_a_crash_is_never_written_twice(tmp_path: Pa
     PredictionStore(url, spill_path=spill, emergency_dir=None).close()  # the next start writes them
     # What a process that died after committing the rows, before removing the file, leaves behind.
     leftover = leftover_claim(url, spill, spilled)
-    again = PredictionStore(url, spill_path=spill, emergency_dir=None)
+    again = reopened(url, spill_path=spill, emergency_dir=None)
     assert again.count() == 3 and not spill.exists() and not leftover.exists()
     # Cut short after the commit with the file renamed aside, while a later run spilled new rows: the new rows only.
     leftover_claim(url, spill, spilled)
     _unwritable(again, db)
     again.put_prediction(row(3))
     again.close()
-    third = PredictionStore(url, spill_path=spill, emergency_dir=None)
+    third = reopened(url, spill_path=spill, emergency_dir=None)
     assert [r["request_id"] for r in third.rows()] == ["r0", "r1", "r2", "r3"]
     assert not list(tmp_path.glob("spill.jsonl*"))
     third.close()
@@ -184,7 +184,7 @@ def test_closing_while_the_writer_retries_spills_at_once_rather_than_after_the_r
     assert took < 8.0, f"close waited {took:.1f} s for the writer's retries"
     lines = [line for line in spill.read_text().splitlines() if line]
     assert len(lines) == 1 and '"request_id": "r0"' in lines[0]
-    again = PredictionStore(f"sqlite:///{db}", spill_path=spill, emergency_dir=None)  # the next start writes it
+    again = reopened(f"sqlite:///{db}", spill_path=spill, emergency_dir=None)  # the next start writes it
     assert [r["request_id"] for r in again.rows()] == ["r0"]
     again.close()
 
@@ -276,7 +276,7 @@ def test_a_writer_stuck_in_a_database_call_at_close_has_the_queued_rows_spilled(
     assert not writer.is_alive()
     (said,) = [r.getMessage() for r in _store_lines(caplog, logging.CRITICAL)]
     assert "stuck in a database call" in said and "2 queued rows spilled" in said, said
-    again = PredictionStore(url, spill_path=spill, emergency_dir=None)  # replays the spill file
+    again = reopened(url, spill_path=spill, emergency_dir=None)  # replays the spill file
     try:
         assert sorted(r["request_id"] for r in again.rows()) == ["r0", "r1", "r2", "r3"]
         assert not spill.exists()
@@ -327,7 +327,7 @@ def test_a_clean_close_while_a_lock_holds_the_store_loses_no_row(tmp_path: Path)
         store.put_prediction(row(2))
         store.close()
     assert sorted(json.loads(line)["row"]["request_id"] for line in spill.read_text().splitlines()) == ["r1", "r2"]
-    again = PredictionStore(url, spill_path=spill, emergency_dir=None)
+    again = reopened(url, spill_path=spill, emergency_dir=None)
     try:
         assert sorted(r["request_id"] for r in again.rows()) == ["r0", "r1", "r2"]
     finally:
@@ -369,3 +369,73 @@ def test_the_lock_timeout_is_added_to_the_options_a_postgresql_url_gives(postgre
             assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "10s"
     finally:
         engine.dispose()
+
+
+def _spilled_by_an_earlier_run(spill: Path, n: int) -> None:
+    at = "2026-11-28T10:00:00+00:00"
+    spill.write_text("".join(json.dumps({"table": "predictions", "row": row(i, ts=at)}) + "\n" for i in range(n)))
+
+
+def test_an_earlier_run_s_spill_file_is_written_back_by_the_writer_not_before_the_store_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long outage's spill file (100,000 rows: about 12 s) was written back in the store's constructor, before the
+    gateway listened. The writer writes it back first thing: the store opens at once, this run's rows queue behind
+    the spilled ones (written after them), and the store's trouble (/healthz) says why they wait."""
+    from pyrocast.serving import store as store_module
+
+    monkeypatch.setattr(store_module, "REPLAY_CHUNK", 10)
+    monkeypatch.setattr(store_module, "SLOW_WRITE_S", 0.0)
+    url, spill = f"sqlite:///{tmp_path / 'p.db'}", tmp_path / "spill.jsonl"
+    PredictionStore(url, emergency_dir=None).close()  # the tables exist
+    _spilled_by_an_earlier_run(spill, 35)
+    with _write_lock(url):  # the write-back waits here, so that it is seen under way
+        store = PredictionStore(url, spill_path=spill, interval_s=0.01, emergency_dir=None)
+        assert store.count() == 0 and spill.exists()  # opened without writing anything back
+        store.start()
+        store.put_prediction(row(100))
+        said = _eventually(lambda: (t := store.trouble()) is not None and "writing back" in t and t, 10)
+        assert "rows an earlier run spilled" in said and "this run's 1 rows wait behind them" in said, said
+    try:
+        assert store.flush(30)
+        assert [r["request_id"] for r in store.rows()] == [f"r{i}" for i in range(35)] + ["r100"]
+        assert store.trouble() is None and not list(tmp_path.glob("spill.jsonl*"))
+    finally:
+        store.close()
+
+
+def test_closing_while_an_earlier_run_s_spill_file_is_written_back_leaves_the_rest_to_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C while a long spill file is written back: the writer stops after the chunk it is writing (a whole
+    file could outlast the 25 s `pyrocast up` gives a gateway), this run's rows go to the spill file behind the rest
+    of it, and the next start writes both: every row once, in order."""
+    import threading
+
+    from pyrocast.serving import store as store_module
+
+    monkeypatch.setattr(store_module, "REPLAY_CHUNK", 10)
+    monkeypatch.setattr(store_module, "SLOW_WRITE_S", 0.0)
+    url, spill = f"sqlite:///{tmp_path / 'p.db'}", tmp_path / "spill.jsonl"
+    PredictionStore(url, emergency_dir=None).close()
+    _spilled_by_an_earlier_run(spill, 35)
+    with _write_lock(url):
+        store = PredictionStore(url, spill_path=spill, interval_s=0.01, emergency_dir=None).start()
+        store.put_prediction(row(100))
+        _eventually(lambda: (t := store.trouble()) is not None and "writing back" in t, 10)
+        closing = threading.Thread(target=store.close)
+        closing.start()
+        _eventually(store._closing.is_set, 10)
+    closing.join(30)
+    assert not closing.is_alive()
+    assert [r["request_id"] for r in store.rows()] == [f"r{i}" for i in range(10)]  # the chunk under way, only
+    (claimed,) = tmp_path.glob("spill.jsonl.replaying-*")
+    assert [json.loads(line)["row"]["request_id"] for line in spill.read_text().splitlines()] == ["r100"]
+    (said,) = [r.getMessage() for r in _store_lines(caplog) if "stopping while" in r.getMessage()]
+    assert f"10 written from {claimed}" in said, said
+    again = reopened(url, spill_path=spill, emergency_dir=None)
+    try:
+        assert [r["request_id"] for r in again.rows()] == [f"r{i}" for i in range(35)] + ["r100"]
+        assert not list(tmp_path.glob("spill.jsonl*"))
+    finally:
+        again.close()

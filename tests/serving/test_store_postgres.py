@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, inspect
 from pyrocast.serving.store import STAT_COLUMNS, PredictionStore
 from pyrocast.settings import Settings
 from tests.support.postgres import PostgresServer
-from tests.support.store_rows import row
+from tests.support.store_rows import reopened, row
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -192,7 +192,7 @@ def test_rows_spilled_during_an_outage_at_shutdown_are_written_on_the_next_start
         store.put_feedback({"request_id": "r3", "correct": True, "source": "user"})
         store.close()  # the gateway stops while the database is down
         assert len(spill.read_text().splitlines()) == 31
-    again = PredictionStore(postgres_url, spill_path=spill)
+    again = reopened(postgres_url, spill_path=spill)
     assert again.count() == 30 and again.count("feedback") == 1 and not spill.exists()
     assert again.predictions_for("r7")[0]["ts"] == datetime(2026, 6, 1, 12, 0, 7, tzinfo=UTC)
     again.close()

@@ -15,7 +15,7 @@ import pytest
 
 from pyrocast.serving.store import PredictionStore, utcnow
 from tests.support.disks import tmpfs
-from tests.support.store_rows import leftover_claim, row
+from tests.support.store_rows import leftover_claim, reopened, row
 from tests.support.waiting import wait_for
 
 
@@ -75,7 +75,7 @@ def test_refused_spilled_rows_are_kept_aside_and_the_rest_of_their_file_is_writt
     spill.write_text("".join(lines))
     original = spill.read_bytes()
 
-    store = PredictionStore(store_url, spill_path=spill, emergency_dir=None)  # a start writes the spill file
+    store = reopened(store_url, spill_path=spill, emergency_dir=None)  # a start writes the spill file
     assert store.trouble() is None and store.written == {"predictions": 4, "feedback": 1, "rollout_events": 0}
     store.start()
     store.put_prediction(row(5))  # the store is not stuck behind the refused rows
@@ -123,7 +123,7 @@ def test_refused_rows_that_cannot_be_set_aside_on_a_full_disk_wait_in_the_spill_
         spill = small / "predictions-spill.jsonl"
         spill.write_text("".join(_line(t, r) for t, r in GOOD + BAD))
         filler = fill_up(small)
-        store = PredictionStore(url, spill_path=spill, held_retry_s=0.2, emergency_dir=None)
+        store = reopened(url, spill_path=spill, held_retry_s=0.2, emergency_dir=None)
         trouble = store.trouble()
         assert trouble is not None and "No space left on device" in trouble, trouble
         assert store.count() == 0 and store.count("feedback") == 0
@@ -149,7 +149,7 @@ def test_a_spill_file_whose_torn_lines_cannot_be_kept_aside_on_a_full_disk_is_wr
         spill = small / "predictions-spill.jsonl"
         spill.write_text("".join(_line(t, r) for t, r in GOOD) + '{"table": "predictions", "row": {"req')
         filler = fill_up(small)
-        store = PredictionStore(url, spill_path=spill, held_retry_s=0.2, emergency_dir=None)
+        store = reopened(url, spill_path=spill, held_retry_s=0.2, emergency_dir=None)
         assert store.count() == 4 and store.count("feedback") == 1
         assert not spill.exists() and len(list(small.glob("predictions-spill.jsonl.replaying-*"))) == 1
         store.start()
@@ -332,6 +332,6 @@ def test_refused_rows_appended_again_after_the_database_is_fixed_are_written(tmp
         conn.execute(text("DROP TRIGGER no_bad"))
     fixed.close()
     spill.write_bytes(first.read_bytes())  # appended again, as the log says, once the database takes them
-    again = PredictionStore(url, spill_path=spill, emergency_dir=None)
+    again = reopened(url, spill_path=spill, emergency_dir=None)
     assert again.count() == 1 and not spill.exists()
     again.close()

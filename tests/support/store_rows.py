@@ -1,8 +1,11 @@
-"""A served prediction row for store tests, with any field overridden."""
+"""Store test helpers: a served prediction row, a leftover claimed spill file, a store opened again."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from pyrocast.serving.store import PredictionStore
 
 
 def row(i: int, **kw: object) -> dict:
@@ -35,3 +38,11 @@ def leftover_claim(store_url: str, spill: Path, data: bytes) -> Path:
     claimed = spill.with_name(f"{spill.name}.replaying-{key.split(':')[1]}")
     claimed.write_bytes(data)
     return claimed
+
+
+def reopened(store_url: str, **kw: Any) -> PredictionStore:
+    """The store as the next start opens it, once what earlier runs spilled is written back (a gateway's writer
+    does that first thing; without a writer thread, `flush` does it)."""
+    store = PredictionStore(store_url, **kw)
+    store.flush()
+    return store

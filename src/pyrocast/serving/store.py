@@ -49,7 +49,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 from PIL import Image
@@ -320,6 +320,10 @@ ALTER_LOCK_TIMEOUT_S = 5.0
 ALTER_ATTEMPTS = 3
 
 
+class _ReplayCut(Exception):
+    """close() was called while spilled rows were written back: the rest waits, claimed, for the next start."""
+
+
 class StoreSchemaError(PyrocastError):
     """The store's tables lack columns this version writes, and this process may not (or could not) add them."""
 
@@ -416,6 +420,8 @@ class PredictionStore:
     Once a batch has gone through all its retries the store is in an outage: later batches get one attempt each
     before the spill file (the writer would otherwise fall 20 s behind per batch), and the writer tries the
     database every `held_retry_s` while rows wait in a spill file, writing them there and then.
+    Spill files earlier runs left are written back by the writer once started (without one, by `flush` or
+    `close`), not by the constructor.
     """
 
     def __init__(
@@ -472,10 +478,13 @@ class PredictionStore:
         self._traced = False  # a traceback was logged in this outage (one is enough)
         self._last_error = ""
         self._spilled_since_ok = 0
+        # Spill files an earlier run left are written back by the writer, first thing: not here, where a long
+        # outage's file (100,000 rows: about 12 s) held up the gateway's start. (claimed file, rows so far, since)
+        self._replaying: tuple[Path, int, float] | None = None
+        self._replay_cut = False  # close() cut a write-back short: later rows go to the spill file, behind its rest
         try:
             create_tables(self.engine)
             self._ready = True
-            self._replay_spill()
         except OperationalError as exc:  # unreachable, not broken: serve meanwhile (a corrupt file still raises)
             self._outage_since = time.monotonic()
             self._last_error = brief_error(exc)
@@ -491,10 +500,6 @@ class PredictionStore:
         except StoreSchemaError:  # the gateway may not add the columns it writes: every row would be refused
             self.engine.dispose()
             raise
-        except PyrocastError as exc:  # refused spilled rows could not be set aside (a full disk): start anyway
-            self._outage_since = time.monotonic()
-            self._last_error = str(exc)
-            log.error("prediction store: spilled rows not written yet: %s; tried again every %.0f s", exc, held_retry_s)
 
     # --- writing ------------------------------------------------------------------------------------------------
     def start(self) -> PredictionStore:
@@ -603,6 +608,8 @@ class PredictionStore:
             self.dropped += len(batch)
 
     def _run(self) -> None:
+        if self._spill_waiting():  # an earlier run's spilled rows, before this run's (rows queue meanwhile)
+            self._write_with_retry([], final=False)
         while True:
             # Never an untimed wait: rows appended to the spill file by hand (corrected refused rows) are written
             # within `held_retry_s` on an idle gateway too, as OPERATIONS.md says (a stat call each time).
@@ -650,11 +657,13 @@ class PredictionStore:
         Never raises (the writer thread must live). Spilled rows go first, so rows reach the database in the
         order they came."""
         batch, self._held = self._held + batch, []
-        waiting = self._spill_waiting()
+        waiting = self._spill_waiting() and not self._replay_cut
         if not batch and not waiting and self._ready:
             return
         delay = self.retry_delay_s
-        if self._outage_since is not None and self._closing.is_set():
+        if self._replay_cut:  # rows written now would overtake the spilled rows left for the next start
+            attempts = 0
+        elif self._outage_since is not None and self._closing.is_set():
             # Shutting down in an outage: another attempt could wait out a lock again (LOCK_TIMEOUT_S) past what
             # close waits, and rows abandoned in a call are lost with the process. The next start writes the file.
             attempts = 0
@@ -676,6 +685,8 @@ class PredictionStore:
                     self._write(batch)
                 written = True
                 break
+            except _ReplayCut:
+                break
             except Exception as exc:  # the database may be locked or down: retry, never lose the rows
                 self._failed(exc, attempt + 1)
                 self._attempt_started = None
@@ -692,6 +703,9 @@ class PredictionStore:
                 return
             if not self._spill(batch):
                 self._hold(batch)
+                return
+            if self._replay_cut:  # not an outage: said once, by the cut
+                self._done(len(batch))
                 return
             self._spilled_since_ok += len(batch)
             self._warn(
@@ -749,6 +763,14 @@ class PredictionStore:
         since its last successful write, or its writer has waited `SLOW_WRITE_S` on the database); None while it
         takes them."""
         started = self._attempt_started
+        replaying = self._replaying
+        if replaying is not None and self._outage_since is None and time.monotonic() - replaying[2] > SLOW_WRITE_S:
+            claimed, rows, since = replaying
+            return (
+                f"the prediction store ({self.shown_url}) is writing back rows an earlier run spilled ({claimed}): "
+                f"{rows} written in {time.monotonic() - since:.0f} s; this run's {self.queue_depth} rows wait behind "
+                "them, and the monitoring figures leave both out until they are written"
+            )
         if started is not None and self._outage_since is None and (waited := time.monotonic() - started) > SLOW_WRITE_S:
             # Not failed yet, but every row queues behind this call (a lock another connection holds: up to
             # LOCK_TIMEOUT_S): on call sees it now, not once the call fails.
@@ -940,15 +962,25 @@ class PredictionStore:
             # A file claimed by an earlier version (`.replaying`, no id) was keyed by its digest, in one transaction.
             _, dash, size = ident.rpartition("-")
             chunks = _line_chunks(f, None if not ident else int(size) if dash and size.isdigit() else REPLAY_CHUNK)
-            for index, lines in enumerate(chunks):
-                batch, bad = _spill_rows(lines)
-                torn += bad
-                key = f"spill:{ident}:{index}" if ident else f"spill:{hashlib.sha256(b''.join(lines)).hexdigest()}"
-                written = self._replay_chunk(path, key, batch)
-                if written is None:
-                    already += 1
-                    continue
-                n += sum(written.values())
+            since = time.monotonic()
+            self._replaying = (claimed, 0, since)
+            try:
+                for index, lines in enumerate(chunks):
+                    if self._closing.is_set() and self._thread is not None:
+                        # The writer is asked to stop (`pyrocast up` gives a gateway 25 s): the chunks written are
+                        # keyed, so the next start writes the rest of this file, and only the rest.
+                        self._cut_replay(claimed, n)
+                    batch, bad = _spill_rows(lines)
+                    torn += bad
+                    key = f"spill:{ident}:{index}" if ident else f"spill:{hashlib.sha256(b''.join(lines)).hexdigest()}"
+                    written = self._replay_chunk(path, key, batch)
+                    if written is None:
+                        already += 1
+                        continue
+                    n += sum(written.values())
+                    self._replaying = (claimed, n, since)
+            finally:
+                self._replaying = None
             if torn:  # named by the claimed file, written whole before it goes: a second file never replaces the first
                 aside = path.with_name(f"{path.name}.bad-{ident or int(time.time())}")
                 try:
@@ -974,6 +1006,17 @@ class PredictionStore:
         else:
             log.warning("prediction store: wrote %d spilled rows (from %s)", n, path)
         return n
+
+    def _cut_replay(self, claimed: Path, n: int) -> NoReturn:
+        self._replay_cut = True
+        log.warning(
+            "prediction store: stopping while spilled rows are written back: %d written from %s, the rest wait there, "
+            "and rows of this run not written yet go to %s behind them; the next start writes both",
+            n,
+            claimed,
+            self.spill_path or self.emergency_path,
+        )
+        raise _ReplayCut
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
