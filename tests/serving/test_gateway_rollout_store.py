@@ -771,3 +771,70 @@ def test_owed_aliases_never_undo_a_decision_the_registry_took_since(
             assert not one._aliases_file.exists()
 
     asyncio.run(scenario())
+
+
+def test_a_replica_with_a_data_directory_of_its_own_takes_up_the_aliases_the_store_records_as_owed(
+    tmp_path: Path, bundle_dirs: dict[str, Path]
+) -> None:
+    """The owed aliases were one gateway's debt, kept in its own data directory: a replica with a directory of its own
+    (one store, one registry) that started while they were owed took the stale `champion` alias for a training run's
+    decision and made the failing challenger champion again, for itself and, through its start record, for the
+    fleet. The rollback's record now says the aliases are owed (`aliases_stale`): such a replica takes up the debt
+    while the registry shows the stale version, and follows the registry once it shows the owed one (paid)."""
+    from pyrocast.registry.models import aliases
+    from tests.support.serving import register_bundles
+
+    async def started_elsewhere(one: Gateway, name: str) -> Gateway:
+        own = tmp_path / name
+        settings = Settings(
+            data_dir=own,
+            store_url=one.settings.store_database_url,
+            serving=one.settings.serving,
+            mlflow=one.settings.mlflow.model_copy(update={"tracking_uri": one.settings.mlflow_tracking_uri}),
+        )
+        settings.ensure_dirs()
+        g = Gateway(settings, PredictionStore(settings.store_database_url))
+        for slot in ("a", "b"):
+            g.backends[slot].url = one.backends[slot].url
+        await g.refresh_backends()
+        _serving(g, V1, V2, source="registry")
+        await g._resume()
+        return g
+
+    async def scenario() -> None:
+        async with replicas(tmp_path / "shared") as (one, two):
+            register_bundles(one.settings, bundle_dirs)
+            for g in (one, two):
+                _serving(g, V1, V2, source="registry")
+            t0 = await promoted_by_two_while_one_saw_it_fail(one, two)
+            registry = one.settings.mlflow_tracking_uri
+            one.settings.mlflow.tracking_uri = f"http://127.0.0.1:{free_port()}"
+            assert [e.action for e in await one.advance(t0 + 61)] == ["rollback"] and one._aliases_owed is not None
+            assert one.store.last_state()["aliases_stale"] == "2"  # recorded with the rollback
+            one.settings.mlflow.tracking_uri = registry
+            assert aliases(one.settings)["champion"] == "2"  # stale: nobody has paid yet
+
+            three = await started_elsewhere(one, "three")
+            try:
+                assert three.controller.state.champion == V1, "followed the stale alias"
+                assert [e["action"] for e in three.store.events(1)] == ["rollback"], "recorded a start that undoes it"
+                assert three._aliases_owed is not None
+                assert three.metrics.registry.get_sample_value("pyrocast_rollout_aliases_owed") == 1.0
+                await three._pay_aliases()
+                assert aliases(one.settings) == {"champion": "1", "challenger": "2"}
+                assert three._aliases_owed is None and not three.warnings(three.backend_statuses())
+            finally:
+                await three.client.aclose()
+                three.store.close()
+
+            # Paid: a replica starting now owes nothing, though the record still names the stale version.
+            four = await started_elsewhere(one, "four")
+            try:
+                assert four.controller.state.champion == V1 and four._aliases_owed is None
+                assert four.controller.state.aliases_stale is None
+                assert not four.warnings(four.backend_statuses())
+            finally:
+                await four.client.aclose()
+                four.store.close()
+
+    asyncio.run(scenario())

@@ -148,6 +148,11 @@ class RolloutState(BaseModel):
     experiment_challenger: ModelRef | None = None
     previous_champion: ModelRef | None = None
     stopped_reason: str | None = None
+    # The version the registry's `champion` alias may still show although this state's champion replaced it: a
+    # safety rollback made while the registry refused to move the aliases (they are owed). Recorded with the state,
+    # so that any gateway starting on this store neither takes that alias for a training run's decision nor forgets
+    # the debt. None: the aliases followed.
+    aliases_stale: str | None = None
     updated_at: float = Field(default_factory=time.time)
 
 

@@ -932,6 +932,7 @@ class Gateway:
         await self._alias_payment_done()
         try:
             note = await run_in_threadpool(self._move_aliases, c.state.champion, c.state.challenger)
+            c.state.aliases_stale = None
             if self._aliases_owed is not None:
                 self._set_aliases_owed(None)
         except Exception as exc:
@@ -998,6 +999,7 @@ class Gateway:
         failed = scrub_secrets(brief_error(exc)) if exc is not None else "not tried yet"
         if first or why is None:
             self._aliases_stale = stale
+            st.aliases_stale = stale  # recorded with the next change (a safety rollback's own record)
         self._aliases_owed = None if why is None else (why, failed)
         self._aliases_retry_at = time.monotonic() + ALIAS_RETRY_S
         self.metrics.rollout_aliases_owed.set(0 if why is None else 1)
@@ -1022,14 +1024,18 @@ class Gateway:
         except OSError as exc:  # owed in memory all the same
             log.error("rollout: the owed registry aliases could not be kept in %s: %s", self._aliases_file, exc)
 
+    def _registry_champion(self) -> str | None:
+        """The version the registry's `champion` alias shows. Raises when the registry cannot be read."""
+        from pyrocast.registry.models import aliases
+
+        return aliases(self.settings).get("champion")
+
     def _registry_champion_moved(self, target: ModelRef | None) -> str | None:
         """The registry's champion alias when it shows a version other than the stale one and the owed one (a
         newer decision, a training run's), else None. Raises when the registry cannot be read."""
         if self._aliases_stale is None:
             return None
-        from pyrocast.registry.models import aliases
-
-        now = aliases(self.settings).get("champion")
+        now = self._registry_champion()
         return now if now not in (self._aliases_stale, target.version if target else None) else None
 
     def _drop_owed_aliases(self, moved_to: str) -> None:
@@ -1041,38 +1047,60 @@ class Gateway:
         )
         self._set_aliases_owed(None)
 
-    async def _take_up_aliases_owed(self) -> bool:
-        """At start, after the saved state is read: aliases a previous run owed are owed again if the roles are still
-        those it owed them for and the registry's champion alias has not moved to a third version since (True: the
-        registry's `champion` alias is stale, not a training run's decision); otherwise the file is dropped."""
+    def _aliases_file_debt(self) -> tuple[str, str | None] | None:
+        """(why, stale version) of the aliases this gateway owed when it stopped, for the roles in effect; None when
+        it owed none (a file left for other roles is dropped)."""
         try:
             data = json.loads(self._aliases_file.read_text())
             owed = tuple(ModelRef.model_validate(data[k]) if data[k] else None for k in ("champion", "challenger"))
             why, stale = str(data["why"]), data.get("stale")
         except FileNotFoundError:
-            return False
+            return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("rollout: %s is unreadable (%s); the registry aliases are followed", self._aliases_file, exc)
-            return False
+            return None
         st = self.controller.state
         if owed != (st.champion, st.challenger):
             self._aliases_file.unlink(missing_ok=True)
+            return None
+        return why, None if stale is None else str(stale)
+
+    async def _take_up_aliases_owed(self) -> bool:
+        """At start, after the saved state is read: aliases owed when this gateway stopped (its file), or recorded as
+        owed with the saved state by the gateway that made the change (`aliases_stale`: replicas with data
+        directories of their own), are owed here too if the registry's champion alias still shows the stale version
+        (True: that alias is not a training run's decision, it is moved). Dropped when it shows the owed champion
+        (paid) or a third version (a newer decision, followed)."""
+        st = self.controller.state
+        debt, recorded = self._aliases_file_debt(), False
+        if debt is None and st.aliases_stale is not None:
+            debt, recorded = ("they were to follow a change the registry refused to follow", st.aliases_stale), True
+        if debt is None:
             return False
-        self._aliases_stale = None if stale is None else str(stale)
+        why, stale = debt
+        self._aliases_stale = stale
         try:
-            moved = await run_in_threadpool(self._registry_champion_moved, st.champion)
+            now: str | None = await run_in_threadpool(self._registry_champion)
+            known = True
         except Exception:  # the registry is down: owed still, and its alias not followed
-            moved = None
-        if moved is not None:
-            self._drop_owed_aliases(moved)
+            now, known = None, False
+        if recorded and known and now == (st.champion.version if st.champion else None):
+            st.aliases_stale = self._aliases_stale = None  # paid by the gateway that owed them
             return False
-        self._aliases_owed = (why, "not moved before this gateway stopped")
+        if known and now is not None and now not in (stale, st.champion.version if st.champion else None):
+            self._drop_owed_aliases(str(now))
+            return False
+        self._aliases_owed = (why, "not moved before this gateway stopped" if not recorded else "not moved yet")
         self._aliases_retry_at = 0.0  # at the first tick
         self.metrics.rollout_aliases_owed.set(1)
         log.error(
-            "rollout: the registry aliases were owed when this gateway stopped (%s): the registry's champion alias is "
-            "not followed, it is moved to %s",
+            "rollout: the registry aliases were owed %s (%s): the registry's champion alias (v%s) is not followed, it "
+            "is moved to %s",
+            "as recorded with the rollout state by the gateway that made the change"
+            if recorded
+            else "when this gateway stopped",
             why,
+            now if known else "? (the registry does not answer)",
             st.champion,
         )
         return True
@@ -1157,6 +1185,7 @@ class Gateway:
                 return []
             if note:
                 events[-1].reason = f"{events[-1].reason}; {note}"
+            after.aliases_stale = None
             if self._aliases_owed is not None:
                 self._set_aliases_owed(None)
         claims = transition_claims(before, events)
