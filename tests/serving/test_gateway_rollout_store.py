@@ -811,6 +811,8 @@ def test_a_replica_with_a_data_directory_of_its_own_takes_up_the_aliases_the_sto
             one.settings.mlflow.tracking_uri = f"http://127.0.0.1:{free_port()}"
             assert [e.action for e in await one.advance(t0 + 61)] == ["rollback"] and one._aliases_owed is not None
             assert one.store.last_state()["aliases_stale"] == "2"  # recorded with the rollback
+            # A replica running on the store takes up the debt with the rollback: the one that owes it may be gone.
+            assert await two.follow_store() and two._aliases_owed is not None
             one.settings.mlflow.tracking_uri = registry
             assert aliases(one.settings)["champion"] == "2"  # stale: nobody has paid yet
 
@@ -820,7 +822,10 @@ def test_a_replica_with_a_data_directory_of_its_own_takes_up_the_aliases_the_sto
                 assert [e["action"] for e in three.store.events(1)] == ["rollback"], "recorded a start that undoes it"
                 assert three._aliases_owed is not None
                 assert three.metrics.registry.get_sample_value("pyrocast_rollout_aliases_owed") == 1.0
-                await three._pay_aliases()
+                await two._pay_aliases()  # one never pays (it died): the replica that followed its rollback does
+                assert aliases(one.settings) == {"champion": "1", "challenger": "2"}
+                assert two._aliases_owed is None and not two.warnings(two.backend_statuses())
+                await three._pay_aliases()  # paid already: the same move again, and settled
                 assert aliases(one.settings) == {"champion": "1", "challenger": "2"}
                 assert three._aliases_owed is None and not three.warnings(three.backend_statuses())
             finally:

@@ -362,6 +362,12 @@ class Gateway:
             self.controller.replaced_challenger = None  # a new plan, for the challenger served now
             log.info("rollout: following a change made through another gateway: mode %s", state.mode)
         self._assign_roles()
+        if state.aliases_stale is not None and self._aliases_owed is None:
+            # Recorded by a gateway the registry refused: every replica moves the aliases (that one may be gone
+            # before it can), each move guarded like its own (`_pay_aliases`); a paid debt costs one registry call.
+            why = "they were to follow a change another gateway made while the registry refused to follow it"
+            self._set_aliases_owed(why, None, state.aliases_stale)
+            self._aliases_retry_at = 0.0  # at the next tick
         return True
 
     async def _read_fleet_calls(self) -> None:
