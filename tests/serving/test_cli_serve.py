@@ -207,3 +207,26 @@ def test_a_hand_started_classifier_keeps_its_temporary_files_in_the_data_directo
         assert not (tmp / "left-by-the-killed-run").exists()
     finally:
         service.stop()
+
+
+def test_serving_the_challenger_alias_serves_it_as_the_challenger(
+    bundle_dirs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runbook's `pyrocast serve classifier --model challenger` printed "as champion" and took the champion's
+    port and BentoML home: `--role` defaulted to champion. The alias given is now the role."""
+    import socket
+
+    from pyrocast.settings import Settings
+    from tests.support.serving import register_bundles
+
+    register_bundles(Settings(data_dir=tmp_path), bundle_dirs)  # champion -> 1, challenger -> 2
+    # Both roles' ports taken: the command stops on the one it chose, and says which.
+    with socket.socket() as champion, socket.socket() as challenger:
+        for sock, role in ((champion, "CHAMPION"), (challenger, "CHALLENGER")):
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+            monkeypatch.setenv(f"PYROCAST_SERVING__{role}_PORT", str(sock.getsockname()[1]))
+        port = challenger.getsockname()[1]
+        result = runner.invoke(app, ["serve", "classifier", "--model", "challenger", "--data-dir", str(tmp_path)])
+    assert isinstance(result.exception, PyrocastError), result.output
+    assert f"port {port} is in use" in str(result.exception), result.exception

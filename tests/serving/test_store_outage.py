@@ -166,6 +166,7 @@ def test_an_outage_is_logged_in_a_few_lines_with_one_traceback(
         assert _eventually(lambda: len(after()) >= 2), after()
         lines = after()
         assert len(lines) == 2 and "wrote 50 spilled rows" in lines[0] and "takes rows again" in lines[1], lines
+        assert "50 rows spilled meanwhile" in lines[1], lines  # the spill line, rate-limited, said only its first 5
     finally:
         store.close()
 

@@ -70,7 +70,11 @@ def _free(host: str, port: int, what: str) -> None:
 
 
 def serve_classifier(
-    role: str = typer.Option("champion", "--role", help="champion or challenger: chooses the default port and model."),
+    role: str | None = typer.Option(
+        None,
+        "--role",
+        help="champion or challenger: chooses the default port and model (default: --model's alias, else champion).",
+    ),
     model: str | None = typer.Option(None, "--model", help="Registry alias or version (default: the role's alias)."),
     bundle: Path | None = typer.Option(None, "--bundle", help="Serve a bundle folder instead of a registered model."),
     precision: str | None = typer.Option(None, "--precision", help="fp32, int8 or auto (default: serving.precision)."),
@@ -83,6 +87,8 @@ def serve_classifier(
     from pyrocast.model.bundle import load_bundle, provider_for
     from pyrocast.serving import bundles, procs
 
+    if role is None:  # `--model challenger` alone is the challenger (it printed "as champion", on call mid-incident)
+        role = model if model in ("champion", "challenger") else "champion"
     if role not in ("champion", "challenger"):
         raise PyrocastError(f"unknown role {role!r}", "use --role champion or --role challenger")
     s = settings(data_dir)

@@ -123,17 +123,18 @@ class Span:
 def parse_window(text: str | timedelta) -> timedelta:
     """'15m', '1h', '6h', '24h', '7d', '90s' (or a timedelta) -> timedelta, between 10 s and 90 days."""
     if isinstance(text, timedelta):
-        span = text
+        seconds = text.total_seconds()
     else:
         m = _WINDOW.match(str(text))
         if not m:
             raise InvalidInputError(
                 f"window {text!r} is not understood", "use a number and a unit s, m, h or d, e.g. 15m, 1h, 7d"
             )
-        span = timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
-    if not MIN_WINDOW <= span <= MAX_WINDOW:
+        seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    # Compared as seconds: a timedelta of 99999999999 days overflows (a 500 on the monitoring page).
+    if not MIN_WINDOW.total_seconds() <= seconds <= MAX_WINDOW.total_seconds():
         raise InvalidInputError(f"window {text!r} is outside 10s..90d", "choose e.g. 15m, 1h, 24h or 7d")
-    return span
+    return text if isinstance(text, timedelta) else timedelta(seconds=seconds)
 
 
 def pick_bucket(span_s: float, target_points: int = TARGET_POINTS) -> int:

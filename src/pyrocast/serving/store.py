@@ -747,11 +747,14 @@ class PredictionStore:
 
     def _recovered(self) -> None:
         if self._outage_since is not None:
+            # The whole outage's count: the rate-limited spill line showed only its first batch (3 rows of 320).
             log.warning(
-                "prediction store at %s takes rows again after %.0f s (%d failed attempts)",
+                "prediction store at %s takes rows again after %.0f s (%d failed attempts; %d rows spilled "
+                "meanwhile, written now)",
                 self.shown_url,
                 time.monotonic() - self._outage_since,
                 self._outage_failures,
+                self._spilled_since_ok,
             )
         self._outage_since = None
         self._outage_failures = 0
