@@ -843,3 +843,62 @@ def test_a_replica_with_a_data_directory_of_its_own_takes_up_the_aliases_the_sto
                 four.store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_guardrail_stop_not_yet_recorded_is_said_from_the_start_of_a_gateway_that_cannot_read_the_store(
+    tmp_path: Path,
+) -> None:
+    """A stop held while the store refused writes: /healthz said only "the store refuses writes", and a gateway
+    restarted while the store could not be read showed no unrecorded stop at all (its gauge 0, the alert cleared,
+    the file that holds the stop on disk and "do not delete it while the alert fires"). Both say it now."""
+    from pyrocast.serving.rollout import Guardrails
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            strict = Guardrails(max_error_rate=0.1, min_requests=5)
+            await started_canary(one, two, CanaryPlan(steps=[0.5], guardrails=strict))
+            _refusing(one.store)
+            for _ in range(5):
+                one.controller.record("challenger", False, None)
+            assert await one.advance() == [] and one._stop_file.exists()
+            said = [w for w in one.warnings(one.backend_statuses()) if "guardrail stop" in w]
+            assert said and "error rate" in said[0] and "not recorded" in said[0], said
+
+            # Restarted while the store cannot even be read (its PostgreSQL down).
+            down = f"postgresql+psycopg://pyrocast@127.0.0.1:{free_port()}/pyrocast"
+            again = Gateway(one.settings, PredictionStore(down, emergency_dir=None))
+            await again.startup()
+            try:
+                assert again._state_unread
+                again._update_gauges()
+                assert again.metrics.registry.get_sample_value("pyrocast_rollout_unrecorded_stop") == 1.0
+                said = [w for w in again.warnings(again.backend_statuses()) if "guardrail stop" in w]
+                assert said and str(again._stop_file) in said[0] and "do not delete" in said[0], said
+            finally:
+                await again.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_a_postponed_auto_promotion_is_said_in_health_and_a_gauge_until_its_plan_ends(tmp_path: Path) -> None:
+    """A complete canary whose auto-promotion the registry refuses holds at its last step: that was one log line,
+    while `rollout status` showed a canary at 100% with no warning and no alert. Now /healthz says why it waits and
+    `pyrocast_rollout_promotion_postponed` is 1 (alert PyrocastPromotionPostponed), until the plan ends."""
+    from tests.support.mlflow_db import seed_mlflow_db
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            seed_mlflow_db(one.settings)  # a registry where neither version exists: moving an alias fails
+            _serving(one, V1, V2, source="registry")
+            t0 = await started_canary(one, two, CanaryPlan(steps=[1.0], step_seconds=10, auto_promote=True))
+            judged(one)
+            assert await one.advance(t0 + 11) == [] and one.controller.state.mode == "canary"
+            said = [w for w in one.warnings(one.backend_statuses()) if "postponed" in w]
+            assert said and "moving the registry aliases failed" in said[0], said
+            assert one.metrics.registry.get_sample_value("pyrocast_rollout_promotion_postponed") == 1.0
+            await one.change("champion", None)  # the operator ends the plan
+            one._update_gauges()
+            assert not [w for w in one.warnings(one.backend_statuses()) if "postponed" in w]
+            assert one.metrics.registry.get_sample_value("pyrocast_rollout_promotion_postponed") == 0.0
+
+    asyncio.run(scenario())

@@ -83,6 +83,12 @@ class Metrics:
             "1 while the registry aliases do not follow the roles in effect here (the registry refused to move them)",
             registry=r,
         )
+        self.rollout_promotion_postponed = Gauge(
+            "pyrocast_rollout_promotion_postponed",
+            "1 while a complete canary's auto-promotion waits (the registry refused the aliases, or the challenger "
+            "does not answer): the canary holds at its last step",
+            registry=r,
+        )
         self.rollout_unrecorded = Gauge(
             "pyrocast_rollout_unrecorded_stop",
             "1 while a guardrail stop is in effect here but not yet recorded",

@@ -161,6 +161,9 @@ class Gateway:
         self._state_unread = False  # the start could not read it: this gateway routes to the champion meanwhile
         self._start_note: str | None = None  # a "start" event to record (the store refused it so far)
         self._promote_retry_at = 0.0  # monotonic time before which a failed auto-promotion is not tried again
+        # Why the auto-promotion of the canary (mode, updated_at) waits; said in /healthz and a gauge: it used to be
+        # one log line, while status showed a canary at 100% as if all were well.
+        self._postponed: tuple[tuple[str, float], str] | None = None
         # One rollout change at a time: an operator's change, the tick's (adopting another gateway's change, a canary
         # step, a stop, an auto-promotion) and a request's guardrail check each copy the state, await the store or
         # the registry, then put their copy in effect; interleaved, one would overwrite what another recorded.
@@ -407,7 +410,13 @@ class Gateway:
         m.store_held.set(self.store.held)
         m.store_lost.set(self.store.dropped)
         m.store_refused.set(self.store.refused)
-        m.rollout_unrecorded.set(1 if self._unrecorded_stop is not None else 0)
+        m.rollout_unrecorded.set(1 if self._unrecorded_stop is not None or self._stop_waits_unread() else 0)
+        m.rollout_promotion_postponed.set(1 if self._promotion_postponed() is not None else 0)
+
+    def _stop_waits_unread(self) -> bool:
+        """A guardrail stop a previous run could not record waits in its file, not taken up yet: this gateway has
+        not read the saved state (the store is down at its start). The alert must not clear meanwhile."""
+        return self._state_unread and self._stop_file.exists()
 
     # --- backends and roles ---------------------------------------------------------------------------------
     def backend(self, role: str) -> Backend:
@@ -1176,19 +1185,16 @@ class Gateway:
             target = next((b for b in self.backends.values() if b.ref == after.champion), None)
             if target is None or not target.up or target.gone:  # it would answer everyone: as a manual promote
                 self._promote_retry_at = time.monotonic() + PROMOTE_RETRY_S
-                self._warn(
-                    "promote-down",
-                    "canary complete, promotion postponed: the classifier serving %s does not answer its probes",
-                    after.champion,
-                )
+                self._postpone(before, f"the classifier serving {after.champion} does not answer its probes")
                 return []
             await self._alias_payment_done()
             try:
                 note = await run_in_threadpool(self._move_aliases, after.champion, after.challenger)
             except Exception as exc:  # the canary stays at its last step; tried again in PROMOTE_RETRY_S
                 self._promote_retry_at = time.monotonic() + PROMOTE_RETRY_S
-                log.warning("canary complete, promotion postponed: moving the registry aliases failed: %s", exc)
+                self._postpone(before, f"moving the registry aliases failed ({scrub_secrets(brief_error(exc))})")
                 return []
+            self._postponed = None
             if note:
                 events[-1].reason = f"{events[-1].reason}; {note}"
             after.aliases_stale = None
@@ -1202,6 +1208,24 @@ class Gateway:
             return await self._record_decided(before, after, events, claims)
         finally:
             self._stopping = False
+
+    def _postpone(self, plan: RolloutState, why: str) -> None:
+        """A complete canary's auto-promotion waits: said in the log (rate-limited), /healthz and the gauge."""
+        self._postponed = ((plan.mode, plan.updated_at), why)
+        self._warn(
+            "promote-postponed",
+            "canary complete, promotion postponed: %s; tried again every %.0f s",
+            why,
+            PROMOTE_RETRY_S,
+        )
+        self._update_gauges()
+
+    def _promotion_postponed(self) -> str | None:
+        """Why the running canary's auto-promotion waits, or None (none waits, or the plan has changed since)."""
+        st = self.controller.state
+        if self._postponed is None or self._postponed[0] != (st.mode, st.updated_at):
+            return None
+        return self._postponed[1]
 
     async def _record_decided(
         self, before: RolloutState, after: RolloutState, events: list[Event], claims: list[str]
@@ -1407,6 +1431,22 @@ class Gateway:
             out.append(
                 f"the registry aliases do not follow the rollout in effect (champion {st.champion}): {why}, but "
                 f"moving them failed ({failed}); tried again every {ALIAS_RETRY_S:.0f} s (check the MLflow registry)"
+            )
+        if (postponed := self._promotion_postponed()) is not None:
+            out.append(
+                f"the canary is complete but its auto-promotion is postponed: {postponed}; the challenger keeps its "
+                f"last step's share meanwhile, and the promotion is tried again every {PROMOTE_RETRY_S:.0f} s"
+            )
+        if self._unrecorded_stop is not None:
+            out.append(
+                f"a guardrail stop holds here that the store has not recorded ({self._unrecorded_stop[0].reason}): "
+                "other gateways do not know of it; it is recorded once the store takes writes (kept meanwhile in "
+                f"{self._stop_file}: do not delete it)"
+            )
+        elif self._stop_waits_unread():
+            out.append(
+                f"a guardrail stop made before this gateway restarted waits in {self._stop_file}, not recorded: it "
+                "is taken up once the saved rollout state can be read (do not delete the file)"
             )
         if self._state_unread:
             out.append(
