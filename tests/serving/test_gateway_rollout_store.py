@@ -131,6 +131,20 @@ def test_replicas_record_each_change_time_decides_once(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+async def stop_held_unrecorded(one: Gateway, two: Gateway) -> None:
+    """A canary started through replica one, then stopped there by its guardrails while the store refuses writes:
+    the stop holds on one, unrecorded, kept in its file."""
+    from pyrocast.serving.rollout import Guardrails
+
+    strict = Guardrails(max_error_rate=0.1, min_requests=5)
+    await started_canary(one, two, CanaryPlan(steps=[0.5], guardrails=strict))
+    _refusing(one.store)
+    for _ in range(5):
+        one.controller.record("challenger", False, None)
+    assert await one.advance() == [] and one.controller.state.mode == "champion"
+    assert one._stop_file.exists()
+
+
 def _refusing(store: PredictionStore) -> None:
     """The store's database refuses writes from now on (read-only, as in a PostgreSQL outage)."""
     from sqlalchemy import create_engine
@@ -390,17 +404,10 @@ def test_rolling_back_to_a_version_no_classifier_serves_is_refused(tmp_path: Pat
 def test_a_guardrail_stop_not_yet_recorded_holds_across_a_gateway_restart(tmp_path: Path) -> None:
     """The store refuses writes, a guardrail stops the canary, the gateway restarts before the store is back: the
     new process must not resume the stopped canary from the store's last recorded state."""
-    from pyrocast.serving.rollout import Guardrails
 
     async def scenario() -> None:
         async with replicas(tmp_path) as (one, two):
-            strict = Guardrails(max_error_rate=0.1, min_requests=5)
-            await started_canary(one, two, CanaryPlan(steps=[0.5], guardrails=strict))
-            _refusing(one.store)
-            for _ in range(5):
-                one.controller.record("challenger", False, None)
-            assert await one.advance() == [] and one.controller.state.mode == "champion"
-            assert one._stop_file.exists()
+            await stop_held_unrecorded(one, two)
 
             again = Gateway(one.settings, PredictionStore(one.store.url))  # the restarted process
             try:
@@ -851,16 +858,10 @@ def test_a_guardrail_stop_not_yet_recorded_is_said_from_the_start_of_a_gateway_t
     """A stop held while the store refused writes: /healthz said only "the store refuses writes", and a gateway
     restarted while the store could not be read showed no unrecorded stop at all (its gauge 0, the alert cleared,
     the file that holds the stop on disk and "do not delete it while the alert fires"). Both say it now."""
-    from pyrocast.serving.rollout import Guardrails
 
     async def scenario() -> None:
         async with replicas(tmp_path) as (one, two):
-            strict = Guardrails(max_error_rate=0.1, min_requests=5)
-            await started_canary(one, two, CanaryPlan(steps=[0.5], guardrails=strict))
-            _refusing(one.store)
-            for _ in range(5):
-                one.controller.record("challenger", False, None)
-            assert await one.advance() == [] and one._stop_file.exists()
+            await stop_held_unrecorded(one, two)
             said = [w for w in one.warnings(one.backend_statuses()) if "guardrail stop" in w]
             assert said and "error rate" in said[0] and "not recorded" in said[0], said
 
