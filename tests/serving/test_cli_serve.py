@@ -172,12 +172,14 @@ def test_a_negative_weight_is_named_as_a_weight_not_an_unknown_flag() -> None:
     assert "champion_weight" in said and "greater than or equal to 0" in said, said
 
 
-def test_a_hand_started_classifier_keeps_its_temporary_files_in_the_data_directory(
+def test_a_hand_started_classifier_keeps_its_temporary_files_in_a_folder_of_its_own(
     bundle_dirs: dict, tmp_path: Path, jpeg: bytes
 ) -> None:
     """The runbook's `pyrocast serve classifier`, killed with SIGKILL, left BentoML's per-request folders and
     sockets in /tmp for good (`pyrocast up` gives its services a TMPDIR of their own; a hand-started one had
-    none). Its TMPDIR is now under the data directory, and the next start on that port empties it."""
+    none). It gets the one `up` gives it (in memory, per data directory), and the next start on that port empties
+    it."""
+    import shutil
     import signal
     import sys
 
@@ -185,11 +187,12 @@ def test_a_hand_started_classifier_keeps_its_temporary_files_in_the_data_directo
 
     from pyrocast.ports import free_port
     from pyrocast.serving import procs
+    from pyrocast.settings import Settings
 
     port = free_port()
     cmd = [str(Path(sys.executable).parent / "pyrocast"), "serve", "classifier", "--bundle", str(bundle_dirs["1"])]
     cmd += ["--port", str(port), "--data-dir", str(tmp_path)]
-    tmp = tmp_path / "tmp" / f"classifier-champion-{port}"
+    tmp = procs.bento_tmp_dir(Settings(data_dir=tmp_path), "classifier-champion", port)
 
     def start() -> procs.ServiceProcess:
         return procs.start_process(
@@ -207,6 +210,7 @@ def test_a_hand_started_classifier_keeps_its_temporary_files_in_the_data_directo
         assert not (tmp / "left-by-the-killed-run").exists()
     finally:
         service.stop()
+        shutil.rmtree(tmp.parent, ignore_errors=True)  # in memory: not a test folder pytest removes
 
 
 def test_serving_the_challenger_alias_serves_it_as_the_challenger(

@@ -1,4 +1,5 @@
-"""Temporary files of the services we start: kept under the data directory, gone once a service is stopped.
+"""Temporary files of the services we start: kept in a folder of their own (in memory for BentoML's, under the data
+directory for the others), gone once a service is stopped.
 
 BentoML keeps a temp dir per concurrent multipart request (a pool, emptied after each request), one for its
 client and one for its sockets, and removes them only on a clean shutdown: a killed service used to leave
@@ -71,7 +72,7 @@ def test_stopped_and_killed_services_leave_no_temp_files(
         for svc in services.values():
             svc.wait_healthy(60)
         for n, svc in enumerate(services.values()):
-            assert svc.tmp_dir is not None and svc.tmp_dir.is_relative_to(settings.root), svc.tmp_dir
+            assert svc.tmp_dir is not None and svc.tmp_dir.is_relative_to(procs.MEMORY_DIR), svc.tmp_dir
             codes = asyncio.run(_uploads(svc.url, good + bad))
             assert codes == [200] * len(good) + [415, 400, 422, 413], codes
             inside = _files(svc.tmp_dir)
@@ -113,3 +114,29 @@ def test_a_crash_leftover_is_cleared_on_the_next_start(settings: Settings, tmp_p
     finally:
         svc.stop(timeout=5)
     assert not tmp.exists()
+
+
+def test_a_classifier_answers_on_a_full_data_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BentoML makes a folder for every request in its TMPDIR, which was under the data directory: on a full data
+    disk every prediction failed ("No space left on device") and BentoML restarted its workers in a loop, so the
+    champion was down while the runbook said predictions go on. Its TMPDIR and home are in memory now."""
+    from tests.support.disks import fill_up, tmpfs
+
+    if not procs.MEMORY_DIR.is_dir():
+        pytest.skip(f"no {procs.MEMORY_DIR} here: BentoML's temporary files stay under the data directory")
+    bundle = make_standin_bundle(tmp_path / "bundle", "good", version="1")
+    with tmpfs(tmp_path / "data", "size=8m") as data:
+        monkeypatch.setenv("PYROCAST_DATA_DIR", str(data))
+        settings = Settings()
+        settings.ensure_dirs()
+        svc = procs.start_classifier(settings, port=free_port(), bundle_dir=bundle)
+        try:
+            rng = np.random.default_rng(0)
+            tiles = [("images", tile_jpeg(i % 2, rng)) for i in range(8)]
+            assert asyncio.run(_uploads(svc.url, tiles)) == [200] * 8
+            fill_up(data)  # its log, in the data directory, can no longer grow either
+            for _ in range(3):
+                assert asyncio.run(_uploads(svc.url, tiles)) == [200] * 8
+        finally:
+            svc.stop()
+        assert svc.tmp_dir is not None and not svc.tmp_dir.exists()

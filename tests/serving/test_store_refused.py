@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pyrocast.serving.store import PredictionStore, utcnow
-from tests.support.disks import tmpfs
+from tests.support.disks import fill_up, tmpfs
 from tests.support.store_rows import leftover_claim, reopened, row
 from tests.support.waiting import wait_for
 
@@ -45,16 +45,6 @@ BAD = [
     ("feedback", {"request_id": "r2", "correct": True, "source": None}),
     ("predictions", row(92, lat="north")),
 ]
-
-
-def fill_up(disk: Path) -> Path:
-    """Fill the small file system `disk` with one file, which is returned (delete it to free the space)."""
-    filler = disk / "filler"
-    with contextlib.suppress(OSError), open(filler, "wb") as f:
-        while True:
-            f.write(b"x" * 1024)
-            f.flush()
-    return filler
 
 
 def _counts(url: str) -> tuple[list[str], int]:

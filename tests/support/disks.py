@@ -26,3 +26,13 @@ def tmpfs(where: Path, options: str = "size=24k") -> Iterator[Path]:
         # lazily then, rather than leave a mount behind for every later run to trip over.
         if subprocess.run(["umount", str(where)], capture_output=True).returncode:
             subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill_up(disk: Path) -> Path:
+    """Fill the small file system `disk` with one file, which is returned (delete it to free the space)."""
+    filler = disk / "filler"
+    with contextlib.suppress(OSError), open(filler, "wb") as f:
+        while True:
+            f.write(b"x" * 1024)
+            f.flush()
+    return filler

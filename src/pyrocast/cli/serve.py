@@ -108,11 +108,11 @@ def serve_classifier(
     env[bundles.ENV_BATCHING] = "1" if batching else "0"
     port = port or (s.serving.champion_port if role == "champion" else s.serving.challenger_port)
     _free(s.serving.host, port, "classifier")
-    # One BentoML home per service: BentoML wipes the Prometheus files in its home when a server starts.
-    env["BENTOML_HOME"] = str(s.root / "bentoml" / f"classifier-{role}-{port}")
-    # A TMPDIR of its own under the data directory, emptied now (the port is free): BentoML's per-request folders
-    # and sockets of a run killed with SIGKILL otherwise stayed in /tmp.
-    env.update(procs.fresh_tmp_env(procs.service_tmp_dir(s, f"classifier-{role}", port)))
+    # A TMPDIR and a BentoML home of its own, as `up` gives it, emptied now (the port is free): BentoML's per-request
+    # folders and sockets of a run killed with SIGKILL otherwise stayed in /tmp, and BentoML wipes the Prometheus
+    # files in its home when a server starts.
+    env.update(procs.fresh_tmp_env(procs.bento_tmp_dir(s, f"classifier-{role}", port)))
+    env["BENTOML_HOME"] = procs.bentoml_home(s, f"classifier-{role}", port)
     out.print(
         f"serving {b.name} v{b.version} ({p}, {s.serving.device}) as {role} on {service_url(s.serving.host, port)}"
     )
@@ -136,8 +136,8 @@ def serve_explainer(
         env["PYROCAST_EXPLAIN_BUNDLES"] = os.pathsep.join(bundle)
     port = port or s.serving.explainer_port
     _free(s.serving.host, port, "explainer")
-    env["BENTOML_HOME"] = str(s.root / "bentoml" / f"explainer-{port}")
-    env.update(procs.fresh_tmp_env(procs.service_tmp_dir(s, "explainer", port)))  # as the classifier's
+    env.update(procs.fresh_tmp_env(procs.bento_tmp_dir(s, "explainer", port)))  # as the classifier's
+    env["BENTOML_HOME"] = procs.bentoml_home(s, "explainer", port)
     out.print(f"explainer on {service_url(s.serving.host, port)}")
     _exec([procs.bentoml_exe(), "serve", procs.EXPLAINER, "--host", s.serving.host, "--port", str(port)], env)
 

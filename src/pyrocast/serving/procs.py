@@ -15,6 +15,7 @@ the challenger-kill tests, SIGKILL after the grace period) used to leave them in
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -116,6 +117,9 @@ class ServiceProcess:
         # Only now is nobody writing there any more; whatever a crash left behind goes with it.
         if self.tmp_dir is not None:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            if self.tmp_dir.parent.parent == MEMORY_DIR:  # its data directory's folder in memory, once empty
+                with contextlib.suppress(OSError):
+                    self.tmp_dir.parent.rmdir()
         return self.proc.returncode
 
     def kill(self) -> None:
@@ -289,14 +293,28 @@ def service_tmp_dir(settings: Settings, name: str, port: int) -> Path:
     return settings.root / "tmp" / f"{name}-{port}"
 
 
+MEMORY_DIR = Path("/dev/shm")  # memory-backed on Linux
+
+
+def bento_tmp_dir(settings: Settings, name: str, port: int) -> Path:
+    """The TMPDIR of the BentoML service `name` on `port`: in memory (/dev/shm) where there is one, else under the
+    data directory; removed when it stops. BentoML makes a folder there for every request: with it on the data
+    disk, a full data disk failed every prediction and had BentoML restart its workers in a loop."""
+    if MEMORY_DIR.is_dir() and os.access(MEMORY_DIR, os.W_OK):
+        digest = hashlib.sha256(str(settings.root.resolve()).encode()).hexdigest()[:12]  # one per data directory
+        return MEMORY_DIR / f"pyrocast-{digest}" / f"{name}-{port}"
+    return service_tmp_dir(settings, name, port)
+
+
 def bentoml_home(settings: Settings, name: str, port: int) -> str:
-    """BENTOML_HOME of one BentoML service: inside its own TMPDIR, so it goes when the service stops.
+    """BENTOML_HOME of one BentoML service: inside its own TMPDIR, so it goes when the service stops (its Prometheus
+    files are written at every request: in memory too, off a data disk that may fill up).
 
     BentoML keeps its Prometheus multiprocess files in BENTOML_HOME and wipes them whenever a server starts:
     with one home for all, restarting the challenger erased the champion's metrics, and every service's
     `/metrics` added up its neighbours' counts.
     """
-    return str(service_tmp_dir(settings, name, port) / "bentoml")
+    return str(bento_tmp_dir(settings, name, port) / "bentoml")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -404,7 +422,7 @@ def _start_bento(
         cwd=settings.root,
         timeout=timeout,
         wait=wait,
-        tmp_dir=service_tmp_dir(settings, name, port),
+        tmp_dir=bento_tmp_dir(settings, name, port),
     )
 
 
