@@ -158,3 +158,28 @@ def test_an_alias_moved_before_the_registry_failed_is_put_back(mlflow_settings: 
         db.close()
     models.move_aliases(mlflow_settings, {"champion": "2", "challenger": "1"})
     assert models.aliases(mlflow_settings) == {"champion": "2", "challenger": "1"}
+
+
+def test_a_damaged_cached_bundle_is_downloaded_again(
+    mlflow_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cached model file cut short (a full disk mid-copy, a stray `head -c`) was trusted because it was not empty:
+    every classifier start then failed with ONNX Runtime's INVALID_PROTOBUF, and `pyrocast up` with it, with no hint.
+    The cache keeps each file's digest; a file that differs is downloaded again."""
+    import logging
+
+    import onnxruntime as ort
+
+    from pyrocast.model.bundle import FP32
+
+    caplog.set_level(logging.WARNING, logger="pyrocast.registry.models")
+    _register(mlflow_settings, tmp_path)
+    models.set_alias(mlflow_settings, "champion", "1")
+    cached = models.cache_dir(mlflow_settings, "1") / FP32
+    whole = cached.read_bytes()
+    for ref in ("1", "champion"):  # a version number is read from the cache without the registry: checked too
+        cached.write_bytes(whole[: len(whole) // 2])
+        bundle = models.fetch_bundle(mlflow_settings, ref)
+        assert (bundle.root / FP32).read_bytes() == whole
+        ort.InferenceSession(str(bundle.root / FP32), providers=["CPUExecutionProvider"])
+    assert "is damaged" in caplog.text and "downloaded again" in caplog.text

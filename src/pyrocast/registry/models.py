@@ -11,6 +11,7 @@ Rules this module enforces:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -162,9 +163,46 @@ def _stamp_meta(folder: Path, client: MlflowClient, name: str, version: str) -> 
     atomic_write(meta_path, json.dumps(meta, indent=2, default=str).encode())
 
 
+CACHE_MANIFEST = ".sha256.json"  # each file of a cached bundle and its digest, written as it enters the cache
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {
+        str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and f.name != CACHE_MANIFEST
+    }
+
+
+def _intact(cache: Path) -> bool:
+    """Whether a cached bundle is complete and each of its files is what was downloaded (a file cut short or
+    overwritten made every classifier start fail with ONNX Runtime's INVALID_PROTOBUF, and `up` with it). A cache
+    from before the manifest is taken as complete."""
+    if not cache.is_dir() or missing_files(cache):
+        return False
+    try:
+        manifest = json.loads((cache / CACHE_MANIFEST).read_text())
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest == _digests(cache)
+
+
+def _cached(cache: Path) -> bool:
+    """A cached bundle fit to load; a damaged one is removed (and said), so that it is downloaded again."""
+    if _intact(cache):
+        return True
+    if cache.exists():
+        log.warning("model cache %s is damaged (a file differs from the download); it is downloaded again", cache)
+        shutil.rmtree(cache, ignore_errors=True)
+    return False
+
+
 def _move_into_cache(folder: Path, cache: Path) -> None:
-    if cache.is_dir() and not missing_files(cache):
+    if _intact(cache):
         return  # another process (or an earlier fetch) already put a complete copy there
+    atomic_write(folder / CACHE_MANIFEST, json.dumps(_digests(folder), indent=1).encode())
     if cache.exists():
         shutil.rmtree(cache, ignore_errors=True)
     try:
@@ -212,13 +250,13 @@ def fetch_bundle(settings: Settings, ref: str) -> Bundle:
     cache_root = settings.root / "cache" / "models" / settings.mlflow.model_name
     if str(ref).isdigit():  # a version number needs no registry round trip once cached
         cached = cache_root / str(ref)
-        if cached.is_dir() and not missing_files(cached):
+        if _cached(cached):
             return load_bundle(cached)
     client = get_client(settings)
     mv = resolve_version(settings, ref, client)
     version = str(mv.version)
     cached = cache_dir(settings, version)
-    if cached.is_dir() and not missing_files(cached):
+    if _cached(cached):
         return load_bundle(cached)
     miss = verify_version(settings, version, client)
     if miss:
