@@ -126,6 +126,26 @@ def test_models_table_and_json(registered: Settings) -> None:
     assert [(x["version"], x["aliases"]) for x in rows] == [("2", ["challenger"]), ("1", ["champion"])]
 
 
+def test_models_moves_the_aliases_the_runbook_says_to_roll_back(registered: Settings) -> None:
+    """The Champion-down runbook says to roll the aliases back so that `up` starts on the previous champion; no
+    command did that. `--alias` moves them (never two on one version) before listing."""
+    r = run("models", "--alias", "champion=v2", "--alias", "challenger=1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert registry.aliases(registered) == {"champion": "2", "challenger": "1"}
+    r = run("models", "--alias", "challenger=")  # removed
+    assert r.returncode == 0 and "challenger -> none" in r.stdout, r.stdout + r.stderr
+    assert registry.aliases(registered) == {"champion": "2"}
+    for bad, said in (
+        (["--alias", "challenger=2"], "two aliases"),
+        (["--alias", "champion=latest"], "is not ALIAS=VERSION"),
+        (["--alias", "winner=1"], "is not ALIAS=VERSION"),
+        (["--alias", "champion=9"], "no version 9"),
+    ):
+        r = run("models", *bad)
+        assert r.returncode == 1 and said in r.stderr, (bad, r.stderr)
+    assert registry.aliases(registered) == {"champion": "2"}  # nothing moved by a refused command
+
+
 def test_models_reads_at_80_columns_when_piped(registered: Settings) -> None:
     r = cli("models", settings=registered, env={"COLUMNS": "80"})  # captured: not a terminal, as `| cat` is
     assert r.returncode == 0, r.stderr

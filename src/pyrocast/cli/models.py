@@ -16,8 +16,9 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from pyrocast.cli.common import out, settings, show
-from pyrocast.errors import scrub_log_secrets
+from pyrocast.errors import InvalidInputError, scrub_log_secrets
 from pyrocast.report import Report
+from pyrocast.settings import Settings
 
 DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: PYROCAST_DATA_DIR or ./.pyrocast).")
 PROFILE = typer.Option(
@@ -97,7 +98,6 @@ def evaluate(
     data_dir: Path | None = DATA_DIR,
 ) -> None:
     """Score a registered model on every tile of a folder and print its metrics."""
-    from pyrocast.errors import InvalidInputError
     from pyrocast.model.evaluate import evaluate_folder
     from pyrocast.registry.models import fetch_bundle
 
@@ -129,6 +129,12 @@ def evaluate(
 
 def models(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    alias: list[str] = typer.Option(
+        [],
+        "--alias",
+        help="Move an alias first: champion=3, or challenger= to remove it (repeatable; both move or neither). What "
+        "`pyrocast up` starts next; a running gateway changes roles with `pyrocast rollout promote|rollback`.",
+    ),
     data_dir: Path | None = DATA_DIR,
 ) -> None:
     """List registered model versions with their aliases, test metrics and decisions.
@@ -138,6 +144,8 @@ def models(
     from pyrocast.registry.models import list_models
 
     s = settings(data_dir)
+    if alias:
+        _move_aliases(s, alias)
     rows = list_models(s)
     if as_json:
         import json
@@ -167,6 +175,41 @@ def models(
             style=_style(r),
             highlight=False,
         )
+
+
+def _move_aliases(s: Settings, given: list[str]) -> None:
+    """Move (`alias=version`) or remove (`alias=`) registry aliases, all or none: the runbooks' way to have
+    `pyrocast up` start on another champion when its own one cannot start."""
+    from pyrocast.registry.models import ALIASES, aliases, delete_alias, move_aliases
+
+    wanted: dict[str, str | None] = {}
+    for item in given:
+        name, eq, version = item.partition("=")
+        version = version.strip().lstrip("vV")
+        if not eq or name not in ALIASES or (version and not version.isdigit()):
+            raise InvalidInputError(
+                f"--alias {item!r} is not ALIAS=VERSION",
+                f"e.g. --alias champion=3, or --alias challenger= to remove it (aliases: {', '.join(ALIASES)})",
+            )
+        wanted[name] = version or None
+    after = {**aliases(s), **wanted}
+    shown = [v for v in after.values() if v is not None]
+    if len(shown) != len(set(shown)):
+        raise InvalidInputError(
+            f"--alias would give one version two aliases ({', '.join(f'{k} v{v}' for k, v in after.items() if v)})",
+            "a champion and a challenger are two versions: move or remove the other alias in the same command",
+        )
+    moves = {k: v for k, v in wanted.items() if v is not None}
+    if moves:
+        move_aliases(s, moves)
+    for name, version in wanted.items():
+        if version is None:
+            delete_alias(s, name)
+    out.print(
+        "aliases: "
+        + ", ".join(f"{k} -> {f'v{v}' if v else 'none'}" for k, v in wanted.items())
+        + " (a running gateway keeps its roles until it restarts or is told with `pyrocast rollout`)"
+    )
 
 
 def _accuracy(row: dict, sep: str = " ") -> str:
