@@ -469,7 +469,7 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
     @app.post("/api/predict")
     async def predict(request: Request, place: Place) -> JSONResponse:
         lat, lon = check_place(settings, place.lat, place.lon)
-        r = await web(request).gateway.call(
+        r = await web(request).gateway.call_watched(
             "POST",
             "/v1/predict",
             what="prediction",
@@ -485,7 +485,7 @@ def create_app(settings: Settings | None = None, *, gateway: str | None = None, 
         payload: dict[str, Any] = {"lat": lat, "lon": lon, "source": "web"}
         if body.version:
             payload["version"] = body.version
-        r = await web(request).gateway.call(
+        r = await web(request).gateway.call_watched(
             "POST",
             "/v1/explain",
             what="explanation",

@@ -7,6 +7,7 @@ the gateway not running, a model service down, a refused place, a timeout. Never
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,10 @@ READ_TIMEOUT_S = 30.0
 # heatmap within serving.explain_timeout_s (120 s by default). A 504 here would hide an answer stored meanwhile.
 PREDICT_TIMEOUT_S = 90.0
 EXPLAIN_TIMEOUT_S = 150.0
+# ...but a gateway that stops answering meanwhile (a hung or paused process still accepts connections) is given up
+# on once its health check has gone unanswered twice in a row (about 10-13 s), not after those 90 s of a spinner.
+WATCH_EVERY_S = 5.0
+WATCH_TIMEOUT_S = 3.0
 
 
 class GatewayError(Exception):
@@ -105,6 +110,33 @@ class GatewayClient:
         if r.is_success:
             return Response(r.status_code, r.content, dict(r.headers))
         raise _error_from(r, what)
+
+    async def call_watched(self, method: str, path: str, *, what: str, timeout: float, **kwargs: Any) -> Response:
+        """`call` for long calls: given up with a 503 once the gateway's health check goes unanswered twice in a row
+        while it waits (any answer to it, an error included, is a gateway that lives)."""
+        call = asyncio.ensure_future(self.call(method, path, what=what, timeout=timeout, **kwargs))
+        silent = 0
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=WATCH_EVERY_S)
+                if done:
+                    return call.result()
+                try:
+                    await self.client.get("/healthz", timeout=WATCH_TIMEOUT_S)
+                    silent = 0
+                except httpx.HTTPError:
+                    silent += 1
+                if silent >= 2:
+                    raise GatewayError(
+                        503,
+                        f"The prediction service stopped answering ({what}): the gateway at {self.base_url} "
+                        "accepts connections but has not answered its health check twice in a row.",
+                        "Try again in a moment. Whoever runs Pyrocast: the gateway may be hung or paused "
+                        "(docs/OPERATIONS.md, Gateway down).",
+                    )
+        finally:
+            if not call.done():
+                call.cancel()
 
 
 def _error_from(r: httpx.Response, what: str) -> GatewayError:
