@@ -310,6 +310,33 @@ def test_during_a_store_outage_the_rollout_is_shown_and_health_warns(tmp_path: P
     asyncio.run(scenario())
 
 
+async def owed_after_a_safety_rollback(one: Gateway, two: Gateway, bundle_dirs: dict[str, Path]) -> None:
+    """A registry with v1 champion and v2 challenger; replica two auto-promotes v2 at the canary's end while replica
+    one saw it fail, and one's stop rolls that back while the registry is down: one owes the aliases. The registry
+    answers again afterwards."""
+    from tests.support.serving import register_bundles
+
+    register_bundles(one.settings, bundle_dirs)
+    for g in (one, two):
+        _serving(g, V1, V2, source="registry")
+    t0 = await promoted_by_two_while_one_saw_it_fail(one, two)
+    registry = one.settings.mlflow.tracking_uri
+    one.settings.mlflow.tracking_uri = f"http://127.0.0.1:{free_port()}"  # nobody answers there
+    assert [e.action for e in await one.advance(t0 + 61)] == ["rollback"] and one._aliases_owed is not None
+    one.settings.mlflow.tracking_uri = registry
+
+
+def third_version(settings: Settings, bundle_dirs: dict[str, Path], alias: str) -> None:
+    """What a training run does: register version 3 and give it `alias`."""
+    from pyrocast.registry.mlflow_store import ensure_experiment, get_client
+    from pyrocast.registry.models import register_bundle, set_alias
+
+    client = get_client(settings)
+    run = client.create_run(ensure_experiment(settings, client))
+    assert register_bundle(settings, run.info.run_id, bundle_dirs["1"], client=client).version == "3"
+    set_alias(settings, alias, "3", client)
+
+
 def _serving(g: Gateway, a: ModelRef, b: ModelRef, source: str = "folder") -> None:
     """What the two classifiers report in /model/info (as the probe last read it)."""
     for slot, ref in (("a", a), ("b", b)):
@@ -754,24 +781,12 @@ def test_owed_aliases_never_undo_a_decision_the_registry_took_since(
     """Aliases owed after a safety rollback, then a training run (the registry back) makes a third version champion:
     the owed move would put v1 back over that decision. The debt is dropped once the registry shows a champion that
     is neither the stale one nor the owed one, at a restart and on the tick alike."""
-    from pyrocast.registry.mlflow_store import ensure_experiment, get_client
-    from pyrocast.registry.models import aliases, register_bundle, set_alias
-    from tests.support.serving import register_bundles
+    from pyrocast.registry.models import aliases
 
     async def scenario() -> None:
         async with replicas(tmp_path) as (one, two):
-            register_bundles(one.settings, bundle_dirs)
-            for g in (one, two):
-                _serving(g, V1, V2, source="registry")
-            t0 = await promoted_by_two_while_one_saw_it_fail(one, two)
-            registry = one.settings.mlflow.tracking_uri
-            one.settings.mlflow.tracking_uri = f"http://127.0.0.1:{free_port()}"
-            assert [e.action for e in await one.advance(t0 + 61)] == ["rollback"] and one._aliases_owed is not None
-            one.settings.mlflow.tracking_uri = registry
-            client = get_client(one.settings)  # a training run registers v3 and makes it champion
-            run = client.create_run(ensure_experiment(one.settings, client))
-            assert register_bundle(one.settings, run.info.run_id, bundle_dirs["1"], client=client).version == "3"
-            set_alias(one.settings, "champion", "3", client)
+            await owed_after_a_safety_rollback(one, two, bundle_dirs)
+            third_version(one.settings, bundle_dirs, "champion")  # a training run's decision since
             one._aliases_retry_at = 0.0
             await one._pay_aliases()  # the tick's payment
             assert one._aliases_owed is None and aliases(one.settings)["champion"] == "3"
@@ -788,7 +803,7 @@ def test_a_replica_with_a_data_directory_of_its_own_takes_up_the_aliases_the_sto
     decision and made the failing challenger champion again, for itself and, through its start record, for the
     fleet. The rollback's record now says the aliases are owed (`aliases_stale`): such a replica takes up the debt
     while the registry shows the stale version, and follows the registry once it shows the owed one (paid)."""
-    from pyrocast.registry.models import aliases
+    from pyrocast.registry.models import aliases, move_aliases
     from tests.support.serving import register_bundles
 
     async def started_elsewhere(one: Gateway, name: str) -> Gateway:
@@ -838,8 +853,13 @@ def test_a_replica_with_a_data_directory_of_its_own_takes_up_the_aliases_the_sto
             finally:
                 await three.client.aclose()
                 three.store.close()
+            # The tick records the settlement: the record stops naming the stale version.
+            async with two._rollout_lock:
+                await two._tick_rollout()
+            assert two.store.events(1)[0]["action"] == "aliases-followed"
+            assert two.store.last_state()["aliases_stale"] is None
 
-            # Paid: a replica starting now owes nothing, though the record still names the stale version.
+            # Paid: a replica starting now owes nothing.
             four = await started_elsewhere(one, "four")
             try:
                 assert four.controller.state.champion == V1 and four._aliases_owed is None
@@ -848,6 +868,17 @@ def test_a_replica_with_a_data_directory_of_its_own_takes_up_the_aliases_the_sto
             finally:
                 await four.client.aclose()
                 four.store.close()
+
+            # An operator's later move back to v2 (`pyrocast models --alias`) is a decision a starting replica follows:
+            # the paid debt, still in the record, moved the aliases back over it.
+            move_aliases(one.settings, {"champion": "2", "challenger": "1"})
+            five = await started_elsewhere(one, "five")
+            try:
+                assert five._aliases_owed is None and five.controller.state.champion == V2
+                assert aliases(one.settings) == {"champion": "2", "challenger": "1"}
+            finally:
+                await five.client.aclose()
+                five.store.close()
 
     asyncio.run(scenario())
 
@@ -901,5 +932,25 @@ def test_a_postponed_auto_promotion_is_said_in_health_and_a_gauge_until_its_plan
             one._update_gauges()
             assert not [w for w in one.warnings(one.backend_statuses()) if "postponed" in w]
             assert one.metrics.registry.get_sample_value("pyrocast_rollout_promotion_postponed") == 0.0
+
+    asyncio.run(scenario())
+
+
+def test_paying_owed_aliases_leaves_a_challenger_a_training_run_chose_since(
+    tmp_path: Path, bundle_dirs: dict[str, Path]
+) -> None:
+    """Aliases owed after a safety rollback, then a training run makes a third version challenger (the champion
+    alias still the stale one): the payment moved both aliases and put the failing version back as challenger over
+    that decision. The champion alone moves now."""
+    from pyrocast.registry.models import aliases
+
+    async def scenario() -> None:
+        async with replicas(tmp_path) as (one, two):
+            await owed_after_a_safety_rollback(one, two, bundle_dirs)
+            third_version(one.settings, bundle_dirs, "challenger")  # the training run's verdict: a challenger
+            one._aliases_retry_at = 0.0
+            await one._pay_aliases()
+            assert aliases(one.settings) == {"champion": "1", "challenger": "3"}
+            assert one._aliases_owed is None
 
     asyncio.run(scenario())

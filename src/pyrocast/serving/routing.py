@@ -187,6 +187,7 @@ class Gateway:
         self._aliases_stale: str | None = None
         self._aliases_retry_at = 0.0
         self._alias_task: asyncio.Task | None = None
+        self._aliases_followed_due: str | None = None  # a payment's settlement, for the tick to record
         self._aliases_file = settings.root / "rollout-aliases-owed.json"
         self.session: aiohttp.ClientSession | None = None
         admin = settings.admin_token
@@ -324,6 +325,7 @@ class Gateway:
             await self._read_fleet_calls()
         except Exception as exc:  # judged on what this gateway sees (and the last reading) meanwhile
             self._store_trouble("the canary's calls through other gateways not read", exc)
+        await self._record_aliases_followed()
         await self.advance()
 
     def _store_trouble(self, what: str, exc: BaseException) -> None:
@@ -882,10 +884,11 @@ class Gateway:
             ) from exc
         return ev
 
-    async def _undo(self, before: RolloutState, ev: Event) -> None:
+    async def _undo(self, before: RolloutState, ev: Event, moved: ModelRef | None = None) -> None:
         """Back to `before` after a change the store did not record (other replicas never saw it): the registry
-        aliases too, after a promotion or rollback (`_move_aliases` leaves bundle-folder models alone)."""
-        moved = self.controller.state.champion  # what the change moved the registry's champion alias to
+        aliases too, after a promotion or rollback (`_move_aliases` leaves bundle-folder models alone). moved: the
+        champion the change moved the registry's alias to (default: the state in effect's)."""
+        moved = moved or self.controller.state.champion
         self.controller.state = before
         self._assign_roles()
         if ev.action in ("promote", "rollback"):
@@ -1007,14 +1010,21 @@ class Gateway:
         self._set_aliases_owed(None)
         return True
 
-    def _set_aliases_owed(self, why: str | None, exc: BaseException | None = None, stale: str | None = None) -> None:
-        """Owe (why given) or settle the registry aliases, in memory, in the gauge and in `_aliases_file`."""
+    def _set_aliases_owed(
+        self, why: str | None, exc: BaseException | None = None, stale: str | None = None, clear_marker: bool = True
+    ) -> None:
+        """Owe (why given) or settle the registry aliases, in memory, in the gauge and in `_aliases_file`; the state's
+        `aliases_stale` marker too, except for a settlement outside the rollout lock (clear_marker=False: the tick
+        clears it and records that, `_record_aliases_followed`)."""
         st = self.controller.state
         first = self._aliases_owed is None
         failed = scrub_secrets(brief_error(exc)) if exc is not None else "not tried yet"
         if first or why is None:
             self._aliases_stale = stale
+        if first and why is not None:
             st.aliases_stale = stale  # recorded with the next change (a safety rollback's own record)
+        elif why is None and clear_marker:
+            st.aliases_stale = None
         self._aliases_owed = None if why is None else (why, failed)
         self._aliases_retry_at = time.monotonic() + ALIAS_RETRY_S
         self.metrics.rollout_aliases_owed.set(0 if why is None else 1)
@@ -1039,28 +1049,32 @@ class Gateway:
         except OSError as exc:  # owed in memory all the same
             log.error("rollout: the owed registry aliases could not be kept in %s: %s", self._aliases_file, exc)
 
-    def _registry_champion(self) -> str | None:
-        """The version the registry's `champion` alias shows. Raises when the registry cannot be read."""
+    def _registry_aliases(self) -> dict[str, str]:
+        """The registry's aliases (alias -> version). Raises when the registry cannot be read."""
         from pyrocast.registry.models import aliases
 
-        return aliases(self.settings).get("champion")
+        return aliases(self.settings)
 
-    def _registry_champion_moved(self, target: ModelRef | None) -> str | None:
-        """The registry's champion alias when it shows a version other than the stale one and the owed one (a
-        newer decision, a training run's), else None. Raises when the registry cannot be read."""
-        if self._aliases_stale is None:
+    def _registry_champion(self) -> str | None:
+        """The version the registry's `champion` alias shows. Raises when the registry cannot be read."""
+        return self._registry_aliases().get("champion")
+
+    def _champion_moved(self, now: dict[str, str], target: ModelRef | None) -> str | None:
+        """The registry's champion alias (of `now`) when it shows a version other than the stale one and the owed one
+        (a newer decision, a training run's), else None."""
+        shown = now.get("champion")
+        if self._aliases_stale is None or shown is None:
             return None
-        now = self._registry_champion()
-        return now if now not in (self._aliases_stale, target.version if target else None) else None
+        return shown if shown not in (self._aliases_stale, target.version if target else None) else None
 
-    def _drop_owed_aliases(self, moved_to: str) -> None:
+    def _drop_owed_aliases(self, moved_to: str, clear_marker: bool = True) -> None:
         log.warning(
             "rollout: the registry's champion alias moved to v%s since the aliases were owed (v%s then): a newer "
             "decision, left as it is; the owed move is dropped",
             moved_to,
             self._aliases_stale,
         )
-        self._set_aliases_owed(None)
+        self._set_aliases_owed(None, clear_marker=clear_marker)
 
     def _aliases_file_debt(self) -> tuple[str, str | None] | None:
         """(why, stale version) of the aliases this gateway owed when it stopped, for the roles in effect; None when
@@ -1101,6 +1115,7 @@ class Gateway:
             now, known = None, False
         if recorded and known and now == (st.champion.version if st.champion else None):
             st.aliases_stale = self._aliases_stale = None  # paid by the gateway that owed them
+            self._aliases_followed_due = "registry aliases found following the rollout at a gateway's start"
             return False
         if known and now is not None and now not in (stale, st.champion.version if st.champion else None):
             self._drop_owed_aliases(str(now))
@@ -1131,8 +1146,17 @@ class Gateway:
         roles = (st.champion, st.challenger)
 
         def move() -> tuple[str | None, str | None]:
-            moved = self._registry_champion_moved(roles[0])
-            return (moved, None) if moved is not None else (None, self._move_aliases(*roles))
+            now = self._registry_aliases()
+            moved = self._champion_moved(now, roles[0])
+            if moved is not None:
+                return moved, None
+            champion, challenger = roles
+            shown = now.get("challenger")
+            known = {self._aliases_stale, *(r.version for r in roles if r is not None)}
+            if challenger is not None and shown is not None and shown not in known:
+                # A training run made a newer version challenger since: its decision stands, the champion alone moves.
+                return None, f"{self._move_aliases(champion, None)} (challenger v{shown} left: a newer decision)"
+            return None, self._move_aliases(champion, challenger)
 
         try:
             moved, note = await run_in_threadpool(move)
@@ -1144,10 +1168,36 @@ class Gateway:
         if self._aliases_owed is None or now != roles:  # settled, or owed anew, by a change made meanwhile
             return
         if moved is not None:
-            self._drop_owed_aliases(moved)
+            self._drop_owed_aliases(moved, clear_marker=False)
+            self._aliases_followed_due = (
+                f"the registry's champion alias shows v{moved}, a newer decision: owed move dropped"
+            )
             return
         log.warning("rollout: the registry aliases follow the rollout again (%s)", note)
-        self._set_aliases_owed(None)
+        self._set_aliases_owed(None, clear_marker=False)
+        self._aliases_followed_due = f"registry aliases follow the rollout again ({note})"
+
+    async def _record_aliases_followed(self) -> None:
+        """Owed aliases settled by a payment: the state in effect stops naming the stale alias, and so does the store's
+        record of it (a gateway starting later took the paid debt up again from that record, and moved the aliases
+        back over a deliberate change). By the tick, under the rollout lock, so that the state recorded is the one
+        in effect; left to the record of a guardrail stop this gateway holds unrecorded."""
+        note = self._aliases_followed_due
+        if note is None or self._state_unread:
+            return
+        self._aliases_followed_due = None
+        if self._aliases_owed is not None:  # owed anew meanwhile
+            return
+        self.controller.state.aliases_stale = None
+        if self._unrecorded_stop is not None:
+            return
+        try:
+            recorded = await run_in_threadpool(self.store.last_state)
+            if recorded is not None and recorded.get("aliases_stale") is not None:
+                await self._record(Event("aliases-followed", note))
+        except Exception as exc:
+            self._aliases_followed_due = note
+            self._store_trouble("the registry aliases' settlement not recorded", exc)
 
     async def advance(self, now: float | None = None, stops_only: bool = False) -> list[Event]:
         """Let time act on the rollout (canary steps, guardrail stops, completion) and record what changed.
@@ -1246,7 +1296,9 @@ class Gateway:
                 self.metrics.rollout_store_errors.inc()
                 log.error("rollout: %s (not recorded yet: the store refused: %r)", events[-1].reason, exc)
                 return []
-            await self._undo(before, events[-1])  # not made: a later tick decides it again
+            # Not made: a later tick decides it again. (The state in effect is `before` here: the champion the aliases
+            # were moved to is the decided one's, else an owed move back named the wrong stale version.)
+            await self._undo(before, events[-1], after.champion)
             if events[-1].action == "promote":  # not every tick: each attempt moves the registry aliases
                 self._promote_retry_at = time.monotonic() + PROMOTE_RETRY_S
             self._store_trouble(f"{events[-1].action} not recorded, so not made", exc)
