@@ -140,6 +140,7 @@ def test_models_moves_the_aliases_the_runbook_says_to_roll_back(registered: Sett
         (["--alias", "champion=latest"], "is not ALIAS=VERSION"),
         (["--alias", "winner=1"], "is not ALIAS=VERSION"),
         (["--alias", "champion=9"], "no version 9"),
+        (["--alias", "champion=", "--alias", "challenger=9"], "no version 9"),  # the removal is put back
     ):
         r = run("models", *bad)
         assert r.returncode == 1 and said in r.stderr, (bad, r.stderr)
