@@ -13,6 +13,7 @@ import pytest
 from pyrocast.errors import ServiceUnavailableError
 from pyrocast.ports import free_port, port_in_use
 from pyrocast.serving import procs
+from pyrocast.settings import Settings
 
 pytestmark = pytest.mark.integration  # real processes on 127.0.0.1
 
@@ -167,3 +168,26 @@ def test_an_exported_model_choice_never_reaches_a_service_started_for_another(
             timeout=30,
         )
     assert "['PYROCAST_SERVE_MODEL']" in str(info.value), str(info.value)
+
+
+def test_a_bentoml_service_s_memory_folder_is_private_to_its_user(settings: Settings) -> None:
+    """BentoML services keep their temporary files in /dev/shm, under a folder whose name can be guessed: a folder
+    another user made there first (or opened to others) is not used; the data directory is."""
+    import hashlib
+    import os
+    import shutil
+
+    if not procs.MEMORY_DIR.is_dir() or os.geteuid() != 0:
+        pytest.skip("needs /dev/shm, and root to give a folder to another user")
+    digest = hashlib.sha256(str(settings.root.resolve()).encode()).hexdigest()[:12]
+    mine = procs.MEMORY_DIR / f"pyrocast-{os.getuid()}-{digest}"
+    try:
+        got = procs.bento_tmp_dir(settings, "classifier", 3000)
+        assert got == mine / "classifier-3000" and (mine.stat().st_mode & 0o777) == 0o700
+        mine.chmod(0o755)  # opened to others
+        assert procs.bento_tmp_dir(settings, "classifier", 3000) == procs.service_tmp_dir(settings, "classifier", 3000)
+        mine.chmod(0o700)
+        os.chown(mine, 12345, -1)  # made by another user first
+        assert procs.bento_tmp_dir(settings, "classifier", 3000) == procs.service_tmp_dir(settings, "classifier", 3000)
+    finally:
+        shutil.rmtree(mine, ignore_errors=True)

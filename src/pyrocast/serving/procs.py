@@ -19,6 +19,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -302,7 +303,14 @@ def bento_tmp_dir(settings: Settings, name: str, port: int) -> Path:
     disk, a full data disk failed every prediction and had BentoML restart its workers in a loop."""
     if MEMORY_DIR.is_dir() and os.access(MEMORY_DIR, os.W_OK):
         digest = hashlib.sha256(str(settings.root.resolve()).encode()).hexdigest()[:12]  # one per data directory
-        return MEMORY_DIR / f"pyrocast-{digest}" / f"{name}-{port}"
+        # The user's own, private: another user of a shared data directory, or one who made the folder first (its
+        # name can be guessed), must neither block the service nor see its uploads and sockets.
+        mine = MEMORY_DIR / f"pyrocast-{os.getuid()}-{digest}"
+        with contextlib.suppress(OSError):
+            mine.mkdir(mode=0o700, exist_ok=True)
+            st = os.lstat(mine)
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077:
+                return mine / f"{name}-{port}"
     return service_tmp_dir(settings, name, port)
 
 
