@@ -1014,7 +1014,7 @@ class PredictionStore:
         self._replay_cut = True
         log.warning(
             "prediction store: stopping while spilled rows are written back: %d written from %s, the rest wait there, "
-            "and rows of this run not written yet go to %s behind them; the next start writes both",
+            "and rows of this run not written yet go to %s; the next start writes both (rows keep their times)",
             n,
             claimed,
             self.spill_path or self.emergency_path,
