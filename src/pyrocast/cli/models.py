@@ -180,7 +180,7 @@ def models(
 def _move_aliases(s: Settings, given: list[str]) -> None:
     """Move (`alias=version`) or remove (`alias=`) registry aliases, all or none: the runbooks' way to have
     `pyrocast up` start on another champion when its own one cannot start."""
-    from pyrocast.registry.models import ALIASES, aliases, delete_alias, move_aliases
+    from pyrocast.registry.models import ALIASES, aliases, delete_alias, move_aliases, put_back_aliases
 
     wanted: dict[str, str | None] = {}
     for item in given:
@@ -192,7 +192,8 @@ def _move_aliases(s: Settings, given: list[str]) -> None:
                 f"e.g. --alias champion=3, or --alias challenger= to remove it (aliases: {', '.join(ALIASES)})",
             )
         wanted[name] = version or None
-    after = {**aliases(s), **wanted}
+    was = aliases(s)
+    after = {**was, **wanted}
     shown = [v for v in after.values() if v is not None]
     if len(shown) != len(set(shown)):
         raise InvalidInputError(
@@ -200,7 +201,6 @@ def _move_aliases(s: Settings, given: list[str]) -> None:
             "a champion and a challenger are two versions: move or remove the other alias in the same command",
         )
     moves = {k: v for k, v in wanted.items() if v is not None}
-    was = aliases(s)
     try:  # removals first: a version may move to an alias only once the other has let it go
         for name, version in wanted.items():
             if version is None:
@@ -208,29 +208,13 @@ def _move_aliases(s: Settings, given: list[str]) -> None:
         if moves:
             move_aliases(s, moves)  # puts its own moves back when it fails part-way
     except Exception:
-        _put_back_aliases(s, was, list(wanted))
+        put_back_aliases(s, was, list(wanted))
         raise
     out.print(
         "aliases: "
         + ", ".join(f"{k} -> {f'v{v}' if v else 'none'}" for k, v in wanted.items())
         + " (a running gateway keeps its roles until it restarts or is told with `pyrocast rollout`)"
     )
-
-
-def _put_back_aliases(s: Settings, was: dict[str, str], names: list[str]) -> None:
-    """After a failed `--alias`: the aliases `names` back where they were (`was`), as far as the registry lets."""
-    from pyrocast.registry.mlflow_store import get_client
-    from pyrocast.registry.models import delete_alias
-
-    client = get_client(s)
-    for name in names:
-        try:
-            if name in was:
-                client.set_registered_model_alias(s.mlflow.model_name, name, was[name])
-            else:
-                delete_alias(s, name, client)
-        except Exception as exc:  # the registry is gone altogether: say what may be left where
-            out.print(f"[red]alias {name} may not be back at {was.get(name, 'none')}: {type(exc).__name__}[/red]")
 
 
 def _accuracy(row: dict, sep: str = " ") -> str:

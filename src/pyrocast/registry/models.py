@@ -321,19 +321,28 @@ def move_aliases(settings: Settings, targets: dict[str, str], client: MlflowClie
             client.set_registered_model_alias(name, alias, str(version))
     except Exception:
         # Every target, not only those known moved: a call that failed (a timeout) may have been applied.
-        for alias in targets:
-            try:
-                if alias in was:
-                    client.set_registered_model_alias(name, alias, was[alias])
-                else:
-                    delete_alias(settings, alias, client)
-            except Exception:  # the registry is gone altogether: say what is left where
-                log.exception(
-                    "alias %s may point at the new version: it could not be put back to %s", alias, was.get(alias)
-                )
+        put_back_aliases(settings, was, list(targets), client)
         raise
     for alias, version in targets.items():
         log.info("alias %s -> %s version %s", alias, name, version)
+
+
+def put_back_aliases(
+    settings: Settings, was: dict[str, str], names: list[str], client: MlflowClient | None = None
+) -> None:
+    """The aliases `names` back where they were (`was`: absent ones removed), after a move that failed part-way; one
+    the registry refuses is logged with where it may be left."""
+    client = client or get_client(settings)
+    for alias in names:
+        try:
+            if alias in was:
+                client.set_registered_model_alias(settings.mlflow.model_name, alias, was[alias])
+            else:
+                delete_alias(settings, alias, client)
+        except Exception:  # the registry is gone altogether: say what is left where
+            log.exception(
+                "alias %s may point at the new version: it could not be put back to %s", alias, was.get(alias)
+            )
 
 
 def delete_alias(settings: Settings, alias: str, client: MlflowClient | None = None) -> None:

@@ -369,7 +369,7 @@ class Gateway:
         self._assign_roles()
         if state.aliases_stale is not None and self._aliases_owed is None:
             # Recorded by a gateway the registry refused: every replica moves the aliases (that one may be gone
-            # before it can), each move guarded like its own (`_pay_aliases`); a paid debt costs one registry call.
+            # before it can), each move guarded like its own (`_pay_aliases`); a paid debt costs one registry read.
             why = "they were to follow a change another gateway made while the registry refused to follow it"
             self._set_aliases_owed(why, None, state.aliases_stale)
             self._aliases_retry_at = 0.0  # at the next tick
@@ -1055,10 +1055,6 @@ class Gateway:
 
         return aliases(self.settings)
 
-    def _registry_champion(self) -> str | None:
-        """The version the registry's `champion` alias shows. Raises when the registry cannot be read."""
-        return self._registry_aliases().get("champion")
-
     def _champion_moved(self, now: dict[str, str], target: ModelRef | None) -> str | None:
         """The registry's champion alias (of `now`) when it shows a version other than the stale one and the owed one
         (a newer decision, a training run's), else None."""
@@ -1109,7 +1105,7 @@ class Gateway:
         why, stale = debt
         self._aliases_stale = stale
         try:
-            now: str | None = await run_in_threadpool(self._registry_champion)
+            now = (await run_in_threadpool(self._registry_aliases)).get("champion")
             known = True
         except Exception:  # the registry is down: owed still, and its alias not followed
             now, known = None, False
@@ -1152,6 +1148,8 @@ class Gateway:
                 return moved, None
             champion, challenger = roles
             shown = now.get("challenger")
+            if (now.get("champion"), shown) == tuple(r.version if r else None for r in roles):
+                return None, "already in place"  # paid by another gateway: no second move (it downloads both)
             known = {self._aliases_stale, *(r.version for r in roles if r is not None)}
             if challenger is not None and shown is not None and shown not in known:
                 # A training run made a newer version challenger since: its decision stands, the champion alone moves.
